@@ -1,0 +1,1 @@
+"""Blocklists: sources, formats, the compiled matcher and the bundled data."""

@@ -1,0 +1,469 @@
+"""Reading list sources (URLs, files, folders, archives, inline entries) into parsed categories."""
+
+from __future__ import annotations
+
+import asyncio
+import bz2
+import contextlib
+import dataclasses
+import gzip
+import io
+import logging
+import lzma
+import os
+import posixpath
+import tarfile
+import tempfile
+import zlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from blocklists.formats import FORMATS, MATCH_MODES, MAX_BAD_EXAMPLES, ParsedList, parse_lines
+from resolver.config import ListSource
+
+log = logging.getLogger(__name__)
+
+USAGES = ("black", "white")
+ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
+_TAR_MAGIC = b"ustar"  # POSIX tar header magic, at this offset in the first block
+_TAR_MAGIC_OFFSET = 257
+_DOWNLOAD_CHUNK_BYTES = 64 * 1024
+_UT1_FILES = ("domains", "urls", "usage")
+_MAX_LINK_HOPS = 8  # links to links are followed this deep; loops simply stop producing names
+_READ_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError)
+
+UT1Content = ParsedList | int | str  # per file: domains parsed, urls skipped count, usage
+
+
+@dataclass
+class CategoryList:
+    category: str
+    usage: str  # "black" or "white": the category's default use in a policy
+    source: str  # the source's name
+    parsed: ParsedList  # categories linked to another (UT1 porn -> adult) share its sets
+
+
+class SourceError(Exception):
+    """A list source that could not be read; the message is one line naming the source."""
+
+
+async def fetch_source(
+    source: ListSource,
+    *,
+    base_dir: Path,
+    session: aiohttp.ClientSession | None,
+    timeout: float,
+    max_bytes: int,
+) -> list[CategoryList]:
+    """Read one source wherever it lives; parsing runs in an executor, off the event loop."""
+    _check_source(source)
+    given = [kind for kind in ("url", "path", "domains") if getattr(source, kind)]
+    if len(given) != 1:
+        raise SourceError(f"{_label(source)}: set exactly one of url, path or domains")
+    loop = asyncio.get_running_loop()
+    if source.url:
+        downloaded = await _download(source, source.url, session, timeout, max_bytes)
+        try:
+            return await loop.run_in_executor(
+                None, _read_path, source, downloaded, max_bytes, source.url
+            )
+        finally:
+            downloaded.unlink(missing_ok=True)
+    if source.path:
+        return await loop.run_in_executor(
+            None, read_source_file, source, base_dir / source.path, max_bytes
+        )
+    return [_category_list(source, parse_lines(source.domains, "domains", match=source.match))]
+
+
+def read_source_file(source: ListSource, path: Path, max_bytes: int) -> list[CategoryList]:
+    """Parse a file, folder or tar archive (optionally compressed) holding the source's lists."""
+    return _read_path(source, path, max_bytes, path.name)
+
+
+def _read_path(
+    source: ListSource, path: Path, max_bytes: int, shown_as: str
+) -> list[CategoryList]:
+    _check_source(source)
+    if not path.exists():
+        raise SourceError(f"{_label(source)}: {path} does not exist")
+    budget = _ByteBudget(source, max_bytes)
+    try:
+        if path.is_dir():
+            if source.format == "ut1":
+                return _read_ut1_directory(source, path, budget)
+            return [_category_list(source, _read_plain_directory(source, path, budget))]
+        with contextlib.ExitStack() as stack:
+            reader = _open_decompressed(path, budget, stack)
+            if _is_tar(path, reader):
+                archive = stack.enter_context(tarfile.open(fileobj=reader, mode="r|"))
+                if source.format == "ut1":
+                    return _read_ut1_archive(source, archive)
+                return [_category_list(source, _read_plain_archive(source, archive))]
+            if source.format == "ut1":
+                raise SourceError(
+                    f"{_label(source)}: {shown_as} is neither a tar archive nor a folder"
+                )
+            return [_category_list(source, _parse_stream(reader, source.format, source.match))]
+    except _READ_ERRORS as error:
+        raise SourceError(f"{_label(source)}: cannot read {shown_as}: {error}") from error
+
+
+def _label(source: ListSource) -> str:
+    return f"list source {source.name!r}"
+
+
+def _check_source(source: ListSource) -> None:
+    if source.format not in FORMATS:
+        raise SourceError(
+            f"{_label(source)}: unknown format {source.format!r} "
+            f"(expected one of {', '.join(FORMATS)})"
+        )
+    if source.match not in MATCH_MODES:
+        raise SourceError(f"{_label(source)}: unknown match {source.match!r}")
+    if source.usage is not None and source.usage not in USAGES:
+        raise SourceError(f"{_label(source)}: usage must be black or white, not {source.usage!r}")
+    if (source.format != "ut1" or source.domains) and not source.category:
+        raise SourceError(f"{_label(source)}: a {source.format} source needs a category")
+
+
+def _category_list(source: ListSource, parsed: ParsedList) -> CategoryList:
+    assert source.category  # checked by _check_source
+    return CategoryList(source.category, source.usage or "black", source.name, parsed)
+
+
+# ---- downloads ---------------------------------------------------------------------------
+
+
+async def _download(
+    source: ListSource,
+    url: str,
+    session: aiohttp.ClientSession | None,
+    timeout: float,
+    max_bytes: int,
+) -> Path:
+    """The body in a temporary file named like the URL, so that an archive is recognised."""
+    url_path = urlsplit(url).path.lower()
+    suffix = next((s for s in ARCHIVE_SUFFIXES if url_path.endswith(s)), ".txt")
+    descriptor, name = tempfile.mkstemp(prefix="classguard-list-", suffix=suffix)
+    path = Path(name)
+    try:
+        with os.fdopen(descriptor, "wb") as body:
+            if session is None:
+                async with aiohttp.ClientSession() as own_session:
+                    await _download_into(source, url, own_session, timeout, max_bytes, body)
+            else:
+                await _download_into(source, url, session, timeout, max_bytes, body)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return path
+
+
+async def _download_into(
+    source: ListSource,
+    url: str,
+    session: aiohttp.ClientSession,
+    timeout: float,
+    max_bytes: int,
+    body: BinaryIO,
+) -> None:
+    too_big = f"{_label(source)}: {url} is larger than the {max_bytes}-byte limit"
+    try:
+        async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout)) as response:
+            if response.status != 200:
+                raise SourceError(f"{_label(source)}: HTTP {response.status} from {url}")
+            if response.content_length is not None and response.content_length > max_bytes:
+                raise SourceError(too_big)
+            received = 0
+            async for chunk in response.content.iter_chunked(_DOWNLOAD_CHUNK_BYTES):
+                received += len(chunk)
+                if received > max_bytes:
+                    raise SourceError(too_big)
+                body.write(chunk)
+    except TimeoutError as error:
+        raise SourceError(f"{_label(source)}: {url} took longer than {timeout:g} s") from error
+    except aiohttp.ClientError as error:
+        raise SourceError(f"{_label(source)}: cannot download {url}: {error}") from error
+
+
+# ---- reading bytes safely ----------------------------------------------------------------
+
+
+class _ByteBudget:
+    """Uncompressed bytes read so far for one source, against its cap (a gzip bomb stops here)."""
+
+    def __init__(self, source: ListSource, max_bytes: int) -> None:
+        self.source = source
+        self.max_bytes = max_bytes
+        self.used = 0
+
+    def spend(self, count: int) -> None:
+        self.used += count
+        if self.used > self.max_bytes:
+            raise SourceError(
+                f"{_label(self.source)}: more than {self.max_bytes} bytes once uncompressed"
+            )
+
+
+class _PlainReader(io.RawIOBase):
+    """Reads through to another stream, counting against a budget when given one.
+
+    It also hides what a tar stream member cannot do (TextIOWrapper asks it for seekable()).
+    """
+
+    def __init__(self, inner: BinaryIO, budget: _ByteBudget | None = None) -> None:
+        self._inner = inner
+        self._budget = budget
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        count = self._inner.readinto(buffer) or 0  # type: ignore[attr-defined]
+        if self._budget is not None:
+            self._budget.spend(count)
+        return count
+
+
+def _open_decompressed(
+    path: Path, budget: _ByteBudget, stack: contextlib.ExitStack
+) -> io.BufferedReader:
+    raw = stack.enter_context(open(path, "rb"))
+    magic = raw.read(6)
+    raw.seek(0)
+    inner: BinaryIO = raw
+    if magic.startswith(b"\x1f\x8b"):
+        inner = stack.enter_context(gzip.GzipFile(fileobj=raw, mode="rb"))
+    elif magic.startswith(b"BZh"):
+        inner = stack.enter_context(bz2.BZ2File(raw, mode="rb"))
+    elif magic.startswith(b"\xfd7zXZ\x00"):
+        inner = stack.enter_context(lzma.LZMAFile(raw, mode="rb"))
+    return stack.enter_context(_budgeted_stream(inner, budget))
+
+
+def _budgeted_stream(inner: BinaryIO, budget: _ByteBudget | None) -> io.BufferedReader:
+    return io.BufferedReader(_PlainReader(inner, budget), buffer_size=_DOWNLOAD_CHUNK_BYTES)
+
+
+def _is_tar(path: Path, reader: io.BufferedReader) -> bool:
+    if path.name.lower().endswith(ARCHIVE_SUFFIXES):
+        return True
+    head = reader.peek(_TAR_MAGIC_OFFSET + len(_TAR_MAGIC))
+    return head[_TAR_MAGIC_OFFSET : _TAR_MAGIC_OFFSET + len(_TAR_MAGIC)] == _TAR_MAGIC
+
+
+def _text_lines(stream: BinaryIO) -> io.TextIOWrapper:
+    # Lists are UTF-8 in practice; a stray byte spoils only its own line, counted as bad.
+    return io.TextIOWrapper(
+        _budgeted_stream(stream, None), encoding="utf-8-sig", errors="replace"
+    )
+
+
+def _parse_stream(stream: BinaryIO, fmt: str, match: str = "default") -> ParsedList:
+    with _text_lines(stream) as lines:
+        return parse_lines(lines, fmt, match=match)
+
+
+def _count_entries(stream: BinaryIO) -> int:
+    with _text_lines(stream) as lines:
+        return sum(1 for line in lines if (text := line.strip()) and not text.startswith("#"))
+
+
+def _read_usage(stream: BinaryIO) -> str:
+    with _text_lines(stream) as lines:
+        words = {line.strip().lower() for line in lines}
+    # A category marked both ways is the admin's choice in the policy; blocking is the default.
+    return "white" if "white" in words and "black" not in words else "black"
+
+
+def _merge(into: ParsedList, part: ParsedList, origin: str) -> None:
+    into.suffix |= part.suffix
+    into.exact |= part.exact
+    into.except_suffix |= part.except_suffix
+    into.except_exact |= part.except_exact
+    into.networks |= part.networks
+    into.bad_lines += part.bad_lines
+    into.skipped += part.skipped
+    for line_number, reason in part.bad_examples[: MAX_BAD_EXAMPLES - len(into.bad_examples)]:
+        into.bad_examples.append((line_number, f"{origin}: {reason}"))
+
+
+def _inside(root: Path, path: Path) -> bool:
+    return path.resolve().is_relative_to(root)
+
+
+def _warn_unsafe(source: ListSource, count: int) -> None:
+    if count:
+        log.warning(
+            "%s: skipped %d archive member(s) or link(s) with an absolute path, a '..' "
+            "component or a target outside the list",
+            _label(source),
+            count,
+        )
+
+
+# ---- folders -----------------------------------------------------------------------------
+
+
+def _read_plain_directory(source: ListSource, folder: Path, budget: _ByteBudget) -> ParsedList:
+    root = folder.resolve()
+    merged = ParsedList()
+    escaping = 0
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        if not _inside(root, path):
+            escaping += 1
+            continue
+        with contextlib.ExitStack() as stack:
+            reader = _open_decompressed(path, budget, stack)
+            parsed = _parse_stream(reader, source.format, source.match)
+        _merge(merged, parsed, str(path.relative_to(folder)))
+    _warn_unsafe(source, escaping)
+    return merged
+
+
+def _read_ut1_directory(
+    source: ListSource, folder: Path, budget: _ByteBudget
+) -> list[CategoryList]:
+    if (folder / "blacklists").is_dir():
+        folder = folder / "blacklists"
+    root = folder.resolve()
+    files: dict[str, UT1Content] = {}
+    # A linked category shares its target's parse rather than parsing the same file again.
+    by_real_path: dict[tuple[Path, str], UT1Content] = {}
+    escaping = 0
+    for category_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
+        if not _inside(root, category_dir):
+            escaping += 1
+            continue
+        for file_name in _UT1_FILES:
+            path = category_dir / file_name
+            if not path.is_file():
+                continue
+            if not _inside(root, path):
+                escaping += 1
+                continue
+            key = (path.resolve(), file_name)
+            if key not in by_real_path:
+                with contextlib.ExitStack() as stack:
+                    reader = stack.enter_context(open(key[0], "rb"))
+                    stream = stack.enter_context(_budgeted_stream(reader, budget))
+                    by_real_path[key] = _read_ut1_file(file_name, stream)
+            files[f"{category_dir.name}/{file_name}"] = by_real_path[key]
+    _warn_unsafe(source, escaping)
+    return _ut1_categories(source, files)
+
+
+# ---- archives ----------------------------------------------------------------------------
+
+
+def _safe_member_path(name: str) -> str | None:
+    """The member's normalised relative path, or None when it is absolute or climbs out."""
+    if name.startswith(("/", "\\")) or ".." in name.replace("\\", "/").split("/"):
+        return None
+    return posixpath.normpath(name)  # "./blacklists/adult/" -> "blacklists/adult"
+
+
+def _link_target(path: str, member: tarfile.TarInfo) -> str | None:
+    """Where a link points, as an archive path, or None when it leaves the archive."""
+    if member.linkname.startswith("/"):
+        return None
+    # A symbolic link is relative to its own folder; a hard link names an archive path.
+    base = posixpath.dirname(path) if member.issym() else ""
+    target = posixpath.normpath(posixpath.join(base, member.linkname))
+    return None if target == ".." or target.startswith("../") else target
+
+
+def _safe_members(
+    source: ListSource, archive: tarfile.TarFile, links: list[tuple[str, str]]
+) -> Iterator[tuple[str, tarfile.TarInfo]]:
+    """Regular files with safe paths, in archive order; safe links are collected in `links`."""
+    unsafe = 0
+    for member in archive:
+        path = _safe_member_path(member.name)
+        if path is None:
+            unsafe += 1
+        elif member.issym() or member.islnk():
+            target = _link_target(path, member)
+            if target is None:
+                unsafe += 1
+            else:
+                links.append((path, target))
+        elif member.isfile():
+            yield path, member
+    _warn_unsafe(source, unsafe)
+
+
+def _read_plain_archive(source: ListSource, archive: tarfile.TarFile) -> ParsedList:
+    merged = ParsedList()
+    ignored_links: list[tuple[str, str]] = []  # their targets are read as members anyway
+    for path, member in _safe_members(source, archive, ignored_links):
+        stream = archive.extractfile(member)
+        if stream is not None:
+            _merge(merged, _parse_stream(stream, source.format, source.match), path)
+    return merged
+
+
+def _read_ut1_archive(source: ListSource, archive: tarfile.TarFile) -> list[CategoryList]:
+    files: dict[str, UT1Content] = {}
+    links: list[tuple[str, str]] = []
+    for path, member in _safe_members(source, archive, links):
+        parts = path.split("/")
+        # blacklists/<category>/<file>, or <category>/<file> when the top folder is absent.
+        if parts[-1] in _UT1_FILES and 2 <= len(parts) <= 3:
+            stream = archive.extractfile(member)
+            if stream is not None:
+                files[path] = _read_ut1_file(parts[-1], stream)
+    # A stream is read once, so links are resolved after the pass, onto what was read.
+    _resolve_links(files, links)
+    return _ut1_categories(source, files)
+
+
+def _read_ut1_file(file_name: str, stream: BinaryIO) -> UT1Content:
+    if file_name == "domains":
+        return _parse_stream(stream, "ut1")
+    if file_name == "urls":
+        return _count_entries(stream)  # URL paths cannot be enforced over DNS
+    return _read_usage(stream)
+
+
+def _resolve_links(files: dict[str, UT1Content], links: Iterable[tuple[str, str]]) -> None:
+    for _ in range(_MAX_LINK_HOPS):
+        aliases: dict[str, UT1Content] = {}
+        for link, target in links:
+            for path, content in files.items():
+                if path == target or path.startswith(target + "/"):
+                    alias = link + path[len(target) :]
+                    if alias not in files:
+                        aliases[alias] = content
+        if not aliases:
+            return
+        files.update(aliases)
+
+
+def _ut1_categories(source: ListSource, files: dict[str, UT1Content]) -> list[CategoryList]:
+    folders: dict[str, dict[str, UT1Content]] = {}
+    for path, content in files.items():
+        folder, _, file_name = path.rpartition("/")
+        if folder.count("/") <= 1:
+            folders.setdefault(folder, {})[file_name] = content
+    categories: dict[str, CategoryList] = {}
+    for folder in sorted(folders):
+        contents = folders[folder]
+        category = folder.rpartition("/")[2]
+        if category in categories or not ("domains" in contents or "urls" in contents):
+            continue
+        # Type checks, because a hostile archive can link "x/urls" to another folder's "domains".
+        domains, urls, usage = (contents.get(name) for name in _UT1_FILES)
+        parsed = domains if isinstance(domains, ParsedList) else ParsedList()
+        url_count = urls if isinstance(urls, int) else 0
+        # A shallow copy: a linked category keeps sharing the sets but counts its own skips.
+        parsed = dataclasses.replace(parsed, skipped=parsed.skipped + url_count)
+        usage = usage if isinstance(usage, str) else "black"
+        categories[category] = CategoryList(category, usage, source.name, parsed)
+    return list(categories.values())

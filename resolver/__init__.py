@@ -1,0 +1,1 @@
+"""classguard's resolver: DNS listeners, the resolver chain, the cache and the upstreams."""

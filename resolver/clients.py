@@ -1,0 +1,69 @@
+"""Client identification: from a source address to a device, a class and a scope (SPEC §2.1)."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from policies.model import Policy
+from resolver.answers import EDE_PROHIBITED, empty_reply
+from resolver.chain import Client, Link, Request, Response
+
+from dnslib import RCODE
+
+MEMO_LIMIT = 100_000
+
+
+class ClientIndex:
+    """Compiled once per policy: exact device addresses in a dict, networks most specific first."""
+
+    def __init__(self, policy: Policy, unknown_clients: str = "refuse"):
+        self._devices: dict[str, Client] = {}
+        for device in policy.devices.values():
+            for address in device.addresses:
+                self._devices[str(address)] = Client(device.class_id, device.id, "school", "device address")
+        networks = [(network, class_policy.id) for class_policy in policy.classes.values()
+                    for network in class_policy.networks]
+        networks.sort(key=lambda item: item[0].prefixlen, reverse=True)
+        self._networks = networks
+        self._default = None
+        if unknown_clients == "default" and policy.default_class:
+            self._default = Client(policy.default_class, None, "school", "default_class")
+        self._memo: dict[str, Client | None] = {}
+
+    def identify(self, address: str) -> Client | None:
+        try:
+            return self._memo[address]
+        except KeyError:
+            pass
+        client = self._devices.get(address) or self._match_network(address) or self._default
+        if len(self._memo) >= MEMO_LIMIT:
+            self._memo.clear()
+        self._memo[address] = client
+        return client
+
+    def _match_network(self, address: str) -> Client | None:
+        try:
+            ip = ipaddress.ip_address(address.split("%", 1)[0])
+        except ValueError:
+            return None
+        if ip.version == 6 and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        for network, class_id in self._networks:
+            if ip.version == network.version and ip in network:
+                return Client(class_id, None, "school", f"network {network}")
+        return None
+
+
+class IdentifyLink(Link):
+    """Finds who asks; an unknown client is refused (never an open resolver)."""
+
+    def __init__(self, state):
+        self.state = state  # holds .clients: ClientIndex, swapped whole on a policy change
+
+    async def resolve(self, request: Request) -> Response:
+        if request.client is None:
+            request.client = self.state.clients.identify(request.client_ip)
+        if request.client is None:
+            return Response(empty_reply(request.query, RCODE.REFUSED), "refused",
+                            reason="unknown_client", ede=(EDE_PROHIBITED, "Prohibited"))
+        return await self.next.resolve(request)

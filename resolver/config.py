@@ -1,0 +1,655 @@
+"""The configuration file: its sections as typed settings, each with its documented default."""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import re
+import zoneinfo
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from blocklists.names import normalize_domain
+from policies.yaml_lines import LineDict, YamlError, item_line, key_line, load_yaml
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    qps: float = 50.0
+    burst: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class DnsSettings:
+    listen: tuple[str, ...] = ("127.0.0.1:1053",)  # "H:P" or "[v6]:P"; UDP and TCP on each
+    upstreams: tuple[str, ...] = ()  # empty: the nameservers of /etc/resolv.conf
+    forward_zones: dict[str, str] = field(default_factory=dict)  # zone -> upstream URL
+    block_response: str = "null"  # null | nxdomain | refused | ip:A[,AAAA]
+    block_ttl: int = 60
+    policy_ttl: int = 60
+    unknown_clients: str = "refuse"  # refuse | default
+    allow_open: bool = False
+    trusted_forwarders: tuple[str, ...] = ()  # networks
+    rate_limit: RateLimit | None = None
+    upstream_timeout: float = 2.0  # one deadline for a whole upstream exchange, seconds
+    cache_size: int = 100_000  # entries
+    tcp_idle_timeout: float = 10.0
+    tcp_max_connections: int = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class ListSource:
+    name: str
+    format: str  # domains | hosts | adblock | ut1
+    url: str | None = None
+    path: str | None = None  # resolved against the config file's folder
+    domains: tuple[str, ...] = ()  # inline entries
+    category: str | None = None  # required except for ut1
+    match: str = "default"  # default | suffix
+    usage: str | None = None  # black | white, for a single-category source
+
+
+@dataclass(frozen=True, slots=True)
+class BlocklistSettings:
+    refresh: float = 86400.0  # seconds
+    sources: tuple[ListSource, ...] = ()
+    bundled: bool = True  # the starter lists shipped under blocklists/data/starter
+    download_timeout: float = 120.0
+    max_download_bytes: int = 512 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    path: Path | None = None  # None: the embedded defaults
+    timezone: str = "UTC"
+    store: str = "embedded"
+    state_dir: Path = Path("./classguard-state")
+    policies: Path | None = None  # None: the bundled example policy
+    dns: DnsSettings = field(default_factory=DnsSettings)
+    blocklists: BlocklistSettings = field(default_factory=BlocklistSettings)
+    # Sections that later work fills in; kept as plain mappings until then.
+    doh: dict | None = None
+    dot: dict | None = None
+    tls: dict | None = None
+    dashboard: dict | None = None
+    metrics: dict | None = None
+    query_log: dict | None = None
+
+
+# --- loading ----------------------------------------------------------------------------------
+
+DEFAULT_CONFIG_FILE = Path("classguard.yaml")  # looked for in the current folder
+
+TOP_KEYS = (
+    "timezone", "store", "state_dir", "policies", "dns", "blocklists",
+    "doh", "dot", "tls", "dashboard", "metrics", "query_log",
+)
+DNS_KEYS = (
+    "listen", "upstreams", "forward_zones", "block_response", "block_ttl", "policy_ttl",
+    "unknown_clients", "allow_open", "trusted_forwarders", "rate_limit", "upstream_timeout",
+    "cache_size", "tcp_idle_timeout", "tcp_max_connections",
+)
+RATE_LIMIT_KEYS = ("qps", "burst")
+BLOCKLIST_KEYS = ("refresh", "sources", "bundled", "download_timeout", "max_download_bytes")
+SOURCE_KEYS = ("name", "url", "path", "domains", "format", "category", "match", "usage")
+SECTIONS = ("doh", "dot", "tls", "dashboard", "metrics", "query_log")  # checked as mappings only
+
+LIST_FORMATS = ("domains", "hosts", "adblock", "ut1")
+UPSTREAM_SCHEMES = ("udp", "tcp", "tls", "https")
+DEFAULT_PORTS = {"udp": 53, "tcp": 53, "tls": 853, "https": 443}  # RFC 1035, RFC 7858, RFC 8484
+STORE_SCHEMES = ("redis", "rediss", "redis+sentinel")
+MAX_TTL = 86400
+
+_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_HOSTNAME = re.compile(r"(?=.{1,253}$)(?:[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\.)*"
+                       r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_DURATION = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|s|m|h|d))+")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class ConfigError(Exception):
+    """The configuration file has mistakes; `errors` holds one `FILE:LINE: message` each."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+def load_config(path: Path | None) -> Config:
+    """The configuration in `path`; None: ./classguard.yaml when present, else the defaults."""
+    if path is None:
+        if not DEFAULT_CONFIG_FILE.is_file():
+            return Config()
+        path = DEFAULT_CONFIG_FILE
+    path = Path(path)
+    try:
+        data, _ = load_yaml(path)
+    except YamlError as exc:
+        raise ConfigError([str(exc)]) from None
+    return parse_config(data, path=path)
+
+
+def parse_config(data: Any, *, path: Path) -> Config:
+    """Validate already-loaded configuration data; relative paths are taken from path's folder."""
+    parser = _ConfigParser(path)
+    config = parser.config(data)
+    if parser.errors:
+        ordered = sorted(parser.errors, key=lambda error: error[0])  # file order
+        raise ConfigError([f"{path}:{line}: {message}" for line, message in ordered])
+    return config
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """`"H:P"` or `"[v6]:P"` (H an IP address, P 0..65535) as (host, port); ValueError if not."""
+    if not isinstance(text, str):
+        raise ValueError(f"a listen address is text like \"127.0.0.1:1053\", not {text!r}")
+    value = text.strip()
+    if value.startswith("["):
+        host, sep, port = value[1:].partition("]:")
+        if not sep:
+            raise ValueError(f"{text!r}: write an IPv6 listen address as [ADDRESS]:PORT, "
+                             "e.g. [::1]:1053")
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{text!r}: {host!r} is not an IPv6 address") from None
+    else:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host:
+            raise ValueError(f"{text!r}: write a listen address as ADDRESS:PORT, "
+                             "e.g. 127.0.0.1:1053")
+        if ":" in host:
+            raise ValueError(f"{text!r}: put an IPv6 address in brackets, e.g. [{host}]:{port}")
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise ValueError(f"{text!r}: {host!r} is not an IP address (listen on an address, "
+                             "e.g. 127.0.0.1 or 0.0.0.0)") from None
+    return str(ipaddress.ip_address(host)), _port(port, text)
+
+
+def parse_upstream(url: str) -> tuple[str, str, int, str | None]:
+    """An upstream URL as (scheme, host, port, sni); ValueError with the reason if invalid.
+
+    `udp://H[:P]` and `tcp://H[:P]` (port 53), `tls://H[:P][#SNI]` (port 853; SNI defaults to H
+    when H is a name, none for an address), `https://H[:P]/path` (port 443; SNI is H; the caller
+    keeps the URL itself for the path). IPv6 hosts in brackets: `udp://[2001:db8::1]:53`.
+    """
+    if not isinstance(url, str):
+        raise ValueError(f"an upstream is a URL like \"udp://9.9.9.9:53\", not {url!r}")
+    text = url.strip()
+    scheme, sep, _ = text.partition("://")
+    scheme = scheme.lower()
+    if not sep or scheme not in UPSTREAM_SCHEMES:
+        raise ValueError(f"{url!r}: an upstream starts with udp://, tcp://, tls:// or https:// "
+                         "(e.g. udp://9.9.9.9:53)")
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"{url!r}: {exc}") from None
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(f"{url!r}: user names and passwords are not supported in upstream URLs")
+    host = parts.hostname or ""
+    if not host:
+        raise ValueError(f"{url!r}: the upstream has no host")
+    if not _is_ip(host) and not _HOSTNAME.fullmatch(host):
+        raise ValueError(f"{url!r}: {host!r} is neither an IP address nor a host name")
+    if "[" in parts.netloc and not _is_ip(host):
+        raise ValueError(f"{url!r}: {host!r} in brackets is not an IPv6 address")
+    if port == 0:
+        raise ValueError(f"{url!r}: port 0 is not a server port")
+    port = port if port is not None else DEFAULT_PORTS[scheme]
+    if _is_ip(host):
+        host = str(ipaddress.ip_address(host))  # one spelling, so comparisons with listen work
+    if scheme == "https":
+        if parts.fragment:
+            raise ValueError(f"{url!r}: an https upstream takes no #fragment")
+        return scheme, host, port, host
+    if parts.path not in ("", "/") or parts.query:
+        raise ValueError(f"{url!r}: a {scheme} upstream has no path or query; "
+                         f"write {scheme}://HOST:PORT")
+    if scheme != "tls":
+        if parts.fragment:
+            raise ValueError(f"{url!r}: #SNI is only for tls:// upstreams")
+        return scheme, host, port, None
+    sni = parts.fragment.strip().lower().rstrip(".") or (None if _is_ip(host) else host)
+    if sni is not None and not _HOSTNAME.fullmatch(sni):
+        raise ValueError(f"{url!r}: {sni!r} is not a valid TLS server name")
+    return scheme, host, port, sni
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from `90`, `90s`, `30m`, `24h`, `1d`, `1h30m` or `500ms`; ValueError if invalid."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value} is not a duration")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str) and value.strip().replace(".", "", 1).isdigit():
+        seconds = float(value.strip())
+    elif isinstance(value, str) and _DURATION.fullmatch(value.strip().lower()):
+        seconds = sum(float(number) * _UNITS[unit]
+                      for number, unit in _DURATION_PART.findall(value.strip().lower()))
+    else:
+        raise ValueError(f"{value!r} is not a duration; write e.g. 90s, 30m, 24h, 1d or seconds")
+    if seconds != seconds or seconds in (float("inf"), float("-inf")) or seconds < 0:
+        raise ValueError(f"{value!r} is not a duration")
+    return seconds
+
+
+def _port(text: str, whole: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 65535:
+        raise ValueError(f"{whole!r}: port {text!r} is not a number from 0 to 65535")
+    return int(text)
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    if isinstance(value, bool):
+        return "true/false (yes, no, on and off are booleans in YAML: quote them)"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return repr(value)
+
+
+class _ConfigParser:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.base = path.resolve().parent
+        self.errors: list[tuple[int, str]] = []
+
+    def error(self, line: int, message: str) -> None:
+        self.errors.append((line, message))
+
+    def mapping(self, value: Any, line: int, what: str, allowed: tuple[str, ...]) -> dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.error(line, f"{what} must be a mapping, not {_describe(value)}")
+            return {}
+        for key in value:
+            if key not in allowed:
+                close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.7)
+                hint = f"did you mean '{close[0]}'? " if close else ""
+                self.error(key_line(value, key, line),
+                           f"unknown key {str(key)!r} in {what} ({hint}allowed: "
+                           f"{', '.join(allowed)})")
+        return value
+
+    def get(self, section: dict, key: str, what: str, check, default):
+        """section[key] through `check` (value -> result, ValueError); default when absent/null."""
+        if key not in section or section[key] is None:
+            return default
+        try:
+            return check(section[key])
+        except ValueError as exc:
+            self.error(key_line(section, key), f"{what}{key}: {exc}")
+            return default
+
+    def items(self, section: dict, key: str, what: str, check) -> tuple | None:
+        """A list (or one value) under `key`, each item through `check`; None when absent."""
+        if key not in section or section[key] is None:
+            return None
+        value = section[key]
+        values = value if isinstance(value, list) else [value]
+        result = []
+        for index, item in enumerate(values):
+            try:
+                result.append(check(item))
+            except ValueError as exc:
+                line = item_line(value, index, key_line(section, key)) \
+                    if isinstance(value, list) else key_line(section, key)
+                self.error(line, f"{what}{key}: {exc}")
+        return tuple(result)
+
+    def file_path(self, value: Any) -> Path:
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"expected a file or folder path, not {_describe(value)}")
+        return self.base / Path(value.strip()).expanduser()
+
+    def config(self, data: Any) -> Config:
+        default = Config()
+        top = self.mapping(data, getattr(data, "line", 0), "the configuration", TOP_KEYS)
+        sections = {}
+        for name in SECTIONS:
+            value = top.get(name)
+            if value is None or value is False:  # absent, empty or `off`: the section is off
+                sections[name] = None
+            elif isinstance(value, dict):
+                sections[name] = self.section_paths(name, value)
+            else:
+                self.error(key_line(top, name), f"{name} must be a mapping of settings, "
+                                                f"not {_describe(value)}")
+                sections[name] = None
+        return Config(
+            path=self.path,
+            timezone=self.get(top, "timezone", "", _timezone, default.timezone),
+            store=self.get(top, "store", "", _store, default.store),
+            state_dir=self.get(top, "state_dir", "", self.file_path,
+                               self.base / default.state_dir),
+            policies=self.get(top, "policies", "", self.file_path, default.policies),
+            dns=self.dns(top),
+            blocklists=self.blocklists(top),
+            **sections,
+        )
+
+    def section_paths(self, name: str, section: dict) -> dict:
+        """A copy of `section` with its file paths (tls cert and key) taken from the config's
+        folder; the other keys are read by the server that uses the section."""
+        if name != "tls":
+            return section
+        copy = type(section)(section)
+        if isinstance(section, LineDict):
+            copy.line, copy.key_lines = section.line, dict(section.key_lines)
+        for key in ("cert", "key"):
+            if key in copy and copy[key] is not None:
+                try:
+                    copy[key] = str(self.file_path(copy[key]))
+                except ValueError as exc:
+                    self.error(key_line(section, key), f"tls.{key}: {exc}")
+        return copy
+
+    def dns(self, top: dict) -> DnsSettings:
+        d = DnsSettings()
+        section = self.mapping(top.get("dns"), key_line(top, "dns"), "dns", DNS_KEYS)
+        w = "dns."
+        listen = self.items(section, "listen", w, _listen)
+        if listen is not None and not listen and section.get("listen") == []:
+            self.error(key_line(section, "listen"), "dns.listen: give at least one address")
+        upstreams = self.items(section, "upstreams", w, _upstream)
+        return DnsSettings(
+            listen=listen or d.listen,
+            upstreams=upstreams or d.upstreams,
+            forward_zones=self.forward_zones(section),
+            block_response=self.block_response(section),
+            block_ttl=self.get(section, "block_ttl", w, _int_range(0, MAX_TTL), d.block_ttl),
+            policy_ttl=self.get(section, "policy_ttl", w, _int_range(0, MAX_TTL), d.policy_ttl),
+            unknown_clients=self.get(section, "unknown_clients", w,
+                                     _choice("refuse", "default"), d.unknown_clients),
+            allow_open=self.get(section, "allow_open", w, _bool, d.allow_open),
+            trusted_forwarders=self.items(section, "trusted_forwarders", w, _network)
+            or d.trusted_forwarders,
+            rate_limit=self.rate_limit(section),
+            upstream_timeout=self.get(section, "upstream_timeout", w, _positive_duration,
+                                      d.upstream_timeout),
+            cache_size=self.get(section, "cache_size", w, _int_range(0, 10**9), d.cache_size),
+            tcp_idle_timeout=self.get(section, "tcp_idle_timeout", w, _positive_duration,
+                                      d.tcp_idle_timeout),
+            tcp_max_connections=self.get(section, "tcp_max_connections", w,
+                                         _int_range(1, 10**6), d.tcp_max_connections),
+        )
+
+    def block_response(self, section: dict) -> str:
+        if "block_response" in section and section["block_response"] is None:
+            return "null"  # an unquoted `null` is YAML's null
+        return self.get(section, "block_response", "dns.", _block_response, "null")
+
+    def forward_zones(self, section: dict) -> dict[str, str]:
+        value = section.get("forward_zones")
+        line = key_line(section, "forward_zones")
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.error(line, "dns.forward_zones must be a mapping of zone to upstream URL, "
+                             "e.g. {ecole.local: \"udp://10.0.0.2:53\"}")
+            return {}
+        result = {}
+        for zone, url in value.items():
+            at = key_line(value, zone, line)
+            name = normalize_domain(zone) if isinstance(zone, str) else None
+            if name is None:
+                self.error(at, f"dns.forward_zones: {zone!r} is not a domain name")
+                continue
+            try:
+                _upstream(url)
+            except ValueError as exc:
+                self.error(at, f"dns.forward_zones: {name}: {exc}")
+                continue
+            result[name] = url.strip()
+        return result
+
+    def rate_limit(self, section: dict) -> RateLimit | None:
+        value = section.get("rate_limit")
+        line = key_line(section, "rate_limit")
+        if value is None or value is False:
+            return None
+        if not isinstance(value, dict):
+            self.error(line, "dns.rate_limit must be a mapping like {qps: 50, burst: 100}, "
+                             f"not {_describe(value)}")
+            return None
+        body = self.mapping(value, line, "dns.rate_limit", RATE_LIMIT_KEYS)
+        d = RateLimit()
+        return RateLimit(
+            qps=self.get(body, "qps", "dns.rate_limit.", _positive_number, d.qps),
+            burst=self.get(body, "burst", "dns.rate_limit.", _int_range(1, 10**6), d.burst),
+        )
+
+    def blocklists(self, top: dict) -> BlocklistSettings:
+        d = BlocklistSettings()
+        section = self.mapping(top.get("blocklists"), key_line(top, "blocklists"), "blocklists",
+                               BLOCKLIST_KEYS)
+        w = "blocklists."
+        return BlocklistSettings(
+            refresh=self.get(section, "refresh", w, _positive_duration, d.refresh),
+            sources=self.sources(section),
+            bundled=self.get(section, "bundled", w, _bool, d.bundled),
+            download_timeout=self.get(section, "download_timeout", w, _positive_duration,
+                                      d.download_timeout),
+            max_download_bytes=self.get(section, "max_download_bytes", w, _int_range(1, 2**40),
+                                        d.max_download_bytes),
+        )
+
+    def sources(self, section: dict) -> tuple[ListSource, ...]:
+        value = section.get("sources")
+        line = key_line(section, "sources")
+        if value is None:
+            return ()
+        if not isinstance(value, list):
+            self.error(line, "blocklists.sources must be a list of sources, e.g. "
+                             "- {name: ads, path: lists/ads.txt, format: hosts, category: ads}")
+            return ()
+        names: dict[str, int] = {}
+        result = []
+        for index, item in enumerate(value):
+            at = item_line(value, index, line)
+            if not isinstance(item, dict):
+                self.error(at, f"a blocklists source must be a mapping like {{name: ads, url: "
+                               f"..., format: hosts, category: ads}}, not {_describe(item)}")
+                continue
+            source = self.source(item, at, names)
+            if source is not None:
+                result.append(source)
+        return tuple(result)
+
+    def source(self, item: dict, at: int, names: dict[str, int]) -> ListSource | None:
+        before = len(self.errors)
+        body = self.mapping(item, at, "a blocklists source", SOURCE_KEYS)
+        name = body.get("name")
+        what = "blocklists source: "
+        if name is None:
+            self.error(at, "a blocklists source needs name: (a short unique id, e.g. ads)")
+        elif not isinstance(name, str) or not _NAME_PATTERN.fullmatch(name):
+            self.error(key_line(body, "name", at), f"blocklists source name {name!r} must be 1 "
+                       "to 64 letters, digits, '.', '_' or '-'")
+        elif name in names:
+            self.error(key_line(body, "name", at), f"blocklists source name {name!r} is already "
+                                                   f"used (line {names[name]})")
+        else:
+            names[name] = key_line(body, "name", at)
+            what = f"blocklists source {name!r}: "
+
+        origins = [key for key in ("url", "path", "domains") if key in body]
+        if len(origins) != 1:
+            self.error(at, f"{what}give exactly one of url:, path: or domains: "
+                           f"({'none' if not origins else ', '.join(origins)} given)")
+        url = self.get(body, "url", what, _list_url, None)
+        path = self.get(body, "path", what, self.file_path, None)
+        domains = self.items(body, "domains", what, _text) or ()
+
+        fmt = body.get("format")
+        if fmt is None:
+            self.error(at, f"{what}needs format: ({', '.join(LIST_FORMATS)})")
+        fmt = self.get(body, "format", what, _choice(*LIST_FORMATS), None)
+        category = self.get(body, "category", what, _category, None)
+        usage = self.get(body, "usage", what, _choice("black", "white"), None)
+        if fmt == "ut1":
+            if category is not None:
+                self.error(key_line(body, "category", at), f"{what}a ut1 source brings its own "
+                           "categories (one per folder); remove category:")
+            if usage is not None:
+                self.error(key_line(body, "usage", at), f"{what}a ut1 source reads each "
+                           "category's usage file; remove usage:")
+        elif fmt is not None and category is None and "category" not in body:
+            self.error(at, f"{what}needs category: (the name policies use to block it, e.g. ads)")
+        match = self.get(body, "match", what, _choice("default", "suffix"), "default")
+        if len(self.errors) != before:
+            return None
+        return ListSource(
+            name=name,
+            format=fmt,
+            url=url,
+            path=None if path is None else str(path),
+            domains=domains,
+            category=category,
+            match=match,
+            usage=usage,
+        )
+
+
+# Checks: value -> typed value, or ValueError with the reason.
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"expected text, not {_describe(value)}")
+    return value.strip()
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, not {_describe(value)}")
+    return value
+
+
+def _int_range(low: int, high: int):
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ValueError(f"expected a whole number from {low} to {high}, "
+                             f"not {_describe(value)}")
+        return value
+    return check
+
+
+def _positive_number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"expected a number above 0, not {_describe(value)}")
+    return float(value)
+
+
+def _positive_duration(value: Any) -> float:
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ValueError(f"{value!r} must be longer than 0")
+    return seconds
+
+
+def _choice(*choices: str):
+    def check(value: Any) -> str:
+        if isinstance(value, str) and value.strip().lower() in choices:
+            return value.strip().lower()
+        raise ValueError(f"expected {' | '.join(choices)}, not {_describe(value)}")
+    return check
+
+
+def _timezone(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"expected a zone name like Europe/Paris, not {_describe(value)}")
+    try:
+        zoneinfo.ZoneInfo(value.strip())
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {value!r} (use a name like Europe/Paris or UTC)") \
+            from None
+    return value.strip()
+
+
+def _store(value: Any) -> str:
+    text = _text(value)
+    if text == "embedded":
+        return text
+    scheme = text.partition("://")[0].lower()
+    if scheme in STORE_SCHEMES and urlsplit(text).netloc:
+        return text
+    raise ValueError("expected embedded, redis://HOST:PORT/DB, rediss://... or "
+                     "redis+sentinel://... (the value is not shown: it may hold a password)")
+
+
+def _listen(value: Any) -> str:
+    host, port = parse_listen(value)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _upstream(value: Any) -> str:
+    parse_upstream(value)
+    return value.strip()
+
+
+def _network(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a network like 10.0.0.0/8, not {_describe(value)}")
+    try:
+        return str(ipaddress.ip_network(value.strip(), strict=True))
+    except ValueError:
+        pass
+    try:
+        loose = ipaddress.ip_network(value.strip(), strict=False)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a network; write e.g. 10.0.0.0/8 or 10.0.0.5") \
+            from None
+    raise ValueError(f"{value!r} has host bits set; did you mean '{loose}'?")
+
+
+def _block_response(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected null, nxdomain, refused or ip:A[,AAAA], not {_describe(value)}")
+    text = value.strip().lower()
+    if text in ("null", "nxdomain", "refused"):
+        return text
+    if text.startswith("ip:"):
+        v4, _, v6 = text[3:].partition(",")
+        try:
+            ipaddress.IPv4Address(v4.strip())
+            if v6:
+                ipaddress.IPv6Address(v6.strip())
+        except ValueError:
+            raise ValueError(f"{value!r}: write ip:IPv4 or ip:IPv4,IPv6, "
+                             "e.g. ip:10.0.0.80,2001:db8::80") from None
+        return f"ip:{v4.strip()}" + (f",{v6.strip()}" if v6 else "")
+    raise ValueError(f"expected null, nxdomain, refused or ip:A[,AAAA], not {value!r}")
+
+
+def _category(value: Any) -> str:
+    if not isinstance(value, str) or not _NAME_PATTERN.fullmatch(value.strip()):
+        raise ValueError(f"category must be a short name like ads, not {_describe(value)}")
+    return value.strip()
+
+
+def _list_url(value: Any) -> str:
+    text = _text(value)
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"{text!r} is not an http:// or https:// URL")
+    return text

@@ -1,0 +1,43 @@
+"""The last link: sends the question to the upstreams (or a forward zone's server)."""
+
+from __future__ import annotations
+
+import logging
+
+from dnslib import RCODE
+
+from resolver.answers import EDE_NO_REACHABLE_AUTHORITY, OPT, empty_reply
+from resolver.chain import Request, Response
+from resolver.upstream import UpstreamError, UpstreamGroup, upstream_query
+
+log = logging.getLogger("classguard.forwarding")
+
+
+class ForwardingResolver:
+    def __init__(self, default: UpstreamGroup, zones: dict[str, UpstreamGroup] | None = None):
+        self.default = default
+        self.zones = zones or {}
+
+    def group_for(self, name: str) -> UpstreamGroup:
+        zones = self.zones
+        if zones:
+            while True:
+                group = zones.get(name)
+                if group is not None:
+                    return group
+                dot = name.find(".")
+                if dot < 0:
+                    break
+                name = name[dot + 1:]
+        return self.default
+
+    async def resolve(self, request: Request) -> Response:
+        query = upstream_query(request.qname, request.qtype, request.dnssec_ok, request.checking_disabled)
+        try:
+            reply = await self.group_for(request.qname).exchange(query)
+        except UpstreamError as exc:
+            log.debug("no upstream answered %s: %s", request.qname, exc)
+            return Response(empty_reply(request.query, RCODE.SERVFAIL), "servfail",
+                            ede=(EDE_NO_REACHABLE_AUTHORITY, "no upstream answered"))
+        reply.ar = [record for record in reply.ar if record.rtype != OPT]
+        return Response(reply, "upstream")

@@ -1,0 +1,158 @@
+"""DNS listeners: UDP and TCP (RFC 1035, RFC 7766), turning bytes into requests and answers into bytes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+
+from dnslib import EDNS0, QTYPE, RCODE, DNSRecord
+
+from resolver.answers import MAX_UDP_PAYLOAD, OPT, empty_reply, finish, rfc8482_answer, udp_limit
+from resolver.chain import Request, Resolver, Response
+
+log = logging.getLogger("classguard.server")
+
+HEADER_SIZE = 12
+QR_BIT = 0x8000
+OPCODE_QUERY = 0
+RCODE_BADVERS = 16  # RFC 6891 §6.1.3: an extended rcode, upper 8 bits in the OPT TTL
+TCP_MAX_PIPELINE = 64  # queries of one connection answered at once before we stop reading
+
+
+def _header_only_reply(data: bytes, rcode: int) -> bytes:
+    """A reply made from nothing but the query's header: same id and opcode, no sections."""
+    query_id, flags = struct.unpack_from("!HH", data)
+    opcode_bits = flags & 0x7800
+    rd_bit = flags & 0x0100
+    return struct.pack("!HHHHHH", query_id, QR_BIT | opcode_bits | rd_bit | 0x0080 | rcode, 0, 0, 0, 0)
+
+
+def _qname(query: DNSRecord) -> str:
+    labels = query.q.qname.label
+    try:
+        return ".".join(label.decode("ascii") for label in labels).lower()
+    except UnicodeDecodeError:
+        return str(query.q.qname).rstrip(".").lower()
+
+
+class QueryHandler:
+    """Everything between the bytes a client sent and the bytes it gets back."""
+
+    def __init__(self, resolver: Resolver):
+        self.resolver = resolver
+
+    async def answer(self, data: bytes, client_ip: str, protocol: str) -> bytes | None:
+        """The reply's bytes, or None to drop (not even a header to answer)."""
+        if len(data) < HEADER_SIZE:
+            return None
+        flags = struct.unpack_from("!H", data, 2)[0]
+        if flags & QR_BIT:
+            return None  # a response sent to us: answering it could start a loop
+        if (flags >> 11) & 0xF != OPCODE_QUERY:
+            return _header_only_reply(data, RCODE.NOTIMP)
+        try:
+            query = DNSRecord.parse(data)
+        except Exception:
+            return _header_only_reply(data, RCODE.FORMERR)
+        if len(query.questions) != 1:
+            return _header_only_reply(data, RCODE.FORMERR)
+        options = [record for record in query.ar if record.rtype == OPT]
+        if len(options) > 1:
+            return _header_only_reply(data, RCODE.FORMERR)  # RFC 6891 §6.1.1
+        edns_payload = dnssec_ok = None
+        if options:
+            opt = options[0]
+            edns_payload = opt.rclass
+            dnssec_ok = bool((opt.ttl >> 15) & 1)
+            if (opt.ttl >> 16) & 0xFF:  # EDNS version other than 0
+                reply = empty_reply(query, RCODE_BADVERS & 0xF)
+                reply.add_ar(EDNS0(udp_len=MAX_UDP_PAYLOAD, ext_rcode=RCODE_BADVERS >> 4))
+                return bytes(reply.pack())
+        request = Request(query=query, qname=_qname(query), qtype=query.q.qtype, client_ip=client_ip,
+                          protocol=protocol, edns_payload=edns_payload, dnssec_ok=bool(dnssec_ok),
+                          checking_disabled=bool(query.header.cd))
+        try:
+            if request.qtype == QTYPE.ANY:
+                response = Response(rfc8482_answer(query), "local")
+            else:
+                response = await self.resolver.resolve(request)
+        except Exception:
+            log.exception("error answering a query")
+            response = Response(empty_reply(query, RCODE.SERVFAIL), "servfail")
+        reply = response.reply
+        reply.header.id = query.header.id
+        reply.header.qr, reply.header.ra, reply.header.rd = 1, 1, query.header.rd
+        reply.questions = query.questions
+        limit = udp_limit(edns_payload) if protocol == "udp" else None
+        return finish(reply, edns_payload, bool(dnssec_ok), response.ede, limit)
+
+
+class UdpListener(asyncio.DatagramProtocol):
+    def __init__(self, handler: QueryHandler):
+        self.handler = handler
+        self.transport: asyncio.DatagramTransport | None = None
+        self.tasks: set[asyncio.Task] = set()
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        task = asyncio.ensure_future(self._answer(data, addr))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _answer(self, data: bytes, addr) -> None:
+        reply = await self.handler.answer(data, addr[0], "udp")
+        if reply is not None and self.transport is not None and not self.transport.is_closing():
+            self.transport.sendto(reply, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("udp error: %s", exc)  # e.g. ICMP port unreachable from a client that left
+
+
+class TcpListener:
+    """RFC 7766: length-prefixed messages, several per connection, answered as they are ready."""
+
+    def __init__(self, handler: QueryHandler, idle_timeout: float = 10.0, max_connections: int = 1000):
+        self.handler = handler
+        self.idle_timeout = idle_timeout
+        self.max_connections = max_connections
+        self.connections = 0
+
+    async def serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.connections >= self.max_connections:
+            writer.close()
+            return
+        self.connections += 1
+        peer = writer.get_extra_info("peername")
+        client_ip = peer[0] if peer else ""
+        in_flight: set[asyncio.Task] = set()
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(self.idle_timeout):
+                        (length,) = struct.unpack("!H", await reader.readexactly(2))
+                        data = await reader.readexactly(length)
+                except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
+                    break
+                task = asyncio.ensure_future(self._answer(data, client_ip, writer))
+                in_flight.add(task)
+                task.add_done_callback(in_flight.discard)
+                if len(in_flight) >= TCP_MAX_PIPELINE:
+                    await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+            if in_flight:
+                await asyncio.wait(in_flight, timeout=self.idle_timeout)
+        finally:
+            self.connections -= 1
+            for task in in_flight:
+                task.cancel()
+            writer.close()
+
+    async def _answer(self, data: bytes, client_ip: str, writer: asyncio.StreamWriter) -> None:
+        reply = await self.handler.answer(data, client_ip, "tcp")
+        if reply is None:
+            return
+        if not writer.is_closing():
+            writer.write(struct.pack("!H", len(reply)) + reply)
+

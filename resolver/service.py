@@ -1,0 +1,188 @@
+"""`classguard serve`: loads config, policy and lists, starts the listeners, keeps lists fresh."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import signal
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from blocklists.bundled import Bundled, load_bundled
+from blocklists.compiled import CompiledLists
+from blocklists.update import UpdateError, load_compiled, update_lists
+from policies.loader import load_policy
+from policies.model import Policy
+from resolver.build import build_chain
+from resolver.config import Config, parse_listen
+from resolver.server import QueryHandler, TcpListener, UdpListener
+from resolver.state import RuntimeState
+from resolver.upstream import Upstream, UpstreamGroup
+
+log = logging.getLogger("classguard.service")
+
+EXAMPLE_POLICY = Path(__file__).resolve().parent.parent / "policies" / "example.yaml"
+RESOLV_CONF = Path("/etc/resolv.conf")
+
+
+class StartupError(Exception):
+    """classguard cannot start with this configuration; the message says why."""
+
+
+def known_categories(config: Config, bundled: Bundled) -> set[str]:
+    categories = set(bundled.categories)
+    categories.update(source.category for source in config.blocklists.sources if source.category)
+    return categories
+
+
+def policy_path(config: Config) -> Path:
+    return config.policies or EXAMPLE_POLICY
+
+
+def read_policy(config: Config, bundled: Bundled) -> Policy:
+    return load_policy(policy_path(config), known_categories=known_categories(config, bundled),
+                       known_services=set(bundled.services))
+
+
+def resolv_conf_upstreams(path: Path = RESOLV_CONF) -> list[str]:
+    upstreams = []
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return []
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= 2 and fields[0] == "nameserver":
+            address = fields[1].split("%", 1)[0]
+            try:
+                ip = ipaddress.ip_address(address)
+            except ValueError:
+                continue
+            upstreams.append(f"udp://[{ip}]:53" if ip.version == 6 else f"udp://{ip}:53")
+    return upstreams
+
+
+def _own_addresses(listen: tuple[str, ...]) -> set[tuple[str, int]]:
+    own = set()
+    for entry in listen:
+        host, port = parse_listen(entry)
+        own.add((host, port))
+        if host in ("0.0.0.0", "::"):
+            own.update({("127.0.0.1", port), ("::1", port)})
+    return own
+
+
+def make_upstreams(config: Config) -> tuple[UpstreamGroup, dict[str, UpstreamGroup]]:
+    """The upstream groups, never including one of our own listen addresses (no forwarding loop)."""
+    dns = config.dns
+    urls = list(dns.upstreams) or resolv_conf_upstreams()
+    own = _own_addresses(dns.listen)
+    upstreams = []
+    for url in urls:
+        upstream = Upstream.from_url(url)
+        if (upstream.host, upstream.port) in own:
+            log.warning("upstream %s is classguard itself: skipped to avoid a forwarding loop", url)
+            continue
+        upstreams.append(upstream)
+    if not upstreams:
+        raise StartupError("no usable upstream: set dns.upstreams in the config "
+                           "(/etc/resolv.conf names none, or only classguard itself)")
+    zones = {zone: UpstreamGroup([Upstream.from_url(url)], dns.upstream_timeout)
+             for zone, url in dns.forward_zones.items()}
+    return UpstreamGroup(upstreams, dns.upstream_timeout), zones
+
+
+def own_names(config: Config) -> frozenset[str]:
+    from urllib.parse import urlsplit
+
+    names = set()
+    for section in (config.doh, config.dashboard):
+        url = (section or {}).get("public_url")
+        if url and urlsplit(url).hostname:
+            names.add(urlsplit(url).hostname.lower())
+    hostname = (config.dot or {}).get("hostname")
+    if hostname:
+        names.add(hostname.lower())
+    return frozenset(names)
+
+
+@dataclass
+class Service:
+    config: Config
+    state: RuntimeState
+    bundled: Bundled
+    transports: list = field(default_factory=list)
+    servers: list = field(default_factory=list)
+    tasks: list = field(default_factory=list)
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    udp_addresses: list[tuple[str, int]] = field(default_factory=list)
+
+    async def start(self) -> None:
+        upstreams, zones = make_upstreams(self.config)
+        dns = self.config.dns
+        handler = QueryHandler(build_chain(dns, self.state, upstreams, zones))
+        loop = asyncio.get_running_loop()
+        tcp = TcpListener(handler, dns.tcp_idle_timeout, dns.tcp_max_connections)
+        for entry in dns.listen:
+            host, port = parse_listen(entry)
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda: UdpListener(handler), local_addr=(host, port), family=family)
+            bound = transport.get_extra_info("sockname")
+            self.transports.append(transport)
+            self.udp_addresses.append((bound[0], bound[1]))
+            server = await asyncio.start_server(tcp.serve_connection, host, bound[1], family=family,
+                                                reuse_address=True)
+            self.servers.append(server)
+            log.info("DNS listening on %s port %d (UDP and TCP)", bound[0], bound[1])
+        log.info("upstreams: %s", ", ".join(u.name for u in upstreams.upstreams))
+        if self.state.snapshot.lists is None:
+            self.tasks.append(asyncio.create_task(self._refresh_lists(first=True)))
+        else:
+            self.tasks.append(asyncio.create_task(self._refresh_lists(first=False)))
+
+    async def _refresh_lists(self, first: bool) -> None:
+        period = self.config.blocklists.refresh
+        while True:
+            if not first:
+                await asyncio.sleep(period)
+            first = False
+            try:
+                lists, report = await update_lists(self.config, self.bundled)
+            except UpdateError as exc:
+                log.error("list refresh failed, the previous lists stay in force: %s", exc)
+                continue
+            self.state.replace_lists(lists)
+            log.info("lists loaded: %s", report.summary())
+
+    async def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        for transport in self.transports:
+            transport.close()
+        for server in self.servers:
+            server.close()
+            await server.wait_closed()
+
+
+def prepare(config: Config) -> Service:
+    bundled = load_bundled()
+    policy = read_policy(config, bundled)
+    lists: CompiledLists | None = load_compiled(config.state_dir)
+    state = RuntimeState(policy, lists, bundled, config.dns.unknown_clients, own_names(config))
+    return Service(config, state, bundled)
+
+
+async def run(config: Config) -> None:
+    service = prepare(config)
+    await service.start()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, service.stopping.set)
+    log.info("classguard is serving (policy %s); Ctrl-C to stop", policy_path(config))
+    await service.stopping.wait()
+    log.info("stopping")
+    await service.stop()

@@ -1,0 +1,122 @@
+"""A tiny real nameserver for tests, built on dnspython so our own encoder never checks itself.
+
+It listens on 127.0.0.1, port 0, UDP and TCP, answers from a dict of records, counts the queries
+it sees, and can misbehave on request: stay silent, truncate over UDP, send junk or a wrong id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from dataclasses import dataclass, field
+
+import dns.flags
+import dns.message
+import dns.name
+import dns.rcode
+import dns.rdatatype
+import dns.rrset
+
+
+@dataclass
+class FakeNameserver:
+    records: dict[tuple[str, str], list[str]] = field(default_factory=dict)  # (name, type) -> rdata texts
+    ttl: int = 300
+    mode: str = "normal"  # normal | silent | truncate | junk | wrong_id | servfail
+    delay: float = 0.0
+    queries: list[tuple[str, str, str]] = field(default_factory=list)  # (transport, name, type)
+    host: str = "127.0.0.1"
+    port: int = 0
+    _transport: asyncio.DatagramTransport | None = None
+    _server: asyncio.base_events.Server | None = None
+
+    def add(self, name: str, rdtype: str, *values: str) -> None:
+        self.records[(name.lower().rstrip("."), rdtype)] = list(values)
+
+    @property
+    def url(self) -> str:
+        return f"udp://{self.host}:{self.port}"
+
+    def answer(self, wire: bytes, transport: str) -> bytes | None:
+        query = dns.message.from_wire(wire)
+        question = query.question[0]
+        name = question.name.to_text().rstrip(".").lower()
+        rdtype = dns.rdatatype.to_text(question.rdtype)
+        self.queries.append((transport, name, rdtype))
+        if self.mode == "silent":
+            return None
+        if self.mode == "junk":
+            return b"\x00\x01garbage"
+        response = dns.message.make_response(query)
+        response.flags |= dns.flags.RA
+        if self.mode == "servfail":
+            response.set_rcode(dns.rcode.SERVFAIL)
+            return response.to_wire()
+        if self.mode == "wrong_id":
+            response.id = (query.id + 1) % 65536
+            return response.to_wire()
+        if self.mode == "truncate" and transport == "udp":
+            response.flags |= dns.flags.TC
+            return response.to_wire()
+        values = self.records.get((name, rdtype))
+        cname = self.records.get((name, "CNAME"))
+        if values is None and cname is not None and rdtype != "CNAME":
+            response.answer.append(dns.rrset.from_text(question.name, self.ttl, "IN", "CNAME", *cname))
+            target = cname[0].rstrip(".").lower()
+            values = self.records.get((target, rdtype))
+            if values:
+                response.answer.append(dns.rrset.from_text(cname[0], self.ttl, "IN", rdtype, *values))
+            return response.to_wire()
+        if values:
+            response.answer.append(dns.rrset.from_text(question.name, self.ttl, "IN", rdtype, *values))
+        elif not any(key[0] == name for key in self.records):
+            response.set_rcode(dns.rcode.NXDOMAIN)
+            response.authority.append(dns.rrset.from_text(
+                "test.", self.ttl, "IN", "SOA", "ns.test. admin.test. 1 3600 600 86400 60"))
+        else:
+            response.authority.append(dns.rrset.from_text(
+                "test.", self.ttl, "IN", "SOA", "ns.test. admin.test. 1 3600 600 86400 60"))
+        return response.to_wire()
+
+    async def start(self) -> "FakeNameserver":
+        loop = asyncio.get_running_loop()
+        server = self
+
+        class Udp(asyncio.DatagramProtocol):
+            def connection_made(self, transport):
+                self.transport = transport
+
+            def datagram_received(self, data, addr):
+                async def reply():
+                    if server.delay:
+                        await asyncio.sleep(server.delay)
+                    wire = server.answer(data, "udp")
+                    if wire is not None:
+                        self.transport.sendto(wire, addr)
+                asyncio.ensure_future(reply())
+
+        self._transport, _ = await loop.create_datagram_endpoint(Udp, local_addr=(self.host, self.port))
+        self.port = self._transport.get_extra_info("sockname")[1]
+
+        async def tcp(reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+            try:
+                while True:
+                    (length,) = struct.unpack("!H", await reader.readexactly(2))
+                    wire = server.answer(await reader.readexactly(length), "tcp")
+                    if wire is not None:
+                        writer.write(struct.pack("!H", len(wire)) + wire)
+                        await writer.drain()
+            except (asyncio.IncompleteReadError, ConnectionError):
+                pass
+            finally:
+                writer.close()
+
+        self._server = await asyncio.start_server(tcp, self.host, self.port)
+        return self
+
+    async def stop(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
