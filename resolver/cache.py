@@ -31,7 +31,10 @@ class CacheEntry:
         reply = empty_reply(query, self.rcode)
 
         def aged(records: list[RR]) -> list[RR]:
-            return [RR(r.rname, r.rtype, r.rclass, STALE_TTL if stale else max(0, r.ttl - elapsed), r.rdata)
+            # No record outlives the entry: a negative answer's SOA carries the negative TTL
+            # (RFC 2308 §5), and a record's TTL above MAX_TTL is cut to it.
+            return [RR(r.rname, r.rtype, r.rclass,
+                       STALE_TTL if stale else max(0, min(r.ttl, self.ttl) - elapsed), r.rdata)
                     for r in records]
 
         reply.rr, reply.auth, reply.ar = aged(self.answer), aged(self.authority), aged(self.additional)

@@ -10,12 +10,13 @@ import sys
 from pathlib import Path
 
 from blocklists.bundled import load_bundled
+from blocklists.names import normalize_domain
 from blocklists.update import UpdateError, load_compiled, update_lists
 from policies.engine import PolicyEngine
 from policies.loader import PolicyError, load_policy
 from resolver.clients import ClientIndex
 from resolver.config import ConfigError, load_config
-from resolver.service import StartupError, known_categories, read_policy
+from resolver.service import StartupError, known_categories, own_names, read_policy
 
 log = logging.getLogger("classguard")
 
@@ -109,11 +110,6 @@ def _lists_update(config) -> int:
 def _check(config, args) -> int:
     bundled = load_bundled()
     policy = read_policy(config, bundled)
-    lists = load_compiled(config.state_dir)
-    if lists is None:
-        print("note: no compiled lists under state_dir yet; compiling them now", file=sys.stderr)
-        lists, _report = asyncio.run(update_lists(config, bundled))
-    engine = PolicyEngine(policy, lists, bundled)
     scope = "home" if args.home else "school"
     if args.class_id:
         class_id, how = args.class_id, "--class"
@@ -131,11 +127,14 @@ def _check(config, args) -> int:
                   f"  rule: dns.unknown_clients: {config.dns.unknown_clients}")
             return 0
         class_id, how = client.class_id, client.matched_by
-    from blocklists.names import normalize_domain
-
     name = normalize_domain(args.name)
     if name is None:
         raise StartupError(f"{args.name!r} is not a valid domain name")
+    lists = load_compiled(config.state_dir)
+    if lists is None:
+        print("note: no compiled lists under state_dir yet; compiling them now", file=sys.stderr)
+        lists, _report = asyncio.run(update_lists(config, bundled))
+    engine = PolicyEngine(policy, lists, bundled, own_names(config))
     decision = engine.decide(name, class_id, scope)
     print(name)
     print(f"  class: {class_id} ({how}), scope {scope}")

@@ -16,6 +16,7 @@ from blocklists.update import UpdateError, load_compiled, update_lists
 from policies.loader import load_policy
 from policies.model import Policy
 from resolver.build import build_chain
+from resolver.chain import Resolver
 from resolver.config import Config, parse_listen
 from resolver.server import QueryHandler, TcpListener, UdpListener
 from resolver.state import RuntimeState
@@ -118,11 +119,20 @@ class Service:
     tasks: list = field(default_factory=list)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     udp_addresses: list[tuple[str, int]] = field(default_factory=list)
+    chain: Resolver | None = None  # the head of the resolver chain, once started
+
+    def link(self, kind: type):
+        """The first link of the running chain that is a `kind` (walking `.next`), or None."""
+        link = self.chain
+        while link is not None and not isinstance(link, kind):
+            link = getattr(link, "next", None)
+        return link
 
     async def start(self) -> None:
         upstreams, zones = make_upstreams(self.config)
         dns = self.config.dns
-        handler = QueryHandler(build_chain(dns, self.state, upstreams, zones))
+        self.chain = build_chain(dns, self.state, upstreams, zones)
+        handler = QueryHandler(self.chain)
         loop = asyncio.get_running_loop()
         tcp = TcpListener(handler, dns.tcp_idle_timeout, dns.tcp_max_connections)
         for entry in dns.listen:

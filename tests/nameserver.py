@@ -10,6 +10,7 @@ import asyncio
 import struct
 from dataclasses import dataclass, field
 
+import dns.exception
 import dns.flags
 import dns.message
 import dns.name
@@ -66,7 +67,7 @@ class FakeNameserver:
             values = self.records.get((target, rdtype))
             if values:
                 response.answer.append(dns.rrset.from_text(cname[0], self.ttl, "IN", rdtype, *values))
-            return response.to_wire()
+            return self._wire(response, transport)
         if values:
             response.answer.append(dns.rrset.from_text(question.name, self.ttl, "IN", rdtype, *values))
         elif not any(key[0] == name for key in self.records):
@@ -76,7 +77,19 @@ class FakeNameserver:
         else:
             response.authority.append(dns.rrset.from_text(
                 "test.", self.ttl, "IN", "SOA", "ns.test. admin.test. 1 3600 600 86400 60"))
-        return response.to_wire()
+        return self._wire(response, transport)
+
+    @staticmethod
+    def _wire(response: dns.message.Message, transport: str) -> bytes:
+        """Over TCP the whole answer; over UDP what fits the query's payload, or TC (RFC 2181 §9)."""
+        if transport == "tcp":
+            return response.to_wire(max_size=65535)
+        try:
+            return response.to_wire()
+        except dns.exception.TooBig:
+            response.answer, response.authority, response.additional = [], [], []
+            response.flags |= dns.flags.TC
+            return response.to_wire()
 
     async def start(self) -> "FakeNameserver":
         loop = asyncio.get_running_loop()
