@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from dnslib import RCODE
+from dnslib import RCODE, DNSLabel
 
 from resolver.answers import EDE_NO_REACHABLE_AUTHORITY, OPT, empty_reply
 from resolver.chain import Request, Response
@@ -32,7 +32,11 @@ class ForwardingResolver:
         return self.default
 
     async def resolve(self, request: Request) -> Response:
-        query = upstream_query(request.qname, request.qtype, request.dnssec_ok, request.checking_disabled)
+        # The name as asked, label by label, lowercased: never re-read from text, where a label's
+        # non-ASCII bytes would be garbled or fail IDNA encoding.
+        qname = DNSLabel([label.lower() for label in request.query.q.qname.label])
+        query = upstream_query(qname, request.qtype, request.dnssec_ok, request.checking_disabled,
+                               request.query.q.qclass)
         try:
             reply = await self.group_for(request.qname).exchange(query)
         except UpstreamError as exc:

@@ -1,10 +1,11 @@
-"""Names answered here and never forwarded: localhost, RFC 6761 names, RFC 6303 reverse zones."""
+"""Answered here and never forwarded: localhost, RFC 6761 names, RFC 6303 reverse zones, and ANY
+(RFC 8482), after client identification so an unknown client is refused even those."""
 
 from __future__ import annotations
 
 from dnslib import AAAA, QTYPE, RCODE, RR, SOA, A
 
-from resolver.answers import empty_reply
+from resolver.answers import empty_reply, rfc8482_answer
 from resolver.chain import Link, Request, Response
 
 LOCAL_TTL = 3600
@@ -43,6 +44,8 @@ class LocalZonesLink(Link):
 
     async def resolve(self, request: Request) -> Response:
         name = request.qname
+        if request.qtype == QTYPE.ANY:
+            return Response(rfc8482_answer(request.query), "local")  # RFC 8482 §4.2: one HINFO
         if name == "localhost" or name.endswith(".localhost"):
             return Response(self._localhost(request), "local")
         zone = _zone_of(name, self.zones)

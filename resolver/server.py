@@ -6,9 +6,9 @@ import asyncio
 import logging
 import struct
 
-from dnslib import EDNS0, QTYPE, RCODE, DNSRecord
+from dnslib import EDNS0, RCODE, DNSRecord
 
-from resolver.answers import MAX_UDP_PAYLOAD, OPT, empty_reply, finish, rfc8482_answer, udp_limit
+from resolver.answers import MAX_UDP_PAYLOAD, OPT, empty_reply, finish, udp_limit
 from resolver.chain import Request, Resolver, Response
 
 log = logging.getLogger("classguard.server")
@@ -57,6 +57,10 @@ class QueryHandler:
             return _header_only_reply(data, RCODE.FORMERR)
         if len(query.questions) != 1:
             return _header_only_reply(data, RCODE.FORMERR)
+        if any(b"." in label for label in query.q.qname.label):
+            # A dot inside a label: as text it would read as another name than the one asked
+            # (`adult` + `example.` is not `adult.example`), so neither filter nor forward it.
+            return _header_only_reply(data, RCODE.FORMERR)
         options = [record for record in query.ar if record.rtype == OPT]
         if len(options) > 1:
             return _header_only_reply(data, RCODE.FORMERR)  # RFC 6891 §6.1.1
@@ -73,10 +77,7 @@ class QueryHandler:
                           protocol=protocol, edns_payload=edns_payload, dnssec_ok=bool(dnssec_ok),
                           checking_disabled=bool(query.header.cd))
         try:
-            if request.qtype == QTYPE.ANY:
-                response = Response(rfc8482_answer(query), "local")
-            else:
-                response = await self.resolver.resolve(request)
+            response = await self.resolver.resolve(request)
         except Exception:
             log.exception("error answering a query")
             response = Response(empty_reply(query, RCODE.SERVFAIL), "servfail")

@@ -137,21 +137,37 @@ class Service:
         tcp = TcpListener(handler, dns.tcp_idle_timeout, dns.tcp_max_connections)
         for entry in dns.listen:
             host, port = parse_listen(entry)
-            family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            transport, _ = await loop.create_datagram_endpoint(
-                lambda: UdpListener(handler), local_addr=(host, port), family=family)
+            transport, server = await self._bind(host, port, handler, tcp)
             bound = transport.get_extra_info("sockname")
             self.transports.append(transport)
-            self.udp_addresses.append((bound[0], bound[1]))
-            server = await asyncio.start_server(tcp.serve_connection, host, bound[1], family=family,
-                                                reuse_address=True)
             self.servers.append(server)
+            self.udp_addresses.append((bound[0], bound[1]))
             log.info("DNS listening on %s port %d (UDP and TCP)", bound[0], bound[1])
         log.info("upstreams: %s", ", ".join(u.name for u in upstreams.upstreams))
         if self.state.snapshot.lists is None:
             self.tasks.append(asyncio.create_task(self._refresh_lists(first=True)))
         else:
             self.tasks.append(asyncio.create_task(self._refresh_lists(first=False)))
+
+    @staticmethod
+    async def _bind(host: str, port: int, handler: QueryHandler, tcp: TcpListener):
+        """UDP and TCP on one port; with port 0, retry until a free port is free for both."""
+        loop = asyncio.get_running_loop()
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        for attempt in range(20 if port == 0 else 1):
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda: UdpListener(handler), local_addr=(host, port), family=family)
+            bound_port = transport.get_extra_info("sockname")[1]
+            try:
+                server = await asyncio.start_server(tcp.serve_connection, host, bound_port, family=family,
+                                                    reuse_address=True)
+            except OSError:
+                transport.close()
+                if port != 0 or attempt == 19:
+                    raise
+                continue
+            return transport, server
+        raise AssertionError("unreachable")
 
     async def _refresh_lists(self, first: bool) -> None:
         period = self.config.blocklists.refresh

@@ -9,7 +9,7 @@ import struct
 import time
 from dataclasses import dataclass
 
-from dnslib import EDNS0, DNSQuestion, DNSRecord
+from dnslib import EDNS0, DNSLabel, DNSQuestion, DNSRecord
 
 from resolver.answers import MAX_UDP_PAYLOAD
 from resolver.config import parse_upstream
@@ -181,9 +181,10 @@ class UpstreamGroup:
         raise UpstreamError("; ".join(errors) or "deadline passed")
 
 
-def upstream_query(qname: str, qtype: int, dnssec_ok: bool, checking_disabled: bool) -> DNSRecord:
+def upstream_query(qname: str | DNSLabel, qtype: int, dnssec_ok: bool, checking_disabled: bool,
+                   qclass: int = 1) -> DNSRecord:
     """The query we send: recursion desired, EDNS with our payload size, never the client's ECS."""
-    query = DNSRecord(q=DNSQuestion(qname or ".", qtype))
+    query = DNSRecord(q=DNSQuestion(qname or ".", qtype, qclass))
     query.header.cd = int(checking_disabled)
     query.add_ar(EDNS0(udp_len=MAX_UDP_PAYLOAD, flags="do" if dnssec_ok else ""))
     return query

@@ -108,9 +108,6 @@ class FakeNameserver:
                         self.transport.sendto(wire, addr)
                 asyncio.ensure_future(reply())
 
-        self._transport, _ = await loop.create_datagram_endpoint(Udp, local_addr=(self.host, self.port))
-        self.port = self._transport.get_extra_info("sockname")[1]
-
         async def tcp(reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
             try:
                 while True:
@@ -124,7 +121,17 @@ class FakeNameserver:
             finally:
                 writer.close()
 
-        self._server = await asyncio.start_server(tcp, self.host, self.port)
+        wanted = self.port
+        for attempt in range(20):  # port 0: find a port free for both UDP and TCP
+            self._transport, _ = await loop.create_datagram_endpoint(Udp, local_addr=(self.host, wanted))
+            self.port = self._transport.get_extra_info("sockname")[1]
+            try:
+                self._server = await asyncio.start_server(tcp, self.host, self.port)
+                return self
+            except OSError:
+                self._transport.close()
+                if wanted != 0 or attempt == 19:
+                    raise
         return self
 
     async def stop(self) -> None:
