@@ -49,7 +49,7 @@ def block_answer(query: DNSRecord, qname: str, qtype: int, block_response: str, 
         if block_response == "refused":
             return empty_reply(query, RCODE.REFUSED)
         reply = empty_reply(query)
-        address = _block_address(block_response, qtype)
+        address = block_address(block_response, qtype)
         if address is not None:
             rdata = A(address) if qtype == QTYPE.A else AAAA(address)
             reply.add_answer(RR(asked, qtype, ttl=ttl, rdata=rdata))
@@ -57,7 +57,7 @@ def block_answer(query: DNSRecord, qname: str, qtype: int, block_response: str, 
     return empty_reply(query)  # NODATA for every other type
 
 
-def _block_address(block_response: str, qtype: int) -> str | None:
+def block_address(block_response: str, qtype: int) -> str | None:
     if block_response == "null":
         return "0.0.0.0" if qtype == QTYPE.A else "::"
     if block_response.startswith("ip:"):

@@ -7,10 +7,11 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from dnslib import QTYPE, RCODE, RR, DNSRecord
+from dnslib import QTYPE, RCODE, RR, DNSHeader, DNSLabel, DNSQuestion, DNSRecord
 
 from resolver.answers import EDE_STALE_ANSWER, OPT, copy_reply, empty_reply
 from resolver.chain import Link, Request, Response
+from resolver.wire import RD_BIT, U32, opt_record, record_ttl_offsets
 
 MAX_TTL = 86400
 STALE_WINDOW = 86400  # RFC 8767: serve an expired answer for up to a day while upstreams are down
@@ -25,20 +26,76 @@ class CacheEntry:
     additional: list[RR]
     stored_at: float
     ttl: int
+    # The answer packed once (id 0, RD clear, lowercase question, no OPT) and where its TTLs
+    # are, so that a hit is a copy and a few patches instead of a pack.
+    wire: bytes = b""
+    ttl_offsets: tuple[tuple[int, int], ...] = ()
+    question_end: int = 0
+    # What answer inspection looks at, read once; and its verdict per (engine, class, scope).
+    cnames: tuple[str, ...] = ()
+    addresses: tuple[str, ...] = ()
+    inspected: dict | None = None
+
+    def fresh(self, now: float) -> bool:
+        return self.stored_at + self.ttl > now
 
     def reply_for(self, query: DNSRecord, now: float, stale: bool = False) -> DNSRecord:
         elapsed = int(now - self.stored_at)
         reply = empty_reply(query, self.rcode)
 
         def aged(records: list[RR]) -> list[RR]:
-            # No record outlives the entry: a negative answer's SOA carries the negative TTL
-            # (RFC 2308 §5), and a record's TTL above MAX_TTL is cut to it.
             return [RR(r.rname, r.rtype, r.rclass,
                        STALE_TTL if stale else max(0, min(r.ttl, self.ttl) - elapsed), r.rdata)
                     for r in records]
 
         reply.rr, reply.auth, reply.ar = aged(self.answer), aged(self.authority), aged(self.additional)
         return reply
+
+    def render(self, data: bytes, now: float, rd: bool, edns_payload: int | None, dnssec_ok: bool,
+               limit: int | None) -> bytes | None:
+        """This entry as the answer to the query `data`; None when it does not fit in `limit`."""
+        elapsed = int(now - self.stored_at)
+        wire = bytearray(self.wire)
+        wire[0:2] = data[0:2]
+        if rd:
+            wire[2] |= RD_BIT >> 8
+        end = self.question_end
+        if data[12:end].lower() == self.wire[12:end]:
+            wire[12:end] = data[12:end]  # the client's own letter case (RFC 4343), e.g. 0x20 encoding
+        for offset, ttl in self.ttl_offsets:
+            U32.pack_into(wire, offset, ttl - elapsed if ttl > elapsed else 0)
+        if edns_payload is not None:
+            wire[11] += 1  # ARCOUNT: fewer than 256 additional records, since we packed them
+            wire += opt_record(dnssec_ok)
+        if limit is not None and len(wire) > limit:
+            return None
+        return bytes(wire)
+
+
+def wire_name(labels) -> bytes:
+    return b"".join(bytes((len(label),)) + label.lower() for label in labels) + b"\x00"
+
+
+def pack_entry(entry: CacheEntry, question: DNSQuestion, checking_disabled: bool) -> None:
+    header = DNSHeader(id=0, qr=1, ra=1, rd=0, rcode=entry.rcode)
+    header.cd = int(checking_disabled)
+    lowered = DNSQuestion(DNSLabel([label.lower() for label in question.qname.label]), question.qtype,
+                          question.qclass)
+    message = DNSRecord(header=header, questions=[lowered])
+
+    def capped(records: list[RR]) -> list[RR]:
+        return [RR(r.rname, r.rtype, r.rclass, min(r.ttl, entry.ttl), r.rdata) for r in records]
+
+    message.rr, message.auth, message.ar = capped(entry.answer), capped(entry.authority), capped(entry.additional)
+    wire = bytes(message.pack())
+    if wire[11] == 255:  # ARCOUNT too large to bump by one byte: keep to the slow path
+        return
+    entry.wire = wire
+    entry.ttl_offsets = tuple(record_ttl_offsets(wire))
+    entry.question_end = 12 + len(wire_name(question.qname.label)) + 4
+    entry.cnames = tuple(str(r.rdata.label).rstrip(".").lower() for r in entry.answer if r.rtype == QTYPE.CNAME)
+    entry.addresses = tuple(str(r.rdata) for r in entry.answer if r.rtype in (QTYPE.A, QTYPE.AAAA))
+    entry.inspected = {}
 
 
 def cache_ttl(reply: DNSRecord) -> int:
@@ -64,13 +121,14 @@ class CacheLink(Link):
 
     async def resolve(self, request: Request) -> Response:
         query = request.query
-        key = (request.qname, request.qtype, query.q.qclass, request.dnssec_ok, request.checking_disabled)
+        key = (wire_name(query.q.qname.label), request.qtype, query.q.qclass, request.dnssec_ok,
+               request.checking_disabled)
         now = self.clock()
         entry = self.entries.get(key)
         if entry is not None and entry.stored_at + entry.ttl > now:
             self.entries.move_to_end(key)
             self.hits += 1
-            return Response(entry.reply_for(query, now), "cache")
+            return Response(entry.reply_for(query, now), "cache", entry=entry)
         self.misses += 1
         pending = self.inflight.get(key)
         if pending is not None:
@@ -88,7 +146,7 @@ class CacheLink(Link):
             raise
         finally:
             del self.inflight[key]
-        self._store(key, response.reply)
+        self._store(key, response.reply, request)
         pending.set_result(response)
         return self._answer(key, query, response)
 
@@ -97,19 +155,29 @@ class CacheLink(Link):
         now = self.clock()
         entry = self.entries.get(key)
         if entry is not None and entry.stored_at + entry.ttl > now:
-            return Response(entry.reply_for(query, now), response.source)
+            return Response(entry.reply_for(query, now), response.source, entry=entry)
         if response.reply.header.rcode == RCODE.SERVFAIL:
             stale = self._stale(key, query)
             if stale is not None:
                 return stale
         return Response(copy_reply(response.reply, query), response.source, ede=response.ede)
 
-    def _store(self, key: tuple, reply: DNSRecord) -> CacheEntry | None:
+    def lookup(self, key: tuple, now: float) -> CacheEntry | None:
+        """The fast path's way in: a fresh entry or None, counted like any other lookup."""
+        entry = self.entries.get(key)
+        if entry is not None and entry.stored_at + entry.ttl > now and entry.wire:
+            self.entries.move_to_end(key)
+            self.hits += 1
+            return entry
+        return None
+
+    def _store(self, key: tuple, reply: DNSRecord, request: Request) -> CacheEntry | None:
         ttl = cache_ttl(reply)
         if ttl <= 0:
             return None
         entry = CacheEntry(reply.header.rcode, list(reply.rr), list(reply.auth),
                            [r for r in reply.ar if r.rtype != OPT], self.clock(), ttl)
+        pack_entry(entry, request.query.q, request.checking_disabled)
         self.entries[key] = entry
         self.entries.move_to_end(key)
         while len(self.entries) > self.max_entries:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from dnslib import DNSRecord
@@ -40,7 +40,7 @@ class Response:
     source: str  # upstream | cache | stale | blocked | local | refused | servfail | rewrite | fixed
     reason: str | None = None  # block reason, e.g. "category:adult"
     ede: tuple[int, str] | None = None  # RFC 8914 extended error (code, text)
-    cnames: tuple[str, ...] = field(default_factory=tuple)
+    entry: object | None = None  # the cache entry this answer is (resolver.cache.CacheEntry)
 
 
 class Resolver(Protocol):
@@ -61,3 +61,11 @@ def chain(*links: Link | Resolver) -> Resolver:
     for link, following in zip(links, links[1:]):
         link.next = following  # type: ignore[union-attr]
     return links[0]
+
+
+def find_link(head: Resolver | None, kind: type):
+    """The first link of a chain that is a `kind` (walking `.next`), or None."""
+    link = head
+    while link is not None and not isinstance(link, kind):
+        link = getattr(link, "next", None)
+    return link

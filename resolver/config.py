@@ -37,6 +37,7 @@ class DnsSettings:
     cache_size: int = 100_000  # entries
     tcp_idle_timeout: float = 10.0
     tcp_max_connections: int = 1000
+    fast_path: bool = True  # answer cache hits and blocks from raw bytes; off only to compare
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +90,7 @@ TOP_KEYS = (
 DNS_KEYS = (
     "listen", "upstreams", "forward_zones", "block_response", "block_ttl", "policy_ttl",
     "unknown_clients", "allow_open", "trusted_forwarders", "rate_limit", "upstream_timeout",
-    "cache_size", "tcp_idle_timeout", "tcp_max_connections",
+    "cache_size", "tcp_idle_timeout", "tcp_max_connections", "fast_path",
 )
 RATE_LIMIT_KEYS = ("qps", "burst")
 BLOCKLIST_KEYS = ("refresh", "sources", "bundled", "download_timeout", "max_download_bytes")
@@ -391,6 +392,7 @@ class _ConfigParser:
                                       d.tcp_idle_timeout),
             tcp_max_connections=self.get(section, "tcp_max_connections", w,
                                          _int_range(1, 10**6), d.tcp_max_connections),
+            fast_path=self.get(section, "fast_path", w, _bool, d.fast_path),
         )
 
     def block_response(self, section: dict) -> str:

@@ -42,14 +42,22 @@ class LocalZonesLink(Link):
         self.zones = frozenset(z for z in (*SPECIAL_USE, *PRIVATE_REVERSE) if z not in forwarded_zones)
         self.forwarded = forwarded_zones
 
-    async def resolve(self, request: Request) -> Response:
-        name = request.qname
-        if request.qtype == QTYPE.ANY:
-            return Response(rfc8482_answer(request.query), "local")  # RFC 8482 §4.2: one HINFO
+    def local_zone(self, name: str) -> str | None:
+        """The local zone answering `name` ("localhost" included), or None when it may go out."""
         if name == "localhost" or name.endswith(".localhost"):
-            return Response(self._localhost(request), "local")
+            return "localhost"
         zone = _zone_of(name, self.zones)
         if zone is not None and _zone_of(name, self.forwarded) is None:
+            return zone
+        return None
+
+    async def resolve(self, request: Request) -> Response:
+        if request.qtype == QTYPE.ANY:
+            return Response(rfc8482_answer(request.query), "local")  # RFC 8482 §4.2: one HINFO
+        zone = self.local_zone(request.qname)
+        if zone == "localhost":
+            return Response(self._localhost(request), "local")
+        if zone is not None:
             reply = empty_reply(request.query, RCODE.NXDOMAIN)
             reply.add_auth(RR(zone + ".", QTYPE.SOA, ttl=LOCAL_TTL, rdata=SOA(
                 "localhost.", "nobody.invalid.", (1, 3600, 1200, 604800, LOCAL_TTL))))

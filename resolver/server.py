@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
+import time
 
 from dnslib import EDNS0, RCODE, DNSRecord
 
@@ -39,8 +40,23 @@ def _qname(query: DNSRecord) -> str:
 class QueryHandler:
     """Everything between the bytes a client sent and the bytes it gets back."""
 
-    def __init__(self, resolver: Resolver):
+    def __init__(self, resolver: Resolver, fast_path=None, cache=None):
         self.resolver = resolver
+        self.fast_path = fast_path  # resolver.fastpath.FastPath, or None to always take the chain
+        self._cache = cache
+
+    def now(self) -> float:
+        return self._cache.clock() if self._cache is not None else time.monotonic()
+
+    def answer_fast(self, data: bytes, client_ip: str, udp: bool) -> bytes | None:
+        """The answer without leaving the event loop's callback, when the fast path knows it."""
+        if self.fast_path is None:
+            return None
+        try:
+            return self.fast_path.answer(data, client_ip, udp)
+        except Exception:  # the chain answers instead, and says what went wrong
+            log.exception("fast path failed; the query takes the chain")
+            return None
 
     async def answer(self, data: bytes, client_ip: str, protocol: str) -> bytes | None:
         """The reply's bytes, or None to drop (not even a header to answer)."""
@@ -81,11 +97,16 @@ class QueryHandler:
         except Exception:
             log.exception("error answering a query")
             response = Response(empty_reply(query, RCODE.SERVFAIL), "servfail")
+        limit = udp_limit(edns_payload) if protocol == "udp" else None
+        if response.entry is not None and response.ede is None:
+            wire = response.entry.render(data, self.now(), bool(query.header.rd), edns_payload,
+                                         bool(dnssec_ok), limit)
+            if wire is not None:
+                return wire
         reply = response.reply
         reply.header.id = query.header.id
         reply.header.qr, reply.header.ra, reply.header.rd = 1, 1, query.header.rd
         reply.questions = query.questions
-        limit = udp_limit(edns_payload) if protocol == "udp" else None
         return finish(reply, edns_payload, bool(dnssec_ok), response.ede, limit)
 
 
@@ -99,6 +120,10 @@ class UdpListener(asyncio.DatagramProtocol):
         self.transport = transport
 
     def datagram_received(self, data: bytes, addr) -> None:
+        reply = self.handler.answer_fast(data, addr[0], True)
+        if reply is not None:
+            self.transport.sendto(reply, addr)
+            return
         task = asyncio.ensure_future(self._answer(data, addr))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
@@ -137,6 +162,10 @@ class TcpListener:
                         data = await reader.readexactly(length)
                 except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
                     break
+                reply = self.handler.answer_fast(data, client_ip, False)
+                if reply is not None:
+                    writer.write(struct.pack("!H", len(reply)) + reply)
+                    continue
                 task = asyncio.ensure_future(self._answer(data, client_ip, writer))
                 in_flight.add(task)
                 task.add_done_callback(in_flight.discard)

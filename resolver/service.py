@@ -15,9 +15,11 @@ from blocklists.compiled import CompiledLists
 from blocklists.update import UpdateError, load_compiled, update_lists
 from policies.loader import load_policy
 from policies.model import Policy
-from resolver.build import build_chain
-from resolver.chain import Resolver
+from resolver.build import build_chain, build_fast_path
+from resolver.cache import CacheLink
+from resolver.chain import Resolver, find_link
 from resolver.config import Config, parse_listen
+from resolver.fastpath import FastPath
 from resolver.server import QueryHandler, TcpListener, UdpListener
 from resolver.state import RuntimeState
 from resolver.upstream import Upstream, UpstreamGroup
@@ -120,19 +122,21 @@ class Service:
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     udp_addresses: list[tuple[str, int]] = field(default_factory=list)
     chain: Resolver | None = None  # the head of the resolver chain, once started
+    fast_path: FastPath | None = None
+
+    def link_cache(self) -> CacheLink:
+        return self.link(CacheLink)
 
     def link(self, kind: type):
         """The first link of the running chain that is a `kind` (walking `.next`), or None."""
-        link = self.chain
-        while link is not None and not isinstance(link, kind):
-            link = getattr(link, "next", None)
-        return link
+        return find_link(self.chain, kind)
 
     async def start(self) -> None:
         upstreams, zones = make_upstreams(self.config)
         dns = self.config.dns
         self.chain = build_chain(dns, self.state, upstreams, zones)
-        handler = QueryHandler(self.chain)
+        self.fast_path = build_fast_path(self.chain, self.state) if dns.fast_path else None
+        handler = QueryHandler(self.chain, self.fast_path, self.link(CacheLink))
         loop = asyncio.get_running_loop()
         tcp = TcpListener(handler, dns.tcp_idle_timeout, dns.tcp_max_connections)
         for entry in dns.listen:

@@ -82,10 +82,12 @@ class FakeNameserver:
     @staticmethod
     def _wire(response: dns.message.Message, transport: str) -> bytes:
         """Over TCP the whole answer; over UDP what fits the query's payload, or TC (RFC 2181 §9)."""
+        # Records in the order they were added (dnspython shuffles by default), so that two
+        # resolvers asking the same question get the same bytes.
         if transport == "tcp":
-            return response.to_wire(max_size=65535)
+            return response.to_wire(max_size=65535, want_shuffle=False)
         try:
-            return response.to_wire()
+            return response.to_wire(want_shuffle=False)
         except dns.exception.TooBig:
             response.answer, response.authority, response.additional = [], [], []
             response.flags |= dns.flags.TC
