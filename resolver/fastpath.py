@@ -13,10 +13,11 @@ from resolver.cache import CacheLink
 from resolver.filtering import FilteringLink
 from resolver.local_zones import LocalZonesLink
 from resolver.state import RuntimeState
-from resolver.wire import read_query, wire_name_to_text
+from resolver.wire import RawQuery, read_query, wire_name_to_text
 
 QTYPE_ANY = 255
 DECISION_MEMO_LIMIT = 200_000
+QUERY_MEMO_LIMIT = 100_000
 _SLOW = object()  # memo value: this name always takes the chain (a local zone)
 
 
@@ -29,12 +30,20 @@ class FastPath:
         self.cache = cache
         self._snapshot = None
         self._decisions: dict = {}
+        self._queries: dict[bytes, RawQuery] = {}
         self.answered = 0  # queries this path answered (the rest took the chain)
 
     def answer(self, data: bytes, client_ip: str, udp: bool) -> bytes | None:
-        raw = read_query(data)
-        if raw is None or raw.qtype == QTYPE_ANY:
-            return None
+        # Clients repeat the same bytes but for the id: read each distinct query once.
+        tail = data[2:]
+        raw = self._queries.get(tail)
+        if raw is None:
+            raw = read_query(data)
+            if raw is None or raw.qtype == QTYPE_ANY:
+                return None
+            if len(self._queries) >= QUERY_MEMO_LIMIT:
+                self._queries.clear()
+            self._queries[tail] = raw
         snapshot = self.state.snapshot
         if snapshot is not self._snapshot:
             self._snapshot, self._decisions = snapshot, {}
@@ -63,7 +72,7 @@ class FastPath:
             return None
         cache = self.cache
         now = cache.clock()
-        entry = cache.lookup((raw.qname, raw.qtype, raw.qclass, raw.dnssec_ok, raw.cd), now)
+        entry = cache.lookup(raw.cache_key, now)
         if entry is None:
             return None
         if decision.inspect:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import struct
 import time
 
@@ -19,6 +20,8 @@ QR_BIT = 0x8000
 OPCODE_QUERY = 0
 RCODE_BADVERS = 16  # RFC 6891 §6.1.3: an extended rcode, upper 8 bits in the OPT TTL
 TCP_MAX_PIPELINE = 64  # queries of one connection answered at once before we stop reading
+UDP_BATCH = 64  # datagrams read per wake-up before other work gets its turn
+UDP_MAX_QUERY = 4096  # a longer datagram is cut here and then fails to parse: FORMERR
 
 
 def _header_only_reply(data: bytes, rcode: int) -> bytes:
@@ -110,31 +113,64 @@ class QueryHandler:
         return finish(reply, edns_payload, bool(dnssec_ok), response.ede, limit)
 
 
-class UdpListener(asyncio.DatagramProtocol):
-    def __init__(self, handler: QueryHandler):
+class UdpListener:
+    """A UDP socket read straight from the event loop: each wake-up drains what has arrived.
+
+    Reading the socket ourselves (rather than through a datagram transport) lets one wake-up
+    answer a burst, and the fast path answers without creating a task.
+    """
+
+    def __init__(self, handler: QueryHandler, sock: socket.socket):
         self.handler = handler
-        self.transport: asyncio.DatagramTransport | None = None
+        self.sock = sock
         self.tasks: set[asyncio.Task] = set()
+        self.dropped_replies = 0  # the kernel's send buffer was full: the client will retry
+        self._loop: asyncio.AbstractEventLoop | None = None
 
-    def connection_made(self, transport) -> None:
-        self.transport = transport
+    def start(self) -> None:
+        self.sock.setblocking(False)
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self.sock.fileno(), self._on_readable)
 
-    def datagram_received(self, data: bytes, addr) -> None:
-        reply = self.handler.answer_fast(data, addr[0], True)
-        if reply is not None:
-            self.transport.sendto(reply, addr)
-            return
-        task = asyncio.ensure_future(self._answer(data, addr))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+    def close(self) -> None:
+        if self._loop is not None:
+            self._loop.remove_reader(self.sock.fileno())
+            self._loop = None
+        for task in self.tasks:
+            task.cancel()
+        self.sock.close()
+
+    def _on_readable(self) -> None:
+        receive = self.sock.recvfrom
+        answer_fast = self.handler.answer_fast
+        for _ in range(UDP_BATCH):
+            try:
+                data, addr = receive(UDP_MAX_QUERY)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # e.g. ICMP port unreachable from a client that left
+                log.debug("udp receive error: %s", exc)
+                continue
+            reply = answer_fast(data, addr[0], True)
+            if reply is not None:
+                self._send(reply, addr)
+                continue
+            task = asyncio.ensure_future(self._answer(data, addr))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
 
     async def _answer(self, data: bytes, addr) -> None:
         reply = await self.handler.answer(data, addr[0], "udp")
-        if reply is not None and self.transport is not None and not self.transport.is_closing():
-            self.transport.sendto(reply, addr)
+        if reply is not None and self._loop is not None:
+            self._send(reply, addr)
 
-    def error_received(self, exc: Exception) -> None:
-        log.debug("udp error: %s", exc)  # e.g. ICMP port unreachable from a client that left
+    def _send(self, reply: bytes, addr) -> None:
+        try:
+            self.sock.sendto(reply, addr)
+        except (BlockingIOError, InterruptedError):
+            self.dropped_replies += 1
+        except OSError as exc:
+            log.debug("udp send error to a client: %s", exc)
 
 
 class TcpListener:

@@ -111,12 +111,24 @@ def own_names(config: Config) -> frozenset[str]:
     return frozenset(names)
 
 
+# A burst of queries must wait in the kernel, not be dropped, while Python answers the ones
+# before it (the default of about 200 kB holds a few thousand small queries).
+UDP_RECEIVE_BUFFER = 4 * 1024 * 1024
+
+
+def _grow_receive_buffer(sock) -> None:
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RECEIVE_BUFFER)
+    except OSError as exc:  # capped by net.core.rmem_max: what we get is still the most allowed
+        log.debug("cannot grow the UDP receive buffer: %s", exc)
+
+
 @dataclass
 class Service:
     config: Config
     state: RuntimeState
     bundled: Bundled
-    transports: list = field(default_factory=list)
+    udp_listeners: list = field(default_factory=list)
     servers: list = field(default_factory=list)
     tasks: list = field(default_factory=list)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
@@ -141,9 +153,9 @@ class Service:
         tcp = TcpListener(handler, dns.tcp_idle_timeout, dns.tcp_max_connections)
         for entry in dns.listen:
             host, port = parse_listen(entry)
-            transport, server = await self._bind(host, port, handler, tcp)
-            bound = transport.get_extra_info("sockname")
-            self.transports.append(transport)
+            listener, server = await self._bind(host, port, handler, tcp)
+            bound = listener.sock.getsockname()
+            self.udp_listeners.append(listener)
             self.servers.append(server)
             self.udp_addresses.append((bound[0], bound[1]))
             log.info("DNS listening on %s port %d (UDP and TCP)", bound[0], bound[1])
@@ -156,21 +168,29 @@ class Service:
     @staticmethod
     async def _bind(host: str, port: int, handler: QueryHandler, tcp: TcpListener):
         """UDP and TCP on one port; with port 0, retry until a free port is free for both."""
-        loop = asyncio.get_running_loop()
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         for attempt in range(20 if port == 0 else 1):
-            transport, _ = await loop.create_datagram_endpoint(
-                lambda: UdpListener(handler), local_addr=(host, port), family=family)
-            bound_port = transport.get_extra_info("sockname")[1]
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            try:
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind((host, port))
+            except OSError:
+                sock.close()
+                raise
+            _grow_receive_buffer(sock)
+            bound_port = sock.getsockname()[1]
             try:
                 server = await asyncio.start_server(tcp.serve_connection, host, bound_port, family=family,
                                                     reuse_address=True)
             except OSError:
-                transport.close()
+                sock.close()
                 if port != 0 or attempt == 19:
                     raise
                 continue
-            return transport, server
+            listener = UdpListener(handler, sock)
+            listener.start()
+            return listener, server
         raise AssertionError("unreachable")
 
     async def _refresh_lists(self, first: bool) -> None:
@@ -191,8 +211,8 @@ class Service:
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
-        for transport in self.transports:
-            transport.close()
+        for listener in self.udp_listeners:
+            listener.close()
         for server in self.servers:
             server.close()
             await server.wait_closed()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 
 HEADER = struct.Struct("!HHHHHH")
 U16 = struct.Struct("!H")
@@ -14,18 +13,23 @@ OUR_PAYLOAD = 1232  # RFC 6891, DNS flag day 2020
 QR, RD_BIT, RA, CD_BIT = 0x8000, 0x0100, 0x0080, 0x0010
 
 
-@dataclass(frozen=True, slots=True)
 class RawQuery:
-    """What the fast path needs of a query, read straight from its bytes."""
+    """What the fast path needs of a query, read straight from its bytes (all but the id)."""
 
-    qname: bytes  # wire form, lowercased: the cache and decision key
-    question_end: int  # offset just past QTYPE/QCLASS
-    qtype: int
-    qclass: int
-    rd: bool
-    cd: bool
-    edns_payload: int | None  # None: no OPT record
-    dnssec_ok: bool
+    __slots__ = ("qname", "question_end", "qtype", "qclass", "rd", "cd", "edns_payload", "dnssec_ok",
+                 "cache_key")
+
+    def __init__(self, qname: bytes, question_end: int, qtype: int, qclass: int, rd: bool, cd: bool,
+                 edns_payload: int | None, dnssec_ok: bool):
+        self.qname = qname  # wire form, lowercased: the cache and decision key
+        self.question_end = question_end  # offset just past QTYPE/QCLASS
+        self.qtype = qtype
+        self.qclass = qclass
+        self.rd = rd
+        self.cd = cd
+        self.edns_payload = edns_payload  # None: no OPT record
+        self.dnssec_ok = dnssec_ok
+        self.cache_key = (qname, qtype, qclass, dnssec_ok, cd)  # as resolver.cache keys entries
 
 
 def read_query(data: bytes) -> RawQuery | None:
