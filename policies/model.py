@@ -80,3 +80,20 @@ class Policy:
     exceptions: tuple[Exception_, ...] = ()
     bypass_protection: bool = True
     source: str = "<embedded>"  # file the policy came from, for messages
+
+
+@dataclass(frozen=True, slots=True)
+class Override:
+    """A teacher's temporary change to one class, in force from `created_at` until `until`."""
+
+    id: str
+    class_id: str
+    kind: str  # pause | allow
+    until: float  # POSIX time at which it ends by itself
+    target: str | None = None  # for allow: a normalised domain name or a bundled service id
+    target_kind: str | None = None  # for allow: domain | service
+    created_at: float = 0.0
+    created_by: str = ""
+
+    def active(self, now: float) -> bool:
+        return self.created_at <= now < self.until
