@@ -1,13 +1,23 @@
-"""The decision for one name and one class: SPEC §2.3, first match wins, with its explanation."""
+"""The decision for one name, one class and one moment: SPEC §2.3, first match wins, explained.
+
+The policy is compiled once per change. What depends on the clock (schedule windows, teacher
+overrides) is gathered per class and scope into a `ClassState` that is valid until the next
+boundary; decisions are cached inside it, so the common path is one dict lookup.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
-from dataclasses import dataclass
+import math
+import time
+import zoneinfo
+from dataclasses import dataclass, field
 
 from blocklists.bundled import Bundled
 from blocklists.compiled import CompiledLists
-from policies.model import ClassPolicy, Policy, Rules
+from policies.model import ClassPolicy, Override, Policy, Rules, Window
+from policies.schedule import Timetable
 
 
 class Action(enum.Enum):
@@ -40,6 +50,9 @@ class SuffixMap:
     def __init__(self, entries: dict[str, str] | None = None):
         self._entries = entries or {}
 
+    def __bool__(self) -> bool:
+        return bool(self._entries)
+
     def find(self, name: str) -> tuple[str, str] | None:
         """(matched entry, its value) for the most specific entry covering `name`."""
         entries = self._entries
@@ -65,20 +78,57 @@ class _EffectiveRules:
     block_services: frozenset[str]
     allow_only: frozenset[str]
     safe_search: str
+    windows: tuple[Window, ...]
+
+
+@dataclass(slots=True)
+class ClassState:
+    """One class in one scope from now until `valid_until`: what the clock adds to its rules."""
+
+    class_id: str
+    scope: str
+    rules: _EffectiveRules
+    block: frozenset[str]  # categories, the class's and its active windows'
+    block_services: frozenset[str]
+    closed: str | None  # None, or the block reason while closed: "closed" | "paused"
+    closed_rule: str
+    temporary_allow: SuffixMap  # active temporary allows (services expanded to their domains)
+    valid_from: float  # when it was computed: a clock set back (check --at, tests) recomputes
+    valid_until: float
+    timed: bool  # has windows or overrides: answers' TTLs are capped (SPEC §2.6)
+    decisions: dict = field(default_factory=dict)  # name -> Decision
+    wire_decisions: dict = field(default_factory=dict)  # the fast path's memo, by wire name
+
+    def ttl_cap(self, now: float, policy_ttl: int) -> int | None:
+        """The longest TTL an answer may carry now, or None when the class is not time-bound."""
+        if not self.timed:
+            return None
+        return max(0, min(policy_ttl, math.floor(self.valid_until - now)))
 
 
 FORWARD = Decision(Action.RESOLVE, "11 forward", "no rule matched", inspect=True)
 DECISION_CACHE_LIMIT = 200_000
 
 
+def describe_window(window: Window) -> str:
+    days = ",".join(("mon", "tue", "wed", "thu", "fri", "sat", "sun")[day] for day in sorted(window.days))
+    span = f"{window.start // 60:02d}:{window.start % 60:02d}-{window.end // 60:02d}:{window.end % 60:02d}"
+    effect = "closed" if window.closed else "block " + ",".join(window.block + window.block_services)
+    return f"window {days} {span} {effect}" + (" (school days)" if window.school_days_only else "")
+
+
 class PolicyEngine:
-    """Immutable for one (policy, lists) pair; a change builds a new engine and swaps it in."""
+    """Immutable for one (policy, lists, overrides); a change builds a new engine and swaps it in."""
 
     def __init__(self, policy: Policy, lists: CompiledLists | None, bundled: Bundled,
-                 own_names: frozenset[str] = frozenset()):
+                 own_names: frozenset[str] = frozenset(), overrides: tuple[Override, ...] = (),
+                 timezone: str = "UTC"):
         self.policy = policy
         self.lists = lists
         self.bundled = bundled
+        self.overrides = overrides
+        self.tz = zoneinfo.ZoneInfo(timezone)
+        self._locked = frozenset(policy.locked_categories)
         self._always_allow = SuffixMap({name: "always_allow" for name in policy.always_allow})
         self._own = SuffixMap({name: "classguard's own name" for name in own_names}
                               | {name: "connectivity check" for name in bundled.connectivity})
@@ -88,10 +138,17 @@ class PolicyEngine:
                 service_domains.setdefault(domain, []).append(service.id)
         self._services = SuffixMap({domain: ",".join(ids) for domain, ids in service_domains.items()})
         self._rules: dict[tuple[str, str], _EffectiveRules] = {}
+        self._timetables: dict[tuple[str, str], Timetable] = {}
         for class_policy in policy.classes.values():
             for scope in ("school", "home"):
-                self._rules[(class_policy.id, scope)] = self._effective(class_policy, scope)
-        self._cache: dict[tuple[str, str, str], Decision] = {}
+                rules = self._effective(class_policy, scope)
+                self._rules[(class_policy.id, scope)] = rules
+                if rules.windows:
+                    self._timetables[(class_policy.id, scope)] = Timetable(rules.windows, policy.exceptions, self.tz)
+        self._overrides_by_class: dict[str, list[Override]] = {}
+        for override in overrides:
+            self._overrides_by_class.setdefault(override.class_id, []).append(override)
+        self._states: dict[tuple[str, str], ClassState] = {}
 
     def _effective(self, class_policy: ClassPolicy, scope: str) -> _EffectiveRules:
         base = class_policy.rules
@@ -112,20 +169,88 @@ class PolicyEngine:
             block_services=frozenset(service for layer in layers for service in layer.block_services),
             allow_only=frozenset(allow_only),
             safe_search=safe_search,
+            windows=tuple(window for layer in layers for window in layer.schedule),
         )
 
-    def decide(self, name: str, class_id: str, scope: str = "school") -> Decision:
-        key = (class_id, scope, name)
-        decision = self._cache.get(key)
+    # -- the clock's part -----------------------------------------------------------------------
+
+    def class_state(self, class_id: str, scope: str, now: float) -> ClassState | None:
+        """The class's state at `now`, reused until its next boundary; None for an unknown class."""
+        key = (class_id, scope)
+        state = self._states.get(key)
+        if state is not None and state.valid_from <= now < state.valid_until:
+            return state
+        rules = self._rules.get(key)
+        if rules is None:
+            return None
+        state = self._compute_state(class_id, scope, rules, now)
+        self._states[key] = state
+        return state
+
+    def _compute_state(self, class_id: str, scope: str, rules: _EffectiveRules, now: float) -> ClassState:
+        block, block_services = rules.block, rules.block_services
+        closed: str | None = None
+        closed_rule = ""
+        valid_until = math.inf
+        timetable = self._timetables.get((class_id, scope))
+        if timetable is not None:
+            windows = timetable.state_at(now)
+            valid_until = windows.valid_until
+            block = block | windows.extra_block
+            block_services = block_services | windows.extra_block_services
+            if windows.closed:
+                closed = "closed"
+                closed_rule = next(describe_window(w) for w in windows.active if w.closed)
+        allows: dict[str, str] = {}
+        overrides = self._overrides_by_class.get(class_id, ())
+        for override in overrides:
+            if override.until <= now:
+                continue
+            if override.created_at > now:  # not yet in force (a clock set back in a check --at)
+                valid_until = min(valid_until, override.created_at)
+                continue
+            valid_until = min(valid_until, override.until)
+            until = self._local_time(override.until)
+            if override.kind == "pause":
+                closed = "paused"
+                closed_rule = f"paused until {until}" + (f" by {override.created_by}" if override.created_by else "")
+            elif override.kind == "allow" and override.target:
+                label = f"temporary allow of {override.target} until {until}"
+                if override.target_kind == "service":
+                    service = self.bundled.services.get(override.target)
+                    for domain in service.domains if service else ():
+                        allows.setdefault(domain, label)
+                else:
+                    allows.setdefault(override.target, label)
+        return ClassState(class_id, scope, rules, block, block_services, closed, closed_rule, SuffixMap(allows),
+                          now, valid_until, timed=timetable is not None or bool(overrides))
+
+    def _local_time(self, instant: float) -> str:
+        return dt.datetime.fromtimestamp(instant, self.tz).strftime("%H:%M")
+
+    # -- decisions ------------------------------------------------------------------------------
+
+    def decide(self, name: str, class_id: str, scope: str = "school", now: float | None = None) -> Decision:
+        state = self.class_state(class_id, scope, time.time() if now is None else now)
+        if state is None:
+            return Decision(Action.BLOCK, "0 unknown_class", f"class {class_id!r} is not in the policy",
+                            reason="unknown_class")
+        return self.decide_in(state, name)
+
+    def decide_in(self, state: ClassState, name: str) -> Decision:
+        decisions = state.decisions
+        decision = decisions.get(name)
         if decision is None:
-            decision = self._decide(name, class_id, scope)
-            if len(self._cache) >= DECISION_CACHE_LIMIT:
-                self._cache.clear()
-            self._cache[key] = decision
+            decision = self._decide(name, state)
+            if len(decisions) >= DECISION_CACHE_LIMIT:
+                decisions.clear()
+            decisions[name] = decision
         return decision
 
-    def _decide(self, name: str, class_id: str, scope: str) -> Decision:
+    def _decide(self, name: str, state: ClassState) -> Decision:
         bundled = self.bundled
+        rules = state.rules
+        class_id = state.class_id
         # 1. Bypass protection: answers that keep browsers and OSes on this resolver.
         if self.policy.bypass_protection:
             if name in bundled.nxdomain:
@@ -136,10 +261,6 @@ class PolicyEngine:
         found = self._own.find(name)
         if found:
             return Decision(Action.RESOLVE, "2 own_names", f"{found[1]}: {found[0]}")
-        rules = self._rules.get((class_id, scope))
-        if rules is None:
-            return Decision(Action.BLOCK, "0 unknown_class", f"class {class_id!r} is not in the policy",
-                            reason="unknown_class")
         # 3. Safe search: no allow list switches it off.
         if rules.safe_search != "off":
             target = bundled.safe_search_target(name, rules.safe_search)
@@ -150,52 +271,52 @@ class PolicyEngine:
         found = self._always_allow.find(name)
         if found:
             return Decision(Action.RESOLVE, "4 always_allow", f"always_allow: {found[0]}")
-        # 6. The class's own allow list.
+        lists = self.lists
+        categories = lists.categories_of(name) if lists is not None else {}
+        # 5 and 6. The class's allow list and the teacher's temporary allows (never for a name in
+        # a locked category); while closed, they are all that resolves.
         found = rules.allow.find(name)
         if found:
             return Decision(Action.RESOLVE, "6 allow", f"class {class_id} allow: {found[0]}")
+        found = state.temporary_allow.find(name)
+        if found:
+            locked = sorted(self._locked.intersection(categories))
+            if not locked:
+                return Decision(Action.RESOLVE, "6 temporary allow", f"{found[1]}: {found[0]}")
+        if state.closed is not None:
+            return Decision(Action.BLOCK, "5 closed", state.closed_rule, reason=state.closed)
         # 7. The class's deny list.
         found = rules.deny.find(name)
         if found:
             return Decision(Action.BLOCK, "7 deny", f"class {class_id} deny: {found[0]}", reason="deny")
-        lists = self.lists
-        if lists is None:
+        if lists is None and (rules.allow_only or state.block):
             # 10. Fail closed until the lists are loaded (/readyz says 503 meanwhile).
-            if rules.allow_only or rules.block:
-                return Decision(Action.BLOCK, "10 lists_unavailable", "lists not loaded yet",
-                                reason="lists_unavailable")
-            categories = {}
-        else:
-            categories = lists.categories_of(name)
+            return Decision(Action.BLOCK, "10 lists_unavailable", "lists not loaded yet", reason="lists_unavailable")
         # 8. Allowlist-only classes.
         if rules.allow_only and not any(category in categories for category in rules.allow_only):
             return Decision(Action.BLOCK, "8 allow_only",
                             f"class {class_id} allow_only {sorted(rules.allow_only)}: {name} is in none",
                             reason="not_in_allowlist")
-        # 9. Blocked categories, then blocked services.
-        for category in sorted(rules.block):
-            entry = categories.get(category)
-            if entry is not None:
-                return Decision(Action.BLOCK, "9 category", f"category {category}: {entry}",
+        # 9. Blocked categories, then blocked services (the class's and its active windows').
+        if categories:
+            for category in sorted(state.block.intersection(categories)):
+                return Decision(Action.BLOCK, "9 category", f"category {category}: {categories[category]}",
                                 reason=f"category:{category}")
-        if rules.block_services:
+        if state.block_services:
             found = self._services.find(name)
             if found:
                 for service in found[1].split(","):
-                    if service in rules.block_services:
+                    if service in state.block_services:
                         return Decision(Action.BLOCK, "9 service", f"service {service}: {found[0]}",
                                         reason=f"service:{service}")
         # 11. Forward.
         return FORWARD
 
-    def blocked_address(self, address: str, class_id: str, scope: str = "school") -> Decision | None:
+    def blocked_address(self, address: str, state: ClassState) -> Decision | None:
         """Answer inspection of an address: blocked when a category the class blocks lists it."""
-        if self.lists is None:
+        if self.lists is None or not state.block:
             return None
-        rules = self._rules.get((class_id, scope))
-        if rules is None or not rules.block:
-            return None
-        for category in sorted(self.lists.categories_of_address(address) & rules.block):
+        for category in sorted(self.lists.categories_of_address(address) & state.block):
             return Decision(Action.BLOCK, "answer inspection", f"category {category}: address {address}",
                             reason=f"category:{category}")
         return None

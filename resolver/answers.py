@@ -84,6 +84,14 @@ def cname_answer(query: DNSRecord, target: str, target_reply: DNSRecord, ttl: in
     return reply
 
 
+def cap_ttls(reply: DNSRecord, cap: int) -> None:
+    """No record above `cap` seconds; records are replaced, never changed (the cache shares them)."""
+    for section in ("rr", "auth", "ar"):
+        records = getattr(reply, section)
+        setattr(reply, section, [RR(r.rname, r.rtype, r.rclass, min(r.ttl, cap), r.rdata)
+                                 if r.rtype != OPT and r.ttl > cap else r for r in records])
+
+
 def ede_option(code: int, text: str = "") -> EDNSOption:
     return EDNSOption(EDNS_OPTION_EDE, struct.pack("!H", code) + text.encode("utf-8")[:200])
 

@@ -26,7 +26,7 @@ def build_chain(dns: DnsSettings, state: RuntimeState, upstreams: UpstreamGroup,
         # The class's policy, above the cache: the cache only ever holds upstream answers, so one
         # class's decision cannot leak into another class's answer. Answers coming back pass
         # answer inspection here too, cached or not.
-        FilteringLink(state, dns.block_response, dns.block_ttl),
+        FilteringLink(state, dns.block_response, dns.block_ttl, dns.policy_ttl),
         # Upstream answers with their TTLs; identical questions in flight share one upstream query.
         CacheLink(dns.cache_size),
         # The upstreams, or the server of a forward zone.

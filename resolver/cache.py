@@ -52,7 +52,7 @@ class CacheEntry:
         return reply
 
     def render(self, data: bytes, now: float, rd: bool, edns_payload: int | None, dnssec_ok: bool,
-               limit: int | None) -> bytes | None:
+               limit: int | None, ttl_cap: int | None = None) -> bytes | None:
         """This entry as the answer to the query `data`; None when it does not fit in `limit`."""
         elapsed = int(now - self.stored_at)
         wire = bytearray(self.wire)
@@ -63,7 +63,8 @@ class CacheEntry:
         if data[12:end].lower() == self.wire[12:end]:
             wire[12:end] = data[12:end]  # the client's own letter case (RFC 4343), e.g. 0x20 encoding
         for offset, ttl in self.ttl_offsets:
-            U32.pack_into(wire, offset, ttl - elapsed if ttl > elapsed else 0)
+            ttl = ttl - elapsed if ttl > elapsed else 0
+            U32.pack_into(wire, offset, ttl if ttl_cap is None or ttl < ttl_cap else ttl_cap)
         if edns_payload is not None:
             wire[11] += 1  # ARCOUNT: fewer than 256 additional records, since we packed them
             wire += opt_record(dnssec_ok)

@@ -41,6 +41,7 @@ class Response:
     reason: str | None = None  # block reason, e.g. "category:adult"
     ede: tuple[int, str] | None = None  # RFC 8914 extended error (code, text)
     entry: object | None = None  # the cache entry this answer is (resolver.cache.CacheEntry)
+    ttl_cap: int | None = None  # no record's TTL above this (a class whose rules follow the clock)
 
 
 class Resolver(Protocol):

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import logging
 import os
 import sys
+import time
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 from blocklists.bundled import load_bundled
 from blocklists.names import normalize_domain
@@ -134,18 +137,44 @@ def _check(config, args) -> int:
     if lists is None:
         print("note: no compiled lists under state_dir yet; compiling them now", file=sys.stderr)
         lists, _report = asyncio.run(update_lists(config, bundled))
-    engine = PolicyEngine(policy, lists, bundled, own_names(config))
-    decision = engine.decide(name, class_id, scope)
+    engine = PolicyEngine(policy, lists, bundled, own_names(config), check_overrides(config),
+                          config.timezone)
+    at = _moment(args.at, config.timezone)
+    class_state = engine.class_state(class_id, scope, at)
+    decision = engine.decide_in(class_state, name)
     print(name)
     print(f"  class: {class_id} ({how}), scope {scope}")
+    print(f"  at: {dt.datetime.fromtimestamp(at, ZoneInfo(config.timezone)).isoformat(timespec='minutes')}"
+          f" ({config.timezone})")
     print(f"  decision: {decision.action.value}")
     print(f"  step: {decision.step}")
     print(f"  rule: {decision.rule}")
     if decision.reason:
         print(f"  EDE text: {decision.reason}")
-    if args.at:
-        print("  note: schedules are not enforced yet, so --at does not change this decision")
+    if class_state.closed:
+        print(f"  in force: {class_state.closed_rule}")
+    if class_state.timed and class_state.valid_until != float("inf"):
+        until = dt.datetime.fromtimestamp(class_state.valid_until, ZoneInfo(config.timezone))
+        print(f"  until: {until.isoformat(timespec='minutes')} (next schedule boundary or override end)")
     return 0
+
+
+def _moment(text: str | None, timezone: str) -> float:
+    """`--at` as a POSIX time; a time without an offset is local time in the config's timezone."""
+    if not text:
+        return time.time()
+    try:
+        moment = dt.datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise StartupError(f"--at {text!r}: write an ISO-8601 time, e.g. 2026-12-01T21:30") from exc
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=ZoneInfo(timezone))
+    return moment.timestamp()
+
+
+def check_overrides(config) -> tuple:
+    """The teachers' overrides the store holds, for `check` (none before the store exists)."""
+    return ()
 
 
 if __name__ == "__main__":  # pragma: no cover

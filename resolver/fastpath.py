@@ -1,6 +1,7 @@
 """The fast path: the chain's answer for the common cases, read and written as raw bytes.
 
-A query whose decision is known (per snapshot, class, scope and name) and whose answer is a
+A query whose decision is known (per class state, i.e. class, scope and the span of time until
+its next schedule boundary or override end, and per name) and whose answer is a
 block or a fresh cache entry is answered here without parsing or packing a message. Anything
 else returns None and takes the chain, which stays the reference: the bytes are the same.
 """
@@ -28,8 +29,6 @@ class FastPath:
         self.local_zones = local_zones
         self.filtering = filtering
         self.cache = cache
-        self._snapshot = None
-        self._decisions: dict = {}
         self._queries: dict[bytes, RawQuery] = {}
         self.answered = 0  # queries this path answered (the rest took the chain)
 
@@ -45,43 +44,47 @@ class FastPath:
                 self._queries.clear()
             self._queries[tail] = raw
         snapshot = self.state.snapshot
-        if snapshot is not self._snapshot:
-            self._snapshot, self._decisions = snapshot, {}
         client = snapshot.clients.identify(client_ip)
         if client is None:
             return None
-        memo_key = (client.class_id, client.scope, raw.qname)
-        decision = self._decisions.get(memo_key)
+        now = self.state.clock()
+        engine = snapshot.engine
+        class_state = engine.class_state(client.class_id, client.scope, now)
+        if class_state is None:
+            return None
+        memo = class_state.wire_decisions
+        decision = memo.get(raw.qname)
         if decision is None:
             name = wire_name_to_text(raw.qname)
             if self.local_zones.local_zone(name) is not None:
                 decision = _SLOW
             else:
-                decision = snapshot.engine.decide(name, client.class_id, client.scope)
-            if len(self._decisions) >= DECISION_MEMO_LIMIT:
-                self._decisions.clear()
-            self._decisions[memo_key] = decision
+                decision = engine.decide_in(class_state, name)
+            if len(memo) >= DECISION_MEMO_LIMIT:
+                memo.clear()
+            memo[raw.qname] = decision
         if decision is _SLOW:
             return None
+        ttl_cap = class_state.ttl_cap(now, self.filtering.policy_ttl) if class_state.timed else None
         action = decision.action
         if action is Action.BLOCK:
-            wire = self.filtering.render_block(data, raw, decision)
+            wire = self.filtering.render_block(data, raw, decision, ttl_cap)
             self.answered += wire is not None
             return wire
         if action is not Action.RESOLVE:
             return None
         cache = self.cache
-        now = cache.clock()
-        entry = cache.lookup(raw.cache_key, now)
+        cache_now = cache.clock()
+        entry = cache.lookup(raw.cache_key, cache_now)
         if entry is None:
             return None
         if decision.inspect:
-            verdict = self.filtering.entry_verdict(snapshot.engine, entry, client.class_id, client.scope)
+            verdict = self.filtering.entry_verdict(engine, entry, class_state)
             if verdict is not None:
-                wire = self.filtering.render_block(data, raw, verdict)
+                wire = self.filtering.render_block(data, raw, verdict, ttl_cap)
                 self.answered += wire is not None
                 return wire
-        wire = entry.render(data, now, raw.rd, raw.edns_payload, raw.dnssec_ok,
-                            udp_limit(raw.edns_payload) if udp else None)
+        wire = entry.render(data, cache_now, raw.rd, raw.edns_payload, raw.dnssec_ok,
+                            udp_limit(raw.edns_payload) if udp else None, ttl_cap)
         self.answered += wire is not None
         return wire

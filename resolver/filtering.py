@@ -28,10 +28,11 @@ def _packed_address(block_response: str, qtype: int) -> bytes | None:
 
 
 class FilteringLink(Link):
-    def __init__(self, state, block_response: str = "null", block_ttl: int = 60):
-        self.state = state  # holds .engine: PolicyEngine, swapped whole on a policy or list change
+    def __init__(self, state, block_response: str = "null", block_ttl: int = 60, policy_ttl: int = 60):
+        self.state = state  # RuntimeState: .snapshot swapped whole on a change, .clock for the time
         self.block_response = block_response
         self.block_ttl = block_ttl
+        self.policy_ttl = policy_ttl
         self._block_rdata = {
             QTYPE.A: _packed_address(block_response, QTYPE.A),
             QTYPE.AAAA: _packed_address(block_response, QTYPE.AAAA),
@@ -40,25 +41,34 @@ class FilteringLink(Link):
     async def resolve(self, request: Request) -> Response:
         engine: PolicyEngine = self.state.engine
         client = request.client
-        decision = engine.decide(request.qname, client.class_id, client.scope)
+        now = self.state.clock()
+        class_state = engine.class_state(client.class_id, client.scope, now)
+        if class_state is None:
+            return self.blocked(request, engine.decide(request.qname, client.class_id, client.scope, now))
+        decision = engine.decide_in(class_state, request.qname)
+        # SPEC §2.6: while a class's rules follow the clock, no answer outlives the next change.
+        ttl_cap = class_state.ttl_cap(now, self.policy_ttl)
         action = decision.action
         if action is Action.RESOLVE:
             response = await self.next.resolve(request)
             if decision.inspect:
-                return self._inspect(request, response, engine)
-            return response
-        if action is Action.BLOCK:
-            return self.blocked(request, decision)
-        if action is Action.REWRITE:
-            return await self._rewrite(request, decision)
-        rcode = RCODE.NXDOMAIN if action is Action.NXDOMAIN else RCODE.NOERROR
-        return Response(empty_reply(request.query, rcode), "fixed", reason=decision.step)
+                response = self._inspect(request, response, engine, class_state)
+        elif action is Action.BLOCK:
+            response = self.blocked(request, decision)
+        elif action is Action.REWRITE:
+            response = await self._rewrite(request, decision)
+        else:
+            rcode = RCODE.NXDOMAIN if action is Action.NXDOMAIN else RCODE.NOERROR
+            response = Response(empty_reply(request.query, rcode), "fixed", reason=decision.step)
+        if ttl_cap is not None:
+            response.ttl_cap = ttl_cap
+        return response
 
     def blocked(self, request: Request, decision: Decision) -> Response:
         reply = block_answer(request.query, request.qname, request.qtype, self.block_response, self.block_ttl)
         return Response(reply, "blocked", reason=decision.reason, ede=(EDE_BLOCKED, decision.reason or "blocked"))
 
-    def render_block(self, data: bytes, raw: RawQuery, decision: Decision) -> bytes | None:
+    def render_block(self, data: bytes, raw: RawQuery, decision: Decision, ttl_cap: int | None = None) -> bytes | None:
         """The same bytes as `blocked()` packed by the slow path, straight from the query's bytes."""
         if raw.qclass != 1:
             return None
@@ -74,7 +84,8 @@ class FilteringLink(Link):
                 rdata = self._block_rdata.get(qtype)
                 if rdata is not None:
                     # The owner is a pointer to the question's name (offset 12), as dnslib packs it.
-                    records = b"\xc0\x0c" + struct.pack("!HHIH", qtype, 1, self.block_ttl, len(rdata)) + rdata
+                    ttl = self.block_ttl if ttl_cap is None else min(self.block_ttl, ttl_cap)
+                    records = b"\xc0\x0c" + struct.pack("!HHIH", qtype, 1, ttl, len(rdata)) + rdata
         flags = QR | RA | rcode | (RD_BIT if raw.rd else 0) | (CD_BIT if raw.cd else 0)
         header = data[0:2] + struct.pack("!HHHHH", flags, 1, 1 if records else 0, 0,
                                          0 if raw.edns_payload is None else 1)
@@ -95,37 +106,36 @@ class FilteringLink(Link):
         return Response(cname_answer(request.query, target, response.reply, ttl), "rewrite",
                         reason=decision.rule, ede=response.ede)
 
-    def _inspect(self, request: Request, response: Response, engine: PolicyEngine) -> Response:
+    def _inspect(self, request: Request, response: Response, engine: PolicyEngine, class_state) -> Response:
         """SPEC §2.4: a CNAME into a blocked name, or a listed address, blocks the whole answer."""
-        client = request.client
         entry = response.entry
         if entry is not None and entry.inspected is not None:
-            verdict = self.entry_verdict(engine, entry, client.class_id, client.scope)
+            verdict = self.entry_verdict(engine, entry, class_state)
         else:
             cnames = [_record_name(r.rdata.label) for r in response.reply.rr if r.rtype == QTYPE.CNAME]
             addresses = [str(r.rdata) for r in response.reply.rr if r.rtype in ADDRESS_TYPES]
-            verdict = self.verdict(engine, cnames, addresses, client.class_id, client.scope)
+            verdict = self.verdict(engine, cnames, addresses, class_state)
         return response if verdict is None else self.blocked(request, verdict)
 
-    def entry_verdict(self, engine: PolicyEngine, entry, class_id: str, scope: str) -> Decision | None:
-        """Inspection of a cached answer, remembered per entry for each engine, class and scope."""
-        key = (class_id, scope)
+    def entry_verdict(self, engine: PolicyEngine, entry, class_state) -> Decision | None:
+        """Inspection of a cached answer, remembered per entry for each class state."""
+        key = (class_state.class_id, class_state.scope)
         known = entry.inspected.get(key)
-        if known is not None and known[0] is engine:
+        if known is not None and known[0] is class_state:
             return known[1]
-        verdict = self.verdict(engine, entry.cnames, entry.addresses, class_id, scope)
-        entry.inspected[key] = (engine, verdict)
+        verdict = self.verdict(engine, entry.cnames, entry.addresses, class_state)
+        entry.inspected[key] = (class_state, verdict)
         return verdict
 
     @staticmethod
-    def verdict(engine: PolicyEngine, cnames, addresses, class_id: str, scope: str) -> Decision | None:
+    def verdict(engine: PolicyEngine, cnames, addresses, class_state) -> Decision | None:
         for target in cnames:
-            decision = engine.decide(target, class_id, scope)
+            decision = engine.decide_in(class_state, target)
             if decision.blocked:
                 return Decision(Action.BLOCK, decision.step, f"{decision.rule} (via CNAME {target})",
                                 reason=decision.reason)
         for address in addresses:
-            decision = engine.blocked_address(address, class_id, scope)
+            decision = engine.blocked_address(address, class_state)
             if decision is not None:
                 return decision
         return None

@@ -10,7 +10,7 @@ import time
 
 from dnslib import EDNS0, RCODE, DNSRecord
 
-from resolver.answers import MAX_UDP_PAYLOAD, OPT, empty_reply, finish, udp_limit
+from resolver.answers import MAX_UDP_PAYLOAD, OPT, cap_ttls, empty_reply, finish, udp_limit
 from resolver.chain import Request, Resolver, Response
 
 log = logging.getLogger("classguard.server")
@@ -103,10 +103,12 @@ class QueryHandler:
         limit = udp_limit(edns_payload) if protocol == "udp" else None
         if response.entry is not None and response.ede is None:
             wire = response.entry.render(data, self.now(), bool(query.header.rd), edns_payload,
-                                         bool(dnssec_ok), limit)
+                                         bool(dnssec_ok), limit, response.ttl_cap)
             if wire is not None:
                 return wire
         reply = response.reply
+        if response.ttl_cap is not None:
+            cap_ttls(reply, response.ttl_cap)
         reply.header.id = query.header.id
         reply.header.qr, reply.header.ra, reply.header.rd = 1, 1, query.header.rd
         reply.questions = query.questions

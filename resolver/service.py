@@ -222,7 +222,8 @@ def prepare(config: Config) -> Service:
     bundled = load_bundled()
     policy = read_policy(config, bundled)
     lists: CompiledLists | None = load_compiled(config.state_dir)
-    state = RuntimeState(policy, lists, bundled, config.dns.unknown_clients, own_names(config))
+    state = RuntimeState(policy, lists, bundled, config.dns.unknown_clients, own_names(config),
+                         timezone=config.timezone)
     return Service(config, state, bundled)
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 from blocklists.bundled import Bundled
 from blocklists.compiled import CompiledLists
 from policies.engine import PolicyEngine
-from policies.model import Policy
+from policies.model import Override, Policy
 from resolver.clients import ClientIndex
 
 log = logging.getLogger("classguard.state")
@@ -18,23 +19,30 @@ log = logging.getLogger("classguard.state")
 class Snapshot:
     policy: Policy
     lists: CompiledLists | None
+    overrides: tuple[Override, ...]
     engine: PolicyEngine
     clients: ClientIndex
 
 
 class RuntimeState:
-    """Readers take `state.engine` / `state.clients` without locks: a change rebinds one attribute."""
+    """Readers take `state.snapshot` (or `.engine`, `.clients`) without locks: a change rebinds it.
+
+    `clock` is the wall clock every decision is taken at (schedules, overrides); tests set it.
+    """
 
     def __init__(self, policy: Policy, lists: CompiledLists | None, bundled: Bundled,
-                 unknown_clients: str = "refuse", own_names: frozenset[str] = frozenset()):
+                 unknown_clients: str = "refuse", own_names: frozenset[str] = frozenset(),
+                 overrides: tuple[Override, ...] = (), timezone: str = "UTC", clock=time.time):
         self.bundled = bundled
         self.unknown_clients = unknown_clients
         self.own_names = own_names
-        self.snapshot = self._build(policy, lists)
+        self.timezone = timezone
+        self.clock = clock
+        self.snapshot = self._build(policy, lists, overrides)
 
-    def _build(self, policy: Policy, lists: CompiledLists | None) -> Snapshot:
-        return Snapshot(policy, lists, PolicyEngine(policy, lists, self.bundled, self.own_names),
-                        ClientIndex(policy, self.unknown_clients))
+    def _build(self, policy: Policy, lists: CompiledLists | None, overrides: tuple[Override, ...]) -> Snapshot:
+        engine = PolicyEngine(policy, lists, self.bundled, self.own_names, overrides, self.timezone)
+        return Snapshot(policy, lists, overrides, engine, ClientIndex(policy, self.unknown_clients))
 
     @property
     def engine(self) -> PolicyEngine:
@@ -45,11 +53,21 @@ class RuntimeState:
         return self.snapshot.clients
 
     @property
+    def overrides(self) -> tuple[Override, ...]:
+        return self.snapshot.overrides
+
+    @property
     def lists_loaded(self) -> bool:
         return self.snapshot.lists is not None
 
     def replace_policy(self, policy: Policy) -> None:
-        self.snapshot = self._build(policy, self.snapshot.lists)
+        snapshot = self.snapshot
+        self.snapshot = self._build(policy, snapshot.lists, snapshot.overrides)
 
     def replace_lists(self, lists: CompiledLists) -> None:
-        self.snapshot = self._build(self.snapshot.policy, lists)
+        snapshot = self.snapshot
+        self.snapshot = self._build(snapshot.policy, lists, snapshot.overrides)
+
+    def replace_overrides(self, overrides: tuple[Override, ...]) -> None:
+        snapshot = self.snapshot
+        self.snapshot = self._build(snapshot.policy, snapshot.lists, tuple(overrides))
