@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import socket
 import struct
 
-from dnslib import AAAA, CNAME, EDNS0, QTYPE, RCODE, RR, RD, A, DNSRecord, EDNSOption
+from dnslib import AAAA, CNAME, EDNS0, QTYPE, RCODE, RR, RD, A, DNSBuffer, DNSRecord, EDNSOption
 
 # RFC 6891 §6.2.5 and the DNS flag day 2020: never advertise or send more than this over UDP.
 MAX_UDP_PAYLOAD = 1232
@@ -82,6 +83,45 @@ def cname_answer(query: DNSRecord, target: str, target_reply: DNSRecord, ttl: in
     for record in target_reply.rr:
         reply.add_answer(record)
     return reply
+
+
+SVCB, HTTPS = 64, 65  # RFC 9460
+SVC_IPV4HINT, SVC_IPV6HINT = 4, 6
+
+
+def svc_hints(rdata: bytes) -> list[str]:
+    """The ipv4hint/ipv6hint addresses of an SVCB or HTTPS record's RDATA (RFC 9460 §2.2, §7.3)."""
+    try:
+        offset = 2  # SvcPriority
+        while rdata[offset]:  # TargetName, never compressed
+            offset += 1 + rdata[offset]
+        offset += 1
+        found = []
+        while offset + 4 <= len(rdata):
+            key, length = struct.unpack_from("!HH", rdata, offset)
+            value = rdata[offset + 4:offset + 4 + length]
+            offset += 4 + length
+            if key == SVC_IPV4HINT:
+                found += [socket.inet_ntop(socket.AF_INET, value[i:i + 4]) for i in range(0, len(value) - 3, 4)]
+            elif key == SVC_IPV6HINT:
+                found += [socket.inet_ntop(socket.AF_INET6, value[i:i + 16]) for i in range(0, len(value) - 15, 16)]
+        return found
+    except (IndexError, ValueError, struct.error):
+        return []  # a malformed record hides nothing we could have found
+
+
+def answer_addresses(records) -> list[str]:
+    """Every address an answer gives a client: A, AAAA, and SVCB/HTTPS hints (answer inspection)."""
+    found = []
+    for record in records:
+        rtype = record.rtype
+        if rtype in (QTYPE.A, QTYPE.AAAA):
+            found.append(str(record.rdata))
+        elif rtype in (SVCB, HTTPS):
+            buffer = DNSBuffer()
+            record.rdata.pack(buffer)
+            found += svc_hints(bytes(buffer.data))
+    return found
 
 
 def cap_ttls(reply: DNSRecord, cap: int) -> None:

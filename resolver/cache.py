@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from dnslib import QTYPE, RCODE, RR, DNSHeader, DNSLabel, DNSQuestion, DNSRecord
 
-from resolver.answers import EDE_STALE_ANSWER, OPT, copy_reply, empty_reply
+from resolver.answers import EDE_STALE_ANSWER, OPT, answer_addresses, copy_reply, empty_reply
 from resolver.chain import Link, Request, Response
 from resolver.wire import RD_BIT, U32, opt_record, record_ttl_offsets
 
@@ -95,7 +95,7 @@ def pack_entry(entry: CacheEntry, question: DNSQuestion, checking_disabled: bool
     entry.ttl_offsets = tuple(record_ttl_offsets(wire))
     entry.question_end = 12 + len(wire_name(question.qname.label)) + 4
     entry.cnames = tuple(str(r.rdata.label).rstrip(".").lower() for r in entry.answer if r.rtype == QTYPE.CNAME)
-    entry.addresses = tuple(str(r.rdata) for r in entry.answer if r.rtype in (QTYPE.A, QTYPE.AAAA))
+    entry.addresses = tuple(answer_addresses(entry.answer))
     entry.inspected = {}
 
 

@@ -8,7 +8,7 @@ import struct
 from dnslib import QTYPE, RCODE, DNSQuestion, DNSRecord
 
 from policies.engine import Action, Decision, PolicyEngine
-from resolver.answers import EDE_BLOCKED, block_address, block_answer, cname_answer, empty_reply
+from resolver.answers import EDE_BLOCKED, answer_addresses, block_address, block_answer, cname_answer, empty_reply
 from resolver.chain import Link, Request, Response
 from resolver.wire import CD_BIT, QR, RA, RD_BIT, RawQuery, opt_record
 
@@ -113,7 +113,7 @@ class FilteringLink(Link):
             verdict = self.entry_verdict(engine, entry, class_state)
         else:
             cnames = [_record_name(r.rdata.label) for r in response.reply.rr if r.rtype == QTYPE.CNAME]
-            addresses = [str(r.rdata) for r in response.reply.rr if r.rtype in ADDRESS_TYPES]
+            addresses = answer_addresses(response.reply.rr)
             verdict = self.verdict(engine, cnames, addresses, class_state)
         return response if verdict is None else self.blocked(request, verdict)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import socket
 import struct
@@ -40,11 +41,40 @@ def _qname(query: DNSRecord) -> str:
         return str(query.q.qname).rstrip(".").lower()
 
 
+ECS_OPTION = 8  # RFC 7871
+
+
+def _in_networks(address: str, networks) -> bool:
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    return any(ip.version == net.version and ip in net for net in networks)
+
+
+def _client_subnet_address(opt) -> str | None:
+    """The address of an EDNS client-subnet option (RFC 7871 §6), zero-padded; None if absent."""
+    for option in getattr(opt, "rdata", None) or ():
+        if getattr(option, "code", None) != ECS_OPTION or len(option.data) < 4:
+            continue
+        family, source_prefix = struct.unpack_from("!HB", option.data)
+        address = bytes(option.data[4:])
+        try:
+            if family == 1 and len(address) <= 4:
+                return str(ipaddress.IPv4Address(address.ljust(4, b"\x00")))
+            if family == 2 and len(address) <= 16:
+                return str(ipaddress.IPv6Address(address.ljust(16, b"\x00")))
+        except ValueError:
+            return None
+    return None
+
+
 class QueryHandler:
     """Everything between the bytes a client sent and the bytes it gets back."""
 
-    def __init__(self, resolver: Resolver, fast_path=None, cache=None):
+    def __init__(self, resolver: Resolver, fast_path=None, cache=None, trusted_forwarders=()):
         self.resolver = resolver
+        self.trusted_forwarders = tuple(ipaddress.ip_network(net, strict=False) for net in trusted_forwarders)
         self.fast_path = fast_path  # resolver.fastpath.FastPath, or None to always take the chain
         self._cache = cache
 
@@ -92,6 +122,9 @@ class QueryHandler:
                 reply = empty_reply(query, RCODE_BADVERS & 0xF)
                 reply.add_ar(EDNS0(udp_len=MAX_UDP_PAYLOAD, ext_rcode=RCODE_BADVERS >> 4))
                 return bytes(reply.pack())
+            if self.trusted_forwarders and _in_networks(client_ip, self.trusted_forwarders):
+                # A school's own forwarder tells us who really asked (RFC 7871); nobody else may.
+                client_ip = _client_subnet_address(opt) or client_ip
         request = Request(query=query, qname=_qname(query), qtype=query.q.qtype, client_ip=client_ip,
                           protocol=protocol, edns_payload=edns_payload, dnssec_ok=bool(dnssec_ok),
                           checking_disabled=bool(query.header.cd))

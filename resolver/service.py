@@ -148,7 +148,7 @@ class Service:
         dns = self.config.dns
         self.chain = build_chain(dns, self.state, upstreams, zones)
         self.fast_path = build_fast_path(self.chain, self.state) if dns.fast_path else None
-        handler = QueryHandler(self.chain, self.fast_path, self.link(CacheLink))
+        handler = QueryHandler(self.chain, self.fast_path, self.link(CacheLink), dns.trusted_forwarders)
         loop = asyncio.get_running_loop()
         tcp = TcpListener(handler, dns.tcp_idle_timeout, dns.tcp_max_connections)
         for entry in dns.listen:

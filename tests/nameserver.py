@@ -26,6 +26,7 @@ class FakeNameserver:
     mode: str = "normal"  # normal | silent | truncate | junk | wrong_id | servfail
     delay: float = 0.0
     queries: list[tuple[str, str, str]] = field(default_factory=list)  # (transport, name, type)
+    options: list[list[int]] = field(default_factory=list)  # EDNS option codes of each query
     host: str = "127.0.0.1"
     port: int = 0
     _transport: asyncio.DatagramTransport | None = None
@@ -44,6 +45,7 @@ class FakeNameserver:
         name = question.name.to_text().rstrip(".").lower()
         rdtype = dns.rdatatype.to_text(question.rdtype)
         self.queries.append((transport, name, rdtype))
+        self.options.append([option.otype for option in query.options])
         if self.mode == "silent":
             return None
         if self.mode == "junk":
