@@ -4,8 +4,10 @@ ANY, TCP clients that hang up mid-message, and a fuzz loop after which a good qu
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import random
+import socket
 import struct
 
 import dns.message
@@ -65,6 +67,8 @@ class RawUdp(asyncio.DatagramProtocol):
 async def udp(make_resolver):
     resolver = await make_resolver()
     transport, client = await RawUdp.open(resolver.port)
+    # Room for a burst of replies while the test is still sending (the default buffer is ~200 kB).
+    transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
     client.send = transport.sendto
     yield client
     transport.close()
@@ -371,3 +375,40 @@ async def test_tcp_fuzz_then_a_good_query_is_answered(make_resolver, no_errors):
         await assert_dropped_then_still_answering(client)
     finally:
         transport.close()
+
+
+def resident_bytes() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+async def test_a_hundred_thousand_bad_packets_leave_memory_bounded_and_answers_flowing(udp, no_errors):
+    """The issue's volume: 100,000 random and mutated datagrams; memory grows by a bounded amount."""
+    rng = random.Random(424242)
+    sent_ids: set[int] = set()
+
+    async def blast(count: int, batch: int = 500) -> None:
+        packets = fuzz_packets(rng, count)
+        for start in range(0, count, batch):
+            for data in packets[start:start + batch]:
+                udp.send(data)
+                if len(data) >= 2:
+                    sent_ids.add(struct.unpack_from("!H", data)[0])
+            marker = 0xF000 + (start // batch) % 0x0F00
+            udp.send(header(marker) + question("localhost"))
+            while True:
+                reply = await udp.recv()
+                if reply_header(reply)[0] == marker:
+                    break
+
+    await blast(20_000)  # memos and the cache take their working size
+    gc.collect()
+    before = resident_bytes()
+    await blast(80_000)
+    gc.collect()
+    grown = resident_bytes() - before
+    assert grown < 48 * 1024 * 1024, f"resident memory grew by {grown / 2**20:.1f} MiB"
+    await assert_drained_then_answering(udp, sent_ids)
