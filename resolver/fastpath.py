@@ -8,12 +8,16 @@ else returns None and takes the chain, which stays the reference: the bytes are 
 
 from __future__ import annotations
 
+from time import perf_counter
+
 from policies.engine import Action
 from resolver.answers import udp_limit
 from resolver.cache import CacheLink
 from resolver.filtering import FilteringLink
 from resolver.local_zones import LocalZonesLink
 from resolver.state import RuntimeState
+from resolver.chain import Client
+from resolver.stats import QueryStats
 from resolver.wire import RawQuery, read_query, wire_name_to_text
 
 QTYPE_ANY = 255
@@ -30,9 +34,22 @@ class FastPath:
         self.filtering = filtering
         self.cache = cache
         self._queries: dict[bytes, RawQuery] = {}
-        self.answered = 0  # queries this path answered (the rest took the chain)
+        self.stats = QueryStats()  # shared with the chain's handler: one set of counters
+        # The outcome of the query being answered, for the counters (the path never awaits).
+        self._class_id: str | None = None
+        self._result = ""
+        self._reason: str | None = None
 
-    def answer(self, data: bytes, client_ip: str, udp: bool) -> bytes | None:
+    def answer(self, data: bytes, client_ip: str, protocol: str = "udp", client: Client | None = None) -> bytes | None:
+        started = perf_counter()
+        wire = self._answer(data, client_ip, protocol, client)
+        if wire is not None:
+            stats = self.stats
+            stats.fast_answers += 1
+            stats.record(protocol, self._class_id, self._result, self._reason, perf_counter() - started)
+        return wire
+
+    def _answer(self, data: bytes, client_ip: str, protocol: str, client: Client | None) -> bytes | None:
         # Clients repeat the same bytes but for the id: read each distinct query once.
         tail = data[2:]
         raw = self._queries.get(tail)
@@ -44,9 +61,10 @@ class FastPath:
                 self._queries.clear()
             self._queries[tail] = raw
         snapshot = self.state.snapshot
-        client = snapshot.clients.identify(client_ip)
         if client is None:
-            return None
+            client = snapshot.clients.identify(client_ip)
+            if client is None:
+                return None
         now = self.state.clock()
         engine = snapshot.engine
         class_state = engine.class_state(client.class_id, client.scope, now)
@@ -67,10 +85,10 @@ class FastPath:
             return None
         ttl_cap = class_state.ttl_cap(now, self.filtering.policy_ttl) if class_state.timed else None
         action = decision.action
+        self._class_id = client.class_id
         if action is Action.BLOCK:
-            wire = self.filtering.render_block(data, raw, decision, ttl_cap)
-            self.answered += wire is not None
-            return wire
+            self._result, self._reason = "blocked", decision.reason
+            return self.filtering.render_block(data, raw, decision, ttl_cap)
         if action is not Action.RESOLVE:
             return None
         cache = self.cache
@@ -81,10 +99,8 @@ class FastPath:
         if decision.inspect:
             verdict = self.filtering.entry_verdict(engine, entry, class_state)
             if verdict is not None:
-                wire = self.filtering.render_block(data, raw, verdict, ttl_cap)
-                self.answered += wire is not None
-                return wire
-        wire = entry.render(data, cache_now, raw.rd, raw.edns_payload, raw.dnssec_ok,
-                            udp_limit(raw.edns_payload) if udp else None, ttl_cap)
-        self.answered += wire is not None
-        return wire
+                self._result, self._reason = "blocked", verdict.reason
+                return self.filtering.render_block(data, raw, verdict, ttl_cap)
+        self._result, self._reason = "cached", None
+        return entry.render(data, cache_now, raw.rd, raw.edns_payload, raw.dnssec_ok,
+                            udp_limit(raw.edns_payload) if protocol == "udp" else None, ttl_cap)

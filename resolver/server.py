@@ -12,7 +12,8 @@ import time
 from dnslib import EDNS0, RCODE, DNSRecord
 
 from resolver.answers import MAX_UDP_PAYLOAD, OPT, cap_ttls, empty_reply, finish, udp_limit
-from resolver.chain import Request, Resolver, Response
+from resolver.chain import Client, Request, Resolver, Response
+from resolver.stats import RESULTS, QueryStats
 
 log = logging.getLogger("classguard.server")
 
@@ -72,8 +73,10 @@ def _client_subnet_address(opt) -> str | None:
 class QueryHandler:
     """Everything between the bytes a client sent and the bytes it gets back."""
 
-    def __init__(self, resolver: Resolver, fast_path=None, cache=None, trusted_forwarders=()):
+    def __init__(self, resolver: Resolver, fast_path=None, cache=None, trusted_forwarders=(),
+                 stats: QueryStats | None = None):
         self.resolver = resolver
+        self.stats = stats or (fast_path.stats if fast_path is not None else QueryStats())
         self.trusted_forwarders = tuple(ipaddress.ip_network(net, strict=False) for net in trusted_forwarders)
         self.fast_path = fast_path  # resolver.fastpath.FastPath, or None to always take the chain
         self._cache = cache
@@ -81,38 +84,52 @@ class QueryHandler:
     def now(self) -> float:
         return self._cache.clock() if self._cache is not None else time.monotonic()
 
-    def answer_fast(self, data: bytes, client_ip: str, udp: bool) -> bytes | None:
-        """The answer without leaving the event loop's callback, when the fast path knows it."""
+    def answer_fast(self, data: bytes, client_ip: str, protocol: str = "udp",
+                    client: Client | None = None) -> bytes | None:
+        """The answer without leaving the event loop's callback, when the fast path knows it.
+
+        `client` is given when the transport identified the device itself (DoH, DoT tokens).
+        """
         if self.fast_path is None:
             return None
         try:
-            return self.fast_path.answer(data, client_ip, udp)
+            return self.fast_path.answer(data, client_ip, protocol, client)
         except Exception:  # the chain answers instead, and says what went wrong
             log.exception("fast path failed; the query takes the chain")
             return None
 
-    async def answer(self, data: bytes, client_ip: str, protocol: str) -> bytes | None:
+    async def answer(self, data: bytes, client_ip: str, protocol: str,
+                     client: Client | None = None) -> bytes | None:
         """The reply's bytes, or None to drop (not even a header to answer)."""
+        started = time.perf_counter()
+        wire, class_id, result, reason = await self._answer(data, client_ip, protocol, client)
+        if wire is not None:
+            self.stats.record(protocol, class_id, result, reason, time.perf_counter() - started)
+        return wire
+
+    async def _answer(self, data: bytes, client_ip: str, protocol: str,
+                      client: Client | None) -> tuple[bytes | None, str | None, str, str | None]:
+        """(reply bytes, class, result, block reason) for the counters."""
         if len(data) < HEADER_SIZE:
-            return None
+            return None, None, "malformed", None
         flags = struct.unpack_from("!H", data, 2)[0]
         if flags & QR_BIT:
-            return None  # a response sent to us: answering it could start a loop
+            return None, None, "malformed", None  # a response sent to us: answering could loop
         if (flags >> 11) & 0xF != OPCODE_QUERY:
-            return _header_only_reply(data, RCODE.NOTIMP)
+            return _header_only_reply(data, RCODE.NOTIMP), None, "malformed", None
         try:
             query = DNSRecord.parse(data)
         except Exception:
-            return _header_only_reply(data, RCODE.FORMERR)
+            return _header_only_reply(data, RCODE.FORMERR), None, "malformed", None
         if len(query.questions) != 1:
-            return _header_only_reply(data, RCODE.FORMERR)
+            return _header_only_reply(data, RCODE.FORMERR), None, "malformed", None
         if any(b"." in label for label in query.q.qname.label):
             # A dot inside a label: as text it would read as another name than the one asked
             # (`adult` + `example.` is not `adult.example`), so neither filter nor forward it.
-            return _header_only_reply(data, RCODE.FORMERR)
+            return _header_only_reply(data, RCODE.FORMERR), None, "malformed", None
         options = [record for record in query.ar if record.rtype == OPT]
         if len(options) > 1:
-            return _header_only_reply(data, RCODE.FORMERR)  # RFC 6891 §6.1.1
+            return _header_only_reply(data, RCODE.FORMERR), None, "malformed", None  # RFC 6891 §6.1.1
         edns_payload = dnssec_ok = None
         if options:
             opt = options[0]
@@ -121,31 +138,34 @@ class QueryHandler:
             if (opt.ttl >> 16) & 0xFF:  # EDNS version other than 0
                 reply = empty_reply(query, RCODE_BADVERS & 0xF)
                 reply.add_ar(EDNS0(udp_len=MAX_UDP_PAYLOAD, ext_rcode=RCODE_BADVERS >> 4))
-                return bytes(reply.pack())
-            if self.trusted_forwarders and _in_networks(client_ip, self.trusted_forwarders):
+                return bytes(reply.pack()), None, "malformed", None
+            if client is None and self.trusted_forwarders and _in_networks(client_ip, self.trusted_forwarders):
                 # A school's own forwarder tells us who really asked (RFC 7871); nobody else may.
                 client_ip = _client_subnet_address(opt) or client_ip
         request = Request(query=query, qname=_qname(query), qtype=query.q.qtype, client_ip=client_ip,
                           protocol=protocol, edns_payload=edns_payload, dnssec_ok=bool(dnssec_ok),
-                          checking_disabled=bool(query.header.cd))
+                          checking_disabled=bool(query.header.cd), client=client)
         try:
             response = await self.resolver.resolve(request)
         except Exception:
             log.exception("error answering a query")
             response = Response(empty_reply(query, RCODE.SERVFAIL), "servfail")
+        class_id = request.client.class_id if request.client else None
+        result = RESULTS.get(response.source, response.source)
         limit = udp_limit(edns_payload) if protocol == "udp" else None
         if response.entry is not None and response.ede is None:
             wire = response.entry.render(data, self.now(), bool(query.header.rd), edns_payload,
                                          bool(dnssec_ok), limit, response.ttl_cap)
             if wire is not None:
-                return wire
+                return wire, class_id, result, response.reason
         reply = response.reply
         if response.ttl_cap is not None:
             cap_ttls(reply, response.ttl_cap)
         reply.header.id = query.header.id
         reply.header.qr, reply.header.ra, reply.header.rd = 1, 1, query.header.rd
         reply.questions = query.questions
-        return finish(reply, edns_payload, bool(dnssec_ok), response.ede, limit)
+        wire = finish(reply, edns_payload, bool(dnssec_ok), response.ede, limit)
+        return wire, class_id, result, response.reason
 
 
 class UdpListener:
@@ -186,7 +206,7 @@ class UdpListener:
             except OSError as exc:  # e.g. ICMP port unreachable from a client that left
                 log.debug("udp receive error: %s", exc)
                 continue
-            reply = answer_fast(data, addr[0], True)
+            reply = answer_fast(data, addr[0])
             if reply is not None:
                 self._send(reply, addr)
                 continue
@@ -233,7 +253,7 @@ class TcpListener:
                         data = await reader.readexactly(length)
                 except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
                     break
-                reply = self.handler.answer_fast(data, client_ip, False)
+                reply = self.handler.answer_fast(data, client_ip, "tcp")
                 if reply is not None:
                     writer.write(struct.pack("!H", len(reply)) + reply)
                     continue
