@@ -27,6 +27,29 @@ class SafeSearchEngine:
         return name in self.hosts or any(pattern.match(name) for pattern in self.patterns)
 
 
+_REGEX_SPECIAL = set(".^$*+?{}[]|()\\")
+
+
+def literal_prefix(pattern: str) -> str:
+    """The text every match of an anchored regex starts with (`^www\\.google\\.(...)` -> `www.google.`)."""
+    if not pattern.startswith("^"):
+        return ""
+    prefix, index = [], 1
+    while index < len(pattern):
+        char = pattern[index]
+        if char == "\\" and index + 1 < len(pattern) and pattern[index + 1] in _REGEX_SPECIAL:
+            prefix.append(pattern[index + 1])
+            index += 2
+            continue
+        if char in _REGEX_SPECIAL:
+            if char in "*?{" and prefix:  # the last character is optional or repeated
+                prefix.pop()
+            break
+        prefix.append(char)
+        index += 1
+    return "".join(prefix)
+
+
 @dataclass(frozen=True, slots=True)
 class Service:
     id: str
@@ -45,12 +68,21 @@ class Bundled:
     background: frozenset[str] = frozenset()
     services: dict[str, Service] = field(default_factory=dict)
     categories: dict[str, str] = field(default_factory=dict)  # name -> default usage
+    # Built by load_bundled from `safe_search`: exact hosts, and (literal prefix, regex, engine).
+    safe_hosts: dict[str, SafeSearchEngine] = field(default_factory=dict, repr=False)
+    safe_patterns: tuple = field(default=(), repr=False)
 
     def safe_search_target(self, name: str, mode: str) -> str | None:
-        for engine in self.safe_search:
-            if engine.matches(name):
-                return engine.strict if mode == "strict" else engine.moderate
-        return None
+        """The enforced host for `name` in `mode`, or None; a dict lookup, then few prefix checks."""
+        engine = self.safe_hosts.get(name)
+        if engine is None:
+            for prefix, pattern, candidate in self.safe_patterns:
+                if name.startswith(prefix) and pattern.match(name):
+                    engine = candidate
+                    break
+            else:
+                return None
+        return engine.strict if mode == "strict" else engine.moderate
 
 
 def _names_file(path: Path) -> frozenset[str]:
@@ -94,7 +126,11 @@ def load_bundled() -> Bundled:
     categories = {name: (entry or {}).get("usage", "black") for name, entry in categories_data.items()}
     for path in STARTER_DIR.glob("*.txt"):
         categories.setdefault(path.stem, "black")
+    hosts = {host: engine for engine in reversed(engines) for host in engine.hosts}
+    patterns = tuple((literal_prefix(p.pattern), p, engine) for engine in engines for p in engine.patterns)
     return Bundled(
+        safe_hosts=hosts,
+        safe_patterns=patterns,
         safe_search=engines,
         nxdomain=frozenset(protection.get("nxdomain") or ()),
         nodata=frozenset(protection.get("nodata") or ()),

@@ -79,6 +79,9 @@ class _EffectiveRules:
     allow_only: frozenset[str]
     safe_search: str
     windows: tuple[Window, ...]
+    # Every name-keyed rule of the class in one table, so a name's parents are walked once:
+    # name -> ((kind, value), ...) with kind own | always_allow | allow | deny | service.
+    lookups: dict = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -129,14 +132,14 @@ class PolicyEngine:
         self.overrides = overrides
         self.tz = zoneinfo.ZoneInfo(timezone)
         self._locked = frozenset(policy.locked_categories)
-        self._always_allow = SuffixMap({name: "always_allow" for name in policy.always_allow})
-        self._own = SuffixMap({name: "classguard's own name" for name in own_names}
-                              | {name: "connectivity check" for name in bundled.connectivity})
+        self._always_allow_entries = {name: "always_allow" for name in policy.always_allow}
+        self._own_entries = ({name: "connectivity check" for name in bundled.connectivity}
+                             | {name: "classguard's own name" for name in own_names})
         service_domains: dict[str, list[str]] = {}
         for service in bundled.services.values():
             for domain in service.domains:
                 service_domains.setdefault(domain, []).append(service.id)
-        self._services = SuffixMap({domain: ",".join(ids) for domain, ids in service_domains.items()})
+        self._service_entries = {domain: tuple(ids) for domain, ids in service_domains.items()}
         self._rules: dict[tuple[str, str], _EffectiveRules] = {}
         self._timetables: dict[tuple[str, str], Timetable] = {}
         for class_policy in policy.classes.values():
@@ -162,9 +165,17 @@ class PolicyEngine:
         block = {category for layer in layers for category in layer.block}
         if safe_search == "strict":
             block.add("nosafesearch")  # engines with no enforced safe mode
+        allow = {name: "allow" for layer in layers for name in layer.allow}
+        deny = {name: "deny" for layer in layers for name in layer.deny}
+        lookups: dict[str, list] = {}
+        for kind, entries in (("own", self._own_entries), ("always_allow", self._always_allow_entries),
+                              ("allow", allow), ("deny", deny), ("service", self._service_entries)):
+            for entry, value in entries.items():
+                lookups.setdefault(entry, []).append((kind, value))
         return _EffectiveRules(
-            allow=SuffixMap({name: "allow" for layer in layers for name in layer.allow}),
-            deny=SuffixMap({name: "deny" for layer in layers for name in layer.deny}),
+            allow=SuffixMap(allow),
+            deny=SuffixMap(deny),
+            lookups={entry: tuple(found) for entry, found in lookups.items()},
             block=frozenset(block),
             block_services=frozenset(service for layer in layers for service in layer.block_services),
             allow_only=frozenset(allow_only),
@@ -257,10 +268,24 @@ class PolicyEngine:
                 return Decision(Action.NXDOMAIN, "1 bypass_protection", f"bypass protection: {name}")
             if name in bundled.nodata:
                 return Decision(Action.NODATA, "1 bypass_protection", f"bypass protection: {name}")
+        # The most specific entry of each kind of rule that covers the name, in one walk.
+        hits: dict[str, tuple[str, object]] = {}
+        lookups = rules.lookups
+        suffix = name
+        while True:
+            found = lookups.get(suffix)
+            if found is not None:
+                for kind, value in found:
+                    if kind not in hits:
+                        hits[kind] = (suffix, value)
+            dot = suffix.find(".")
+            if dot < 0:
+                break
+            suffix = suffix[dot + 1:]
         # 2. classguard's own names and the OS connectivity checks always resolve.
-        found = self._own.find(name)
-        if found:
-            return Decision(Action.RESOLVE, "2 own_names", f"{found[1]}: {found[0]}")
+        hit = hits.get("own")
+        if hit:
+            return Decision(Action.RESOLVE, "2 own_names", f"{hit[1]}: {hit[0]}")
         # 3. Safe search: no allow list switches it off.
         if rules.safe_search != "off":
             target = bundled.safe_search_target(name, rules.safe_search)
@@ -268,27 +293,25 @@ class PolicyEngine:
                 return Decision(Action.REWRITE, "3 safe_search", f"safe_search {rules.safe_search}: {name} -> {target}",
                                 target=target)
         # 4. Global infrastructure (MDM, OS updates).
-        found = self._always_allow.find(name)
-        if found:
-            return Decision(Action.RESOLVE, "4 always_allow", f"always_allow: {found[0]}")
-        lists = self.lists
-        categories = lists.categories_of(name) if lists is not None else {}
+        hit = hits.get("always_allow")
+        if hit:
+            return Decision(Action.RESOLVE, "4 always_allow", f"always_allow: {hit[0]}")
         # 5 and 6. The class's allow list and the teacher's temporary allows (never for a name in
         # a locked category); while closed, they are all that resolves.
-        found = rules.allow.find(name)
-        if found:
-            return Decision(Action.RESOLVE, "6 allow", f"class {class_id} allow: {found[0]}")
+        hit = hits.get("allow")
+        if hit:
+            return Decision(Action.RESOLVE, "6 allow", f"class {class_id} allow: {hit[0]}")
+        lists = self.lists
+        categories = lists.categories_of(name) if lists is not None else {}
         found = state.temporary_allow.find(name)
-        if found:
-            locked = sorted(self._locked.intersection(categories))
-            if not locked:
-                return Decision(Action.RESOLVE, "6 temporary allow", f"{found[1]}: {found[0]}")
+        if found and not self._locked.intersection(categories):
+            return Decision(Action.RESOLVE, "6 temporary allow", f"{found[1]}: {found[0]}")
         if state.closed is not None:
             return Decision(Action.BLOCK, "5 closed", state.closed_rule, reason=state.closed)
         # 7. The class's deny list.
-        found = rules.deny.find(name)
-        if found:
-            return Decision(Action.BLOCK, "7 deny", f"class {class_id} deny: {found[0]}", reason="deny")
+        hit = hits.get("deny")
+        if hit:
+            return Decision(Action.BLOCK, "7 deny", f"class {class_id} deny: {hit[0]}", reason="deny")
         if lists is None and (rules.allow_only or state.block):
             # 10. Fail closed until the lists are loaded (/readyz says 503 meanwhile).
             return Decision(Action.BLOCK, "10 lists_unavailable", "lists not loaded yet", reason="lists_unavailable")
@@ -302,13 +325,12 @@ class PolicyEngine:
             for category in sorted(state.block.intersection(categories)):
                 return Decision(Action.BLOCK, "9 category", f"category {category}: {categories[category]}",
                                 reason=f"category:{category}")
-        if state.block_services:
-            found = self._services.find(name)
-            if found:
-                for service in found[1].split(","):
-                    if service in state.block_services:
-                        return Decision(Action.BLOCK, "9 service", f"service {service}: {found[0]}",
-                                        reason=f"service:{service}")
+        hit = hits.get("service")
+        if hit and state.block_services:
+            for service in hit[1]:
+                if service in state.block_services:
+                    return Decision(Action.BLOCK, "9 service", f"service {service}: {hit[0]}",
+                                    reason=f"service:{service}")
         # 11. Forward.
         return FORWARD
 
