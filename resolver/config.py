@@ -38,6 +38,7 @@ class DnsSettings:
     tcp_idle_timeout: float = 10.0
     tcp_max_connections: int = 1000
     fast_path: bool = True  # answer cache hits and blocks from raw bytes; off only to compare
+    upstream_ca_file: str | None = None  # PEM CAs for tls:// and https:// upstreams (default: system)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +91,7 @@ TOP_KEYS = (
 DNS_KEYS = (
     "listen", "upstreams", "forward_zones", "block_response", "block_ttl", "policy_ttl",
     "unknown_clients", "allow_open", "trusted_forwarders", "rate_limit", "upstream_timeout",
-    "cache_size", "tcp_idle_timeout", "tcp_max_connections", "fast_path",
+    "cache_size", "tcp_idle_timeout", "tcp_max_connections", "fast_path", "upstream_ca_file",
 )
 RATE_LIMIT_KEYS = ("qps", "burst")
 BLOCKLIST_KEYS = ("refresh", "sources", "bundled", "download_timeout", "max_download_bytes")
@@ -393,7 +394,17 @@ class _ConfigParser:
             tcp_max_connections=self.get(section, "tcp_max_connections", w,
                                          _int_range(1, 10**6), d.tcp_max_connections),
             fast_path=self.get(section, "fast_path", w, _bool, d.fast_path),
+            upstream_ca_file=self.upstream_ca_file(section),
         )
+
+    def upstream_ca_file(self, section: dict) -> str | None:
+        path = self.get(section, "upstream_ca_file", "dns.", self.file_path, None)
+        if path is None:
+            return None
+        if not path.is_file():
+            self.error(key_line(section, "upstream_ca_file"), f"dns.upstream_ca_file: {path} is not a file")
+            return None
+        return str(path)
 
     def block_response(self, section: dict) -> str:
         if "block_response" in section and section["block_response"] is None:

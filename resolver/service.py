@@ -7,6 +7,7 @@ import ipaddress
 import logging
 import signal
 import socket
+import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,9 +83,11 @@ def make_upstreams(config: Config) -> tuple[UpstreamGroup, dict[str, UpstreamGro
     dns = config.dns
     urls = list(dns.upstreams) or resolv_conf_upstreams()
     own = _own_addresses(dns.listen)
+    # tls:// and https:// upstreams are verified against the system's CAs, or the school's own.
+    context = ssl.create_default_context(cafile=dns.upstream_ca_file) if dns.upstream_ca_file else None
     upstreams = []
     for url in urls:
-        upstream = Upstream.from_url(url)
+        upstream = Upstream.from_url(url, context)
         if (upstream.host, upstream.port) in own:
             log.warning("upstream %s is classguard itself: skipped to avoid a forwarding loop", url)
             continue
@@ -92,7 +95,7 @@ def make_upstreams(config: Config) -> tuple[UpstreamGroup, dict[str, UpstreamGro
     if not upstreams:
         raise StartupError("no usable upstream: set dns.upstreams in the config "
                            "(/etc/resolv.conf names none, or only classguard itself)")
-    zones = {zone: UpstreamGroup([Upstream.from_url(url)], dns.upstream_timeout)
+    zones = {zone: UpstreamGroup([Upstream.from_url(url, context)], dns.upstream_timeout)
              for zone, url in dns.forward_zones.items()}
     return UpstreamGroup(upstreams, dns.upstream_timeout), zones
 
@@ -133,6 +136,7 @@ class Service:
     tasks: list = field(default_factory=list)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     udp_addresses: list[tuple[str, int]] = field(default_factory=list)
+    upstream_groups: list = field(default_factory=list)
     chain: Resolver | None = None  # the head of the resolver chain, once started
     fast_path: FastPath | None = None
 
@@ -145,6 +149,7 @@ class Service:
 
     async def start(self) -> None:
         upstreams, zones = make_upstreams(self.config)
+        self.upstream_groups = [upstreams, *zones.values()]
         dns = self.config.dns
         self.chain = build_chain(dns, self.state, upstreams, zones)
         self.fast_path = build_fast_path(self.chain, self.state) if dns.fast_path else None
@@ -216,6 +221,9 @@ class Service:
         for server in self.servers:
             server.close()
             await server.wait_closed()
+        for group in self.upstream_groups:
+            for upstream in group.upstreams:
+                await upstream.close()
 
 
 def prepare(config: Config) -> Service:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import ssl
 import struct
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import aiohttp
 from dnslib import EDNS0, DNSLabel, DNSQuestion, DNSRecord
 
 from resolver.answers import MAX_UDP_PAYLOAD
@@ -49,6 +51,61 @@ def _check_reply(data: bytes, query: DNSRecord) -> DNSRecord | None:
     return reply
 
 
+DOH_HEADERS = {"Content-Type": "application/dns-message", "Accept": "application/dns-message"}
+
+
+class _StreamConnection:
+    """One TCP/TLS connection carrying many queries at once, answers matched by id (RFC 7766)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self.reader, self.writer = reader, writer
+        self.pending: dict[int, tuple[DNSRecord, asyncio.Future]] = {}
+        self.closed = False
+        self._reading = asyncio.ensure_future(self._read())
+
+    async def exchange(self, query: DNSRecord) -> DNSRecord:
+        while query.header.id in self.pending:  # ids must be unique on one connection
+            query.header.id = secrets.randbelow(65536)
+        future = asyncio.get_running_loop().create_future()
+        self.pending[query.header.id] = (query, future)
+        try:
+            data = query.pack()
+            self.writer.write(struct.pack("!H", len(data)) + data)
+            return await future
+        finally:
+            self.pending.pop(query.header.id, None)
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                (length,) = struct.unpack("!H", await self.reader.readexactly(2))
+                data = await self.reader.readexactly(length)
+                if len(data) < 2:
+                    continue
+                waiting = self.pending.get(struct.unpack_from("!H", data)[0])
+                if waiting is None:
+                    continue
+                reply = _check_reply(data, waiting[0])
+                if reply is not None and not waiting[1].done():
+                    waiting[1].set_result(reply)
+        except (OSError, ssl.SSLError, asyncio.IncompleteReadError) as exc:
+            error = UpstreamError(f"connection closed: {exc}")
+        except asyncio.CancelledError:
+            error = UpstreamError("connection closed")
+        else:  # pragma: no cover - the loop only ends by an exception
+            error = UpstreamError("connection closed")
+        self.closed = True
+        for _query, future in list(self.pending.values()):
+            if not future.done():
+                future.set_exception(error)
+        self.writer.close()
+
+    def close(self) -> None:
+        self.closed = True
+        self._reading.cancel()
+        self.writer.close()
+
+
 class _UdpExchange(asyncio.DatagramProtocol):
     def __init__(self, query: DNSRecord):
         self.query = query
@@ -78,12 +135,20 @@ class Upstream:
     last_error: str = ""
     latency: float = 0.0  # seconds, moving average
 
+    sni: str | None = None
+    url: str = ""
+    ssl_context: ssl.SSLContext | None = field(default=None, repr=False)
+    _stream: "_StreamConnection | None" = field(default=None, repr=False)
+    _stream_lock: asyncio.Lock | None = field(default=None, repr=False)
+    _session: aiohttp.ClientSession | None = field(default=None, repr=False)
+
     @classmethod
-    def from_url(cls, url: str) -> "Upstream":
-        scheme, host, port, _sni = parse_upstream(url)
-        if scheme not in ("udp", "tcp"):
-            raise ValueError(f"upstream {url}: only udp:// and tcp:// are supported so far")
-        return cls(name=url, scheme=scheme, host=host, port=port)
+    def from_url(cls, url: str, ssl_context: ssl.SSLContext | None = None) -> "Upstream":
+        scheme, host, port, sni = parse_upstream(url)
+        upstream = cls(name=url, scheme=scheme, host=host, port=port, sni=sni, url=url)
+        if scheme in ("tls", "https"):
+            upstream.ssl_context = ssl_context or ssl.create_default_context()
+        return upstream
 
     async def exchange(self, query: DNSRecord, deadline: float) -> DNSRecord:
         query.header.id = secrets.randbelow(65536)  # RFC 5452: an unpredictable id, and a fresh port
@@ -91,7 +156,59 @@ class Upstream:
             reply = await self._udp(query, deadline)
             if not reply.header.tc:
                 return reply
+        elif self.scheme == "tls":
+            return await self._tls(query, deadline)
+        elif self.scheme == "https":
+            return await self._https(query, deadline)
         return await self._tcp(query, deadline)
+
+    async def _tls(self, query: DNSRecord, deadline: float) -> DNSRecord:
+        """DNS over TLS (RFC 7858), on one connection kept open and shared by concurrent queries."""
+        if self._stream_lock is None:
+            self._stream_lock = asyncio.Lock()
+        try:
+            async with asyncio.timeout(_remaining(deadline)):
+                async with self._stream_lock:
+                    if self._stream is None or self._stream.closed:
+                        reader, writer = await asyncio.open_connection(
+                            self.host, self.port, ssl=self.ssl_context,
+                            server_hostname=self.sni or self.host)
+                        self._stream = _StreamConnection(reader, writer)
+                stream = self._stream
+                return await stream.exchange(query)
+        except (TimeoutError, asyncio.TimeoutError) as exc:
+            raise UpstreamError("timeout") from exc
+        except (OSError, ssl.SSLError, asyncio.IncompleteReadError) as exc:
+            raise UpstreamError(f"tls error: {exc}") from exc
+
+    async def _https(self, query: DNSRecord, deadline: float) -> DNSRecord:
+        """DNS over HTTPS (RFC 8484) POST, on a kept-alive session; the id is 0 as §4.1 advises."""
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=self.ssl_context, limit=16))
+        query.header.id = 0
+        try:
+            async with asyncio.timeout(_remaining(deadline)):
+                async with self._session.post(self.url, data=query.pack(), headers=DOH_HEADERS) as answer:
+                    if answer.status != 200:
+                        raise UpstreamError(f"https status {answer.status}")
+                    if answer.content_type != "application/dns-message":
+                        raise UpstreamError(f"https answered {answer.content_type}")
+                    data = await answer.read()
+        except (TimeoutError, asyncio.TimeoutError) as exc:
+            raise UpstreamError("timeout") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(f"https error: {exc}") from exc
+        reply = _check_reply(data, query)
+        if reply is None:
+            raise UpstreamError("https answer does not match the question")
+        return reply
+
+    async def close(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+        if self._session is not None:
+            await self._session.close()
 
     async def _udp(self, query: DNSRecord, deadline: float) -> DNSRecord:
         loop = asyncio.get_running_loop()

@@ -29,6 +29,8 @@ class FakeNameserver:
     options: list[list[int]] = field(default_factory=list)  # EDNS option codes of each query
     host: str = "127.0.0.1"
     port: int = 0
+    connections: int = 0  # TCP and TLS connections accepted
+    _extra_servers: list = field(default_factory=list)
     _transport: asyncio.DatagramTransport | None = None
     _server: asyncio.base_events.Server | None = None
 
@@ -112,19 +114,7 @@ class FakeNameserver:
                         self.transport.sendto(wire, addr)
                 asyncio.ensure_future(reply())
 
-        async def tcp(reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
-            try:
-                while True:
-                    (length,) = struct.unpack("!H", await reader.readexactly(2))
-                    wire = server.answer(await reader.readexactly(length), "tcp")
-                    if wire is not None:
-                        writer.write(struct.pack("!H", len(wire)) + wire)
-                        await writer.drain()
-            except (asyncio.IncompleteReadError, ConnectionError):
-                pass
-            finally:
-                writer.close()
-
+        tcp = self._serve_stream
         wanted = self.port
         for attempt in range(20):  # port 0: find a port free for both UDP and TCP
             self._transport, _ = await loop.create_datagram_endpoint(Udp, local_addr=(self.host, wanted))
@@ -138,7 +128,30 @@ class FakeNameserver:
                     raise
         return self
 
+    async def _serve_stream(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                            transport: str = "tcp") -> None:
+        self.connections += 1
+        try:
+            while True:
+                (length,) = struct.unpack("!H", await reader.readexactly(2))
+                wire = self.answer(await reader.readexactly(length), transport)
+                if wire is not None:
+                    writer.write(struct.pack("!H", len(wire)) + wire)
+                    await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    async def start_tls(self, context) -> int:
+        """DNS over TLS (RFC 7858) on another port of 127.0.0.1; returns the port."""
+        server = await asyncio.start_server(lambda r, w: self._serve_stream(r, w, "tls"), self.host, 0, ssl=context)
+        self._extra_servers.append(server)
+        return server.sockets[0].getsockname()[1]
+
     async def stop(self) -> None:
+        for server in self._extra_servers:
+            server.close()
         if self._transport is not None:
             self._transport.close()
         if self._server is not None:
