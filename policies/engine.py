@@ -36,6 +36,7 @@ class Decision:
     reason: str | None = None  # block reason carried in the EDE text, e.g. "category:adult"
     target: str | None = None  # safe-search host for REWRITE
     inspect: bool = False  # whether the upstream answer must pass answer inspection
+    active: bool = True  # a query for this name makes its minute an active one (screen time)
 
     @property
     def blocked(self) -> bool:
@@ -98,14 +99,20 @@ class ClassState:
     temporary_allow: SuffixMap  # active temporary allows (services expanded to their domains)
     valid_from: float  # when it was computed: a clock set back (check --at, tests) recomputes
     valid_until: float
-    timed: bool  # has windows or overrides: answers' TTLs are capped (SPEC §2.6)
+    timed: bool  # has windows, overrides or screen time: answers' TTLs are capped (SPEC §2.6)
+    screen_time: int | None = None  # daily minutes per device, then closed until local midnight
     decisions: dict = field(default_factory=dict)  # name -> Decision
     wire_decisions: dict = field(default_factory=dict)  # the fast path's memo, by wire name
+    # The same for a device whose screen time is spent today.
+    spent_decisions: dict = field(default_factory=dict)
+    spent_wire_decisions: dict = field(default_factory=dict)
 
     def ttl_cap(self, now: float, policy_ttl: int) -> int | None:
         """The longest TTL an answer may carry now, or None when the class is not time-bound."""
         if not self.timed:
             return None
+        if self.valid_until == math.inf:
+            return policy_ttl
         return max(0, min(policy_ttl, math.floor(self.valid_until - now)))
 
 
@@ -140,6 +147,8 @@ class PolicyEngine:
             for domain in service.domains:
                 service_domains.setdefault(domain, []).append(service.id)
         self._service_entries = {domain: tuple(ids) for domain, ids in service_domains.items()}
+        # OS push, time, update and telemetry names: asking for them is not using the tablet.
+        self._background_entries = {name: "background" for name in bundled.background}
         self._rules: dict[tuple[str, str], _EffectiveRules] = {}
         self._timetables: dict[tuple[str, str], Timetable] = {}
         for class_policy in policy.classes.values():
@@ -148,6 +157,9 @@ class PolicyEngine:
                 self._rules[(class_policy.id, scope)] = rules
                 if rules.windows:
                     self._timetables[(class_policy.id, scope)] = Timetable(rules.windows, policy.exceptions, self.tz)
+        self._screen_time = {class_policy.id: class_policy.screen_time_minutes
+                             for class_policy in policy.classes.values()
+                             if class_policy.screen_time_minutes is not None}
         self._overrides_by_class: dict[str, list[Override]] = {}
         for override in overrides:
             self._overrides_by_class.setdefault(override.class_id, []).append(override)
@@ -169,7 +181,8 @@ class PolicyEngine:
         deny = {name: "deny" for layer in layers for name in layer.deny}
         lookups: dict[str, list] = {}
         for kind, entries in (("own", self._own_entries), ("always_allow", self._always_allow_entries),
-                              ("allow", allow), ("deny", deny), ("service", self._service_entries)):
+                              ("allow", allow), ("deny", deny), ("service", self._service_entries),
+                              ("background", self._background_entries)):
             for entry, value in entries.items():
                 lookups.setdefault(entry, []).append((kind, value))
         return _EffectiveRules(
@@ -233,8 +246,10 @@ class PolicyEngine:
                         allows.setdefault(domain, label)
                 else:
                     allows.setdefault(override.target, label)
+        screen_time = self._screen_time.get(class_id)
         return ClassState(class_id, scope, rules, block, block_services, closed, closed_rule, SuffixMap(allows),
-                          now, valid_until, timed=timetable is not None or bool(overrides))
+                          now, valid_until, timed=timetable is not None or bool(overrides) or screen_time is not None,
+                          screen_time=screen_time)
 
     def _local_time(self, instant: float) -> str:
         return dt.datetime.fromtimestamp(instant, self.tz).strftime("%H:%M")
@@ -248,17 +263,37 @@ class PolicyEngine:
                             reason="unknown_class")
         return self.decide_in(state, name)
 
-    def decide_in(self, state: ClassState, name: str) -> Decision:
-        decisions = state.decisions
+    def decide_in(self, state: ClassState, name: str, spent: bool = False) -> Decision:
+        """The decision in a class state; `spent`: for a device whose screen time is used up."""
+        decisions = state.spent_decisions if spent else state.decisions
         decision = decisions.get(name)
         if decision is None:
-            decision = self._decide(name, state)
+            decision = self._decide(name, state, spent)
             if len(decisions) >= DECISION_CACHE_LIMIT:
                 decisions.clear()
             decisions[name] = decision
         return decision
 
-    def _decide(self, name: str, state: ClassState) -> Decision:
+    def _decide(self, name: str, state: ClassState, spent: bool = False) -> Decision:
+        decision = self._decide_step(name, state, spent)
+        if state.screen_time is not None and self._is_background(name, state):
+            return Decision(decision.action, decision.step, decision.rule, decision.reason, decision.target,
+                            decision.inspect, active=False)
+        return decision
+
+    @staticmethod
+    def _is_background(name: str, state: ClassState) -> bool:
+        lookups = state.rules.lookups
+        while True:
+            for kind, _value in lookups.get(name, ()):
+                if kind in ("background", "own", "always_allow"):
+                    return True
+            dot = name.find(".")
+            if dot < 0:
+                return False
+            name = name[dot + 1:]
+
+    def _decide_step(self, name: str, state: ClassState, spent: bool) -> Decision:
         bundled = self.bundled
         rules = state.rules
         class_id = state.class_id
@@ -308,6 +343,9 @@ class PolicyEngine:
             return Decision(Action.RESOLVE, "6 temporary allow", f"{found[1]}: {found[0]}")
         if state.closed is not None:
             return Decision(Action.BLOCK, "5 closed", state.closed_rule, reason=state.closed)
+        if spent:
+            return Decision(Action.BLOCK, "5 closed", f"screen time: {state.screen_time} minutes used today",
+                            reason="screen_time")
         # 7. The class's deny list.
         hit = hits.get("deny")
         if hit:

@@ -39,6 +39,9 @@ class FastPath:
         self._class_id: str | None = None
         self._result = ""
         self._reason: str | None = None
+        self._client: Client | None = None
+        self._qname = b""
+        self.query_log = None  # resolver.querylog.QueryLog, set by the service: offer() only
 
     def answer(self, data: bytes, client_ip: str, protocol: str = "udp", client: Client | None = None) -> bytes | None:
         started = perf_counter()
@@ -47,7 +50,26 @@ class FastPath:
             stats = self.stats
             stats.fast_answers += 1
             stats.record(protocol, self._class_id, self._result, self._reason, perf_counter() - started)
+            query_log = self.query_log
+            if query_log is not None:  # a list append; the log's own task does the rest
+                query_log.offer(protocol, self._client, client_ip, self._qname, self._result,
+                                self._reason)
         return wire
+
+    def _decision(self, engine, class_state, qname: bytes, spent: bool):
+        """The decision for a wire name in a class state, memoised there; _SLOW for a local zone."""
+        memo = class_state.spent_wire_decisions if spent else class_state.wire_decisions
+        decision = memo.get(qname)
+        if decision is None:
+            name = wire_name_to_text(qname)
+            if self.local_zones.local_zone(name) is not None:
+                decision = _SLOW
+            else:
+                decision = engine.decide_in(class_state, name, spent)
+            if len(memo) >= DECISION_MEMO_LIMIT:
+                memo.clear()
+            memo[qname] = decision
+        return decision
 
     def _answer(self, data: bytes, client_ip: str, protocol: str, client: Client | None) -> bytes | None:
         # Clients repeat the same bytes but for the id: read each distinct query once.
@@ -70,22 +92,19 @@ class FastPath:
         class_state = engine.class_state(client.class_id, client.scope, now)
         if class_state is None:
             return None
-        memo = class_state.wire_decisions
-        decision = memo.get(raw.qname)
-        if decision is None:
-            name = wire_name_to_text(raw.qname)
-            if self.local_zones.local_zone(name) is not None:
-                decision = _SLOW
-            else:
-                decision = engine.decide_in(class_state, name)
-            if len(memo) >= DECISION_MEMO_LIMIT:
-                memo.clear()
-            memo[raw.qname] = decision
+        decision = self._decision(engine, class_state, raw.qname, False)
         if decision is _SLOW:
             return None
         ttl_cap = class_state.ttl_cap(now, self.filtering.policy_ttl) if class_state.timed else None
+        if class_state.screen_time is not None and client.device_id is not None:
+            tracker = self.state.screen_time
+            used = tracker.observe(client.device_id, now) if decision.active else tracker.used(client.device_id, now)
+            if used > class_state.screen_time:
+                decision = self._decision(engine, class_state, raw.qname, True)
+                ttl_cap = min(ttl_cap, max(0, int(tracker.day_end - now)))
         action = decision.action
         self._class_id = client.class_id
+        self._client, self._qname = client, raw.qname
         if action is Action.BLOCK:
             self._result, self._reason = "blocked", decision.reason
             return self.filtering.render_block(data, raw, decision, ttl_cap)

@@ -48,6 +48,12 @@ class FilteringLink(Link):
         decision = engine.decide_in(class_state, request.qname)
         # SPEC §2.6: while a class's rules follow the clock, no answer outlives the next change.
         ttl_cap = class_state.ttl_cap(now, self.policy_ttl)
+        if class_state.screen_time is not None and client.device_id is not None:
+            tracker = self.state.screen_time
+            used = tracker.observe(client.device_id, now) if decision.active else tracker.used(client.device_id, now)
+            if used > class_state.screen_time:
+                decision = engine.decide_in(class_state, request.qname, spent=True)
+                ttl_cap = min(ttl_cap, max(0, int(tracker.day_end - now)))
         action = decision.action
         if action is Action.RESOLVE:
             response = await self.next.resolve(request)

@@ -11,6 +11,7 @@ from blocklists.compiled import CompiledLists
 from policies.engine import PolicyEngine
 from policies.model import Override, Policy
 from resolver.clients import ClientIndex
+from resolver.screentime import ScreenTime
 
 log = logging.getLogger("classguard.state")
 
@@ -38,6 +39,7 @@ class RuntimeState:
         self.own_names = own_names
         self.timezone = timezone
         self.clock = clock
+        self.screen_time = ScreenTime(timezone)  # the service gives it the store
         self.snapshot = self._build(policy, lists, overrides)
 
     def _build(self, policy: Policy, lists: CompiledLists | None, overrides: tuple[Override, ...]) -> Snapshot:
