@@ -22,5 +22,12 @@ run: install
 test: install
 	$(BIN)/python -m pytest -q $(ARGS)
 
+# classguard beside dnsmasq and unbound on 127.0.0.1 (docs/benchmarks.md): about 15 minutes;
+# BENCH_QUICK=1 for a ~3 minute version. Installs dnsperf, dnsmasq, unbound and nsd when missing.
+.PHONY: bench
+bench: install
+	sh bench/install-deps.sh
+	$(BIN)/python bench/run.py
+
 clean:
 	rm -rf $(VENV) classguard-state .pytest_cache *.egg-info
