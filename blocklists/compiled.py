@@ -1,37 +1,54 @@
-"""The compiled lists: a compact hash table of every entry, built once, looked up per query.
+"""The compiled lists: every entry as a 64-bit key in one sorted, bucketed table, mapped from disk.
 
-Names are not kept: each entry is a 64-bit key in an open-addressing table (8 bytes) plus the index
-of its "combo" (2 or 4 bytes), the set of lists that hold it and how. At a load factor of at most
-0.7 that is about 15 bytes an entry, so millions of entries fit in little memory, and the table
-loads from disk with one copy. A false match needs two independent CRC-32s to collide at once
-(about 2^-64 per pair); a collision could only block a name, never unblock one.
+Names are not kept. An entry's key is `crc32(name) << 32 | crc32(reversed name)`; a false match
+needs both CRC-32s of two names to agree at once (about 2^-64 per pair), and a collision could only
+block a name, never unblock one. The file holds a JSON header, then three arrays, each 8-byte
+aligned and in the machine's byte order:
+
+- `keys`: n × u64, sorted;
+- `offsets`: 2^bits + 1 × u32, where each bucket starts in `keys`. A key's bucket is its top `bits`
+  bits, so sorting the keys sorts them by bucket; there are about as many buckets as keys;
+- `combo_ids`: n × u16 (or u32), the "combo" of each key: which lists hold it, and how.
+
+That is 14 to 18 bytes an entry. `load` maps the file read-only instead of reading it: loading
+takes milliseconds whatever the size, pages come in as lookups touch them, and dropping the last
+reference to a `CompiledLists` unmaps it at once. A lookup hashes each suffix of the name whose
+label count occurs in the table, reads two offsets, and compares the (on average under one) keys
+of that bucket: pure Python on `memoryview`s, a few microseconds.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
+import mmap
 import os
 import struct
-import time
-from zlib import crc32
-from array import array
-from dataclasses import dataclass, field
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import BinaryIO
+from zlib import crc32
 
-MAGIC = b"CGLISTS1"
-MAX_LOAD = 0.7
+MAGIC = b"CGLISTS2"
+MAX_BITS = 32  # offsets are u32, and a bucket comes from the high CRC-32 alone
+ALIGN = 8
 
 # How a list holds an entry: blocks the name and its subdomains, only the name, or excepts them.
 SUFFIX, EXACT, EXCEPT_SUFFIX, EXCEPT_EXACT = range(4)
+KINDS = 4
 
 
 def name_key(name: str) -> int:
-    """The 64-bit table key of a normalised (ASCII, lowercase) name; never 0 (0 marks a free slot)."""
+    """The 64-bit table key of a normalised (ASCII, lowercase, no trailing dot) name."""
     data = name.encode("ascii")
-    key = (crc32(data) << 32) | crc32(data[::-1])
-    return key or 1
+    return (crc32(data) << 32) | crc32(data[::-1])
+
+
+def table_bits(key_count: int) -> int:
+    """Bucket count 2^bits for this many keys: between one and two buckets a key, 256 at least."""
+    return min(MAX_BITS, max(8, key_count.bit_length()))
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,33 +58,80 @@ class ListInfo:
     category: str
     source: str
     usage: str = "black"  # black | white: the category's default use
-    entries: int = 0
-    networks: int = 0
+    entries: int = 0  # distinct names
+    networks: int = 0  # IP entries (addresses and networks)
     bad_lines: int = 0
     skipped: int = 0
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class _Combo:
-    suffix: frozenset[int]
-    exact: frozenset[int]
-    except_suffix: frozenset[int]
-    except_exact: frozenset[int]
+    """The lists holding one key, by how they hold it (list indexes)."""
 
-    def as_tuple(self) -> tuple[frozenset[int], ...]:
+    suffix: tuple[int, ...]
+    exact: tuple[int, ...]
+    except_suffix: tuple[int, ...]
+    except_exact: tuple[int, ...]
+
+    @classmethod
+    def from_codes(cls, codes: Iterable[int]) -> _Combo:
+        """Codes are `list_index * KINDS + kind`."""
+        parts: list[list[int]] = [[], [], [], []]
+        for code in sorted(codes):
+            parts[code % KINDS].append(code // KINDS)
+        return cls(*(tuple(part) for part in parts))
+
+    def codes(self) -> list[int]:
+        return sorted(index * KINDS + kind for kind, part in enumerate(self.as_tuple())
+                      for index in part)
+
+    def as_tuple(self) -> tuple[tuple[int, ...], ...]:
         return (self.suffix, self.exact, self.except_suffix, self.except_exact)
 
 
-@dataclass(slots=True)
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class ArtifactError(Exception):
+    """The compiled lists file is missing, truncated or not ours."""
+
+
 class CompiledLists:
-    lists: list[ListInfo]
-    keys: array  # 'Q', capacity a power of two
-    combo_ids: array  # 'H' or 'I', parallel to keys
-    combos: list[_Combo]
-    networks: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, frozenset[int]]] = field(default_factory=list)
-    host_addresses: dict[str, frozenset[int]] = field(default_factory=dict)
-    max_labels: int = 0
-    built_at: float = 0.0
+    """Read-only after construction; replaced whole when the lists change."""
+
+    __slots__ = (
+        "lists", "combos", "networks", "host_addresses", "label_counts", "built_at", "inputs",
+        "bits", "key_count", "_keys", "_offsets", "_combo_ids", "_table", "_buffer", "__weakref__",
+    )
+
+    def __init__(self, header: dict, buffer) -> None:
+        """`buffer`: the whole file (an mmap, or bytes); the arrays are views into it."""
+        self.lists = [ListInfo(**info) for info in header["lists"]]
+        self.combos = [_Combo.from_codes(codes) for codes in header["combos"]]
+        self.networks: list[tuple[Network, frozenset[int]]] = [
+            (ipaddress.ip_network(net), frozenset(members)) for net, members in header["networks"]
+        ]
+        self.host_addresses: dict[str, frozenset[int]] = {
+            address: frozenset(members) for address, members in header["hosts"]
+        }
+        self.label_counts = frozenset(header["label_counts"])
+        self.built_at: float = header["built_at"]
+        self.inputs: dict = header.get("inputs", {})
+        self.bits: int = header["bits"]
+        self.key_count: int = header["key_count"]
+        self._buffer = buffer
+        view = memoryview(buffer)
+        sections = header["sections"]
+        self._keys = _section(view, sections["keys"], "Q", self.key_count)
+        self._offsets = _section(view, sections["offsets"], "I", (1 << self.bits) + 1)
+        self._combo_ids = _section(view, sections["combo_ids"], header["combo_typecode"],
+                                   self.key_count)
+        # What a lookup needs, in one attribute: (keys, offsets, combo ids, bucket shift, label
+        # counts present, combos).
+        self._table = (self._keys, self._offsets, self._combo_ids, 32 - self.bits,
+                       self.label_counts, self.combos)
+
+    # -- what the policy engine asks, per query -------------------------------------------------
 
     @property
     def categories(self) -> dict[str, str]:
@@ -78,51 +142,80 @@ class CompiledLists:
     def entry_count(self) -> int:
         return sum(info.entries for info in self.lists)
 
+    @property
+    def size_bytes(self) -> int:
+        """Bytes of the three arrays (what lookups touch)."""
+        return self._keys.nbytes + self._offsets.nbytes + self._combo_ids.nbytes
+
     def matching_lists(self, name: str) -> dict[int, str]:
-        """Lists that hold `name` or a parent of it (after exceptions): list index -> matched entry."""
-        if not self.lists:
-            return {}
-        data = name.encode("ascii")
-        starts = [0]
-        dot = data.find(b".")
-        while dot >= 0:
-            starts.append(dot + 1)
-            dot = data.find(b".", dot + 1)
-        keys, combo_ids, combos = self.keys, self.combo_ids, self.combos
-        mask = len(keys) - 1
+        """Lists that hold `name` or a parent of it (after exceptions): list index -> matched entry.
+
+        The matched entry is the most specific one: `a.b.example` listed, `b.example` too, the
+        query `x.a.b.example` matches `a.b.example`.
+        """
+        hits = self._probe(name)
+        return self._matched(name, hits) if hits else {}
+
+    def _matched(self, name: str, hits: list[tuple[int, int, _Combo]]) -> dict[int, str]:
         matched: dict[int, str] = {}
         excepted: set[int] = set()
-        for depth in range(max(0, len(starts) - self.max_labels), len(starts)):
-            suffix = data[starts[depth]:]
-            key = ((crc32(suffix) << 32) | crc32(suffix[::-1])) or 1
-            slot = key & mask
-            while True:
-                found = keys[slot]
-                if found == key or found == 0:
-                    break
-                slot = (slot + 1) & mask
-            if found == 0:
-                continue
-            combo = combos[combo_ids[slot]]
-            entry = name[starts[depth]:]
+        last = name.count(".") + 1
+        # Shortest suffix first, so that a more specific entry overwrites a parent's.
+        for labels, start, combo in hits:
+            entry = name[start:]
+            for list_index in combo.suffix:
+                matched[list_index] = entry
             excepted.update(combo.except_suffix)
-            for index in combo.suffix:
-                matched.setdefault(index, entry)
-            if depth == 0:
+            if labels == last:
+                for list_index in combo.exact:
+                    matched[list_index] = entry
                 excepted.update(combo.except_exact)
-                for index in combo.exact:
-                    matched.setdefault(index, entry)
-        for index in excepted:
-            matched.pop(index, None)
+        for list_index in excepted:
+            matched.pop(list_index, None)
         return matched
 
     def categories_of(self, name: str) -> dict[str, str]:
-        """Categories that list `name` or a parent of it -> the entry that matched."""
+        """Categories that list `name` or a parent of it -> the (most specific) entry that matched."""
+        hits = self._probe(name)
+        if not hits:  # the usual case, kept to one call
+            return {}
         lists = self.lists
         found: dict[str, str] = {}
-        for index, entry in self.matching_lists(name).items():
-            found.setdefault(lists[index].category, entry)
+        for index, entry in self._matched(name, hits).items():
+            category = lists[index].category
+            previous = found.get(category)
+            if previous is None or len(entry) > len(previous):
+                found[category] = entry
         return found
+
+    def _probe(self, name: str) -> list[tuple[int, int, _Combo]]:
+        """The name's suffixes found in the table: (label count, start in name, combo)."""
+        keys, offsets, combo_ids, shift, wanted, combos = self._table
+        data = name.encode("ascii")
+        hits = []
+        start = len(data) + 1
+        labels = 0
+        for part in reversed(data.split(b".")):
+            start -= len(part) + 1
+            labels += 1
+            if labels not in wanted:
+                continue
+            suffix = data[start:] if start else data
+            high = crc32(suffix)
+            bucket = high >> shift
+            index = offsets[bucket]
+            end = offsets[bucket + 1]
+            if index == end:
+                continue
+            key = (high << 32) | crc32(suffix[::-1])
+            while index < end:
+                found = keys[index]
+                if found >= key:
+                    if found == key:
+                        hits.append((labels, start, combos[combo_ids[index]]))
+                    break
+                index += 1
+        return hits
 
     def categories_of_address(self, address: str) -> set[str]:
         """Categories whose lists hold this IP address (entries kept for answer inspection)."""
@@ -135,164 +228,168 @@ class CompiledLists:
                     indexes.update(members)
         return {lists[index].category for index in indexes}
 
-    # -- persistence: one file, header JSON then the two raw arrays ------------------------------
+    # -- persistence ----------------------------------------------------------------------------
+
+    def header(self) -> dict:
+        return make_header(
+            lists=self.lists, combos=self.combos, networks=self.networks,
+            host_addresses=self.host_addresses, label_counts=self.label_counts,
+            built_at=self.built_at, inputs=self.inputs, key_count=self.key_count, bits=self.bits,
+            combo_typecode=self._combo_ids.format)
 
     def save(self, path: Path) -> None:
         """Write atomically: a reader sees the old file or the new one, never half of one."""
-        header = {
-            "lists": [_info_dict(info) for info in self.lists],
-            "combos": [[sorted(part) for part in combo.as_tuple()] for combo in self.combos],
-            "networks": [[str(net), sorted(members)] for net, members in self.networks],
-            "hosts": [[address, sorted(members)] for address, members in self.host_addresses.items()],
-            "max_labels": self.max_labels,
-            "built_at": self.built_at,
-            "capacity": len(self.keys),
-            "combo_typecode": self.combo_ids.typecode,
-        }
-        blob = json.dumps(header).encode("utf-8")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(path.name + ".tmp")
-        with open(temporary, "wb") as out:
-            out.write(MAGIC + struct.pack("!Q", len(blob)) + blob)
-            out.write(self.keys.tobytes())
-            out.write(self.combo_ids.tobytes())
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, path)
+        write_artifact(path, self.header(), [self._keys, self._offsets, self._combo_ids])
 
 
-def _info_dict(info: ListInfo) -> dict:
-    return {name: getattr(info, name) for name in ListInfo.__slots__}
+def _section(view: memoryview, where: list[int], typecode: str, count: int) -> memoryview:
+    offset, length = where
+    section = view[offset:offset + length]
+    if len(section) != length or length != count * struct.calcsize(typecode):
+        raise ArtifactError("truncated compiled lists file")
+    return section.cast(typecode)
 
 
-class ArtifactError(Exception):
-    """The compiled lists file is missing, truncated or not ours."""
+def make_header(*, lists: list[ListInfo], combos: list[_Combo],
+                networks: Iterable[tuple[Network, Iterable[int]]],
+                host_addresses: dict[str, Iterable[int]], label_counts: Iterable[int],
+                built_at: float, inputs: dict, key_count: int, bits: int,
+                combo_typecode: str) -> dict:
+    return {
+        "lists": [{name: getattr(info, name) for name in ListInfo.__slots__} for info in lists],
+        "combos": [combo.codes() for combo in combos],
+        "networks": [[str(net), sorted(members)] for net, members in networks],
+        "hosts": [[address, sorted(members)] for address, members in host_addresses.items()],
+        "label_counts": sorted(label_counts),
+        "built_at": built_at,
+        "inputs": inputs,
+        "key_count": key_count,
+        "bits": bits,
+        "combo_typecode": combo_typecode,
+        "byteorder": sys.byteorder,
+    }
+
+
+def _layout(header: dict, lengths: list[int]) -> bytes:
+    """The header bytes, with `sections` filled in for arrays of these byte lengths."""
+    names = ("keys", "offsets", "combo_ids")
+    # The header's own length moves the sections; two passes settle it (digits only grow).
+    sections = {name: [0, length] for name, length in zip(names, lengths)}
+    blob = b""
+    for _ in range(3):
+        header["sections"] = sections
+        blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
+        position = _aligned(len(MAGIC) + 8 + len(blob))
+        moved = False
+        for name, length in zip(names, lengths):
+            if sections[name][0] != position:
+                sections[name] = [position, length]
+                moved = True
+            position = _aligned(position + length)
+        if not moved:
+            return blob
+    raise AssertionError("header layout did not settle")
+
+
+def _aligned(position: int) -> int:
+    return -(-position // ALIGN) * ALIGN
+
+
+def write_artifact(path: Path, header: dict, arrays: list) -> None:
+    """Header, then each array (bytes-like, or an open file to copy with its length) aligned."""
+    lengths = [_byte_length(item) for item in arrays]
+    blob = _layout(header, lengths)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    with open(temporary, "wb") as out:
+        out.write(MAGIC + struct.pack("!Q", len(blob)) + blob)
+        for item, (offset, length) in zip(arrays, header["sections"].values()):
+            out.write(b"\0" * (offset - out.tell()))
+            _write_item(out, item, length)
+        out.write(b"\0" * (_aligned(out.tell()) - out.tell()))
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(temporary, path)
+
+
+def _byte_length(item) -> int:
+    if isinstance(item, tuple):  # (open file, byte length): copied in chunks
+        return item[1]
+    return memoryview(item).nbytes
+
+
+def _write_item(out: BinaryIO, item, length: int) -> None:
+    if isinstance(item, tuple):
+        source, _ = item
+        source.seek(0)
+        remaining = length
+        while remaining:
+            chunk = source.read(min(remaining, 1 << 20))
+            if not chunk:
+                raise OSError("short copy into the compiled lists file")
+            out.write(chunk)
+            remaining -= len(chunk)
+    else:
+        out.write(memoryview(item).cast("B"))
+
+
+def read_header(path: Path) -> dict:
+    """Only the header: what the file holds and was built from, without mapping the arrays."""
+    try:
+        with open(path, "rb") as source:
+            return _read_header(source, path)
+    except OSError as exc:
+        raise ArtifactError(f"{path}: cannot read compiled lists ({exc})") from exc
+
+
+def _read_header(source: BinaryIO, path: Path) -> dict:
+    if source.read(len(MAGIC)) != MAGIC:
+        raise ArtifactError(f"{path}: not a classguard compiled lists file (or an older format)")
+    try:
+        (length,) = struct.unpack("!Q", source.read(8))
+        header = json.loads(source.read(length))
+    except (ValueError, struct.error) as exc:
+        raise ArtifactError(f"{path}: cannot read compiled lists ({exc})") from exc
+    if not isinstance(header, dict) or header.get("byteorder") != sys.byteorder:
+        raise ArtifactError(f"{path}: compiled lists from a machine of another byte order")
+    return header
 
 
 def load(path: Path) -> CompiledLists:
+    """Map the file read-only; it stays valid after the file is replaced (atomic writes)."""
     try:
         with open(path, "rb") as source:
-            if source.read(len(MAGIC)) != MAGIC:
-                raise ArtifactError(f"{path}: not a classguard compiled lists file")
-            (length,) = struct.unpack("!Q", source.read(8))
-            header = json.loads(source.read(length))
-            capacity = header["capacity"]
-            keys = array("Q")
-            keys.frombytes(source.read(capacity * keys.itemsize))
-            combo_ids = array(header["combo_typecode"])
-            combo_ids.frombytes(source.read(capacity * combo_ids.itemsize))
-    except (OSError, ValueError, KeyError, struct.error) as exc:
+            header = _read_header(source, path)
+            if os.fstat(source.fileno()).st_size == 0:
+                raise ArtifactError(f"{path}: empty compiled lists file")
+            mapped = mmap.mmap(source.fileno(), 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError) as exc:
         raise ArtifactError(f"{path}: cannot read compiled lists ({exc})") from exc
-    if len(keys) != capacity or len(combo_ids) != capacity:
-        raise ArtifactError(f"{path}: truncated compiled lists file")
-    return CompiledLists(
-        lists=[ListInfo(**info) for info in header["lists"]],
-        keys=keys,
-        combo_ids=combo_ids,
-        combos=[_Combo(*(frozenset(part) for part in parts)) for parts in header["combos"]],
-        networks=[(ipaddress.ip_network(net), frozenset(members)) for net, members in header["networks"]],
-        host_addresses={address: frozenset(members) for address, members in header["hosts"]},
-        max_labels=header["max_labels"],
-        built_at=header["built_at"],
-    )
+    return from_buffer(header, mapped, path)
 
 
-class Compiler:
-    """Adds lists one at a time into a pre-sized table; the names themselves are not kept."""
-
-    def __init__(self, expected_entries: int):
-        capacity = 8
-        while capacity * MAX_LOAD < max(expected_entries, 1):
-            capacity *= 2
-        self._keys = array("Q", bytes(8 * capacity))
-        self._combo_ids = array("I", bytes(4 * capacity))
-        self._combos: list[_Combo] = [_Combo(frozenset(), frozenset(), frozenset(), frozenset())]
-        self._combo_index: dict[tuple, int] = {self._combos[0].as_tuple(): 0}
-        self._lists: list[ListInfo] = []
-        self._addresses: dict[str, set[int]] = {}
-        self._networks: dict[ipaddress.IPv4Network | ipaddress.IPv6Network, set[int]] = {}
-        self._used = 0
-        self._max_labels = 0
-
-    def add_list(self, info: ListInfo, *, suffix: Iterable[str] = (), exact: Iterable[str] = (),
-                 except_suffix: Iterable[str] = (), except_exact: Iterable[str] = (),
-                 networks: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network] = ()) -> None:
-        index = len(self._lists)
-        self._lists.append(info)
-        for kind, names in ((SUFFIX, suffix), (EXACT, exact), (EXCEPT_SUFFIX, except_suffix),
-                            (EXCEPT_EXACT, except_exact)):
-            for name in names:
-                self._insert(name, index, kind)
-        for network in networks:
-            if network.num_addresses == 1:
-                self._addresses.setdefault(str(network.network_address), set()).add(index)
-            else:
-                self._networks.setdefault(network, set()).add(index)
-
-    def _insert(self, name: str, list_index: int, kind: int) -> None:
-        key = name_key(name)
-        keys = self._keys
-        mask = len(keys) - 1
-        slot = key & mask
-        while True:
-            found = keys[slot]
-            if found == key:
-                break
-            if found == 0:
-                if (self._used + 1) > len(keys) * MAX_LOAD:
-                    self._grow()
-                    self._insert(name, list_index, kind)
-                    return
-                keys[slot] = key
-                self._used += 1
-                labels = name.count(".") + 1
-                if labels > self._max_labels:
-                    self._max_labels = labels
-                break
-            slot = (slot + 1) & mask
-        parts = list(self._combos[self._combo_ids[slot]].as_tuple())
-        if list_index in parts[kind]:
-            return
-        parts[kind] = parts[kind] | {list_index}
-        self._combo_ids[slot] = self._intern(tuple(parts))
-
-    def _intern(self, parts: tuple) -> int:
-        index = self._combo_index.get(parts)
-        if index is None:
-            index = len(self._combos)
-            self._combos.append(_Combo(*parts))
-            self._combo_index[parts] = index
-        return index
-
-    def _grow(self) -> None:
-        old_keys, old_ids = self._keys, self._combo_ids
-        capacity = len(old_keys) * 2
-        self._keys = array("Q", bytes(8 * capacity))
-        self._combo_ids = array("I", bytes(4 * capacity))
-        mask = capacity - 1
-        for key, combo in zip(old_keys, old_ids):
-            if key:
-                slot = key & mask
-                while self._keys[slot]:
-                    slot = (slot + 1) & mask
-                self._keys[slot] = key
-                self._combo_ids[slot] = combo
-
-    def finish(self) -> CompiledLists:
-        combo_ids = self._combo_ids
-        if len(self._combos) <= 0xFFFF:
-            combo_ids = array("H", combo_ids)
-        return CompiledLists(
-            lists=self._lists,
-            keys=self._keys,
-            combo_ids=combo_ids,
-            combos=self._combos,
-            networks=[(net, frozenset(members)) for net, members in self._networks.items()],
-            host_addresses={address: frozenset(members) for address, members in self._addresses.items()},
-            max_labels=self._max_labels,
-            built_at=time.time(),
-        )
+def from_buffer(header: dict, buffer, path: Path | str = "<memory>") -> CompiledLists:
+    try:
+        return CompiledLists(header, buffer)
+    except ArtifactError as exc:
+        raise ArtifactError(f"{path}: {exc}") from exc
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ArtifactError(f"{path}: cannot read compiled lists ({exc!r})") from exc
 
 
 def empty() -> CompiledLists:
-    return Compiler(0).finish()
+    """Lists with no entry (what an empty configuration compiles to)."""
+    from io import BytesIO
+
+    bits = table_bits(0)
+    arrays = [b"", bytes(4 * ((1 << bits) + 1)), b""]
+    header = make_header(lists=[], combos=[_Combo((), (), (), ())], networks=[],
+                         host_addresses={}, label_counts=[], built_at=0.0, inputs={},
+                         key_count=0, bits=bits, combo_typecode="H")
+    blob = _layout(header, [len(a) for a in arrays])
+    out = BytesIO()
+    out.write(MAGIC + struct.pack("!Q", len(blob)) + blob)
+    for item, (offset, _length) in zip(arrays, header["sections"].values()):
+        out.write(b"\0" * (offset - out.tell()))
+        out.write(item)
+    return from_buffer(header, out.getvalue())

@@ -1,10 +1,19 @@
-"""Parsing list text (domains, hosts, AdBlock, UT1) into sets of names and networks."""
+"""Parsing list text (domains, hosts, AdBlock, UT1) into names and networks, line by line.
+
+Parsers only ever call `.add(name)` on the targets of a `ParsedList`: sets by default (tests, small
+lists), or key sinks (blocklists.build) that hash each name as it is read, so that a list of
+millions of names is never held as Python strings.
+"""
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from itertools import compress, islice
+from operator import not_
+from typing import Protocol
 
 from blocklists.names import (
     MAX_NAME_LENGTH,
@@ -15,6 +24,9 @@ from blocklists.names import (
 )
 
 FORMATS = ("domains", "hosts", "adblock", "ut1")
+CHUNK_LINES = 1 << 14  # lines parsed at once when given line by line
+# A whole line that is a plain lowercase name whose last character is not a digit.
+_PLAIN_LINES = re.compile(r"^(?:[a-z0-9_-]{1,63}\.)*[a-z0-9_-]{0,62}[a-z_-]$", re.MULTILINE)
 MATCH_MODES = ("default", "suffix")
 MAX_BAD_EXAMPLES = 20
 
@@ -36,40 +48,80 @@ _ADBLOCK_DNS_NEUTRAL_OPTIONS = frozenset({"important", "all", "document", "doc"}
 _ADBLOCK_COSMETIC_MARKERS = ("##", "#@#", "#?#", "#$#", "#%#", "#@?#", "#@$#", "$$", "$@$")
 
 
+class NameTarget(Protocol):
+    """Where parsed names go: a set, or a sink that hashes them (blocklists.build.KeySink)."""
+
+    def add(self, name: str, /) -> None: ...
+
+    def update(self, names: Iterable[str], /) -> None: ...
+
+    def __len__(self) -> int: ...
+
+
 @dataclass
 class ParsedList:
-    suffix: set[str] = field(default_factory=set)  # blocks the name and all its subdomains
-    exact: set[str] = field(default_factory=set)  # blocks only that exact name
-    except_suffix: set[str] = field(default_factory=set)  # AdBlock @@||x^: within this source only
-    except_exact: set[str] = field(default_factory=set)
+    suffix: NameTarget = field(default_factory=set)  # blocks the name and all its subdomains
+    exact: NameTarget = field(default_factory=set)  # blocks only that exact name
+    except_suffix: NameTarget = field(default_factory=set)  # AdBlock @@||x^: this source only
+    except_exact: NameTarget = field(default_factory=set)
     networks: set[IPNetwork] = field(default_factory=set)  # kept for answer inspection
     bad_lines: int = 0
     bad_examples: list[tuple[int, str]] = field(default_factory=list)  # (line number, reason)
     skipped: int = 0  # lines deliberately not enforced (UT1 urls, AdBlock cosmetic rules)
+    origin: str = ""  # the file being parsed, when a list is read from several: prefixes reasons
 
     @property
     def entry_count(self) -> int:
+        """Names and networks added (a key sink counts repeated names again)."""
         return len(self.suffix) + len(self.exact) + len(self.networks)
 
     def add_bad(self, line_number: int, reason: str) -> None:
         self.bad_lines += 1
         if len(self.bad_examples) < MAX_BAD_EXAMPLES:
-            self.bad_examples.append((line_number, reason))
+            self.bad_examples.append(
+                (line_number, f"{self.origin}: {reason}" if self.origin else reason)
+            )
 
 
-def parse_lines(lines: Iterable[str], fmt: str, *, match: str = "default") -> ParsedList:
-    """Parse list text; bad lines are counted with their 1-based line numbers, never raised."""
+ParsedListFactory = Callable[[], ParsedList]
+
+
+def parse_lines(
+    lines: Iterable[str], fmt: str, *, match: str = "default", into: ParsedList | None = None
+) -> ParsedList:
+    """Parse list text; bad lines are counted with their 1-based line numbers, never raised.
+
+    With `into`, the names are added to that list (several files of one source, or key sinks).
+    """
+    if fmt in ("domains", "ut1"):
+        chunks = ("\n".join(line.rstrip("\r\n") for line in batch)
+                  for batch in iter(lambda it=iter(lines): list(islice(it, CHUNK_LINES)), []))
+        return parse_text(chunks, fmt, match=match, into=into)
+    return parse_text((), fmt, match=match, into=into, lines=lines)
+
+
+def parse_text(
+    chunks: Iterable[str], fmt: str, *, match: str = "default", into: ParsedList | None = None,
+    lines: Iterable[str] | None = None,
+) -> ParsedList:
+    """Parse list text given in chunks of whole lines (each without its last newline).
+
+    Reading a big file in chunks lets the `domains` format check and hash a million plain names
+    without a Python step per name; the other formats go line by line.
+    """
     if match not in MATCH_MODES:
         raise ValueError(f"unknown match mode {match!r}; expected one of {', '.join(MATCH_MODES)}")
-    parsed = ParsedList()
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown list format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    parsed = ParsedList() if into is None else into
+    if lines is None:
+        lines = (line for chunk in chunks for line in chunk.split("\n"))
     if fmt in ("domains", "ut1"):
-        _parse_domains(lines, parsed)
+        _parse_domains(chunks, parsed)
     elif fmt == "hosts":
         _parse_hosts(lines, parsed, parsed.suffix if match == "suffix" else parsed.exact)
-    elif fmt == "adblock":
-        _parse_adblock(lines, parsed, widen_exact=match == "suffix")
     else:
-        raise ValueError(f"unknown list format {fmt!r}; expected one of {', '.join(FORMATS)}")
+        _parse_adblock(lines, parsed, widen_exact=match == "suffix")
     return parsed
 
 
@@ -82,16 +134,34 @@ def _looks_like_bad_address(name: str) -> bool:
     return name[-1].isdigit() and name.rpartition(".")[2].isdigit()
 
 
-def _parse_domains(lines: Iterable[str], parsed: ParsedList) -> None:
-    # The hot loop: a UT1 "adult" file has millions of lines, so plain lowercase names are
-    # accepted inline, and only the rest pays for comments, wildcards, IDNA and addresses.
-    suffix_add = parsed.suffix.add
+def _parse_domains(chunks: Iterable[str], parsed: ParsedList) -> None:
+    # The hot path: a UT1 "adult" file has millions of lines. One regular expression over a whole
+    # chunk blanks out every plain lowercase name (what nearly every line is); the lines left are
+    # the only ones that pay for comments, wildcards, IDNA, addresses and bad-line reports.
     is_plain_name = VALID_ASCII_NAME.fullmatch
-    for number, line in enumerate(map(str.lower, map(str.strip, lines)), 1):
-        if len(line) <= MAX_NAME_LENGTH and is_plain_name(line) and not line[-1].isdigit():
-            suffix_add(line)
-        elif line and line[0] != "#":
-            _add_domains_line(line, number, parsed)
+    before = 0  # lines in the chunks before this one
+    for chunk in chunks:
+        text = chunk.lower()
+        lines = text.split("\n")
+        rest = _PLAIN_LINES.sub("", text)
+        if rest.count("\n") == len(rest):  # nothing left: every line was plain (or empty)
+            plain = list(filter(None, lines))
+        else:
+            left = rest.split("\n")
+            plain = list(filter(None, compress(lines, map(not_, left))))
+            for index in compress(range(len(lines)), left):
+                line = lines[index].strip()
+                if len(line) <= MAX_NAME_LENGTH and is_plain_name(line) and not line[-1].isdigit():
+                    parsed.suffix.add(line)
+                elif line and line[0] != "#":
+                    _add_domains_line(line, before + index + 1, parsed)
+        if plain and max(map(len, plain)) > MAX_NAME_LENGTH:  # labels fit, the whole does not
+            for index, line in enumerate(lines):
+                if len(line) > MAX_NAME_LENGTH and _PLAIN_LINES.fullmatch(line):
+                    _add_domains_line(line, before + index + 1, parsed)
+            plain = [line for line in plain if len(line) <= MAX_NAME_LENGTH]
+        parsed.suffix.update(plain)
+        before += len(lines)
 
 
 def _add_domains_line(line: str, number: int, parsed: ParsedList) -> None:
@@ -124,7 +194,7 @@ def _is_address(text: str) -> bool:
     return True
 
 
-def _parse_hosts(lines: Iterable[str], parsed: ParsedList, target: set[str]) -> None:
+def _parse_hosts(lines: Iterable[str], parsed: ParsedList, target: NameTarget) -> None:
     is_plain_name = VALID_ASCII_NAME.fullmatch
     target_add = target.add
     for number, line in enumerate(map(str.lower, lines), 1):
@@ -144,7 +214,9 @@ def _parse_hosts(lines: Iterable[str], parsed: ParsedList, target: set[str]) -> 
             _add_hosts_line(line.partition("#")[0].split(), number, parsed, target)
 
 
-def _add_hosts_line(fields: list[str], number: int, parsed: ParsedList, target: set[str]) -> None:
+def _add_hosts_line(
+    fields: list[str], number: int, parsed: ParsedList, target: NameTarget
+) -> None:
     if len(fields) < 2 or not _is_address(fields[0]):
         parsed.add_bad(number, f"expected an address then names, got {_quote(' '.join(fields))}")
         return
@@ -184,7 +256,7 @@ def _parse_adblock(lines: Iterable[str], parsed: ParsedList, *, widen_exact: boo
 
 
 def _add_adblock_rule(
-    line: str, number: int, parsed: ParsedList, exact_block: set[str], exact_allow: set[str]
+    line: str, number: int, parsed: ParsedList, exact_block: NameTarget, exact_allow: NameTarget
 ) -> None:
     is_exception = line.startswith("@@")
     rule = line[2:] if is_exception else line

@@ -1,8 +1,13 @@
-"""Reading list sources (URLs, files, folders, archives, inline entries) into parsed categories."""
+"""Reading list sources (files, folders, archives, inline entries) into parsed categories.
+
+Archives are untrusted input: read as a stream, member paths that are absolute or climb out with
+`..` are skipped, links are resolved inside the archive (UT1 ships `porn -> adult`) or skipped,
+and the uncompressed size is capped. Downloads are blocklists.download's; this module reads what
+is on disk, and is light enough to import in the compile worker.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import bz2
 import contextlib
 import dataclasses
@@ -10,21 +15,18 @@ import gzip
 import io
 import logging
 import lzma
-import os
 import posixpath
 import tarfile
-import tempfile
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, BinaryIO
 
-import aiohttp
+from blocklists.formats import FORMATS, MATCH_MODES, ParsedList, parse_lines, parse_text
 
-from blocklists.formats import FORMATS, MATCH_MODES, MAX_BAD_EXAMPLES, ParsedList, parse_lines
-from resolver.config import ListSource
+if TYPE_CHECKING:  # the compile worker reads sources without importing the config machinery
+    from resolver.config import ListSource
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +35,13 @@ ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", "
 _TAR_MAGIC = b"ustar"  # POSIX tar header magic, at this offset in the first block
 _TAR_MAGIC_OFFSET = 257
 _DOWNLOAD_CHUNK_BYTES = 64 * 1024
+_TEXT_CHUNK_CHARS = 1 << 18  # about 12,000 names
 _UT1_FILES = ("domains", "urls", "usage")
 _MAX_LINK_HOPS = 8  # links to links are followed this deep; loops simply stop producing names
 _READ_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError)
 
 UT1Content = ParsedList | int | str  # per file: domains parsed, urls skipped count, usage
+NewList = Callable[[], ParsedList]  # a fresh ParsedList: sets, or key sinks when compiling
 
 
 @dataclass
@@ -52,64 +56,54 @@ class SourceError(Exception):
     """A list source that could not be read; the message is one line naming the source."""
 
 
-async def fetch_source(
-    source: ListSource,
-    *,
-    base_dir: Path,
-    session: aiohttp.ClientSession | None,
-    timeout: float,
-    max_bytes: int,
-) -> list[CategoryList]:
-    """Read one source wherever it lives; parsing runs in an executor, off the event loop."""
+def check_source(source: ListSource) -> None:
+    """Raise SourceError when the source's settings cannot work (the config check does as much)."""
     _check_source(source)
     given = [kind for kind in ("url", "path", "domains") if getattr(source, kind)]
     if len(given) != 1:
         raise SourceError(f"{_label(source)}: set exactly one of url, path or domains")
-    loop = asyncio.get_running_loop()
-    if source.url:
-        downloaded = await _download(source, source.url, session, timeout, max_bytes)
-        try:
-            return await loop.run_in_executor(
-                None, _read_path, source, downloaded, max_bytes, source.url
-            )
-        finally:
-            downloaded.unlink(missing_ok=True)
-    if source.path:
-        return await loop.run_in_executor(
-            None, read_source_file, source, base_dir / source.path, max_bytes
-        )
-    return [_category_list(source, parse_lines(source.domains, "domains", match=source.match))]
 
 
-def read_source_file(source: ListSource, path: Path, max_bytes: int) -> list[CategoryList]:
-    """Parse a file, folder or tar archive (optionally compressed) holding the source's lists."""
-    return _read_path(source, path, max_bytes, path.name)
+def read_inline(source: ListSource, new_list: NewList = ParsedList) -> list[CategoryList]:
+    """A source whose entries are in the configuration itself."""
+    check_source(source)
+    parsed = parse_lines(source.domains, "domains", match=source.match, into=new_list())
+    return [_category_list(source, parsed)]
 
 
-def _read_path(
-    source: ListSource, path: Path, max_bytes: int, shown_as: str
+def read_source_file(
+    source: ListSource, path: Path, max_bytes: int, *, new_list: NewList = ParsedList,
+    shown_as: str | None = None,
 ) -> list[CategoryList]:
+    """Parse a file, folder or tar archive (optionally compressed) holding the source's lists.
+
+    `path` is the source's own file, or its download kept under state_dir; `shown_as` names it in
+    errors (the URL of a download).
+    """
     _check_source(source)
+    shown_as = shown_as or path.name
     if not path.exists():
         raise SourceError(f"{_label(source)}: {path} does not exist")
     budget = _ByteBudget(source, max_bytes)
     try:
         if path.is_dir():
             if source.format == "ut1":
-                return _read_ut1_directory(source, path, budget)
-            return [_category_list(source, _read_plain_directory(source, path, budget))]
+                return _read_ut1_directory(source, path, budget, new_list)
+            return [_category_list(source, _read_plain_directory(source, path, budget, new_list))]
         with contextlib.ExitStack() as stack:
             reader = _open_decompressed(path, budget, stack)
             if _is_tar(path, reader):
                 archive = stack.enter_context(tarfile.open(fileobj=reader, mode="r|"))
                 if source.format == "ut1":
-                    return _read_ut1_archive(source, archive)
-                return [_category_list(source, _read_plain_archive(source, archive))]
+                    return _read_ut1_archive(source, archive, new_list)
+                return [_category_list(source, _read_plain_archive(source, archive, new_list))]
             if source.format == "ut1":
                 raise SourceError(
                     f"{_label(source)}: {shown_as} is neither a tar archive nor a folder"
                 )
-            return [_category_list(source, _parse_stream(reader, source.format, source.match))]
+            parsed = new_list()
+            _parse_stream(reader, source.format, source.match, parsed)
+            return [_category_list(source, parsed)]
     except _READ_ERRORS as error:
         raise SourceError(f"{_label(source)}: cannot read {shown_as}: {error}") from error
 
@@ -135,61 +129,6 @@ def _check_source(source: ListSource) -> None:
 def _category_list(source: ListSource, parsed: ParsedList) -> CategoryList:
     assert source.category  # checked by _check_source
     return CategoryList(source.category, source.usage or "black", source.name, parsed)
-
-
-# ---- downloads ---------------------------------------------------------------------------
-
-
-async def _download(
-    source: ListSource,
-    url: str,
-    session: aiohttp.ClientSession | None,
-    timeout: float,
-    max_bytes: int,
-) -> Path:
-    """The body in a temporary file named like the URL, so that an archive is recognised."""
-    url_path = urlsplit(url).path.lower()
-    suffix = next((s for s in ARCHIVE_SUFFIXES if url_path.endswith(s)), ".txt")
-    descriptor, name = tempfile.mkstemp(prefix="classguard-list-", suffix=suffix)
-    path = Path(name)
-    try:
-        with os.fdopen(descriptor, "wb") as body:
-            if session is None:
-                async with aiohttp.ClientSession() as own_session:
-                    await _download_into(source, url, own_session, timeout, max_bytes, body)
-            else:
-                await _download_into(source, url, session, timeout, max_bytes, body)
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
-    return path
-
-
-async def _download_into(
-    source: ListSource,
-    url: str,
-    session: aiohttp.ClientSession,
-    timeout: float,
-    max_bytes: int,
-    body: BinaryIO,
-) -> None:
-    too_big = f"{_label(source)}: {url} is larger than the {max_bytes}-byte limit"
-    try:
-        async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout)) as response:
-            if response.status != 200:
-                raise SourceError(f"{_label(source)}: HTTP {response.status} from {url}")
-            if response.content_length is not None and response.content_length > max_bytes:
-                raise SourceError(too_big)
-            received = 0
-            async for chunk in response.content.iter_chunked(_DOWNLOAD_CHUNK_BYTES):
-                received += len(chunk)
-                if received > max_bytes:
-                    raise SourceError(too_big)
-                body.write(chunk)
-    except TimeoutError as error:
-        raise SourceError(f"{_label(source)}: {url} took longer than {timeout:g} s") from error
-    except aiohttp.ClientError as error:
-        raise SourceError(f"{_label(source)}: cannot download {url}: {error}") from error
 
 
 # ---- reading bytes safely ----------------------------------------------------------------
@@ -265,9 +204,24 @@ def _text_lines(stream: BinaryIO) -> io.TextIOWrapper:
     )
 
 
-def _parse_stream(stream: BinaryIO, fmt: str, match: str = "default") -> ParsedList:
-    with _text_lines(stream) as lines:
-        return parse_lines(lines, fmt, match=match)
+def _parse_stream(stream: BinaryIO, fmt: str, match: str, into: ParsedList) -> None:
+    with _text_lines(stream) as text:
+        parse_text(_chunks(text), fmt, match=match, into=into)
+
+
+def _chunks(text: io.TextIOWrapper) -> Iterator[str]:
+    """The text in pieces of whole lines, each without its last newline (universal newlines)."""
+    rest = ""
+    while block := text.read(_TEXT_CHUNK_CHARS):
+        block = rest + block
+        cut = block.rfind("\n")
+        if cut < 0:
+            rest = block
+            continue
+        rest = block[cut + 1:]
+        yield block[:cut]
+    if rest:
+        yield rest
 
 
 def _count_entries(stream: BinaryIO) -> int:
@@ -280,18 +234,6 @@ def _read_usage(stream: BinaryIO) -> str:
         words = {line.strip().lower() for line in lines}
     # A category marked both ways is the admin's choice in the policy; blocking is the default.
     return "white" if "white" in words and "black" not in words else "black"
-
-
-def _merge(into: ParsedList, part: ParsedList, origin: str) -> None:
-    into.suffix |= part.suffix
-    into.exact |= part.exact
-    into.except_suffix |= part.except_suffix
-    into.except_exact |= part.except_exact
-    into.networks |= part.networks
-    into.bad_lines += part.bad_lines
-    into.skipped += part.skipped
-    for line_number, reason in part.bad_examples[: MAX_BAD_EXAMPLES - len(into.bad_examples)]:
-        into.bad_examples.append((line_number, f"{origin}: {reason}"))
 
 
 def _inside(root: Path, path: Path) -> bool:
@@ -311,9 +253,11 @@ def _warn_unsafe(source: ListSource, count: int) -> None:
 # ---- folders -----------------------------------------------------------------------------
 
 
-def _read_plain_directory(source: ListSource, folder: Path, budget: _ByteBudget) -> ParsedList:
+def _read_plain_directory(
+    source: ListSource, folder: Path, budget: _ByteBudget, new_list: NewList
+) -> ParsedList:
     root = folder.resolve()
-    merged = ParsedList()
+    merged = new_list()
     escaping = 0
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         if not _inside(root, path):
@@ -321,14 +265,15 @@ def _read_plain_directory(source: ListSource, folder: Path, budget: _ByteBudget)
             continue
         with contextlib.ExitStack() as stack:
             reader = _open_decompressed(path, budget, stack)
-            parsed = _parse_stream(reader, source.format, source.match)
-        _merge(merged, parsed, str(path.relative_to(folder)))
+            merged.origin = str(path.relative_to(folder))
+            _parse_stream(reader, source.format, source.match, merged)
+    merged.origin = ""
     _warn_unsafe(source, escaping)
     return merged
 
 
 def _read_ut1_directory(
-    source: ListSource, folder: Path, budget: _ByteBudget
+    source: ListSource, folder: Path, budget: _ByteBudget, new_list: NewList
 ) -> list[CategoryList]:
     if (folder / "blacklists").is_dir():
         folder = folder / "blacklists"
@@ -353,10 +298,10 @@ def _read_ut1_directory(
                 with contextlib.ExitStack() as stack:
                     reader = stack.enter_context(open(key[0], "rb"))
                     stream = stack.enter_context(_budgeted_stream(reader, budget))
-                    by_real_path[key] = _read_ut1_file(file_name, stream)
+                    by_real_path[key] = _read_ut1_file(file_name, stream, new_list)
             files[f"{category_dir.name}/{file_name}"] = by_real_path[key]
     _warn_unsafe(source, escaping)
-    return _ut1_categories(source, files)
+    return _ut1_categories(source, files, new_list)
 
 
 # ---- archives ----------------------------------------------------------------------------
@@ -399,17 +344,23 @@ def _safe_members(
     _warn_unsafe(source, unsafe)
 
 
-def _read_plain_archive(source: ListSource, archive: tarfile.TarFile) -> ParsedList:
-    merged = ParsedList()
+def _read_plain_archive(
+    source: ListSource, archive: tarfile.TarFile, new_list: NewList
+) -> ParsedList:
+    merged = new_list()
     ignored_links: list[tuple[str, str]] = []  # their targets are read as members anyway
     for path, member in _safe_members(source, archive, ignored_links):
         stream = archive.extractfile(member)
         if stream is not None:
-            _merge(merged, _parse_stream(stream, source.format, source.match), path)
+            merged.origin = path
+            _parse_stream(stream, source.format, source.match, merged)
+    merged.origin = ""
     return merged
 
 
-def _read_ut1_archive(source: ListSource, archive: tarfile.TarFile) -> list[CategoryList]:
+def _read_ut1_archive(
+    source: ListSource, archive: tarfile.TarFile, new_list: NewList
+) -> list[CategoryList]:
     files: dict[str, UT1Content] = {}
     links: list[tuple[str, str]] = []
     for path, member in _safe_members(source, archive, links):
@@ -418,15 +369,17 @@ def _read_ut1_archive(source: ListSource, archive: tarfile.TarFile) -> list[Cate
         if parts[-1] in _UT1_FILES and 2 <= len(parts) <= 3:
             stream = archive.extractfile(member)
             if stream is not None:
-                files[path] = _read_ut1_file(parts[-1], stream)
+                files[path] = _read_ut1_file(parts[-1], stream, new_list)
     # A stream is read once, so links are resolved after the pass, onto what was read.
     _resolve_links(files, links)
-    return _ut1_categories(source, files)
+    return _ut1_categories(source, files, new_list)
 
 
-def _read_ut1_file(file_name: str, stream: BinaryIO) -> UT1Content:
+def _read_ut1_file(file_name: str, stream: BinaryIO, new_list: NewList) -> UT1Content:
     if file_name == "domains":
-        return _parse_stream(stream, "ut1")
+        parsed = new_list()
+        _parse_stream(stream, "ut1", "default", parsed)
+        return parsed
     if file_name == "urls":
         return _count_entries(stream)  # URL paths cannot be enforced over DNS
     return _read_usage(stream)
@@ -446,7 +399,9 @@ def _resolve_links(files: dict[str, UT1Content], links: Iterable[tuple[str, str]
         files.update(aliases)
 
 
-def _ut1_categories(source: ListSource, files: dict[str, UT1Content]) -> list[CategoryList]:
+def _ut1_categories(
+    source: ListSource, files: dict[str, UT1Content], new_list: NewList
+) -> list[CategoryList]:
     folders: dict[str, dict[str, UT1Content]] = {}
     for path, content in files.items():
         folder, _, file_name = path.rpartition("/")
@@ -460,7 +415,7 @@ def _ut1_categories(source: ListSource, files: dict[str, UT1Content]) -> list[Ca
             continue
         # Type checks, because a hostile archive can link "x/urls" to another folder's "domains".
         domains, urls, usage = (contents.get(name) for name in _UT1_FILES)
-        parsed = domains if isinstance(domains, ParsedList) else ParsedList()
+        parsed = domains if isinstance(domains, ParsedList) else new_list()
         url_count = urls if isinstance(urls, int) else 0
         # A shallow copy: a linked category keeps sharing the sets but counts its own skips.
         parsed = dataclasses.replace(parsed, skipped=parsed.skipped + url_count)

@@ -53,6 +53,8 @@ def _parser() -> argparse.ArgumentParser:
     lists = commands.add_parser("lists", parents=[common], help="blocklists")
     lists_commands = lists.add_subparsers(dest="lists_command", required=True)
     lists_commands.add_parser("update", parents=[common], help="download and compile the blocklists now")
+    lists_commands.add_parser("status", parents=[common],
+                              help="entries, age, last success and last error per source and category")
     return parser
 
 
@@ -68,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "policy":
             return _policy_validate(config, args)
         if args.command == "lists":
-            return _lists_update(config)
+            return _lists_status(config) if args.lists_command == "status" else _lists_update(config)
     except (ConfigError, StartupError, UpdateError) as exc:
         print(f"classguard: {exc}", file=sys.stderr)
         return 1
@@ -104,10 +106,28 @@ def _policy_validate(config, args) -> int:
 
 
 def _lists_update(config) -> int:
+    from blocklists.update import TerminalProgress
+
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    lists, report = asyncio.run(update_lists(config, load_bundled()))
+    progress = TerminalProgress(sys.stderr) if sys.stderr.isatty() else None
+    try:
+        lists, report = asyncio.run(update_lists(config, load_bundled(), progress=progress))
+    finally:
+        if progress is not None:
+            progress.close()
     print(report.table())
-    return 0 if not report.failed else 1
+    return 0 if not report.failed and not report.kept_previous else 1
+
+
+def _lists_status(config) -> int:
+    from blocklists.update import read_status
+
+    report = read_status(config.state_dir)
+    if report is None:
+        raise StartupError(f"no list refresh recorded under {config.state_dir} yet; "
+                           "run `classguard lists update` or start the server")
+    print(report.status_table())
+    return 0
 
 
 def _check(config, args) -> int:

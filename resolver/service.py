@@ -199,18 +199,35 @@ class Service:
         raise AssertionError("unreachable")
 
     async def _refresh_lists(self, first: bool) -> None:
+        """The first fill at once (`first`: no lists yet), then a refresh every
+        `blocklists.refresh`: sooner after a failure, and a UT1 download from its home waits for
+        19:00 UTC. The new lists are swapped in whole; the old table goes with the old snapshot.
+        """
+        from blocklists.update import first_refresh_delay, refresh_delay, retry_delay
+
         period = self.config.blocklists.refresh
+        failures = 0
+        delay = 0.0 if first else first_refresh_delay(self.config, self.bundled)
         while True:
-            if not first:
-                await asyncio.sleep(period)
-            first = False
+            if delay > 0:
+                await asyncio.sleep(delay)
             try:
-                lists, report = await update_lists(self.config, self.bundled)
-            except UpdateError as exc:
-                log.error("list refresh failed, the previous lists stay in force: %s", exc)
+                lists, report = await update_lists(self.config, self.bundled, scheduled=not first,
+                                                   current=self.state.snapshot.lists)
+            except Exception as exc:  # an UpdateError, or a bug: neither may end the refreshes
+                failures += 1
+                delay = retry_delay(period, failures)
+                kept = "the previous lists stay in force" if self.state.lists_loaded else "no lists yet"
+                log.error("list refresh failed, %s; next try in %.0f s: %s", kept, delay, exc,
+                          exc_info=not isinstance(exc, UpdateError))
                 continue
-            self.state.replace_lists(lists)
-            log.info("lists loaded: %s", report.summary())
+            first = False
+            if lists is not self.state.snapshot.lists:
+                self.state.replace_lists(lists)
+                log.info("lists in force: %d entries", lists.entry_count)
+            del lists
+            failures = failures + 1 if report.failed or report.kept_previous else 0
+            delay = refresh_delay(report, period, failures=failures)
 
     async def stop(self) -> None:
         for task in self.tasks:

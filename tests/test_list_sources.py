@@ -1,26 +1,25 @@
-"""Reading list sources: UT1 archives and folders, plain files, inline entries and URLs."""
+"""Reading list sources: UT1 archives and folders, plain files, inline entries (URLs: see
+test_list_download.py)."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import gzip
 import io
 import ipaddress
 import logging
 import os
-import socket
 import tarfile
-import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
-import aiohttp
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestServer
 
-from blocklists.sources import CategoryList, SourceError, fetch_source, read_source_file
+from blocklists.sources import (
+    CategoryList,
+    SourceError,
+    check_source,
+    read_inline,
+    read_source_file,
+)
 from resolver.config import ListSource
 
 MAX_BYTES = 10 * 1024 * 1024
@@ -241,144 +240,39 @@ def test_plain_folder_and_archive_merge_their_files(tmp_path: Path) -> None:
             ListSource(name="x", format="domains", category="c", path="a", url="http://h/"),
             "exactly one of",
         ),
-        (ListSource(name="x", format="domains", category="c", path="missing.txt"), "not exist"),
+        (ListSource(name="x", format="domains", path="a.txt", category="c", match="prefix"),
+         "unknown match"),
+        (ListSource(name="x", format="domains", path="a.txt", category="c", usage="grey"),
+         "usage must be black or white"),
     ],
 )
-async def test_misconfigured_sources_are_source_errors(
-    tmp_path: Path, source: ListSource, message: str
-) -> None:
+def test_misconfigured_sources_are_source_errors(source: ListSource, message: str) -> None:
     with pytest.raises(SourceError, match=f"list source 'x': .*{message}"):
-        await fetch_source(source, base_dir=tmp_path, session=None, timeout=5, max_bytes=MAX_BYTES)
+        check_source(source)
 
 
-async def test_path_is_resolved_against_base_dir(tmp_path: Path) -> None:
-    (tmp_path / "lists").mkdir()
-    (tmp_path / "lists" / "ads.txt").write_text("||ads.example^\n@@||ok.ads.example^\n")
-    source = ListSource(name="ads", format="adblock", category="ads", path="lists/ads.txt")
-    [ads] = await fetch_source(
-        source, base_dir=tmp_path, session=None, timeout=5, max_bytes=MAX_BYTES
-    )
+def test_missing_file_is_a_source_error(tmp_path: Path) -> None:
+    source = ListSource(name="x", format="domains", category="c", path="missing.txt")
+    with pytest.raises(SourceError, match="list source 'x': .*missing.txt does not exist"):
+        read_source_file(source, tmp_path / "missing.txt", MAX_BYTES)
+
+
+def test_adblock_file_with_exceptions(tmp_path: Path) -> None:
+    (tmp_path / "ads.txt").write_text("||ads.example^\n@@||ok.ads.example^\n")
+    source = ListSource(name="ads", format="adblock", category="ads", path="ads.txt")
+    [ads] = read_source_file(source, tmp_path / "ads.txt", MAX_BYTES)
     assert ads.parsed.suffix == {"ads.example"}
     assert ads.parsed.except_suffix == {"ok.ads.example"}
 
 
-async def test_inline_domains(tmp_path: Path) -> None:
+def test_inline_domains() -> None:
     source = ListSource(
         name="school",
         format="domains",
         category="games",
         domains=("Games.example", "*.école.fr", "bad..name"),
     )
-    [games] = await fetch_source(
-        source, base_dir=tmp_path, session=None, timeout=5, max_bytes=MAX_BYTES
-    )
+    [games] = read_inline(source)
     assert games.parsed.suffix == {"games.example", "xn--cole-9oa.fr"}
     assert games.parsed.bad_lines == 1
-
-
-# ---- URLs, served by a real HTTP server on 127.0.0.1 ----------------------------------------
-
-BIG_BODY = b"x.example\n" * 2000  # 20 kB
-
-
-async def serve_big_streamed(request: web.Request) -> web.StreamResponse:
-    response = web.StreamResponse()  # chunked: no Content-Length to refuse up front
-    await response.prepare(request)
-    for _ in range(20):
-        await response.write(BIG_BODY)
-    return response
-
-
-@contextlib.contextmanager
-def unused_local_port() -> Iterator[int]:
-    """A port bound but never listening, so that connections to it are refused."""
-    with socket.socket() as reserved:
-        reserved.bind(("127.0.0.1", 0))
-        yield reserved.getsockname()[1]
-
-
-async def serve_slowly(request: web.Request) -> web.StreamResponse:
-    response = web.StreamResponse()
-    await response.prepare(request)
-    for _ in range(100):  # ends early when the client hangs up and a write fails
-        await response.write(b"slow.example\n")
-        await asyncio.sleep(0.05)
-    return response
-
-
-def serve_bytes(body: bytes) -> Callable[[web.Request], Awaitable[web.Response]]:
-    async def handler(request: web.Request) -> web.Response:
-        return web.Response(body=body)
-
-    return handler
-
-
-@pytest.fixture
-async def list_server() -> AsyncIterator[TestServer]:
-    archive = ut1_archive_bytes()
-    app = web.Application()
-    app.router.add_get("/ads.txt", serve_bytes(b"ads.example\n10.9.0.0/16\n"))
-    app.router.add_get("/blacklists.tar.gz", serve_bytes(archive))
-    app.router.add_get("/download", serve_bytes(archive))  # no name to go by: magic bytes
-    app.router.add_get("/big", serve_bytes(BIG_BODY))
-    app.router.add_get("/big-streamed", serve_big_streamed)
-    app.router.add_get("/slow", serve_slowly)
-    server = TestServer(app, host="127.0.0.1", port=0)
-    await server.start_server()
-    yield server
-    await server.close()
-
-
-async def test_url_plain_list_with_own_session(list_server: TestServer, tmp_path: Path) -> None:
-    url = str(list_server.make_url("/ads.txt"))
-    source = ListSource(name="ads", format="domains", category="ads", url=url)
-    [ads] = await fetch_source(source, base_dir=tmp_path, session=None, timeout=5, max_bytes=1000)
-    assert ads.parsed.suffix == {"ads.example"}
-    assert ads.parsed.networks == {ipaddress.ip_network("10.9.0.0/16")}
-
-
-@pytest.mark.parametrize("path", ["/blacklists.tar.gz", "/download"])
-async def test_url_ut1_archive(list_server: TestServer, tmp_path: Path, path: str) -> None:
-    source = ut1_source(url=str(list_server.make_url(path)))
-    async with aiohttp.ClientSession() as session:
-        lists = await fetch_source(
-            source, base_dir=tmp_path, session=session, timeout=5, max_bytes=MAX_BYTES
-        )
-    assert_ut1_categories(lists)
-
-
-@pytest.mark.parametrize(
-    ("path", "message"),
-    [
-        ("/missing", "HTTP 404 from http://127.0.0.1:[0-9]+/missing$"),
-        ("/big", "http://127.0.0.1:[0-9]+/big is larger than the 10000-byte limit"),
-        ("/big-streamed", "/big-streamed is larger than the 10000-byte limit"),  # no length
-    ],
-)
-async def test_url_failures_are_source_errors(
-    list_server: TestServer, tmp_path: Path, path: str, message: str
-) -> None:
-    source = ListSource(
-        name="remote", format="domains", category="ads", url=str(list_server.make_url(path))
-    )
-    leftovers_before = set(Path(tempfile.gettempdir()).glob("classguard-list-*"))
-    with pytest.raises(SourceError, match=f"^list source 'remote': .*{message}"):
-        await fetch_source(source, base_dir=tmp_path, session=None, timeout=5, max_bytes=10_000)
-    leftovers_after = set(Path(tempfile.gettempdir()).glob("classguard-list-*"))
-    assert leftovers_after <= leftovers_before  # the partial download was removed
-
-
-async def test_slow_url_is_a_source_error(list_server: TestServer, tmp_path: Path) -> None:
-    url = str(list_server.make_url("/slow"))
-    source = ListSource(name="slow", format="domains", category="ads", url=url)
-    with pytest.raises(SourceError, match=f"list source 'slow': {url} took longer than 0.3 s"):
-        await fetch_source(source, base_dir=tmp_path, session=None, timeout=0.3, max_bytes=1000)
-
-
-async def test_unreachable_url_is_a_source_error(tmp_path: Path) -> None:
-    with unused_local_port() as port:
-        source = ListSource(
-            name="down", format="domains", category="ads", url=f"http://127.0.0.1:{port}/x"
-        )
-        with pytest.raises(SourceError, match="list source 'down': cannot download"):
-            await fetch_source(source, base_dir=tmp_path, session=None, timeout=5, max_bytes=1000)
+    assert games.parsed.bad_examples == [(3, "not a valid name or address: 'bad..name'")]
