@@ -94,6 +94,10 @@ DNS_KEYS = (
     "cache_size", "tcp_idle_timeout", "tcp_max_connections", "fast_path", "upstream_ca_file",
 )
 RATE_LIMIT_KEYS = ("qps", "burst")
+DOH_KEYS = ("listen", "path", "public_url", "trusted_proxies")
+# The `doh` section once read (a plain mapping, every key filled in): docs/configuration.md.
+DOH_DEFAULTS = {"listen": "127.0.0.1:8053", "path": "/dns-query", "public_url": None,
+                "trusted_proxies": ()}
 BLOCKLIST_KEYS = ("refresh", "sources", "bundled", "download_timeout", "max_download_bytes")
 SOURCE_KEYS = ("name", "url", "path", "domains", "format", "category", "match", "usage")
 SECTIONS = ("doh", "dot", "tls", "dashboard", "metrics", "query_log")  # checked as mappings only
@@ -337,6 +341,8 @@ class _ConfigParser:
                 self.error(key_line(top, name), f"{name} must be a mapping of settings, "
                                                 f"not {_describe(value)}")
                 sections[name] = None
+        if sections["doh"] is not None:
+            sections["doh"] = self.doh(sections["doh"], key_line(top, "doh"))
         return Config(
             path=self.path,
             timezone=self.get(top, "timezone", "", _timezone, default.timezone),
@@ -405,6 +411,18 @@ class _ConfigParser:
             self.error(key_line(section, "upstream_ca_file"), f"dns.upstream_ca_file: {path} is not a file")
             return None
         return str(path)
+
+    def doh(self, section: dict, line: int) -> dict:
+        """The `doh` section checked, with its defaults filled in (DOH_DEFAULTS)."""
+        body = self.mapping(section, line, "doh", DOH_KEYS)
+        d, w = DOH_DEFAULTS, "doh."
+        return {
+            "listen": self.get(body, "listen", w, _listen, d["listen"]),
+            "path": self.get(body, "path", w, _url_path, d["path"]),
+            "public_url": self.get(body, "public_url", w, _public_url, d["public_url"]),
+            "trusted_proxies": self.items(body, "trusted_proxies", w, _network)
+            or d["trusted_proxies"],
+        }
 
     def block_response(self, section: dict) -> str:
         if "block_response" in section and section["block_response"] is None:
@@ -633,6 +651,28 @@ def _network(value: Any) -> str:
         raise ValueError(f"{value!r} is not a network; write e.g. 10.0.0.0/8 or 10.0.0.5") \
             from None
     raise ValueError(f"{value!r} has host bits set; did you mean '{loose}'?")
+
+
+_URL_PATH = re.compile(r"(?:/[A-Za-z0-9._~-]+)+")
+
+
+def _url_path(value: Any) -> str:
+    text = _text(value).rstrip("/")
+    if not _URL_PATH.fullmatch(text):
+        raise ValueError(f"{value!r}: write a URL path like /dns-query (letters, digits, '.', "
+                         "'_', '~', '-' between slashes)")
+    return text
+
+
+def _public_url(value: Any) -> str:
+    text = _text(value).rstrip("/")
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{text!r}: write the address tablets use, e.g. "
+                         "https://dns.example.org/dns-query")
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ValueError(f"{text!r}: the DoH address takes no ?query, #fragment or user name")
+    return text
 
 
 def _block_response(value: Any) -> str:

@@ -34,6 +34,35 @@ def _header_only_reply(data: bytes, rcode: int) -> bytes:
     return struct.pack("!HHHHHH", query_id, QR_BIT | opcode_bits | rd_bit | 0x0080 | rcode, 0, 0, 0, 0)
 
 
+def _question_end(data: bytes) -> int | None:
+    """Where the single question of a query ends (after QTYPE and QCLASS), or None if unreadable."""
+    offset = HEADER_SIZE
+    while offset < len(data):
+        length = data[offset]
+        if length == 0:
+            end = offset + 5
+            return end if end <= len(data) else None
+        if length > 63:  # a pointer or a reserved label type: not in a query's question
+            return None
+        offset += 1 + length
+    return None
+
+
+def refused_reply(data: bytes) -> bytes | None:
+    """REFUSED for a query we will not answer (the rate limit), echoing its question when it is
+    readable; None for bytes that are no query at all."""
+    if len(data) < HEADER_SIZE:
+        return None
+    query_id, flags, qdcount = struct.unpack_from("!HHH", data)
+    if flags & QR_BIT:
+        return None
+    end = _question_end(data) if qdcount == 1 else None
+    question = data[HEADER_SIZE:end] if end is not None else b""
+    header = struct.pack("!HHHHHH", query_id, QR_BIT | (flags & 0x7800) | (flags & 0x0100) | 0x0080
+                         | RCODE.REFUSED, 1 if question else 0, 0, 0, 0)
+    return header + question
+
+
 def _qname(query: DNSRecord) -> str:
     labels = query.q.qname.label
     try:
@@ -74,8 +103,9 @@ class QueryHandler:
     """Everything between the bytes a client sent and the bytes it gets back."""
 
     def __init__(self, resolver: Resolver, fast_path=None, cache=None, trusted_forwarders=(),
-                 stats: QueryStats | None = None):
+                 stats: QueryStats | None = None, rate_limiter=None):
         self.resolver = resolver
+        self.rate_limiter = rate_limiter  # resolver.ratelimit.RateLimiter, or None: no limit
         self.stats = stats or (fast_path.stats if fast_path is not None else QueryStats())
         self.trusted_forwarders = tuple(ipaddress.ip_network(net, strict=False) for net in trusted_forwarders)
         self.fast_path = fast_path  # resolver.fastpath.FastPath, or None to always take the chain
@@ -83,6 +113,16 @@ class QueryHandler:
 
     def now(self) -> float:
         return self._cache.clock() if self._cache is not None else time.monotonic()
+
+    def admit(self, client_ip: str, protocol: str, client: Client | None = None) -> bool:
+        """False when `dns.rate_limit` refuses this query (counted per protocol). Listeners ask
+        once per query, before answer_fast; trusted forwarders are exempt."""
+        limiter = self.rate_limiter
+        if limiter is None or limiter.allow(client_ip, client):
+            return True
+        counts = self.stats.rate_limited
+        counts[protocol] = counts.get(protocol, 0) + 1
+        return False
 
     def answer_fast(self, data: bytes, client_ip: str, protocol: str = "udp",
                     client: Client | None = None) -> bytes | None:
@@ -197,7 +237,8 @@ class UdpListener:
 
     def _on_readable(self) -> None:
         receive = self.sock.recvfrom
-        answer_fast = self.handler.answer_fast
+        handler = self.handler
+        answer_fast = handler.answer_fast
         for _ in range(UDP_BATCH):
             try:
                 data, addr = receive(UDP_MAX_QUERY)
@@ -206,6 +247,8 @@ class UdpListener:
             except OSError as exc:  # e.g. ICMP port unreachable from a client that left
                 log.debug("udp receive error: %s", exc)
                 continue
+            if handler.rate_limiter is not None and not handler.admit(addr[0], "udp"):
+                continue  # over the limit: dropped without a word (docs/configuration.md)
             reply = answer_fast(data, addr[0])
             if reply is not None:
                 self._send(reply, addr)
@@ -253,6 +296,11 @@ class TcpListener:
                         data = await reader.readexactly(length)
                 except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
                     break
+                if self.handler.rate_limiter is not None and not self.handler.admit(client_ip, "tcp"):
+                    refused = refused_reply(data)
+                    if refused is not None:
+                        writer.write(struct.pack("!H", len(refused)) + refused)
+                    continue
                 reply = self.handler.answer_fast(data, client_ip, "tcp")
                 if reply is not None:
                     writer.write(struct.pack("!H", len(reply)) + reply)

@@ -20,7 +20,9 @@ from resolver.build import build_chain, build_fast_path
 from resolver.cache import CacheLink
 from resolver.chain import Resolver, find_link
 from resolver.config import Config, parse_listen
+from resolver.doh import DohServer
 from resolver.fastpath import FastPath
+from resolver.ratelimit import RateLimiter
 from resolver.server import QueryHandler, TcpListener, UdpListener
 from resolver.state import RuntimeState
 from resolver.upstream import Upstream, UpstreamGroup
@@ -114,6 +116,28 @@ def own_names(config: Config) -> frozenset[str]:
     return frozenset(names)
 
 
+def _reachable_from_outside(host: str) -> bool:
+    """True unless `host` is a loopback or private address (0.0.0.0 and :: are every address)."""
+    ip = ipaddress.ip_address(host)
+    return ip.is_unspecified or not (ip.is_loopback or ip.is_private)
+
+
+def refuse_open_resolver(config: Config) -> None:
+    """SPEC §2.1: with `unknown_clients: default` anyone gets answers, so on an address the
+    internet may reach classguard would be an open resolver: refused unless `dns.allow_open`."""
+    dns = config.dns
+    if dns.unknown_clients != "default" or dns.allow_open:
+        return
+    listens = [*dns.listen, *([config.doh["listen"]] if config.doh else [])]
+    public = [entry for entry in listens if _reachable_from_outside(parse_listen(entry)[0])]
+    if public:
+        raise StartupError(
+            f"dns.unknown_clients: default would make classguard an open resolver on "
+            f"{', '.join(public)} (not a private or loopback address); listen on a private "
+            "address, set dns.unknown_clients: refuse, or set dns.allow_open: true if that is "
+            "really meant")
+
+
 # A burst of queries must wait in the kernel, not be dropped, while Python answers the ones
 # before it (the default of about 200 kB holds a few thousand small queries).
 UDP_RECEIVE_BUFFER = 4 * 1024 * 1024
@@ -139,6 +163,8 @@ class Service:
     upstream_groups: list = field(default_factory=list)
     chain: Resolver | None = None  # the head of the resolver chain, once started
     fast_path: FastPath | None = None
+    rate_limiter: RateLimiter | None = None  # dns.rate_limit, shared by every transport
+    doh: DohServer | None = None  # the DoH listener, when `doh` is configured
 
     def link_cache(self) -> CacheLink:
         return self.link(CacheLink)
@@ -153,7 +179,12 @@ class Service:
         dns = self.config.dns
         self.chain = build_chain(dns, self.state, upstreams, zones)
         self.fast_path = build_fast_path(self.chain, self.state) if dns.fast_path else None
-        handler = QueryHandler(self.chain, self.fast_path, self.link(CacheLink), dns.trusted_forwarders)
+        if dns.rate_limit is not None:
+            self.rate_limiter = RateLimiter(
+                dns.rate_limit.qps, dns.rate_limit.burst, dns.trusted_forwarders,
+                identify=lambda address: self.state.snapshot.clients.identify(address))
+        handler = QueryHandler(self.chain, self.fast_path, self.link(CacheLink), dns.trusted_forwarders,
+                               rate_limiter=self.rate_limiter)
         loop = asyncio.get_running_loop()
         tcp = TcpListener(handler, dns.tcp_idle_timeout, dns.tcp_max_connections)
         for entry in dns.listen:
@@ -164,6 +195,9 @@ class Service:
             self.servers.append(server)
             self.udp_addresses.append((bound[0], bound[1]))
             log.info("DNS listening on %s port %d (UDP and TCP)", bound[0], bound[1])
+        if self.config.doh is not None:
+            self.doh = DohServer(handler, self.state, self.config.doh, self.config.tls)
+            await self.doh.start()
         log.info("upstreams: %s", ", ".join(u.name for u in upstreams.upstreams))
         if self.state.snapshot.lists is None:
             self.tasks.append(asyncio.create_task(self._refresh_lists(first=True)))
@@ -233,6 +267,8 @@ class Service:
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self.doh is not None:
+            await self.doh.stop()
         for listener in self.udp_listeners:
             listener.close()
         for server in self.servers:
@@ -244,6 +280,7 @@ class Service:
 
 
 def prepare(config: Config) -> Service:
+    refuse_open_resolver(config)
     bundled = load_bundled()
     policy = read_policy(config, bundled)
     lists: CompiledLists | None = load_compiled(config.state_dir)

@@ -20,7 +20,7 @@ RESULTS = {
 
 
 class QueryStats:
-    __slots__ = ("queries", "blocks", "latency_counts", "latency_sum", "fast_answers")
+    __slots__ = ("queries", "blocks", "latency_counts", "latency_sum", "fast_answers", "rate_limited")
 
     def __init__(self) -> None:
         self.queries: dict[tuple[str, str, str], int] = {}  # (protocol, class, result) -> count
@@ -28,6 +28,7 @@ class QueryStats:
         self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
         self.latency_sum = 0.0
         self.fast_answers = 0
+        self.rate_limited: dict[str, int] = {}  # protocol -> queries refused by dns.rate_limit
 
     def record(self, protocol: str, class_id: str | None, result: str, reason: str | None,
                seconds: float) -> None:

@@ -1,0 +1,307 @@
+"""DNS over HTTPS (RFC 8484): GET and POST at `{path}` and `{path}/{token}`, answered by the QueryHandler.
+
+The token in the path names a device (its SHA-256 is what the policy stores), and so its class;
+the scope is `home` unless the request comes from a school address. `{path}` alone is plain DNS
+over HTTP: the source address says who asks. HTTPS when the configuration has a `tls` section,
+plain HTTP otherwise (behind a reverse proxy, whose `X-Forwarded-For` is believed only from
+`doh.trusted_proxies`). The access log never holds a token or a query.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import ipaddress
+import logging
+import re
+import ssl
+import struct
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+
+from resolver.chain import Client
+from resolver.server import HEADER_SIZE, QueryHandler
+from resolver.state import RuntimeState
+
+log = logging.getLogger("classguard.doh")
+access_log = logging.getLogger("classguard.doh.access")
+
+DNS_MESSAGE = "application/dns-message"  # RFC 8484 §6
+MAX_MESSAGE = 65535  # a DNS message's largest size (its TCP length prefix is 16 bits)
+TOKEN = re.compile(r"[a-z0-9]{22,63}")  # SPEC §5: a token fits a DNS label (for DoT)
+KEEPALIVE_TIMEOUT = 75.0  # seconds an idle connection stays open for the next query
+SHUTDOWN_TIMEOUT = 2.0  # seconds in-flight requests get when the server stops
+OPT = 41
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
+
+
+def token_digest(token: str) -> str:
+    """The SHA-256 (hex) of a device token: all the store ever keeps of it."""
+    return hashlib.sha256(token.encode("ascii")).hexdigest()
+
+
+def decode_dns_param(value: str) -> bytes:
+    """RFC 8484 §4.1: the `dns` parameter is base64url without padding (padding is tolerated);
+    ValueError when it is not."""
+    text = value.rstrip("=")
+    if not _BASE64URL.fullmatch(text) or len(text) % 4 == 1:
+        raise ValueError("not base64url")
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError):
+        raise ValueError("not base64url") from None
+
+
+def min_ttl(wire: bytes) -> int:
+    """The smallest TTL of the answer and authority records of a DNS message (a negative answer's
+    SOA counts, RFC 2308), read from the bytes; 0 when there is none or the bytes are odd."""
+    try:
+        qdcount, ancount, nscount = struct.unpack_from("!HHH", wire, 4)
+        offset = HEADER_SIZE
+        for _ in range(qdcount):
+            offset = _skip_name(wire, offset) + 4
+        smallest = None
+        for _ in range(ancount + nscount):
+            offset = _skip_name(wire, offset)
+            rtype, _rclass, ttl, length = struct.unpack_from("!HHIH", wire, offset)
+            offset += 10 + length
+            if rtype != OPT and (smallest is None or ttl < smallest):
+                smallest = ttl
+        if offset > len(wire):
+            return 0
+    except (struct.error, IndexError):
+        return 0
+    return 0 if smallest is None else min(smallest, 0x7FFFFFFF)
+
+
+def _skip_name(wire: bytes, offset: int) -> int:
+    while True:
+        length = wire[offset]
+        if length == 0:
+            return offset + 1
+        if length >= 0xC0:  # a compression pointer ends the name
+            return offset + 2
+        offset += 1 + length
+
+
+class DeviceTokens:
+    """Token digest -> device, compiled once per policy (the snapshot's policy object)."""
+
+    def __init__(self, state: RuntimeState):
+        self.state = state
+        self._policy = None
+        self._devices: dict[str, object] = {}
+
+    def device(self, token: str):
+        policy = self.state.snapshot.policy
+        if policy is not self._policy:
+            self._devices = {device.token_sha256: device for device in policy.devices.values()
+                             if device.token_sha256}
+            self._policy = policy
+        return self._devices.get(token_digest(token))
+
+
+def masked_path(path: str, base: str) -> str:
+    """What the access log shows of a request path: the token as `***`, no query string."""
+    if path == base:
+        return base
+    if path.startswith(base + "/"):
+        return base + "/***"
+    return "/***"  # another path may hold a token too (a misconfigured client)
+
+
+def access_logger(base: str) -> type[AbstractAccessLogger]:
+    class DohAccessLogger(AbstractAccessLogger):
+        """`GET /dns-query/*** 200 93 1.2ms`: method, masked path, status, size, time."""
+
+        def log(self, request, response, time: float) -> None:
+            self.logger.info("%s %s %d %d %.1fms", request.method, masked_path(request.path, base),
+                             response.status, response.body_length, time * 1000)
+
+    return DohAccessLogger
+
+
+def _plain(status: int, text: str, **headers: str) -> web.Response:
+    return web.Response(status=status, text=text + "\n", headers=headers or None)
+
+
+class DohServer:
+    """The DoH listener: an aiohttp application on `doh.listen`, over TLS when `tls` is set."""
+
+    def __init__(self, handler: QueryHandler, state: RuntimeState, settings: dict,
+                 tls: dict | None = None):
+        self.handler = handler
+        self.state = state
+        self.path = settings.get("path", "/dns-query")
+        self.listen = settings.get("listen", "127.0.0.1:8053")
+        self.trusted_proxies = tuple(ipaddress.ip_network(net, strict=False)
+                                     for net in settings.get("trusted_proxies", ()))
+        self.tls = tls
+        self.tokens = DeviceTokens(state)
+        self.address: tuple[str, int] | None = None  # bound (host, port) once started
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
+
+    @property
+    def url(self) -> str:
+        assert self.address is not None, "start() first"
+        host, port = self.address
+        host = f"[{host}]" if ":" in host else host
+        return f"{self.scheme}://{host}:{port}{self.path}"
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=MAX_MESSAGE)
+        app.router.add_route("*", self.path, self.serve)
+        app.router.add_route("*", self.path + "/{token}", self.serve)
+        return app
+
+    async def start(self) -> None:
+        from resolver.config import parse_listen
+
+        host, port = parse_listen(self.listen)
+        context = self._tls_context() if self.tls else None
+        runner = web.AppRunner(self.app(), handle_signals=False, access_log=access_log,
+                               access_log_class=access_logger(self.path),
+                               keepalive_timeout=KEEPALIVE_TIMEOUT,
+                               shutdown_timeout=SHUTDOWN_TIMEOUT)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port, ssl_context=context, reuse_address=True)
+        try:
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        bound = runner.addresses[0]
+        self.address = (bound[0], bound[1])
+        log.info("DoH listening on %s (%s, path %s)", self.url.rsplit(self.path, 1)[0],
+                 "HTTPS" if self.tls else "plain HTTP", self.path)
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    def _tls_context(self) -> ssl.SSLContext:
+        from resolver.service import StartupError
+
+        cert, key = self.tls.get("cert"), self.tls.get("key")
+        if not cert or not key:
+            raise StartupError("tls needs both cert: and key: (PEM files) for DoH over HTTPS")
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2  # RFC 8484 §5: HTTPS with TLS 1.2 or later
+        context.set_alpn_protocols(["http/1.1"])
+        try:
+            context.load_cert_chain(cert, key)
+        except (OSError, ssl.SSLError) as exc:
+            raise StartupError(f"tls: cannot load the certificate {cert} and key {key}: "
+                               f"{exc}") from None
+        return context
+
+    # -- one request
+
+    async def serve(self, request: web.Request) -> web.StreamResponse:
+        if request.method not in ("GET", "POST"):
+            return _plain(405, "use GET ?dns= or POST application/dns-message", Allow="GET, POST")
+        address = self.source_address(request)
+        client = None
+        token = request.match_info.get("token")
+        if token is not None:
+            client = self.device_client(token, address)
+            if client is None:
+                return _plain(403, "unknown device")
+        data = await self._message(request)
+        if isinstance(data, web.Response):
+            return data
+        handler = self.handler
+        if handler.rate_limiter is not None and not handler.admit(address, "doh", client):
+            return _plain(429, "too many queries", **{"Retry-After": "1"})
+        try:
+            wire = handler.answer_fast(data, address, "doh", client)
+            if wire is None:
+                wire = await handler.answer(data, address, "doh", client)
+        except Exception:  # a bug: the client gets a DNS failure, never an HTTP 500
+            log.exception("DoH query failed")
+            wire = _servfail(data)
+        if wire is None:
+            return _plain(400, "not a DNS query")
+        return web.Response(body=wire, content_type=DNS_MESSAGE,
+                            headers={"Cache-Control": f"max-age={min_ttl(wire)}"})
+
+    async def _message(self, request: web.Request) -> bytes | web.Response:
+        """The DNS query of the request, or the error response that says why there is none."""
+        if request.method == "GET":
+            values = request.query.getall("dns", [])
+            if len(values) != 1:
+                return _plain(400, "GET needs one dns= parameter (base64url)")
+            try:
+                data = decode_dns_param(values[0])
+            except ValueError:
+                return _plain(400, "the dns= parameter is not base64url")
+            if len(data) > MAX_MESSAGE:
+                return _plain(413, "a DNS message is at most 65535 bytes")
+        else:
+            if request.content_type != DNS_MESSAGE:
+                return _plain(415, f"POST needs Content-Type: {DNS_MESSAGE}")
+            if request.content_length is not None and request.content_length > MAX_MESSAGE:
+                return _plain(413, "a DNS message is at most 65535 bytes")
+            try:
+                data = await request.read()
+            except web.HTTPRequestEntityTooLarge:
+                return _plain(413, "a DNS message is at most 65535 bytes")
+        if len(data) < HEADER_SIZE:
+            return _plain(400, "not a DNS query")
+        return data
+
+    def device_client(self, token: str, address: str) -> Client | None:
+        """The device a token names as a Client, scope `school` when `address` is a school
+        address (a class network or a device's address), else `home`; None if unknown."""
+        if not TOKEN.fullmatch(token):
+            return None
+        device = self.tokens.device(token)
+        if device is None:
+            return None
+        at_school = self.state.snapshot.clients.identify(address)
+        # Only a network or a device address says "school"; the default class says nothing.
+        school = at_school is not None and at_school.matched_by != "default_class"
+        return Client(device.class_id, device.id, "school" if school else "home", "doh token")
+
+    def source_address(self, request: web.Request) -> str:
+        """The peer's address; behind a trusted proxy, the last X-Forwarded-For hop that is not
+        one of the trusted proxies."""
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        address = peer[0] if peer else ""
+        if not self.trusted_proxies or not self._trusted(address):
+            return address
+        hops = [hop.strip() for header in request.headers.getall("X-Forwarded-For", [])
+                for hop in header.split(",")]
+        for hop in reversed(hops):
+            try:
+                ipaddress.ip_address(hop)
+            except ValueError:
+                break  # garbage: believe no further than the last proxy
+            address = hop
+            if not self._trusted(hop):
+                break
+        return address
+
+    def _trusted(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address.split("%", 1)[0])
+        except ValueError:
+            return False
+        if ip.version == 6 and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip.version == net.version and ip in net for net in self.trusted_proxies)
+
+
+def _servfail(data: bytes) -> bytes | None:
+    if len(data) < HEADER_SIZE:
+        return None
+    query_id, flags = struct.unpack_from("!HH", data)
+    return struct.pack("!HHHHHH", query_id, 0x8000 | (flags & 0x7900) | 0x0080 | 2, 0, 0, 0, 0)

@@ -1,0 +1,194 @@
+"""Never an open resolver: per-client rate limits on every transport, and the startup refusal."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import socket
+import sys
+import textwrap
+from pathlib import Path
+
+import dns.asyncquery
+import dns.exception
+import dns.message
+import dns.rcode
+import pytest
+
+from resolver.chain import Client
+from resolver.config import Config, DnsSettings, RateLimit
+from resolver.ratelimit import RateLimiter
+from resolver.server import refused_reply
+from resolver.service import StartupError, refuse_open_resolver
+from tests.conftest import PUPILS, STAFF
+
+CLASSGUARD = str(Path(sys.executable).with_name("classguard"))
+
+
+class Clock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+# --- the token bucket ---------------------------------------------------------------------------
+
+
+def test_a_burst_is_allowed_then_the_rate_and_it_recovers():
+    clock = Clock()
+    limiter = RateLimiter(qps=2, burst=4, clock=clock)
+    assert [limiter.allow("192.0.2.1") for _ in range(6)] == [True] * 4 + [False] * 2
+    clock.now += 0.5  # one token back
+    assert [limiter.allow("192.0.2.1") for _ in range(2)] == [True, False]
+    clock.now += 100  # refills, but never above the burst
+    assert [limiter.allow("192.0.2.1") for _ in range(5)] == [True] * 4 + [False]
+    assert limiter.allow("192.0.2.2")  # every address has its own bucket
+
+
+def test_a_device_has_one_bucket_whatever_its_address():
+    clock = Clock()
+    tablet = Client("pupils", "tablet-1", "home", "doh token")
+    limiter = RateLimiter(qps=1, burst=2, clock=clock)
+    assert limiter.allow("192.0.2.1", tablet) and limiter.allow("198.51.100.7", tablet)
+    assert not limiter.allow("203.0.113.9", tablet)
+    assert limiter.allow("192.0.2.1")  # the address itself, unidentified, is someone else
+
+
+def test_plain_dns_asks_who_the_address_is():
+    devices = {"10.0.0.5": Client("pupils", "tablet-1"), "10.0.0.6": Client("pupils", "tablet-1"),
+               "10.0.0.7": Client("pupils", None, "school", "network 10.0.0.0/24")}
+    limiter = RateLimiter(qps=1, burst=1, clock=Clock(), identify=devices.get)
+    assert limiter.allow("10.0.0.5") and not limiter.allow("10.0.0.6")  # one device, two addresses
+    assert limiter.allow("10.0.0.7") and not limiter.allow("10.0.0.7")
+    assert limiter.allow("10.0.0.8")
+
+
+def test_trusted_forwarders_are_exempt():
+    limiter = RateLimiter(qps=1, burst=1, exempt=["10.9.0.0/16", "2001:db8::/32"], clock=Clock())
+    assert all(limiter.allow("10.9.1.1") for _ in range(100))
+    assert all(limiter.allow("::ffff:10.9.1.1") for _ in range(100))
+    assert all(limiter.allow("2001:db8::53") for _ in range(100))
+    assert limiter.allow("10.8.1.1") and not limiter.allow("10.8.1.1")
+    assert len(limiter) == 1
+
+
+def test_memory_stays_bounded_under_a_flood_of_addresses():
+    clock = Clock()
+    limiter = RateLimiter(qps=10, burst=20, clock=clock, max_buckets=1000)
+    for index in range(50_000):
+        limiter.allow(f"10.{index >> 16 & 255}.{index >> 8 & 255}.{index & 255}")
+        assert len(limiter) <= 1000
+    # Idle buckets go first: once refilled they are the same as none.
+    clock.now += 10
+    limiter.allow("192.0.2.1")
+    for _ in range(5):
+        limiter.allow("192.0.2.1")
+    for index in range(999):
+        limiter.allow(f"172.16.{index >> 8}.{index & 255}")
+    assert len(limiter) <= 1000
+    assert sum(limiter.allow("192.0.2.1") for _ in range(20)) < 20  # its bucket was kept
+
+
+def test_refused_reply_echoes_the_question():
+    query = dns.message.make_query("example.com", "A", use_edns=0).to_wire()
+    reply = dns.message.from_wire(refused_reply(query))
+    assert reply.rcode() == dns.rcode.REFUSED and reply.id == dns.message.from_wire(query).id
+    assert reply.question[0].name.to_text() == "example.com."
+    assert refused_reply(b"\x00" * 5) is None
+    assert refused_reply(reply.to_wire()) is None  # a response: never answered
+
+
+# --- on the wire --------------------------------------------------------------------------------
+
+
+async def test_udp_drops_tcp_refuses_and_both_recover(make_resolver):
+    resolver = await make_resolver(rate_limit=RateLimit(qps=1, burst=3))
+    clock = Clock()
+    resolver.service.rate_limiter.clock = clock
+    for _ in range(3):
+        assert (await resolver.query("example.com")).rcode() == dns.rcode.NOERROR
+    with pytest.raises(dns.exception.Timeout):
+        await resolver.query("example.com", timeout=0.3)  # dropped without a word
+    refused = await resolver.query("example.com", tcp=True)
+    assert refused.rcode() == dns.rcode.REFUSED
+    assert (await resolver.query("example.com", source=STAFF)).rcode() == dns.rcode.NOERROR
+    clock.now += 1.0
+    assert (await resolver.query("example.com", tcp=True)).rcode() == dns.rcode.NOERROR
+    stats = resolver.service.fast_path.stats
+    assert stats.rate_limited == {"udp": 1, "tcp": 1}
+
+
+async def test_queries_from_a_trusted_forwarder_are_never_limited(make_resolver):
+    resolver = await make_resolver(rate_limit=RateLimit(qps=1, burst=1),
+                                   trusted_forwarders=(f"{PUPILS}/32",))
+    resolver.service.rate_limiter.clock = Clock()
+    for _ in range(10):
+        assert (await resolver.query("example.com")).rcode() == dns.rcode.NOERROR
+    assert resolver.service.fast_path.stats.rate_limited == {}
+
+
+async def test_without_rate_limit_nothing_is_counted(make_resolver):
+    resolver = await make_resolver()
+    assert resolver.service.rate_limiter is None
+    replies = await asyncio.gather(*(resolver.query("example.com") for _ in range(50)))
+    assert all(reply.rcode() == dns.rcode.NOERROR for reply in replies)
+
+
+# --- never an open resolver ---------------------------------------------------------------------
+
+
+def _config(*listen: str, unknown_clients: str = "default", allow_open: bool = False,
+            doh_listen: str | None = None) -> Config:
+    dns_settings = DnsSettings(listen=listen, unknown_clients=unknown_clients, allow_open=allow_open)
+    doh = None if doh_listen is None else {"listen": doh_listen, "path": "/dns-query",
+                                           "public_url": None, "trusted_proxies": ()}
+    return dataclasses.replace(Config(), dns=dns_settings, doh=doh)
+
+
+@pytest.mark.parametrize("listen", ["0.0.0.0:53", "[::]:53", "81.2.69.160:53", "[2a00:1450::1]:53"])
+def test_default_class_for_strangers_is_refused_on_a_public_address(listen):
+    with pytest.raises(StartupError, match="open resolver.*allow_open"):
+        refuse_open_resolver(_config("127.0.0.1:53", listen))
+    refuse_open_resolver(_config(listen, allow_open=True))
+    refuse_open_resolver(_config(listen, unknown_clients="refuse"))
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1:53", "10.12.0.1:53", "192.168.1.1:53", "[::1]:53",
+                                    "[fd00::53]:53", "172.16.0.1:53"])
+def test_default_class_is_fine_on_private_and_loopback_addresses(listen):
+    refuse_open_resolver(_config(listen))
+
+
+def test_the_doh_listener_counts_too():
+    with pytest.raises(StartupError, match="0.0.0.0:8053"):
+        refuse_open_resolver(_config("127.0.0.1:53", doh_listen="0.0.0.0:8053"))
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+async def test_serve_exits_1_with_one_clear_line(tmp_path):
+    (tmp_path / "policies.yaml").write_text("default_class: visitors\nclasses:\n  visitors: {}\n")
+    (tmp_path / "classguard.yaml").write_text(textwrap.dedent(f"""\
+        policies: policies.yaml
+        state_dir: state
+        dns:
+          listen: ["0.0.0.0:{free_port()}"]
+          upstreams: ["udp://127.0.0.1:9"]
+          unknown_clients: default
+        blocklists: {{bundled: false}}
+        """))
+    process = await asyncio.create_subprocess_exec(
+        CLASSGUARD, "serve", cwd=tmp_path, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, env={**os.environ, "CLASSGUARD_CONFIG": ""})
+    _, stderr = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 1
+    assert stderr.decode().startswith("classguard: dns.unknown_clients: default would make classguard "
+                                    "an open resolver on 0.0.0.0:")
+    assert "Traceback" not in stderr.decode() and len(stderr.decode().splitlines()) == 1
