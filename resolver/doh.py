@@ -139,6 +139,7 @@ class DohServer:
         self.trusted_proxies = tuple(ipaddress.ip_network(net, strict=False)
                                      for net in settings.get("trusted_proxies", ()))
         self.tls = tls
+        self.ssl_context = self._tls_context() if tls else None  # StartupError when unusable
         self.tokens = DeviceTokens(state)
         self.address: tuple[str, int] | None = None  # bound (host, port) once started
         self._runner: web.AppRunner | None = None
@@ -164,13 +165,12 @@ class DohServer:
         from resolver.config import parse_listen
 
         host, port = parse_listen(self.listen)
-        context = self._tls_context() if self.tls else None
         runner = web.AppRunner(self.app(), handle_signals=False, access_log=access_log,
                                access_log_class=access_logger(self.path),
                                keepalive_timeout=KEEPALIVE_TIMEOUT,
                                shutdown_timeout=SHUTDOWN_TIMEOUT)
         await runner.setup()
-        site = web.TCPSite(runner, host, port, ssl_context=context, reuse_address=True)
+        site = web.TCPSite(runner, host, port, ssl_context=self.ssl_context, reuse_address=True)
         try:
             await site.start()
         except BaseException:

@@ -186,6 +186,8 @@ class Service:
         handler = QueryHandler(self.chain, self.fast_path, self.link(CacheLink), dns.trusted_forwarders,
                                rate_limiter=self.rate_limiter)
         loop = asyncio.get_running_loop()
+        if self.config.doh is not None:  # its TLS files are read now, before anything is bound
+            self.doh = DohServer(handler, self.state, self.config.doh, self.config.tls)
         tcp = TcpListener(handler, dns.tcp_idle_timeout, dns.tcp_max_connections)
         for entry in dns.listen:
             host, port = parse_listen(entry)
@@ -195,8 +197,7 @@ class Service:
             self.servers.append(server)
             self.udp_addresses.append((bound[0], bound[1]))
             log.info("DNS listening on %s port %d (UDP and TCP)", bound[0], bound[1])
-        if self.config.doh is not None:
-            self.doh = DohServer(handler, self.state, self.config.doh, self.config.tls)
+        if self.doh is not None:
             await self.doh.start()
         log.info("upstreams: %s", ", ".join(u.name for u in upstreams.upstreams))
         if self.state.snapshot.lists is None:

@@ -412,3 +412,12 @@ def test_mistakes_in_the_doh_section_are_named_with_their_line(tmp_path):
     assert errors[2].startswith("4: doh.public_url: ")
     assert errors[3] == "5: doh.trusted_proxies: '10.0.0.1/8' has host bits set; did you mean '10.0.0.0/8'?"
     assert errors[4].startswith("6: unknown key 'tls' in doh")
+
+
+async def test_a_tls_section_without_a_usable_key_stops_the_start(make_doh, tmp_path):
+    from resolver.service import StartupError
+
+    with pytest.raises(StartupError, match="tls needs both cert: and key:"):
+        await make_doh(tls={"cert": str(tmp_path / "cert.pem")})
+    with pytest.raises(StartupError, match="cannot load the certificate"):
+        await make_doh(tls={"cert": str(tmp_path / "nothing.pem"), "key": str(tmp_path / "nothing.key")})
