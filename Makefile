@@ -29,5 +29,11 @@ bench: install
 	sh bench/install-deps.sh
 	$(BIN)/python bench/run.py
 
+# The compiled blocklists at 1 and 5 million names (docs/benchmarks.md, "Blocklists"): about
+# 5 minutes. `make bench-lists ARGS=--write-docs` also updates that section.
+.PHONY: bench-lists
+bench-lists: install
+	$(BIN)/python bench/lists_bench.py $(ARGS)
+
 clean:
 	rm -rf $(VENV) classguard-state .pytest_cache *.egg-info

@@ -53,6 +53,7 @@ _PART_SHIFT = 32 - PART_BITS  # applied to the high CRC-32 of a name
 SPILL_KEYS = 1 << 17  # keys a sink buffers before writing them out (1 MiB)
 PROGRESS_EVERY = 1 << 18  # names between two progress reports
 _REVERSED = itemgetter(slice(None, None, -1))
+_TOP_30_BITS = (64 - 30).__rrshift__  # key -> key >> 34
 
 Progress = Callable[[str, str, int, int | None], None]  # (phase, source, done, total)
 
@@ -427,18 +428,24 @@ def _merge_and_write(store: KeyStore, outcomes: list[SourceOutcome], lists: list
                 if not combo:
                     continue
                 keys = dict.fromkeys(store.read(offset, count), combo)
+                shared = keys.keys() & merged.keys() if merged else ()
+                per_combo[combo] += len(keys) - len(shared)
+                for key in shared:  # held by several lists: rare, so worth a Python step
+                    before = merged[key]
+                    keys[key] = join(before, combo)
+                    per_combo[before] -= 1
+                    per_combo[keys[key]] += 1
                 if merged:
-                    for key in keys.keys() & merged.keys():
-                        keys[key] = join(merged[key], combo)
                     merged.update(keys)
                 else:
                     merged = keys
             if merged:
-                ordered = sorted(merged)
+                # Grouped by bucket is enough (lookups scan a bucket, under one key on average);
+                # the top 30 bits are small ints, which CPython sorts several times faster.
+                ordered = sorted(merged, key=_TOP_30_BITS)
                 array("Q", ordered).tofile(keys_file)
                 array("I", map(merged.__getitem__, ordered)).tofile(combos_file)
                 part_sizes[partition] = len(ordered)
-                per_combo.update(merged.values())
             if progress is not None and partition % 16 == 15:
                 progress("merge", "", partition + 1, PARTITIONS)
         key_count = sum(part_sizes)

@@ -1,13 +1,13 @@
-"""The compiled lists: every entry as a 64-bit key in one sorted, bucketed table, mapped from disk.
+"""The compiled lists: every entry as a 64-bit key in one bucketed table, mapped from disk.
 
 Names are not kept. An entry's key is `crc32(name) << 32 | crc32(reversed name)`; a false match
 needs both CRC-32s of two names to agree at once (about 2^-64 per pair), and a collision could only
 block a name, never unblock one. The file holds a JSON header, then three arrays, each 8-byte
 aligned and in the machine's byte order:
 
-- `keys`: n × u64, sorted;
-- `offsets`: 2^bits + 1 × u32, where each bucket starts in `keys`. A key's bucket is its top `bits`
-  bits, so sorting the keys sorts them by bucket; there are about as many buckets as keys;
+- `keys`: n × u64, grouped by bucket (a key's bucket is its top `bits` bits; there are one to two
+  buckets a key);
+- `offsets`: 2^bits + 1 × u32, where each bucket starts in `keys`;
 - `combo_ids`: n × u16 (or u32), the "combo" of each key: which lists hold it, and how.
 
 That is 14 to 18 bytes an entry. `load` maps the file read-only instead of reading it: loading
@@ -209,10 +209,8 @@ class CompiledLists:
                 continue
             key = (high << 32) | crc32(suffix[::-1])
             while index < end:
-                found = keys[index]
-                if found >= key:
-                    if found == key:
-                        hits.append((labels, start, combos[combo_ids[index]]))
+                if keys[index] == key:
+                    hits.append((labels, start, combos[combo_ids[index]]))
                     break
                 index += 1
         return hits
@@ -365,6 +363,10 @@ def load(path: Path) -> CompiledLists:
             mapped = mmap.mmap(source.fileno(), 0, access=mmap.ACCESS_READ)
     except (OSError, ValueError) as exc:
         raise ArtifactError(f"{path}: cannot read compiled lists ({exc})") from exc
+    if hasattr(mmap, "MADV_WILLNEED"):
+        # Read ahead in the background, so that after a reboot (the file not in the page cache)
+        # the first queries do not wait for the disk one page at a time.
+        mapped.madvise(mmap.MADV_WILLNEED)
     return from_buffer(header, mapped, path)
 
 

@@ -365,3 +365,15 @@ async def test_lists_status_command(site, tmp_path: Path, capsys) -> None:
     assert "HTTP 404" in adult[5]
     ads_row = next(row for row in rows if row[0] == "ads")
     assert ads_row[1:3] == ["ads", "1"] and ads_row[5] == "-"
+
+
+def test_terminal_progress_rewrites_one_line() -> None:
+    stream = io.StringIO()
+    progress = update.TerminalProgress(stream, interval=0)
+    progress("download", "ut1", 2_500_000, 10_000_000)
+    progress("parse", "ut1", 1_234_567, None)
+    progress("merge", "", 128, 256)
+    progress.close()
+    assert stream.getvalue().split("\r\033[K") == [
+        "", "ut1: downloading 2.5 MB of 10.0 MB", "compiling: 1,234,567 names read (ut1)",
+        "compiling: merging 50 %", ""]
