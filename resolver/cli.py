@@ -16,10 +16,14 @@ from blocklists.bundled import load_bundled
 from blocklists.names import normalize_domain
 from blocklists.update import UpdateError, load_compiled, update_lists
 from policies.engine import PolicyEngine
+from policies.export import export_policy
 from policies.loader import PolicyError, load_policy
 from resolver.clients import ClientIndex
 from resolver.config import ConfigError, load_config
-from resolver.service import StartupError, known_categories, own_names, read_policy
+from resolver.control import ControlError, local_commands, os_user, stored_or_seed_policy
+from resolver.control import request as control_request
+from resolver.service import StartupError, known_categories, own_names, policy_path
+from resolver.store import EmbeddedStore, StoreError
 
 log = logging.getLogger("classguard")
 
@@ -49,6 +53,25 @@ def _parser() -> argparse.ArgumentParser:
     policy_commands = policy.add_subparsers(dest="policy_command", required=True)
     validate = policy_commands.add_parser("validate", parents=[common], help="check a policy file")
     validate.add_argument("file", type=Path)
+    import_ = policy_commands.add_parser("import", parents=[common],
+                                         help="replace the stored policy from a file (validated first)")
+    import_.add_argument("file", type=Path)
+    policy_commands.add_parser("export", parents=[common], help="print the stored policy as YAML")
+
+    override = commands.add_parser("override", parents=[common],
+                                   help="a teacher's pause or temporary allow, for N minutes")
+    override_commands = override.add_subparsers(dest="override_command", required=True)
+    pause = override_commands.add_parser("pause", parents=[common], help="pause a class now")
+    pause.add_argument("class_id", metavar="CLASS")
+    pause.add_argument("--minutes", type=int, required=True, help="1 to 1440")
+    allow = override_commands.add_parser("allow", parents=[common],
+                                         help="allow a domain or a bundled service for a class")
+    allow.add_argument("class_id", metavar="CLASS")
+    allow.add_argument("name", metavar="NAME", help="a domain name or a bundled service id")
+    allow.add_argument("--minutes", type=int, required=True, help="1 to 1440")
+    override_commands.add_parser("list", parents=[common], help="the overrides in force")
+    cancel = override_commands.add_parser("cancel", parents=[common], help="end an override now")
+    cancel.add_argument("id", metavar="ID")
 
     lists = commands.add_parser("lists", parents=[common], help="blocklists")
     lists_commands = lists.add_subparsers(dest="lists_command", required=True)
@@ -68,10 +91,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "check":
             return _check(config, args)
         if args.command == "policy":
-            return _policy_validate(config, args)
+            return _POLICY_COMMANDS[args.policy_command](config, args)
+        if args.command == "override":
+            return _override(config, args)
         if args.command == "lists":
             return _lists_status(config) if args.lists_command == "status" else _lists_update(config)
-    except (ConfigError, StartupError, UpdateError) as exc:
+    except (ConfigError, StartupError, UpdateError, ControlError, StoreError) as exc:
         print(f"classguard: {exc}", file=sys.stderr)
         return 1
     except PolicyError as exc:
@@ -132,7 +157,7 @@ def _lists_status(config) -> int:
 
 def _check(config, args) -> int:
     bundled = load_bundled()
-    policy = read_policy(config, bundled)
+    policy = _stored_policy(config, bundled)
     scope = "home" if args.home else "school"
     if args.class_id:
         class_id, how = args.class_id, "--class"
@@ -194,7 +219,113 @@ def _moment(text: str | None, timezone: str) -> float:
 
 def check_overrides(config) -> tuple:
     """The teachers' overrides the store holds, for `check` (none before the store exists)."""
-    return ()
+    return tuple(asyncio.run(EmbeddedStore(config.state_dir).overrides()))
+
+
+# --- the stored policy and the teachers' overrides (through a running server when there is one)
+
+
+def _stored_policy(config, bundled):
+    """The policy a server on config.state_dir runs: the stored one, else the seed file's."""
+    return asyncio.run(stored_or_seed_policy(
+        EmbeddedStore(config.state_dir), seed=policy_path(config),
+        known_categories=known_categories(config, bundled), known_services=set(bundled.services)))
+
+
+def _state_request(config, request: dict) -> dict:
+    """Send a change to the server running on config.state_dir (SPEC §3), or, when none runs,
+    make it in the store directly, under the store's lock."""
+    bundled = load_bundled()
+
+    async def send() -> dict:
+        response = await control_request(config.state_dir, request)
+        if response is None:
+            commands = local_commands(
+                EmbeddedStore(config.state_dir), bundled=bundled,
+                known_categories=known_categories(config, bundled),
+                known_services=set(bundled.services), seed=policy_path(config),
+                load_lists=lambda: load_compiled(config.state_dir))
+            response = await commands.handle(request, os_user())
+        return response
+
+    response = asyncio.run(send())
+    if not response.get("ok"):
+        if response.get("errors"):
+            raise PolicyError([str(error) for error in response["errors"]])
+        raise ControlError(str(response.get("error") or "refused"))
+    return response
+
+
+def _policy_import(config, args) -> int:
+    bundled = load_bundled()
+    policy = load_policy(args.file, known_categories=known_categories(config, bundled),
+                         known_services=set(bundled.services))
+    response = _state_request(config, {"op": "policy.put", "text": export_policy(policy),
+                                       "source": str(args.file)})
+    version = response["version"]
+    if not response["changed"]:
+        print(f"{args.file}: unchanged, the stored policy is version {version}")
+    elif response["via"] == "server":
+        print(f"{args.file}: imported as policy version {version}; the running server applied it")
+    else:
+        print(f"{args.file}: imported as policy version {version}; no server runs on "
+              f"{config.state_dir}, the next one to start uses it")
+    return 0
+
+
+def _policy_export(config, args) -> int:
+    stored = asyncio.run(EmbeddedStore(config.state_dir).get_policy())
+    if stored is not None:
+        sys.stdout.write(stored.text)
+        return 0
+    bundled = load_bundled()
+    seed = policy_path(config)
+    policy = load_policy(seed, known_categories=known_categories(config, bundled),
+                         known_services=set(bundled.services))
+    print(f"note: nothing is stored under {config.state_dir} yet; this is the seed file {seed}",
+          file=sys.stderr)
+    sys.stdout.write(export_policy(policy))
+    return 0
+
+
+_POLICY_COMMANDS = {"validate": _policy_validate, "import": _policy_import, "export": _policy_export}
+
+
+def _override(config, args) -> int:
+    command = args.override_command
+    if command == "list":
+        response = _state_request(config, {"op": "override.list"})
+        overrides = response["overrides"]
+        if not overrides:
+            print("no override in force")
+            return 0
+        print("id\tclass\tkind\ttarget\tends")
+        for item in overrides:
+            print(f"{item['id']}\t{item['class_id']}\t{item['kind']}\t{item['target'] or '-'}\t"
+                  f"{_local(item['until'], config.timezone)}")
+        return 0
+    if command == "cancel":
+        item = _state_request(config, {"op": "override.cancel", "id": args.id})["override"]
+        target = f" {item['target']}" if item["target"] else ""
+        print(f"override {item['id']} cancelled ({item['kind']}{target} for {item['class_id']})")
+        return 0
+    request = {"op": "override.add", "class": args.class_id, "kind": command,
+               "minutes": args.minutes}
+    if command == "allow":
+        request["target"] = args.name
+    item = _state_request(config, request)["override"]
+    ends = _local(item["until"], config.timezone)
+    if command == "pause":
+        print(f"{item['class_id']} paused until {ends} (id {item['id']})")
+    else:
+        kind = "service" if item["target_kind"] == "service" else "domain"
+        print(f"{kind} {item['target']} allowed for {item['class_id']} until {ends} "
+              f"(id {item['id']})")
+    return 0
+
+
+def _local(instant: float, timezone: str) -> str:
+    return dt.datetime.fromtimestamp(instant, ZoneInfo(timezone)).strftime("%Y-%m-%d %H:%M %Z")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,384 @@
+"""Where state lives between restarts: the Store interface and the embedded store under state_dir."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import errno
+import fcntl
+import json
+import os
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Protocol
+
+from policies.model import Override
+
+__all__ = [
+    "AuditEntry",
+    "EmbeddedStore",
+    "NotFound",
+    "Store",
+    "StoreError",
+    "StoredPolicy",
+    "VersionConflict",
+    "new_override_id",
+]
+
+STATE_FILE = "store.json"  # policy, overrides, versions: one file, replaced whole
+AUDIT_FILE = "audit.jsonl"  # one JSON object a line, appended
+LOCK_FILE = "store.lock"  # fcntl.flock around every read-modify-write
+FORMAT = 1
+LOCK_TIMEOUT = 10.0  # seconds a writer waits for another one before giving up
+
+
+class StoreError(Exception):
+    """The store cannot do what was asked; the message says why."""
+
+
+class VersionConflict(StoreError):
+    """The policy changed since it was read: reload it and apply the change again."""
+
+    def __init__(self, expected: int, actual: int) -> None:
+        super().__init__(f"the policy changed meanwhile (version {actual}, expected {expected}); "
+                         "reload it and try again")
+        self.expected = expected
+        self.actual = actual
+
+
+class NotFound(StoreError):
+    """No such record."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredPolicy:
+    """The policy as stored: YAML text (as policies.export writes it) and its metadata."""
+
+    text: str
+    version: int  # 1 for the first policy, +1 on every change; 0 means none stored
+    updated_at: float  # POSIX time
+    updated_by: str
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    at: float  # POSIX time
+    actor: str  # an OS user, a dashboard user, or "classguard serve" for the seed
+    action: str  # policy.import, policy.seed, override.add, override.cancel, ...
+    before: str  # a one-line summary of what was there ("" for nothing)
+    after: str
+
+
+class Store(Protocol):
+    """What every store offers (embedded today, Redis next): small, async, whole values.
+
+    The DNS path never calls a store: a server answers from its in-memory snapshot and only its
+    watcher reads the store (`version()` every poll, the rest when the version moved).
+    """
+
+    async def version(self) -> int:
+        """A number that changes on every write of any kind (cheap: the watcher polls it)."""
+
+    async def get_policy(self) -> StoredPolicy | None: ...
+
+    async def put_policy(self, text: str, *, actor: str, expected_version: int | None = None,
+                         action: str = "policy.import", before: str = "",
+                         after: str = "") -> StoredPolicy:
+        """Replace the policy. `expected_version` (0: none stored yet) refuses a stale write with
+        VersionConflict. The same text again is no change: no new version, nothing audited."""
+
+    async def overrides(self) -> list[Override]:
+        """The overrides that have not ended, oldest first."""
+
+    async def add_override(self, override: Override, *, actor: str) -> Override: ...
+
+    async def cancel_override(self, override_id: str, *, actor: str) -> Override:
+        """End an override now; NotFound when there is no such override (or it has ended)."""
+
+    async def audit(self, limit: int = 100) -> list[AuditEntry]:
+        """The newest `limit` entries, newest first."""
+
+    async def close(self) -> None: ...
+
+
+def new_override_id() -> str:
+    return secrets.token_hex(4)
+
+
+def describe_override(override: Override) -> str:
+    """One line for the audit log: "pause for cm2-a until 2026-12-01T13:30:00+00:00 (id 1a2b3c4d)"."""
+    what = override.kind if override.target is None else f"{override.kind} {override.target}"
+    until = dt.datetime.fromtimestamp(override.until, dt.timezone.utc).isoformat(timespec="seconds")
+    return f"{what} for {override.class_id} until {until} (id {override.id})"
+
+
+# --- the embedded store -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _State:
+    version: int
+    policy: StoredPolicy | None
+    overrides: tuple[Override, ...]
+
+    def to_json(self) -> str:
+        return json.dumps({
+            "format": FORMAT,
+            "version": self.version,
+            "policy": None if self.policy is None else asdict(self.policy),
+            "overrides": [asdict(override) for override in self.overrides],
+        }, ensure_ascii=False, indent=1) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, where: Path) -> _State:
+        try:
+            data = json.loads(text)
+            if data.get("format") != FORMAT:
+                raise StoreError(f"{where}: format {data.get('format')!r} is not one this "
+                                 f"version of classguard reads ({FORMAT})")
+            policy = data["policy"]
+            return cls(
+                version=int(data["version"]),
+                policy=None if policy is None else StoredPolicy(**policy),
+                overrides=tuple(Override(**item) for item in data["overrides"]),
+            )
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise StoreError(f"{where}: unreadable ({exc}); it was not written by classguard, "
+                             "or the disk lost it") from None
+
+
+EMPTY = _State(version=0, policy=None, overrides=())
+
+
+class EmbeddedStore:
+    """The store as files under `state_dir`, for one host (the default, SPEC §7).
+
+    `store.json` holds the policy, the overrides and the versions, and is replaced whole:
+    written to a temporary file, fsynced, renamed over the old one, and the folder fsynced, so a
+    crash leaves either the old state or the new one, both complete. `audit.jsonl` is appended
+    and fsynced before a write is acknowledged (a line torn by a crash is skipped on reading).
+    Every read-modify-write holds an exclusive flock on `store.lock`, so a CLI and a server (or
+    two threads) writing at once never lose each other's change. Reads take no lock.
+    """
+
+    def __init__(self, state_dir: Path | str) -> None:
+        self.state_dir = Path(state_dir)
+        self.path = self.state_dir / STATE_FILE
+        self.audit_path = self.state_dir / AUDIT_FILE
+        self.lock_path = self.state_dir / LOCK_FILE
+        self._cached: tuple[tuple[int, int, int, int], _State] | None = None
+        self._cache_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"EmbeddedStore({str(self.state_dir)!r})"
+
+    # -- the Store interface: blocking work runs in a thread, off the event loop
+
+    async def version(self) -> int:
+        # A stat, and a read only when the file changed since the last call.
+        return (await self._state_async()).version
+
+    async def get_policy(self) -> StoredPolicy | None:
+        return (await self._state_async()).policy
+
+    async def put_policy(self, text: str, *, actor: str, expected_version: int | None = None,
+                         action: str = "policy.import", before: str = "",
+                         after: str = "") -> StoredPolicy:
+        return await asyncio.to_thread(self.put_policy_now, text, actor=actor,
+                                       expected_version=expected_version, action=action,
+                                       before=before, after=after)
+
+    async def overrides(self) -> list[Override]:
+        now = time.time()
+        return [item for item in (await self._state_async()).overrides if item.until > now]
+
+    async def add_override(self, override: Override, *, actor: str) -> Override:
+        return await asyncio.to_thread(self.add_override_now, override, actor=actor)
+
+    async def cancel_override(self, override_id: str, *, actor: str) -> Override:
+        return await asyncio.to_thread(self.cancel_override_now, override_id, actor=actor)
+
+    async def audit(self, limit: int = 100) -> list[AuditEntry]:
+        return await asyncio.to_thread(self.read_audit, limit)
+
+    async def close(self) -> None:
+        return None
+
+    # -- the same, blocking (for threads and the command line)
+
+    def put_policy_now(self, text: str, *, actor: str, expected_version: int | None = None,
+                       action: str = "policy.import", before: str = "",
+                       after: str = "") -> StoredPolicy:
+        with self._locked() as state:
+            current = state.policy
+            current_version = 0 if current is None else current.version
+            if expected_version is not None and expected_version != current_version:
+                raise VersionConflict(expected_version, current_version)
+            if current is not None and current.text == text:
+                return current
+            stored = StoredPolicy(text=text, version=current_version + 1, updated_at=time.time(),
+                                  updated_by=actor)
+            self._commit(state, policy=stored)
+            self._append_audit(AuditEntry(
+                at=stored.updated_at, actor=actor, action=action,
+                before=before or ("" if current is None else f"version {current_version}"),
+                after=after or f"version {stored.version}"))
+            return stored
+
+    def add_override_now(self, override: Override, *, actor: str) -> Override:
+        with self._locked() as state:
+            if any(item.id == override.id for item in state.overrides):
+                raise StoreError(f"an override with id {override.id} exists already")
+            self._commit(state, overrides=(*state.overrides, override))
+            self._append_audit(AuditEntry(at=time.time(), actor=actor, action="override.add",
+                                          before="", after=describe_override(override)))
+            return override
+
+    def cancel_override_now(self, override_id: str, *, actor: str) -> Override:
+        with self._locked() as state:
+            now = time.time()
+            found = next((item for item in state.overrides
+                          if item.id == override_id and item.until > now), None)
+            if found is None:
+                raise NotFound(f"no override {override_id!r} in force "
+                               "(see classguard override list)")
+            self._commit(state, overrides=tuple(item for item in state.overrides
+                                                if item.id != override_id))
+            self._append_audit(AuditEntry(at=now, actor=actor, action="override.cancel",
+                                          before=describe_override(found), after="cancelled"))
+            return found
+
+    def read_state(self) -> _State:
+        """The state as last committed (cached while the file is unchanged)."""
+        try:
+            stat = os.stat(self.path)
+        except FileNotFoundError:
+            return EMPTY
+        signature = (stat.st_dev, stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        with self._cache_lock:
+            if self._cached is not None and self._cached[0] == signature:
+                return self._cached[1]
+        try:
+            with open(self.path, encoding="utf-8") as file:
+                # The signature of what is read: the name may be renamed over meanwhile.
+                stat = os.fstat(file.fileno())
+                text = file.read()
+        except FileNotFoundError:
+            return EMPTY
+        state = _State.from_json(text, self.path)
+        with self._cache_lock:
+            self._cached = ((stat.st_dev, stat.st_ino, stat.st_mtime_ns, stat.st_size), state)
+        return state
+
+    def read_audit(self, limit: int = 100) -> list[AuditEntry]:
+        try:
+            lines = self.audit_path.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            return []
+        entries: list[AuditEntry] = []
+        for line in reversed(lines):
+            if len(entries) >= limit:
+                break
+            try:
+                entries.append(AuditEntry(**json.loads(line)))
+            except (ValueError, TypeError):
+                continue  # a line torn by a crash before it was acknowledged
+        return entries
+
+    # -- internals
+
+    async def _state_async(self) -> _State:
+        try:
+            stat = os.stat(self.path)
+        except FileNotFoundError:
+            return EMPTY
+        signature = (stat.st_dev, stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        cached = self._cached
+        if cached is not None and cached[0] == signature:
+            return cached[1]
+        return await asyncio.to_thread(self.read_state)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[_State]:
+        """Hold the store's lock; yields the current state, read under the lock."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            deadline = time.monotonic() + LOCK_TIMEOUT
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError as exc:
+                    if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                        raise
+                    if time.monotonic() > deadline:
+                        raise StoreError(f"{self.lock_path} is held by another process for more "
+                                         f"than {LOCK_TIMEOUT:.0f} s; is it stuck?") from None
+                    time.sleep(0.005)
+            self._remove_leftovers()
+            yield self.read_state()
+        finally:
+            os.close(fd)  # releases the lock
+
+    def _commit(self, state: _State, *, policy: StoredPolicy | None = None,
+                overrides: tuple[Override, ...] | None = None) -> _State:
+        now = time.time()
+        kept = state.overrides if overrides is None else overrides
+        new = _State(
+            version=state.version + 1,
+            policy=state.policy if policy is None else policy,
+            overrides=tuple(item for item in kept if item.until > now),  # ended ones pruned
+        )
+        _write_atomically(self.path, new.to_json())
+        return new
+
+    def _append_audit(self, entry: AuditEntry) -> None:
+        line = json.dumps(asdict(entry), ensure_ascii=False) + "\n"
+        created = not self.audit_path.exists()
+        fd = os.open(self.audit_path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+        with open(fd, "a+b") as file:
+            if file.tell() > 0:
+                file.seek(-1, os.SEEK_END)
+                if file.read(1) != b"\n":  # a line torn by a crash: end it, keep ours whole
+                    line = "\n" + line
+            file.write(line.encode("utf-8"))
+            file.flush()
+            os.fsync(file.fileno())
+        if created:
+            _fsync_dir(self.state_dir)
+
+    def _remove_leftovers(self) -> None:
+        """Temporary files of writers that died before their rename (we hold the lock)."""
+        for leftover in self.state_dir.glob(f".{STATE_FILE}.*.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                leftover.unlink()
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(temporary, "w", encoding="utf-8") as file:
+            os.fchmod(file.fileno(), 0o600)
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            temporary.unlink()
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

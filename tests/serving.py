@@ -1,0 +1,131 @@
+"""`classguard serve` and the CLI as real processes in a temporary school folder, for tests."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dns.asyncquery
+import dns.exception
+import dns.message
+
+from tests.conftest import ede
+
+CLASSGUARD = str(Path(sys.executable).with_name("classguard"))
+
+SCHOOL_POLICY = """\
+always_allow: [mdm.example.net]
+locked_categories: [adult]
+classes:
+  pupils:
+    name: "CM2 A"
+    networks: ["127.0.0.2/32"]
+    block: [adult]
+    deny: [denied.example]
+  staff:
+    networks: ["127.0.0.3/32"]
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def write_school(folder: Path, upstream_url: str, policy: str = SCHOOL_POLICY) -> int:
+    """A config, a policy and a one-category list in `folder`; returns the DNS port it uses."""
+    port = free_port()
+    (folder / "policies.yaml").write_text(policy)
+    (folder / "adult.txt").write_text("adult.example\n")
+    (folder / "classguard.yaml").write_text(textwrap.dedent(f"""\
+        timezone: Europe/Paris
+        policies: policies.yaml
+        state_dir: state
+        dns:
+          listen: ["127.0.0.1:{port}"]
+          upstreams: ["{upstream_url}"]
+          upstream_timeout: 1
+        blocklists:
+          bundled: false
+          sources:
+            - {{name: adult, path: adult.txt, format: domains, category: adult}}
+        """))
+    return port
+
+
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+async def cli(folder: Path, *args: str) -> Result:
+    """Run `classguard ARGS` in `folder` without blocking the event loop (a test upstream runs on it)."""
+    process = await asyncio.create_subprocess_exec(
+        CLASSGUARD, *args, cwd=folder, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, env={**os.environ, "CLASSGUARD_CONFIG": ""})
+    stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
+    return Result(process.returncode, stdout.decode(), stderr.decode())
+
+
+async def ask(port: int, name: str, source: str, timeout: float = 1.0) -> dns.message.Message:
+    query = dns.message.make_query(name, "A", use_edns=0)
+    return await dns.asyncquery.udp(query, "127.0.0.1", port=port, source=source, timeout=timeout)
+
+
+def addresses(message: dns.message.Message) -> list[str]:
+    return [item.to_text() for rrset in message.answer for item in rrset if rrset.rdtype in (1, 28)]
+
+
+@dataclass
+class Server:
+    folder: Path
+    port: int
+    process: asyncio.subprocess.Process
+    output: list[str] = field(default_factory=list)
+
+    @property
+    def state_dir(self) -> Path:
+        return self.folder / "state"
+
+    async def stop(self) -> str:
+        """SIGTERM, and the whole log; the process must exit 0 without a traceback."""
+        if self.process.returncode is None:
+            self.process.send_signal(signal.SIGTERM)
+        output, _ = await asyncio.wait_for(self.process.communicate(), 15)
+        text = output.decode()
+        assert self.process.returncode == 0, text
+        assert "Traceback" not in text, text
+        return text
+
+
+async def start_server(folder: Path, port: int) -> Server:
+    """`classguard serve` in `folder`, once its lists are loaded and its control socket is up."""
+    process = await asyncio.create_subprocess_exec(
+        CLASSGUARD, "serve", cwd=folder, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT, env={**os.environ, "CLASSGUARD_CONFIG": ""})
+    server = Server(folder, port, process)
+    for _ in range(150):
+        if process.returncode is not None:
+            break
+        if (folder / "state" / "control.sock").exists():
+            try:
+                answer = await ask(port, "adult.example", "127.0.0.2", timeout=0.2)
+            except dns.exception.Timeout:
+                answer = None
+            if answer is not None and addresses(answer) == ["0.0.0.0"] \
+                    and ede(answer) == [(15, "category:adult")]:
+                return server
+        await asyncio.sleep(0.1)
+    if process.returncode is None:
+        process.send_signal(signal.SIGTERM)
+    output, _ = await asyncio.wait_for(process.communicate(), 15)
+    raise AssertionError(f"classguard serve did not become ready:\n{output.decode()}")
