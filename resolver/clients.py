@@ -54,6 +54,15 @@ class ClientIndex:
         return None
 
 
+def scope_for(state, address: str) -> str:
+    """`school` when the address is a school's (a class network or a device address), else `home`.
+
+    The default class says nothing about where a device is, so it counts as home.
+    """
+    at_school = state.snapshot.clients.identify(address)
+    return "school" if at_school is not None and at_school.matched_by != "default_class" else "home"
+
+
 class IdentifyLink(Link):
     """Finds who asks; an unknown client is refused (never an open resolver)."""
 

@@ -11,7 +11,7 @@ import time
 
 from dnslib import EDNS0, RCODE, DNSRecord
 
-from resolver.answers import MAX_UDP_PAYLOAD, OPT, cap_ttls, empty_reply, finish, udp_limit
+from resolver.answers import EDE_PROHIBITED, MAX_UDP_PAYLOAD, OPT, cap_ttls, empty_reply, finish, udp_limit
 from resolver.chain import Client, Request, Resolver, Response
 from resolver.stats import RESULTS, QueryStats
 
@@ -274,11 +274,17 @@ class UdpListener:
 class TcpListener:
     """RFC 7766: length-prefixed messages, several per connection, answered as they are ready."""
 
+    protocol = "tcp"
+
     def __init__(self, handler: QueryHandler, idle_timeout: float = 10.0, max_connections: int = 1000):
         self.handler = handler
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections
         self.connections = 0
+
+    def connection_client(self, writer: asyncio.StreamWriter, client_ip: str) -> Client | None:
+        """Who this connection speaks for, when the transport says (DoT's SNI); None: by address."""
+        return None
 
     async def serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self.connections >= self.max_connections:
@@ -287,6 +293,13 @@ class TcpListener:
         self.connections += 1
         peer = writer.get_extra_info("peername")
         client_ip = peer[0] if peer else ""
+        protocol = self.protocol
+        try:
+            client = self.connection_client(writer, client_ip)
+        except PermissionError as refusal:
+            self.connections -= 1
+            await self._refuse(reader, writer, str(refusal))
+            return
         in_flight: set[asyncio.Task] = set()
         try:
             while True:
@@ -296,16 +309,16 @@ class TcpListener:
                         data = await reader.readexactly(length)
                 except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
                     break
-                if self.handler.rate_limiter is not None and not self.handler.admit(client_ip, "tcp"):
+                if self.handler.rate_limiter is not None and not self.handler.admit(client_ip, protocol):
                     refused = refused_reply(data)
                     if refused is not None:
                         writer.write(struct.pack("!H", len(refused)) + refused)
                     continue
-                reply = self.handler.answer_fast(data, client_ip, "tcp")
+                reply = self.handler.answer_fast(data, client_ip, protocol, client)
                 if reply is not None:
                     writer.write(struct.pack("!H", len(reply)) + reply)
                     continue
-                task = asyncio.ensure_future(self._answer(data, client_ip, writer))
+                task = asyncio.ensure_future(self._answer(data, client_ip, writer, client))
                 in_flight.add(task)
                 task.add_done_callback(in_flight.discard)
                 if len(in_flight) >= TCP_MAX_PIPELINE:
@@ -318,10 +331,36 @@ class TcpListener:
                 task.cancel()
             writer.close()
 
-    async def _answer(self, data: bytes, client_ip: str, writer: asyncio.StreamWriter) -> None:
-        reply = await self.handler.answer(data, client_ip, "tcp")
+    async def _answer(self, data: bytes, client_ip: str, writer: asyncio.StreamWriter,
+                      client: Client | None = None) -> None:
+        reply = await self.handler.answer(data, client_ip, self.protocol, client)
         if reply is None:
             return
         if not writer.is_closing():
             writer.write(struct.pack("!H", len(reply)) + reply)
+
+    async def _refuse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, why: str) -> None:
+        """Answer the first query REFUSED with EDE 18 "Prohibited" (SPEC §2.1), then hang up."""
+        try:
+            async with asyncio.timeout(self.idle_timeout):
+                (length,) = struct.unpack("!H", await reader.readexactly(2))
+                reply = prohibited_reply(await reader.readexactly(length), why)
+            if reply is not None:
+                writer.write(struct.pack("!H", len(reply)) + reply)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, TimeoutError, ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+
+
+def prohibited_reply(data: bytes, why: str = "Prohibited") -> bytes | None:
+    """REFUSED with EDE 18 (when the query has EDNS) for a client we will not serve."""
+    try:
+        query = DNSRecord.parse(data)
+    except Exception:
+        return refused_reply(data)
+    options = [record for record in query.ar if record.rtype == OPT]
+    edns_payload = options[0].rclass if options else None
+    return finish(empty_reply(query, RCODE.REFUSED), edns_payload, False, (EDE_PROHIBITED, why), None)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import ipaddress
 import logging
 import signal
@@ -21,13 +20,12 @@ from resolver.build import build_chain, build_fast_path
 from resolver.cache import CacheLink
 from resolver.chain import Resolver, find_link
 from resolver.config import Config, parse_listen
-from resolver.control import ControlPlane, load_or_seed
 from resolver.doh import DohServer
+from resolver.dot import DotListener
 from resolver.fastpath import FastPath
 from resolver.ratelimit import RateLimiter
 from resolver.server import QueryHandler, TcpListener, UdpListener
 from resolver.state import RuntimeState
-from resolver.store import EmbeddedStore, Store, StoreError
 from resolver.upstream import Upstream, UpstreamGroup
 
 log = logging.getLogger("classguard.service")
@@ -168,13 +166,7 @@ class Service:
     fast_path: FastPath | None = None
     rate_limiter: RateLimiter | None = None  # dns.rate_limit, shared by every transport
     doh: DohServer | None = None  # the DoH listener, when `doh` is configured
-    store: Store | None = None
-    control: ControlPlane | None = None  # the control socket and the store watcher
-
-    @property
-    def policy_drift(self) -> str | None:
-        """Why the configured policy file is not what runs (for /readyz), or None."""
-        return self.control.drift if self.control is not None else None
+    dot: DotListener | None = None  # the DoT listener, when `dot` is configured
 
     def link_cache(self) -> CacheLink:
         return self.link(CacheLink)
@@ -209,13 +201,25 @@ class Service:
             log.info("DNS listening on %s port %d (UDP and TCP)", bound[0], bound[1])
         if self.doh is not None:
             await self.doh.start()
+        if self.config.dot is not None:
+            await self._start_dot(handler)
         log.info("upstreams: %s", ", ".join(u.name for u in upstreams.upstreams))
         if self.state.snapshot.lists is None:
             self.tasks.append(asyncio.create_task(self._refresh_lists(first=True)))
         else:
             self.tasks.append(asyncio.create_task(self._refresh_lists(first=False)))
-        if self.control is not None:
-            await self.control.start()
+
+    async def _start_dot(self, handler: QueryHandler) -> None:
+        dot, tls = self.config.dot, self.config.tls or {}
+        if not dot.get("hostname") or not tls.get("cert") or not tls.get("key"):
+            raise StartupError("dot needs dot.hostname and a tls section with cert and key "
+                               "(a certificate for *.HOSTNAME: the device token is the first label)")
+        dns = self.config.dns
+        self.dot = DotListener(handler, self.state, dot["hostname"], dns.tcp_idle_timeout, dns.tcp_max_connections)
+        try:
+            await self.dot.start(dot.get("listen", "127.0.0.1:8853"), str(tls["cert"]), str(tls["key"]))
+        except (OSError, ssl.SSLError) as exc:
+            raise StartupError(f"dot: cannot listen on {dot.get('listen', '127.0.0.1:8853')}: {exc}") from exc
 
     @staticmethod
     async def _bind(host: str, port: int, handler: QueryHandler, tcp: TcpListener):
@@ -277,13 +281,13 @@ class Service:
             delay = refresh_delay(report, period, failures=failures)
 
     async def stop(self) -> None:
-        if self.control is not None:
-            await self.control.stop()
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
         if self.doh is not None:
             await self.doh.stop()
+        if self.dot is not None:
+            await self.dot.stop()
         for listener in self.udp_listeners:
             listener.close()
         for server in self.servers:
@@ -294,39 +298,14 @@ class Service:
                 await upstream.close()
 
 
-def open_store(config: Config) -> Store:
-    if config.store != "embedded":
-        log.warning("store: a Redis store is not available yet; using the embedded store under %s",
-                    config.state_dir)
-    return EmbeddedStore(config.state_dir)
-
-
-def _blocking(coroutine):
-    """Run a coroutine to its end from synchronous code, even inside a running loop (startup)."""
-    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="classguard-startup") as pool:
-        return pool.submit(asyncio.run, coroutine).result()
-
-
 def prepare(config: Config) -> Service:
-    """The service as the store says: an empty store is seeded from `policies:` (SPEC §4), then
-    the stored policy and overrides are what runs."""
     refuse_open_resolver(config)
     bundled = load_bundled()
-    store = open_store(config)
-    seed, seed_configured = policy_path(config), config.policies is not None
-    categories, services = known_categories(config, bundled), set(bundled.services)
-    try:
-        boot = _blocking(load_or_seed(store, seed=seed, seed_configured=seed_configured,
-                                      known_categories=categories, known_services=services))
-    except StoreError as exc:
-        raise StartupError(str(exc)) from None
+    policy = read_policy(config, bundled)
     lists: CompiledLists | None = load_compiled(config.state_dir)
-    state = RuntimeState(boot.policy, lists, bundled, config.dns.unknown_clients, own_names(config),
-                         overrides=boot.overrides, timezone=config.timezone)
-    control = ControlPlane(store, state, boot, state_dir=config.state_dir, bundled=bundled,
-                           known_categories=categories, known_services=services, seed=seed,
-                           seed_configured=seed_configured)
-    return Service(config, state, bundled, store=store, control=control)
+    state = RuntimeState(policy, lists, bundled, config.dns.unknown_clients, own_names(config),
+                         timezone=config.timezone)
+    return Service(config, state, bundled)
 
 
 async def run(config: Config) -> None:
@@ -335,8 +314,7 @@ async def run(config: Config) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, service.stopping.set)
-    log.info("classguard is serving (stored policy version %d, seeded from %s); Ctrl-C to stop",
-             service.control.policy_version, policy_path(config))
+    log.info("classguard is serving (policy %s); Ctrl-C to stop", policy_path(config))
     await service.stopping.wait()
     log.info("stopping")
     await service.stop()

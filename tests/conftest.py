@@ -86,14 +86,17 @@ async def make_resolver(tmp_path: Path, upstream: FakeNameserver):
     services: list[Service] = []
 
     async def start(policy: str = POLICY, *, sources=TEST_LISTS, upstreams=None, wait_lists=True,
-                    timezone: str = "UTC", clock=None, **dns_settings) -> RunningResolver:
+                    timezone: str = "UTC", clock=None, settings: dict | None = None,
+                    **dns_settings) -> RunningResolver:
+        """`settings`: other top-level Config fields (metrics, query_log, ...)."""
         policy_file = tmp_path / "policy.yaml"
         policy_file.write_text(textwrap.dedent(policy))
         dns_config = DnsSettings(listen=("127.0.0.1:0",), upstreams=tuple(upstreams or (upstream.url,)),
                                  upstream_timeout=1.0)
         dns_config = dataclasses.replace(dns_config, **dns_settings)
         config = Config(timezone=timezone, state_dir=tmp_path / "state", policies=policy_file, dns=dns_config,
-                        blocklists=BlocklistSettings(sources=tuple(sources), bundled=False))
+                        blocklists=BlocklistSettings(sources=tuple(sources), bundled=False),
+                        **(settings or {}))
         service = prepare(config)
         if clock is not None:
             service.state.clock = clock
