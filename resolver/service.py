@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import ipaddress
 import logging
 import signal
@@ -20,12 +21,14 @@ from resolver.build import build_chain, build_fast_path
 from resolver.cache import CacheLink
 from resolver.chain import Resolver, find_link
 from resolver.config import Config, parse_listen
+from resolver.control import ControlPlane, load_or_seed
 from resolver.doh import DohServer
 from resolver.dot import DotListener
 from resolver.fastpath import FastPath
 from resolver.ratelimit import RateLimiter
 from resolver.server import QueryHandler, TcpListener, UdpListener
 from resolver.state import RuntimeState
+from resolver.store import EmbeddedStore, Store, StoreError
 from resolver.upstream import Upstream, UpstreamGroup
 
 log = logging.getLogger("classguard.service")
@@ -167,6 +170,13 @@ class Service:
     rate_limiter: RateLimiter | None = None  # dns.rate_limit, shared by every transport
     doh: DohServer | None = None  # the DoH listener, when `doh` is configured
     dot: DotListener | None = None  # the DoT listener, when `dot` is configured
+    store: Store | None = None
+    control: ControlPlane | None = None  # the control socket and the store watcher
+
+    @property
+    def policy_drift(self) -> str | None:
+        """Why the configured policy file is not what runs (for /readyz), or None."""
+        return self.control.drift if self.control is not None else None
 
     def link_cache(self) -> CacheLink:
         return self.link(CacheLink)
@@ -208,6 +218,8 @@ class Service:
             self.tasks.append(asyncio.create_task(self._refresh_lists(first=True)))
         else:
             self.tasks.append(asyncio.create_task(self._refresh_lists(first=False)))
+        if self.control is not None:
+            await self.control.start()
 
     async def _start_dot(self, handler: QueryHandler) -> None:
         dot, tls = self.config.dot, self.config.tls or {}
@@ -281,6 +293,8 @@ class Service:
             delay = refresh_delay(report, period, failures=failures)
 
     async def stop(self) -> None:
+        if self.control is not None:
+            await self.control.stop()
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
@@ -298,14 +312,39 @@ class Service:
                 await upstream.close()
 
 
+def open_store(config: Config) -> Store:
+    if config.store != "embedded":
+        log.warning("store: a Redis store is not available yet; using the embedded store under %s",
+                    config.state_dir)
+    return EmbeddedStore(config.state_dir)
+
+
+def _blocking(coroutine):
+    """Run a coroutine to its end from synchronous code, even inside a running loop (startup)."""
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="classguard-startup") as pool:
+        return pool.submit(asyncio.run, coroutine).result()
+
+
 def prepare(config: Config) -> Service:
+    """The service as the store says: an empty store is seeded from `policies:` (SPEC §4), then
+    the stored policy and overrides are what runs."""
     refuse_open_resolver(config)
     bundled = load_bundled()
-    policy = read_policy(config, bundled)
+    store = open_store(config)
+    seed, seed_configured = policy_path(config), config.policies is not None
+    categories, services = known_categories(config, bundled), set(bundled.services)
+    try:
+        boot = _blocking(load_or_seed(store, seed=seed, seed_configured=seed_configured,
+                                      known_categories=categories, known_services=services))
+    except StoreError as exc:
+        raise StartupError(str(exc)) from None
     lists: CompiledLists | None = load_compiled(config.state_dir)
-    state = RuntimeState(policy, lists, bundled, config.dns.unknown_clients, own_names(config),
-                         timezone=config.timezone)
-    return Service(config, state, bundled)
+    state = RuntimeState(boot.policy, lists, bundled, config.dns.unknown_clients, own_names(config),
+                         overrides=boot.overrides, timezone=config.timezone)
+    control = ControlPlane(store, state, boot, state_dir=config.state_dir, bundled=bundled,
+                           known_categories=categories, known_services=services, seed=seed,
+                           seed_configured=seed_configured)
+    return Service(config, state, bundled, store=store, control=control)
 
 
 async def run(config: Config) -> None:
@@ -314,7 +353,8 @@ async def run(config: Config) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, service.stopping.set)
-    log.info("classguard is serving (policy %s); Ctrl-C to stop", policy_path(config))
+    log.info("classguard is serving (stored policy version %d, seeded from %s); Ctrl-C to stop",
+             service.control.policy_version, policy_path(config))
     await service.stopping.wait()
     log.info("stopping")
     await service.stop()
