@@ -327,13 +327,24 @@ def first_refresh_delay(config: Config, bundled: Bundled, *, now: float | None =
 
 
 class TerminalProgress:
-    """One line, rewritten in place: downloads in MB, names read, then the merge."""
+    """One line, rewritten in place: downloads in MB, names read, then the merge.
+
+    Log records written to the same stream meanwhile clear the line first, so they stay whole.
+    """
 
     def __init__(self, stream: TextIO, interval: float = 0.2) -> None:
         self._stream = stream
         self._interval = interval
         self._last = 0.0
         self._shown = False
+        self._handlers = [handler for handler in logging.getLogger().handlers
+                          if getattr(handler, "stream", None) is stream]
+        for handler in self._handlers:
+            handler.addFilter(self._before_log)
+
+    def _before_log(self, record: logging.LogRecord) -> bool:
+        self._clear()
+        return True
 
     def __call__(self, phase: str, source: str, done: int, total: int | None) -> None:
         now = time.monotonic()
@@ -355,11 +366,16 @@ class TerminalProgress:
         self._stream.flush()
         self._shown = True
 
-    def close(self) -> None:
+    def _clear(self) -> None:
         if self._shown:
             self._stream.write("\r\033[K")
             self._stream.flush()
             self._shown = False
+
+    def close(self) -> None:
+        self._clear()
+        for handler in self._handlers:
+            handler.removeFilter(self._before_log)
 
 
 # ---- the refresh ---------------------------------------------------------------------------

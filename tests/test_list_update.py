@@ -377,3 +377,19 @@ def test_terminal_progress_rewrites_one_line() -> None:
     assert stream.getvalue().split("\r\033[K") == [
         "", "ut1: downloading 2.5 MB of 10.0 MB", "compiling: 1,234,567 names read (ut1)",
         "compiling: merging 50 %", ""]
+
+
+def test_terminal_progress_clears_its_line_before_a_log_line() -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    logging.getLogger().addHandler(handler)
+    try:
+        progress = update.TerminalProgress(stream, interval=0)
+        progress("parse", "ut1", 10, None)
+        logging.getLogger("classguard.lists").warning("a warning")
+        progress.close()
+        logging.getLogger("classguard.lists").warning("after")
+    finally:
+        logging.getLogger().removeHandler(handler)
+    assert stream.getvalue() == ("\r\033[Kcompiling: 10 names read (ut1)\r\033[Ka warning\n"
+                                 "after\n")
