@@ -110,16 +110,24 @@ def main(argv: list[str] | None = None) -> int:
 def _serve(config, args) -> int:
     logging.basicConfig(level=getattr(logging, args.log_level.upper()),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.workers != 1:
-        raise StartupError("--workers above 1 is not available yet; run one process per port for now")
+    if args.workers < 1:
+        raise StartupError("--workers takes a number of processes, 1 or more")
+    if args.workers > 1:
+        from resolver.workers import supervise
+
+        return supervise(config, args.workers, _run_worker)
+    return _run_worker(config, 0, 1)
+
+
+def _run_worker(config, index: int, workers: int) -> int:
     from resolver.service import run
 
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency; its absence only costs speed
-        asyncio.run(run(config))
+        asyncio.run(run(config, index, workers))
     else:
-        uvloop.run(run(config))
+        uvloop.run(run(config, index, workers))
     return 0
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from blocklists.bundled import Bundled, load_bundled
 from blocklists.compiled import CompiledLists
-from blocklists.update import UpdateError, load_compiled, update_lists
+from blocklists.update import artifact_path, UpdateError, load_compiled, update_lists
 from policies.loader import load_policy
 from policies.model import Policy
 from resolver.build import build_chain, build_fast_path
@@ -142,6 +142,8 @@ def refuse_open_resolver(config: Config) -> None:
             "really meant")
 
 
+LIST_FOLLOW_INTERVAL = 1.0  # seconds between looks at the compiled lists' file (workers > 0)
+
 # A burst of queries must wait in the kernel, not be dropped, while Python answers the ones
 # before it (the default of about 200 kB holds a few thousand small queries).
 UDP_RECEIVE_BUFFER = 4 * 1024 * 1024
@@ -164,6 +166,8 @@ class Service:
     tasks: list = field(default_factory=list)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     udp_addresses: list[tuple[str, int]] = field(default_factory=list)
+    worker_index: int = 0  # with --workers N: which one this process is (0 refreshes the lists)
+    workers: int = 1
     upstream_groups: list = field(default_factory=list)
     chain: Resolver | None = None  # the head of the resolver chain, once started
     fast_path: FastPath | None = None
@@ -203,7 +207,7 @@ class Service:
         tcp = TcpListener(handler, dns.tcp_idle_timeout, dns.tcp_max_connections)
         for entry in dns.listen:
             host, port = parse_listen(entry)
-            listener, server = await self._bind(host, port, handler, tcp)
+            listener, server = await self._bind(host, port, handler, tcp, reuse_port=self.workers > 1)
             bound = listener.sock.getsockname()
             self.udp_listeners.append(listener)
             self.servers.append(server)
@@ -214,7 +218,9 @@ class Service:
         if self.config.dot is not None:
             await self._start_dot(handler)
         log.info("upstreams: %s", ", ".join(u.name for u in upstreams.upstreams))
-        if self.state.snapshot.lists is None:
+        if self.worker_index > 0:
+            self.tasks.append(asyncio.create_task(self._follow_lists()))
+        elif self.state.snapshot.lists is None:
             self.tasks.append(asyncio.create_task(self._refresh_lists(first=True)))
         else:
             self.tasks.append(asyncio.create_task(self._refresh_lists(first=False)))
@@ -234,14 +240,19 @@ class Service:
             raise StartupError(f"dot: cannot listen on {dot.get('listen', '127.0.0.1:8853')}: {exc}") from exc
 
     @staticmethod
-    async def _bind(host: str, port: int, handler: QueryHandler, tcp: TcpListener):
-        """UDP and TCP on one port; with port 0, retry until a free port is free for both."""
+    async def _bind(host: str, port: int, handler: QueryHandler, tcp: TcpListener, reuse_port: bool = False):
+        """UDP and TCP on one port; with port 0, retry until a free port is free for both.
+
+        `reuse_port`: several worker processes share the port; the kernel spreads the clients.
+        """
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         for attempt in range(20 if port == 0 else 1):
             sock = socket.socket(family, socket.SOCK_DGRAM)
             try:
                 if family == socket.AF_INET6:
                     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                if reuse_port:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
                 sock.bind((host, port))
             except OSError:
                 sock.close()
@@ -250,7 +261,7 @@ class Service:
             bound_port = sock.getsockname()[1]
             try:
                 server = await asyncio.start_server(tcp.serve_connection, host, bound_port, family=family,
-                                                    reuse_address=True)
+                                                    reuse_address=True, reuse_port=reuse_port or None)
             except OSError:
                 sock.close()
                 if port != 0 or attempt == 19:
@@ -260,6 +271,25 @@ class Service:
             listener.start()
             return listener, server
         raise AssertionError("unreachable")
+
+    async def _follow_lists(self) -> None:
+        """Workers other than 0 load the lists worker 0 compiles, once the file has changed."""
+        path = artifact_path(self.config.state_dir)
+        seen = None
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                stat = path.stat()
+                mark = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+            except FileNotFoundError:
+                mark = None
+            if mark is not None and mark != seen:
+                lists = await loop.run_in_executor(None, load_compiled, self.config.state_dir)
+                if lists is not None:
+                    seen = mark
+                    self.state.replace_lists(lists)
+                    log.info("worker %d: lists loaded (%d entries)", self.worker_index, lists.entry_count)
+            await asyncio.sleep(LIST_FOLLOW_INTERVAL)
 
     async def _refresh_lists(self, first: bool) -> None:
         """The first fill at once (`first`: no lists yet), then a refresh every
@@ -347,8 +377,9 @@ def prepare(config: Config) -> Service:
     return Service(config, state, bundled, store=store, control=control)
 
 
-async def run(config: Config) -> None:
+async def run(config: Config, worker_index: int = 0, workers: int = 1) -> None:
     service = prepare(config)
+    service.worker_index, service.workers = worker_index, workers
     await service.start()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

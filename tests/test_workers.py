@@ -1,0 +1,52 @@
+"""`classguard serve --workers 2`: two processes on one port, both applying every change."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+import dns.exception
+
+from tests.conftest import ede
+from tests.serving import CLASSGUARD, SCHOOL_POLICY, addresses, ask, cli, write_school
+
+
+async def answers_from_many_ports(port: int, name: str, count: int = 40) -> list:
+    """Each query from a new socket (a new source port), so SO_REUSEPORT spreads them."""
+    return await asyncio.gather(*(ask(port, name, "127.0.0.2", timeout=2) for _ in range(count)))
+
+
+async def test_two_workers_share_the_port_and_both_apply_a_policy_change(tmp_path, upstream):
+    port = write_school(tmp_path, upstream.url)
+    process = await asyncio.create_subprocess_exec(
+        CLASSGUARD, "serve", "--workers", "2", cwd=tmp_path, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT, env={**os.environ, "CLASSGUARD_CONFIG": ""})
+    try:
+        for _ in range(150):  # both workers up, with their lists
+            try:
+                answers = await answers_from_many_ports(port, "adult.example", 10)
+                if all(ede(answer) == [(15, "category:adult")] for answer in answers):
+                    break
+            except dns.exception.Timeout:
+                pass
+            await asyncio.sleep(0.1)
+        children = [int(pid) for pid in
+                    (await (await asyncio.create_subprocess_exec(
+                        "pgrep", "-P", str(process.pid), stdout=asyncio.subprocess.PIPE)).communicate())[0].split()]
+        assert len(children) == 2
+        before = await answers_from_many_ports(port, "example.com")
+        assert all(addresses(answer) == ["93.184.215.14"] for answer in before)
+        (tmp_path / "stricter.yaml").write_text(SCHOOL_POLICY.replace("deny: [denied.example]",
+                                                                      "deny: [denied.example, example.com]"))
+        imported = await cli(tmp_path, "policy", "import", "stricter.yaml")
+        assert imported.returncode == 0, imported.stderr
+        await asyncio.sleep(1.5)  # every worker follows the store within a second
+        after = await answers_from_many_ports(port, "example.com")
+        assert [ede(answer) for answer in after] == [[(15, "deny")]] * len(after)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = await asyncio.wait_for(process.communicate(), 20)
+    text = output.decode()
+    assert process.returncode == 0, text
+    assert "Traceback" not in text and text.count("worker") >= 2
