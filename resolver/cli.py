@@ -20,6 +20,7 @@ from policies.export import export_policy
 from policies.loader import PolicyError, load_policy
 from resolver.clients import ClientIndex
 from resolver.config import ConfigError, load_config
+from resolver import devices
 from resolver.control import ControlError, local_commands, os_user, stored_or_seed_policy
 from resolver.control import request as control_request
 from resolver.service import StartupError, known_categories, own_names, policy_path
@@ -78,6 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     lists_commands.add_parser("update", parents=[common], help="download and compile the blocklists now")
     lists_commands.add_parser("status", parents=[common],
                               help="entries, age, last success and last error per source and category")
+    devices.add_parser(commands, common)  # device add, import, export-urls, rotate, revoke
     return parser
 
 
@@ -94,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
             return _POLICY_COMMANDS[args.policy_command](config, args)
         if args.command == "override":
             return _override(config, args)
+        if args.command == "device" and args.device_command in devices.COMMANDS:
+            return devices.run(config, args, _state_request)
         if args.command == "lists":
             return _lists_status(config) if args.lists_command == "status" else _lists_update(config)
     except (ConfigError, StartupError, UpdateError, ControlError, StoreError) as exc:

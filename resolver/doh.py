@@ -22,6 +22,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from resolver.chain import Client
+from resolver.clients import scope_for
 from resolver.server import HEADER_SIZE, QueryHandler
 from resolver.state import RuntimeState
 
@@ -266,10 +267,7 @@ class DohServer:
         device = self.tokens.device(token)
         if device is None:
             return None
-        at_school = self.state.snapshot.clients.identify(address)
-        # Only a network or a device address says "school"; the default class says nothing.
-        school = at_school is not None and at_school.matched_by != "default_class"
-        return Client(device.class_id, device.id, "school" if school else "home", "doh token")
+        return Client(device.class_id, device.id, scope_for(self.state, address), "doh token")
 
     def source_address(self, request: web.Request) -> str:
         """The peer's address; behind a trusted proxy, the last X-Forwarded-For hop that is not

@@ -309,7 +309,7 @@ class TcpListener:
                         data = await reader.readexactly(length)
                 except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
                     break
-                if self.handler.rate_limiter is not None and not self.handler.admit(client_ip, protocol):
+                if self.handler.rate_limiter is not None and not self.handler.admit(client_ip, protocol, client):
                     refused = refused_reply(data)
                     if refused is not None:
                         writer.write(struct.pack("!H", len(refused)) + refused)
