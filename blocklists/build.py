@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import itertools
 import json
 import logging
 import os
@@ -182,11 +183,20 @@ class KeyStore:
 # ---- the job: what to compile, and what came of it ----------------------------------------
 
 
+_scratch_numbers = itertools.count()
+
+
 def _scratch_file(work_dir: Path, name: str) -> BinaryIO:
     """A file for this build only, gone once closed (tempfile would cost the worker a megabyte)."""
-    path = work_dir / f"{name}.{os.getpid()}.tmp"
-    scratch = open(path, "w+b")  # noqa: SIM115 - closed by the caller
-    path.unlink()
+    # A name of its own: two builds of one process (a refresh that outlived its service, say)
+    # must never open, truncate or unlink each other's file.
+    path = work_dir / f"{name}.{os.getpid()}.{next(_scratch_numbers)}.tmp"
+    scratch = open(path, "x+b")  # noqa: SIM115 - closed by the caller
+    try:
+        path.unlink()
+    except BaseException:
+        scratch.close()
+        raise
     return scratch
 
 

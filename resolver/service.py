@@ -142,6 +142,7 @@ def refuse_open_resolver(config: Config) -> None:
             "really meant")
 
 
+SCREEN_TIME_FLUSH_INTERVAL = 5.0  # seconds between merges of active minutes into the store
 LIST_FOLLOW_INTERVAL = 1.0  # seconds between looks at the compiled lists' file (workers > 0)
 
 # A burst of queries must wait in the kernel, not be dropped, while Python answers the ones
@@ -226,6 +227,9 @@ class Service:
             self.tasks.append(asyncio.create_task(self._refresh_lists(first=False)))
         if self.control is not None:
             await self.control.start()
+        if self.store is not None:
+            self.state.screen_time.store = self.store
+            self.tasks.append(asyncio.create_task(self._flush_screen_time()))
 
     async def _start_dot(self, handler: QueryHandler) -> None:
         dot, tls = self.config.dot, self.config.tls or {}
@@ -271,6 +275,18 @@ class Service:
             listener.start()
             return listener, server
         raise AssertionError("unreachable")
+
+    async def _flush_screen_time(self) -> None:
+        """Merge the devices' new active minutes into the store, and take in the other workers'
+        and instances', every few seconds while some class has screen time."""
+        tracker = self.state.screen_time
+        while True:
+            if any(c.screen_time_minutes for c in self.state.snapshot.policy.classes.values()):
+                try:
+                    await tracker.flush(self.state.clock())
+                except Exception as exc:  # the minutes stay pending for the next flush
+                    log.warning("screen time: cannot write to the store: %s", exc)
+            await asyncio.sleep(SCREEN_TIME_FLUSH_INTERVAL)
 
     async def _follow_lists(self) -> None:
         """Workers other than 0 load the lists worker 0 compiles, once the file has changed."""
@@ -323,6 +339,11 @@ class Service:
             delay = refresh_delay(report, period, failures=failures)
 
     async def stop(self) -> None:
+        if self.store is not None and self.state.screen_time.store is not None:
+            try:
+                await self.state.screen_time.flush(self.state.clock())  # nothing counted is lost
+            except Exception as exc:
+                log.warning("screen time: last minutes not written: %s", exc)
         if self.control is not None:
             await self.control.stop()
         for task in self.tasks:

@@ -8,6 +8,7 @@ import datetime as dt
 import errno
 import fcntl
 import json
+import logging
 import os
 import secrets
 import threading
@@ -18,6 +19,8 @@ from pathlib import Path
 from typing import Protocol
 
 from policies.model import Override
+
+log = logging.getLogger("classguard.store")
 
 __all__ = [
     "AuditEntry",
@@ -105,6 +108,9 @@ class Store(Protocol):
 
     async def close(self) -> None: ...
 
+    async def merge_active_minutes(self, day: str, minutes: dict[str, bytes]) -> dict[str, bytes]:
+        """Screen time: OR these minute bitmaps into `day`'s; every device's merged bitmap."""
+
 
 def new_override_id() -> str:
     return secrets.token_hex(4)
@@ -153,6 +159,14 @@ class _State:
 
 
 EMPTY = _State(version=0, policy=None, overrides=())
+
+
+SCREEN_TIME_DIR = "screen-time"
+SCREEN_TIME_DAYS_KEPT = 1  # today and yesterday (a day's budget never needs more)
+
+
+def _days_before(day: str, count: int) -> str:
+    return (dt.date.fromisoformat(day) - dt.timedelta(days=count)).isoformat()
 
 
 class EmbeddedStore:
@@ -209,7 +223,39 @@ class EmbeddedStore:
     async def close(self) -> None:
         return None
 
+    async def merge_active_minutes(self, day: str, minutes: dict[str, bytes]) -> dict[str, bytes]:
+        return await asyncio.to_thread(self.merge_active_minutes_now, day, minutes)
+
     # -- the same, blocking (for threads and the command line)
+
+    def merge_active_minutes_now(self, day: str, minutes: dict[str, bytes]) -> dict[str, bytes]:
+        """OR each device's new minute bits into the stored bitmaps of `day` (a local date,
+        YYYY-MM-DD); returns every device's merged bitmap. Days older than yesterday go."""
+        folder = self.state_dir / SCREEN_TIME_DIR
+        path = folder / f"{day}.json"
+        with self._locked():
+            folder.mkdir(exist_ok=True, mode=0o700)
+            try:
+                stored = {device: bytes.fromhex(bits) for device, bits in json.loads(path.read_text()).items()}
+            except FileNotFoundError:
+                stored = {}
+            except (ValueError, AttributeError) as exc:
+                log.error("%s is unreadable (%s); this day's minutes start again", path, exc)
+                stored = {}
+            changed = False
+            for device, bits in minutes.items():
+                old = stored.get(device, b"")
+                size = max(len(old), len(bits))
+                merged = (int.from_bytes(old, "little") | int.from_bytes(bits, "little")).to_bytes(size, "little")
+                if merged != old:
+                    stored[device], changed = merged, True
+            if changed:
+                _write_atomically(path, json.dumps({device: bits.hex() for device, bits in stored.items()},
+                                                   sort_keys=True))
+            for old_day in folder.glob("*.json"):
+                if old_day.stem < _days_before(day, SCREEN_TIME_DAYS_KEPT):
+                    old_day.unlink()
+        return stored
 
     def put_policy_now(self, text: str, *, actor: str, expected_version: int | None = None,
                        action: str = "policy.import", before: str = "",

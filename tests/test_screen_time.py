@@ -76,3 +76,36 @@ def test_minutes_count_once_and_days_follow_local_midnight():
     # The night the clocks go back has 25 hours: its last minutes still have a place.
     assert tracker.observe("t", dt.datetime(2026, 10, 25, 23, 59, tzinfo=PARIS).timestamp()) == 1
     assert tracker.minutes("t") == [1499]
+
+
+async def test_minutes_seen_by_two_processes_count_once_and_survive_a_restart(tmp_path):
+    import subprocess
+    import sys
+    import textwrap
+
+    from resolver.store import EmbeddedStore
+
+    here = ScreenTime("Europe/Paris", EmbeddedStore(tmp_path))
+    for moment in (at(9, 0, 1), at(9, 1, 1)):
+        here.observe("tablet-1", moment)
+    # Another process (another worker or instance) saw minutes 9:01 and 9:02 of the same tablet.
+    other = textwrap.dedent(f"""
+        import asyncio, sys
+        sys.path.insert(0, {str(__import__('pathlib').Path(__file__).resolve().parent.parent)!r})
+        from resolver.screentime import ScreenTime
+        from resolver.store import EmbeddedStore
+        tracker = ScreenTime("Europe/Paris", EmbeddedStore({str(tmp_path)!r}))
+        for moment in ({at(9, 1, 30)}, {at(9, 2, 5)}):
+            tracker.observe("tablet-1", moment)
+        asyncio.run(tracker.flush({at(9, 2, 6)}))
+        print(tracker.used("tablet-1", {at(9, 2, 6)}))
+        """)
+    result = subprocess.run([sys.executable, "-c", other], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "2"
+    await here.flush(at(9, 3))
+    assert here.used("tablet-1", at(9, 3)) == 3  # 9:00, 9:01 (seen twice), 9:02
+    restarted = ScreenTime("Europe/Paris", EmbeddedStore(tmp_path))
+    await restarted.load(at(9, 5))
+    assert restarted.used("tablet-1", at(9, 5)) == 3
+    assert restarted.minutes("tablet-1") == [540, 541, 542]
