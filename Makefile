@@ -37,3 +37,9 @@ bench-lists: install
 
 clean:
 	rm -rf $(VENV) classguard-state .pytest_cache *.egg-info
+
+# Decisions per second for a 218-class policy with 10 windows each (docs/benchmarks.md,
+# "Decisions"): under a minute. `make bench-decisions ARGS=--write-docs` updates that section.
+.PHONY: bench-decisions
+bench-decisions: install
+	$(BIN)/python bench/decisions_bench.py $(ARGS)
