@@ -432,6 +432,8 @@ def add_parser(commands, common) -> None:
     add.add_argument("--class", dest="class_id", metavar="CLASS", required=True)
     add.add_argument("--address", action="append", default=[], metavar="IP",
                      help="a school address of the device (repeatable)")
+    add.add_argument("--mobileconfig", type=Path, metavar="FILE",
+                     help="also write an Apple configuration profile (DoH, else DoT) for an MDM")
     enrol = sub.add_parser("import", parents=[common],
                            help="enrol every device of a CSV (id,class[,address]) at once")
     enrol.add_argument("csv", type=Path, metavar="CSV")
@@ -473,6 +475,8 @@ def run(config: Config, args, send: Callable[[Config, dict], dict]) -> int:
                                  "token_sha256": token_sha256(token), "addresses": args.address})
         print(f"device {args.id} enrolled in class {args.class_id} {_applied(config, response)}")
         _print_addresses(config, token)
+        if args.mobileconfig is not None:
+            _write_profile(config, args.id, token, args.mobileconfig)
         return 0
     if command == "rotate":
         token = new_token()
@@ -508,6 +512,17 @@ def run(config: Config, args, send: Callable[[Config, dict], dict]) -> int:
           f"{_applied(config, response)}" + (f"; their URLs are in {args.output}" if args.output else ""),
           file=sys.stderr)
     return 0
+
+
+def _write_profile(config: Config, device_id: str, token: str, path: Path) -> None:
+    """The device's Apple profile, owner-only like everything that holds a token."""
+    from resolver.mobileconfig import profile
+
+    url, server = doh_url(config, token), dot_hostname(config, token)
+    data = profile(device_id, doh_url=url) if url else profile(device_id, dot_server=server)
+    with open_secret_file(path) as out:
+        out.write(data.decode("utf-8"))
+    print(f"Apple configuration profile written to {path} (it holds the token: keep it private)")
 
 
 def _need_addresses(config: Config) -> None:
