@@ -44,7 +44,7 @@ classes:
   staff:
     networks: ["127.0.0.3/32"]
 devices:
-  tablet-1: {{class: pupils, token: "{TOKEN}"}}
+  tablet-1: {{class: pupils, token: "{TOKEN}", addresses: ["127.0.0.5"]}}
   tablet-2: {{class: pupils, token_sha256: "{token_digest(TOKEN_2)}"}}
 """
 
@@ -136,6 +136,19 @@ async def test_the_same_device_from_a_school_address_is_at_school(make_doh):
     assert addresses(gambling) == ["198.51.100.2"]  # no home overlay at school
     adult = await doh.ask("adult.example", source=SCHOOL)
     assert addresses(adult) == ["0.0.0.0"]
+
+
+async def test_a_device_with_a_school_address_is_one_device_at_school_and_at_home(make_doh):
+    doh = await make_doh()
+    # At school, plain DNS from its own address: the device, its class, scope school.
+    plain = dns.message.make_query("gambling.example", "A")
+    answer = await dns.asyncquery.udp(plain, "127.0.0.1", port=doh.service.udp_addresses[0][1],
+                                      source="127.0.0.5", timeout=3)
+    assert addresses(answer) == ["198.51.100.2"]
+    assert addresses(await doh.ask("adult.example", source="127.0.0.5")) == ["0.0.0.0"]
+    # Its token from that address: still at school; from elsewhere: at home.
+    assert addresses(await doh.ask("gambling.example", source="127.0.0.5")) == ["198.51.100.2"]
+    assert addresses(await doh.ask("gambling.example", source=HOME)) == ["0.0.0.0"]
 
 
 async def test_a_device_known_only_by_its_token_hash_is_served(make_doh):

@@ -192,3 +192,36 @@ async def test_serve_exits_1_with_one_clear_line(tmp_path):
     assert stderr.decode().startswith("classguard: dns.unknown_clients: default would make classguard "
                                     "an open resolver on 0.0.0.0:")
     assert "Traceback" not in stderr.decode() and len(stderr.decode().splitlines()) == 1
+
+
+async def test_dot_is_limited_per_device_whatever_the_connection(make_resolver, tmp_path):
+    import ssl
+
+    import trustme
+
+    from resolver.devices import token_sha256
+    from tests.conftest import POLICY
+
+    token, hostname = "k7q2m9x4v8w1z6r3t5y0p2a9", "dot.school.example"
+    ca = trustme.CA()
+    cert = ca.issue_cert(hostname, f"*.{hostname}")
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.cert_chain_pems[0].write_to_path(str(cert_file))
+    cert.private_key_pem.write_to_path(str(key_file))
+    policy = POLICY + f'devices:\n  tablet-1: {{class: pupils, token_sha256: "{token_sha256(token)}"}}\n'
+    resolver = await make_resolver(policy, rate_limit=RateLimit(qps=1, burst=2), settings={
+        "dot": {"listen": "127.0.0.1:0", "hostname": hostname},
+        "tls": {"cert": str(cert_file), "key": str(key_file)}})
+    resolver.service.rate_limiter.clock = Clock()
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+
+    async def ask(source: str) -> int:
+        query = dns.message.make_query("example.com", "A")
+        reply = await dns.asyncquery.tls(query, "127.0.0.1", port=resolver.service.dot.port, source=source,
+                                         ssl_context=context, server_hostname=f"{token}.{hostname}", timeout=3)
+        return reply.rcode()
+
+    assert [await ask(source) for source in ("127.0.0.5", "127.0.0.6", "127.0.0.7")] == [
+        dns.rcode.NOERROR, dns.rcode.NOERROR, dns.rcode.REFUSED]  # one bucket: the device's
+    assert resolver.service.fast_path.stats.rate_limited == {"dot": 1}
