@@ -80,7 +80,29 @@ def _parser() -> argparse.ArgumentParser:
     lists_commands.add_parser("status", parents=[common],
                               help="entries, age, last success and last error per source and category")
     devices.add_parser(commands, common)  # device add, import, export-urls, rotate, revoke
+    _add_account_parsers(commands, common)  # user add, user reset, token create, token revoke
     return parser
+
+
+def _add_account_parsers(commands, common) -> None:
+    user = commands.add_parser("user", parents=[common], help="dashboard users")
+    user_commands = user.add_subparsers(dest="user_command", required=True)
+    add = user_commands.add_parser("add", parents=[common], help="create a dashboard user")
+    add.add_argument("name")
+    add.add_argument("--role", required=True, choices=["admin", "teacher"])
+    add.add_argument("--class", dest="classes", action="append", default=[], metavar="ID",
+                     help="a class the teacher runs (repeat for several)")
+    add.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    reset = user_commands.add_parser("reset", parents=[common], help="set a user's password")
+    reset.add_argument("name")
+    reset.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    token = commands.add_parser("token", parents=[common], help="REST API tokens")
+    token_commands = token.add_subparsers(dest="token_command", required=True)
+    create = token_commands.add_parser("create", parents=[common],
+                                       help="print a new API token (admin scope)")
+    create.add_argument("name", help="what the token is for, as the audit log names it")
+    revoke = token_commands.add_parser("revoke", parents=[common], help="revoke a token by its id")
+    revoke.add_argument("id")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
             return _override(config, args)
         if args.command == "device" and args.device_command in devices.COMMANDS:
             return devices.run(config, args, _state_request)
+        if args.command in ("user", "token"):
+            return _accounts(config, args)
         if args.command == "lists":
             return _lists_status(config) if args.lists_command == "status" else _lists_update(config)
     except (ConfigError, StartupError, UpdateError, ControlError, StoreError) as exc:
@@ -132,6 +156,64 @@ def _run_worker(config, index: int, workers: int) -> int:
         asyncio.run(run(config, index, workers))
     else:
         uvloop.run(run(config, index, workers))
+    return 0
+
+
+def _read_password(args) -> str:
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    import getpass
+
+    password = getpass.getpass("password: ")
+    if getpass.getpass("again: ") != password:
+        raise StartupError("the two passwords differ")
+    return password
+
+
+def _accounts(config, args) -> int:
+    """`user add|reset`, `token create|revoke`: written to the store, audited."""
+    import dataclasses
+
+    from dashboard import auth
+    from resolver.service import open_store
+
+    async def run() -> str:
+        store = open_store(config)
+        try:
+            actor = os_user()
+            if args.command == "token" and args.token_command == "create":
+                text, record = await auth.create_token(store, args.name, actor=actor)
+                return text
+            if args.command == "token":
+                record = await auth.revoke_token(store, args.id, actor=actor)
+                return f"token {record.id} ({record.name}) revoked"
+            existing = await store.get_user(args.name)
+            if args.user_command == "add":
+                if existing is not None:
+                    raise StartupError(f"user {args.name!r} exists already; "
+                                       "`classguard user reset` sets a new password")
+                user = auth.make_user(args.name, args.role, tuple(args.classes), _read_password(args))
+                await store.put_user(user, actor=actor, action="user.add")
+                return f"user {user.name} added ({user.role})"
+            if existing is None:
+                raise StartupError(f"no user {args.name!r}")
+            password = _read_password(args)
+            auth.check_password_rules(password)
+            user = dataclasses.replace(existing, password_hash=auth.hash_password(password))
+            await store.put_user(user, actor=actor, action="user.reset")
+            return f"user {user.name}: password set"
+        except auth.AuthError as exc:
+            raise StartupError(str(exc)) from None
+        finally:
+            await store.close()
+
+    if args.command == "user" and args.user_command == "add" and args.classes:
+        known = _stored_policy(config, load_bundled()).classes
+        missing = [class_id for class_id in args.classes if class_id not in known]
+        if missing:
+            raise StartupError(f"no class {missing[0]!r} in the policy "
+                               f"(classes: {', '.join(known) or 'none'})")
+    print(asyncio.run(run()))
     return 0
 
 

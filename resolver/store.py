@@ -23,18 +23,22 @@ from policies.model import Override
 log = logging.getLogger("classguard.store")
 
 __all__ = [
+    "ApiToken",
     "AuditEntry",
     "EmbeddedStore",
     "NotFound",
+    "Session",
     "Store",
     "StoreError",
     "StoredPolicy",
+    "User",
     "VersionConflict",
     "new_override_id",
 ]
 
 STATE_FILE = "store.json"  # policy, overrides, versions: one file, replaced whole
 AUDIT_FILE = "audit.jsonl"  # one JSON object a line, appended
+AUTH_FILE = "auth.json"  # dashboard users, API tokens (hashed) and sessions (hashed), replaced whole
 LOCK_FILE = "store.lock"  # fcntl.flock around every read-modify-write
 FORMAT = 1
 LOCK_TIMEOUT = 10.0  # seconds a writer waits for another one before giving up
@@ -77,6 +81,40 @@ class AuditEntry:
     after: str
 
 
+@dataclass(frozen=True, slots=True)
+class User:
+    """A dashboard account. `password_hash` is an scrypt string (dashboard.auth); never shown."""
+
+    name: str
+    role: str  # admin | teacher
+    classes: tuple[str, ...] = ()  # a teacher's classes
+    password_hash: str = ""
+    created_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class ApiToken:
+    """An API token, known by the SHA-256 of its text alone (the text is shown once)."""
+
+    id: str
+    name: str
+    sha256: str
+    role: str = "admin"
+    created_at: float = 0.0
+    created_by: str = ""
+    revoked: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """A dashboard session, known by the SHA-256 of its cookie value."""
+
+    sha256: str
+    user: str
+    csrf: str
+    expires: float
+
+
 class Store(Protocol):
     """What every store offers (embedded today, Redis next): small, async, whole values.
 
@@ -110,6 +148,31 @@ class Store(Protocol):
 
     async def merge_active_minutes(self, day: str, minutes: dict[str, bytes]) -> dict[str, bytes]:
         """Screen time: OR these minute bitmaps into `day`'s; every device's merged bitmap."""
+
+    # Dashboard accounts (SPEC §3, §6). One record a key, so each maps to one Redis key
+    # (user:NAME, token:SHA256, session:SHA256 with the session's TTL). These writes do not move
+    # `version()`: nothing on the DNS path depends on them.
+
+    async def get_user(self, name: str) -> User | None: ...
+
+    async def users(self) -> list[User]: ...
+
+    async def put_user(self, user: User, *, actor: str, action: str) -> User:
+        """Create or replace an account; audited (`action`: user.add, user.reset), no hash in it."""
+
+    async def get_token(self, sha256: str) -> ApiToken | None: ...
+
+    async def tokens(self) -> list[ApiToken]: ...
+
+    async def put_token(self, token: ApiToken, *, actor: str, action: str) -> ApiToken:
+        """Create a token or store its revocation; audited."""
+
+    async def get_session(self, sha256: str) -> Session | None:
+        """The session, or None when there is none or it has expired."""
+
+    async def put_session(self, session: Session) -> None: ...
+
+    async def delete_session(self, sha256: str) -> None: ...
 
 
 def new_override_id() -> str:
@@ -226,7 +289,83 @@ class EmbeddedStore:
     async def merge_active_minutes(self, day: str, minutes: dict[str, bytes]) -> dict[str, bytes]:
         return await asyncio.to_thread(self.merge_active_minutes_now, day, minutes)
 
+    async def get_user(self, name: str) -> User | None:
+        return (await asyncio.to_thread(self.read_auth))["users"].get(name)
+
+    async def users(self) -> list[User]:
+        return list((await asyncio.to_thread(self.read_auth))["users"].values())
+
+    async def put_user(self, user: User, *, actor: str, action: str) -> User:
+        return await asyncio.to_thread(self.put_user_now, user, actor=actor, action=action)
+
+    async def get_token(self, sha256: str) -> ApiToken | None:
+        return (await asyncio.to_thread(self.read_auth))["tokens"].get(sha256)
+
+    async def tokens(self) -> list[ApiToken]:
+        return list((await asyncio.to_thread(self.read_auth))["tokens"].values())
+
+    async def put_token(self, token: ApiToken, *, actor: str, action: str) -> ApiToken:
+        return await asyncio.to_thread(self.put_token_now, token, actor=actor, action=action)
+
+    async def get_session(self, sha256: str) -> Session | None:
+        session = (await asyncio.to_thread(self.read_auth))["sessions"].get(sha256)
+        return session if session is not None and session.expires > time.time() else None
+
+    async def put_session(self, session: Session) -> None:
+        await asyncio.to_thread(self._auth_change, lambda auth: auth["sessions"].__setitem__(
+            session.sha256, session))
+
+    async def delete_session(self, sha256: str) -> None:
+        await asyncio.to_thread(self._auth_change, lambda auth: auth["sessions"].pop(sha256, None))
+
     # -- the same, blocking (for threads and the command line)
+
+    def put_user_now(self, user: User, *, actor: str, action: str) -> User:
+        def change(auth: dict) -> None:
+            auth["users"][user.name] = user
+        self._auth_change(change, AuditEntry(
+            at=time.time(), actor=actor, action=action, before="",
+            after=f"user {user.name}, role {user.role}"
+                  + (f", classes {', '.join(user.classes)}" if user.classes else "")))
+        return user
+
+    def put_token_now(self, token: ApiToken, *, actor: str, action: str) -> ApiToken:
+        def change(auth: dict) -> None:
+            auth["tokens"][token.sha256] = token
+        self._auth_change(change, AuditEntry(
+            at=time.time(), actor=actor, action=action, before="",
+            after=f"token {token.id} ({token.name}, {token.role})"
+                  + (" revoked" if token.revoked else "")))
+        return token
+
+    def read_auth(self) -> dict:
+        path = self.state_dir / AUTH_FILE
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            data = {}
+        except ValueError as exc:
+            raise StoreError(f"{path}: unreadable ({exc})") from None
+        return {
+            "users": {name: User(**{**item, "classes": tuple(item.get("classes", ()))})
+                      for name, item in data.get("users", {}).items()},
+            "tokens": {key: ApiToken(**item) for key, item in data.get("tokens", {}).items()},
+            "sessions": {key: Session(**item) for key, item in data.get("sessions", {}).items()},
+        }
+
+    def _auth_change(self, change, audit: AuditEntry | None = None) -> None:
+        with self._locked():
+            auth = self.read_auth()
+            change(auth)
+            now = time.time()
+            auth["sessions"] = {key: item for key, item in auth["sessions"].items()
+                                if item.expires > now}  # ended ones pruned
+            _write_atomically(self.state_dir / AUTH_FILE, json.dumps(
+                {kind: {key: asdict(item) for key, item in records.items()}
+                 for kind, records in auth.items()}, ensure_ascii=False, indent=1) + "\n")
+            if audit is not None:
+                self._append_audit(audit)
+
 
     def merge_active_minutes_now(self, day: str, minutes: dict[str, bytes]) -> dict[str, bytes]:
         """OR each device's new minute bits into the stored bitmaps of `day` (a local date,

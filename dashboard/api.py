@@ -1,0 +1,439 @@
+"""REST API /api/v1 (SPEC §6): JSON, the session or a Bearer token, the CLI's own commands."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from typing import Any
+
+import yaml
+from aiohttp import web
+
+from blocklists.names import normalize_domain
+from dashboard import auth
+from dashboard.app import COOKIE, CONTEXT, IDENTITY, Context, Identity, json_error
+from policies.export import export_policy
+from policies.loader import PolicyError
+from policies.model import Policy
+from resolver.control import ControlError, override_json
+from resolver.store import NotFound, StoreError, VersionConflict
+
+PREFIX = "/api/v1"
+routes = web.RouteTableDef()
+POLICY_TEXT = web.RequestKey("policy_text", str)  # what a class write submitted, for `field`
+
+
+def add_routes(app: web.Application) -> None:
+    app.add_routes(routes)
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def _context(request: web.Request) -> Context:
+    return request.app[CONTEXT]
+
+
+def _identity(request: web.Request) -> Identity:
+    return request[IDENTITY]
+
+
+def _admin(request: web.Request) -> Identity:
+    identity = _identity(request)
+    if identity.role != "admin":
+        raise _Refused(403, "only an admin may do this")
+    return identity
+
+
+def _class_of(request: web.Request) -> str:
+    """The class in the path, which the caller may see (else 403; 404 when there is none)."""
+    class_id = request.match_info["class_id"]
+    if not _identity(request).may_see(class_id):
+        raise _Refused(403, f"class {class_id!r} is not one of yours")
+    if class_id not in _context(request).state.snapshot.policy.classes:
+        raise _Refused(404, f"no class {class_id!r}")
+    return class_id
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status, self.extra = status, extra
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    try:
+        data = await request.json()
+    except (ValueError, UnicodeDecodeError):
+        raise _Refused(400, "the body must be a JSON object") from None
+    if not isinstance(data, dict):
+        raise _Refused(400, "the body must be a JSON object")
+    return data
+
+
+def _if_match(request: web.Request) -> int | None:
+    header = request.headers.get("If-Match")
+    if header is None or header.strip() == "*":
+        return None
+    text = header.strip().removeprefix("W/").strip('"')
+    if not text.isdigit():
+        raise _Refused(400, 'If-Match takes the ETag of the policy, e.g. "7"', field="If-Match")
+    return int(text)
+
+
+def _etag(version: int) -> dict[str, str]:
+    return {"ETag": f'"{version}"'}
+
+
+def _handle_errors(handler):
+    """ControlError / PolicyError -> 400 naming the field, VersionConflict -> 409, NotFound -> 404."""
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except _Refused as exc:
+            return json_error(exc.status, str(exc), **exc.extra)
+        except VersionConflict as exc:
+            return json_error(409, str(exc), version=exc.actual, headers=_etag(exc.actual))
+        except PolicyError as exc:
+            return json_error(400, exc.errors[0], errors=exc.errors,
+                              **_field(exc.errors[0], request.get(POLICY_TEXT)))
+        except NotFound as exc:
+            return json_error(404, str(exc))
+        except (ControlError, StoreError) as exc:
+            return json_error(400, str(exc))
+    wrapped.__name__ = handler.__name__
+    wrapped.__doc__ = handler.__doc__
+    return wrapped
+
+
+_LINE = re.compile(r"^[^:]*:(\d+): ")
+_KEY = re.compile(r'^\s*"([^"]+)":')
+
+
+def _field(message: str, text: str | None) -> dict[str, str]:
+    """The JSON key at the line an error names, e.g. {"field": "block"}."""
+    match = _LINE.match(message)
+    if match is None or text is None:
+        return {}
+    lines = text.splitlines()
+    number = int(match.group(1))
+    if not 1 <= number <= len(lines):
+        return {}
+    key = _KEY.match(lines[number - 1])
+    return {"field": key.group(1)} if key else {}
+
+
+def _class_json(policy: Policy, class_id: str) -> dict[str, Any]:
+    """A class as its policy-file mapping (what PUT takes back)."""
+    only = Policy(classes={class_id: policy.classes[class_id]})
+    return yaml.safe_load(export_policy(only))["classes"][class_id] or {}
+
+
+def _summary(policy: Policy, class_id: str) -> dict[str, Any]:
+    item = policy.classes[class_id]
+    return {"id": class_id, "name": item.name, "school": item.school,
+            "networks": [str(network) for network in item.networks],
+            "devices": sum(1 for device in policy.devices.values() if device.class_id == class_id)}
+
+
+async def _policy_document(context: Context) -> tuple[int, dict[str, Any]]:
+    stored = await context.store.get_policy()
+    if stored is None:
+        text, version = export_policy(context.state.snapshot.policy), 0
+    else:
+        text, version = stored.text, stored.version
+    return version, (yaml.safe_load(text) or {})
+
+
+async def _put_classes(request: web.Request, change, expected: int | None) -> web.Response:
+    """Apply `change(classes dict)` to the stored policy through `policy.put` (validated like a
+    file, audited, applied by the running server at once)."""
+    context, identity = _context(request), _identity(request)
+    version, document = await _policy_document(context)
+    if expected is not None and expected != version:
+        raise VersionConflict(expected, version)
+    classes = document.setdefault("classes", {}) or {}
+    document["classes"] = classes
+    change(classes)
+    text = json.dumps(document, indent=1, ensure_ascii=False, default=str) + "\n"
+    request[POLICY_TEXT] = text
+    result = await context.commands.policy_put(
+        {"op": "policy.put", "text": text, "expected_version": version,
+         "source": f"{request.method} {request.path}"}, identity.actor)
+    return result
+
+
+def _overrides_of(context: Context, class_id: str, kind: str | None = None) -> list:
+    return [item for item in context.state.snapshot.overrides
+            if item.class_id == class_id and (kind is None or item.kind == kind)]
+
+
+# --- accounts ----------------------------------------------------------------------------------
+
+
+@routes.post(PREFIX + "/login")
+@_handle_errors
+async def login(request: web.Request) -> web.Response:
+    """Open a session: JSON {name, password}; throttled per (account, source address)."""
+    context = _context(request)
+    if request.content_type != "application/json":
+        raise _Refused(415, "send JSON: {\"name\": ..., \"password\": ...}")
+    data = await _body(request)
+    name, password = data.get("name"), data.get("password")
+    if not isinstance(name, str) or not isinstance(password, str):
+        raise _Refused(400, "name and password are strings", field="name")
+    address = request.remote or "unknown"
+    wait = context.throttle.retry_after(name, address)
+    if wait > 0:
+        return json_error(429, f"too many failed logins; try again in {wait:.0f} s",
+                          headers={"Retry-After": str(max(1, round(wait)))})
+    user = await auth.authenticate(context.store, name, password)
+    if user is None:
+        context.throttle.failed(name, address)
+        return json_error(401, "wrong name or password")
+    context.throttle.succeeded(name, address)
+    value, session = await auth.new_session(context.store, user)
+    response = web.json_response({"name": user.name, "role": user.role,
+                                  "classes": list(user.classes), "csrf_token": session.csrf})
+    response.set_cookie(COOKIE, value, httponly=True, samesite="Strict", path="/",
+                        secure=context.secure_cookies, max_age=auth.SESSION_SECONDS)
+    return response
+
+
+@routes.post(PREFIX + "/logout")
+@_handle_errors
+async def logout(request: web.Request) -> web.Response:
+    """End the session (POST only, with the CSRF token)."""
+    identity = _identity(request)
+    if identity.session is not None:
+        await _context(request).store.delete_session(identity.session.sha256)
+    response = web.Response(status=204)
+    response.del_cookie(COOKIE, path="/")
+    return response
+
+
+@routes.get(PREFIX + "/session")
+@_handle_errors
+async def session(request: web.Request) -> web.Response:
+    """Who is logged in, and the CSRF token of the session."""
+    identity = _identity(request)
+    return web.json_response({
+        "name": identity.name, "role": identity.role, "classes": list(identity.classes),
+        "via": identity.via,
+        "csrf_token": identity.session.csrf if identity.session is not None else None})
+
+
+# --- classes -----------------------------------------------------------------------------------
+
+
+@routes.get(PREFIX + "/classes")
+@_handle_errors
+async def classes_list(request: web.Request) -> web.Response:
+    identity, context = _identity(request), _context(request)
+    version, _document = await _policy_document(context)
+    policy = context.state.snapshot.policy
+    return web.json_response({"version": version, "classes": [
+        _summary(policy, class_id) for class_id in policy.classes if identity.may_see(class_id)]},
+        headers=_etag(version))
+
+
+@routes.get(PREFIX + "/classes/{class_id}")
+@_handle_errors
+async def class_get(request: web.Request) -> web.Response:
+    class_id = _class_of(request)
+    context = _context(request)
+    version, _document = await _policy_document(context)
+    policy = context.state.snapshot.policy
+    return web.json_response({
+        "id": class_id, "version": version, "class": _class_json(policy, class_id),
+        "overrides": [override_json(item) for item in _overrides_of(context, class_id)]},
+        headers=_etag(version))
+
+
+@routes.post(PREFIX + "/classes")
+@_handle_errors
+async def class_create(request: web.Request) -> web.Response:
+    _admin(request)
+    data = await _body(request)
+    class_id = data.pop("id", None)
+    if not isinstance(class_id, str) or not class_id:
+        raise _Refused(400, "a new class needs an \"id\"", field="id")
+    body = data.get("class", data) if set(data) <= {"class"} and data else data
+
+    def change(classes: dict) -> None:
+        if class_id in classes:
+            raise _Refused(409, f"class {class_id!r} exists already; PUT it to change it")
+        classes[class_id] = body
+    result = await _put_classes(request, change, _if_match(request))
+    return web.json_response({"id": class_id, "version": result["version"]}, status=201,
+                             headers=_etag(result["version"]))
+
+
+@routes.put(PREFIX + "/classes/{class_id}")
+@_handle_errors
+async def class_update(request: web.Request) -> web.Response:
+    _admin(request)
+    class_id = _class_of(request)
+    data = await _body(request)
+    body = data["class"] if set(data) == {"class"} else data
+
+    def change(classes: dict) -> None:
+        classes[class_id] = body
+    result = await _put_classes(request, change, _if_match(request))
+    return web.json_response({"id": class_id, "version": result["version"],
+                              "changed": result["changed"]}, headers=_etag(result["version"]))
+
+
+@routes.delete(PREFIX + "/classes/{class_id}")
+@_handle_errors
+async def class_delete(request: web.Request) -> web.Response:
+    _admin(request)
+    class_id = _class_of(request)
+
+    def change(classes: dict) -> None:
+        classes.pop(class_id, None)
+    result = await _put_classes(request, change, _if_match(request))
+    return web.json_response({"id": class_id, "version": result["version"]},
+                             headers=_etag(result["version"]))
+
+
+# --- a teacher's pause and temporary allow -----------------------------------------------------
+
+
+def _minutes(data: dict) -> Any:
+    minutes = data.get("minutes")
+    if isinstance(minutes, bool) or not isinstance(minutes, int) or not 1 <= minutes <= 1440:
+        raise _Refused(400, "minutes must be a whole number from 1 to 1440", field="minutes")
+    return minutes
+
+
+@routes.post(PREFIX + "/classes/{class_id}/pause")
+@_handle_errors
+async def pause(request: web.Request) -> web.Response:
+    class_id = _class_of(request)
+    data = await _body(request)
+    result = await _context(request).commands.override_add(
+        {"class": class_id, "kind": "pause", "minutes": _minutes(data)}, _identity(request).actor)
+    return web.json_response(result, status=201)
+
+
+@routes.delete(PREFIX + "/classes/{class_id}/pause")
+@_handle_errors
+async def unpause(request: web.Request) -> web.Response:
+    class_id = _class_of(request)
+    context = _context(request)
+    cancelled = []
+    for item in _overrides_of(context, class_id, "pause"):
+        try:
+            result = await context.commands.override_cancel({"id": item.id}, _identity(request).actor)
+            cancelled.append(result["override"])
+        except ControlError:
+            continue  # it ended meanwhile
+    if not cancelled:
+        raise _Refused(404, f"class {class_id!r} is not paused")
+    return web.json_response({"cancelled": cancelled})
+
+
+@routes.post(PREFIX + "/classes/{class_id}/allow")
+@_handle_errors
+async def allow(request: web.Request) -> web.Response:
+    class_id = _class_of(request)
+    data = await _body(request)
+    domain, service = data.get("domain"), data.get("service")
+    if (domain is None) == (service is None):
+        raise _Refused(400, "give either \"domain\" or \"service\"", field="domain")
+    target = domain if domain is not None else service
+    if not isinstance(target, str) or not target.strip():
+        raise _Refused(400, "a domain name or a bundled service id",
+                       field="domain" if domain is not None else "service")
+    if service is not None and service.strip().lower() not in _context(request).commands.bundled.services:
+        raise _Refused(400, f"no bundled service {service!r}", field="service")
+    minutes = _minutes(data)
+    try:
+        result = await _context(request).commands.override_add(
+            {"class": class_id, "kind": "allow", "minutes": minutes, "target": target},
+            _identity(request).actor)
+    except ControlError as exc:
+        raise _Refused(400, str(exc), field="domain" if domain is not None else "service") from None
+    return web.json_response(result, status=201)
+
+
+# --- check, audit, lists, devices ---------------------------------------------------------------
+
+
+@routes.get(PREFIX + "/check")
+@_handle_errors
+async def check(request: web.Request) -> web.Response:
+    """The decision for a name in a class now: action, the step of SPEC §2.3, the rule."""
+    name, class_id = request.query.get("name"), request.query.get("class")
+    if not name:
+        raise _Refused(400, "check needs ?name=", field="name")
+    if not class_id:
+        raise _Refused(400, "check needs &class=", field="class")
+    if not _identity(request).may_see(class_id):
+        raise _Refused(403, f"class {class_id!r} is not one of yours")
+    state = _context(request).state
+    if class_id not in state.snapshot.policy.classes:
+        raise _Refused(404, f"no class {class_id!r}")
+    normalized = normalize_domain(name)
+    if normalized is None:
+        raise _Refused(400, f"{name!r} is not a valid domain name", field="name")
+    scope = request.query.get("scope", "school")
+    if scope not in ("school", "home"):
+        raise _Refused(400, "scope is school or home", field="scope")
+    decision = state.snapshot.engine.decide(normalized, class_id, scope, state.clock())
+    return web.json_response({"name": normalized, "class": class_id, "scope": scope,
+                              "decision": decision.action.value, "blocked": decision.blocked,
+                              "step": decision.step, "rule": decision.rule,
+                              "reason": decision.reason})
+
+
+@routes.get(PREFIX + "/audit")
+@_handle_errors
+async def audit(request: web.Request) -> web.Response:
+    _admin(request)
+    text = request.query.get("limit", "100")
+    if not text.isdigit() or not 1 <= int(text) <= 10000:
+        raise _Refused(400, "limit is a number from 1 to 10000", field="limit")
+    entries = await _context(request).store.audit(int(text))
+    return web.json_response({"entries": [
+        {"at": item.at, "actor": item.actor, "action": item.action, "before": item.before,
+         "after": item.after} for item in entries]})
+
+
+@routes.get(PREFIX + "/lists")
+@_handle_errors
+async def lists(request: web.Request) -> web.Response:
+    _admin(request)
+    from blocklists.update import read_status
+
+    context = _context(request)
+    report = await asyncio.to_thread(read_status, context.state_dir)
+    loaded = context.state.snapshot.lists
+    return web.json_response({
+        "loaded": loaded is not None,
+        "entries": loaded.entry_count if loaded is not None else 0,
+        "status": report.to_json() if report is not None else None})
+
+
+@routes.get(PREFIX + "/devices")
+@_handle_errors
+async def devices(request: web.Request) -> web.Response:
+    """Devices with their class and addresses; `token` says only whether one is set."""
+    identity = _identity(request)
+    class_id = request.query.get("class")
+    if class_id is not None and not identity.may_see(class_id):
+        raise _Refused(403, f"class {class_id!r} is not one of yours")
+    operation = _context(request).commands._ops["device.list"]
+    result = await operation({"op": "device.list", **({"class": class_id} if class_id else {})},
+                             identity.actor)
+    return web.json_response({"devices": [item for item in result["devices"]
+                                          if identity.may_see(item["class"])]})
+
+
+@routes.get(PREFIX + "/openapi.json")
+async def openapi(request: web.Request) -> web.Response:
+    from dashboard.openapi import document
+
+    return web.json_response(document())

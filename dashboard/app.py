@@ -1,0 +1,175 @@
+"""The dashboard's web application: `init_app` is the one place where it is wired together."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from dashboard import auth
+from resolver.store import Session, Store
+
+log = logging.getLogger("classguard.dashboard")
+
+COOKIE = "classguard_session"
+CSRF_HEADER = "X-CSRF-Token"
+CSRF_FIELD = "csrf_token"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+PUBLIC_PATHS = frozenset({"/api/v1/login", "/api/v1/openapi.json"})
+
+
+@dataclass
+class Context:
+    """What the handlers work with: the server's store, its commands, its running state."""
+
+    store: Store
+    commands: Any  # resolver.control.Commands: the same validation and audit as the CLI
+    state: Any  # resolver.state.RuntimeState: decisions for `check`
+    state_dir: Path
+    secure_cookies: bool = False
+    throttle: auth.Throttle = field(default_factory=auth.Throttle)
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    name: str
+    role: str  # admin | teacher
+    classes: tuple[str, ...]
+    via: str  # session | token
+    session: Session | None = None
+    token_id: str | None = None
+
+    @property
+    def actor(self) -> str:
+        """As the audit log names who made a change."""
+        return f"{self.name} (dashboard)" if self.via == "session" else \
+            f"API token {self.token_id} ({self.name})"
+
+    def may_see(self, class_id: str) -> bool:
+        return self.role == "admin" or class_id in self.classes
+
+
+CONTEXT = web.AppKey("context", Context)
+IDENTITY = web.RequestKey("identity", Identity)
+
+
+def json_error(status: int, message: str, *, headers: dict[str, str] | None = None,
+               **extra: Any) -> web.Response:
+    return web.json_response({"error": message, **extra}, status=status, headers=headers)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler):
+    """Errors become JSON answers at the edge, never a traceback on the wire."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400 or exc.content_type == "application/json":
+            raise
+        return json_error(exc.status, exc.reason, **({"allow": exc.headers.get("Allow")}
+                                                    if exc.status == 405 else {}))
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        return json_error(500, "internal error; see the server's log")
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler):
+    """Who asks: `Authorization: Bearer <token>`, else the session cookie; none -> 401."""
+    context = request.app[CONTEXT]
+    identity: Identity | None = None
+    header = request.headers.get("Authorization", "")
+    if header:
+        scheme, _, value = header.partition(" ")
+        record = await auth.token_user(context.store, value.strip()) \
+            if scheme.lower() == "bearer" else None
+        if record is None:
+            return json_error(401, "invalid or revoked API token",
+                              headers={"WWW-Authenticate": 'Bearer realm="classguard"'})
+        identity = Identity(record.name, record.role, (), "token", token_id=record.id)
+    elif COOKIE in request.cookies:
+        session = await context.store.get_session(auth.sha256(request.cookies[COOKIE]))
+        user = None if session is None else await context.store.get_user(session.user)
+        if user is not None:
+            identity = Identity(user.name, user.role, user.classes, "session", session=session)
+    request[IDENTITY] = identity
+    if identity is None and request.path not in PUBLIC_PATHS:
+        return json_error(401, "log in first (POST /api/v1/login) or send a Bearer token")
+    return await handler(request)
+
+
+@web.middleware
+async def csrf_middleware(request: web.Request, handler):
+    """Synchronizer token: a state change made with the session cookie carries the session's
+    CSRF token in `X-CSRF-Token` or a `csrf_token` form field. Bearer requests carry no ambient
+    credential and need none. Login opens a new session and takes JSON only, which a cross-site
+    form cannot send."""
+    identity: Identity | None = request[IDENTITY]
+    if request.method in SAFE_METHODS or identity is None or identity.via != "session" \
+            or request.path in PUBLIC_PATHS:
+        return await handler(request)
+    sent = request.headers.get(CSRF_HEADER)
+    if sent is None and request.content_type in ("application/x-www-form-urlencoded",
+                                                 "multipart/form-data"):
+        sent = (await request.post()).get(CSRF_FIELD)
+    if not isinstance(sent, str) or not hmac.compare_digest(sent, identity.session.csrf):
+        return json_error(403, f"CSRF token missing or wrong: send {CSRF_HEADER} "
+                               "(GET /api/v1/session gives it)")
+    return await handler(request)
+
+
+def _read_json_body_limit() -> int:
+    return 1024 * 1024
+
+
+def init_app(service: Any, *, throttle: auth.Throttle | None = None) -> web.Application:
+    """The dashboard application for a running `resolver.service.Service`."""
+    from dashboard import api
+
+    dashboard = service.config.dashboard or {}
+    public_url = str(dashboard.get("public_url") or "")
+    context = Context(store=service.store, commands=service.control.commands, state=service.state,
+                      state_dir=Path(service.config.state_dir),
+                      secure_cookies=public_url.startswith("https://"))
+    if throttle is not None:
+        context.throttle = throttle
+    app = web.Application(middlewares=[error_middleware, auth_middleware, csrf_middleware],
+                          client_max_size=_read_json_body_limit())
+    app[CONTEXT] = context
+    api.add_routes(app)
+    return app
+
+
+class DashboardServer:
+    """The dashboard's listener (`dashboard.listen`), started and stopped by the service."""
+
+    def __init__(self, service: Any) -> None:
+        self.service = service
+        self.runner: web.AppRunner | None = None
+        self.address: tuple[str, int] | None = None
+
+    async def start(self) -> None:
+        from resolver.config import parse_listen
+
+        listen = (self.service.config.dashboard or {}).get("listen", "127.0.0.1:8080")
+        host, port = parse_listen(listen)
+        self.runner = web.AppRunner(init_app(self.service), access_log=None)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, host, port)
+        await site.start()
+        self.address = self.runner.addresses[0][:2]
+        log.info("dashboard and REST API on http://%s:%d/api/v1", *self.address)
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+            self.runner = None
+
+
+def dumps(data: Any) -> str:
+    return json.dumps(data, ensure_ascii=False)

@@ -1,0 +1,152 @@
+"""Accounts: passwords, sessions and their cookie, CSRF, login throttling, API tokens, the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from dashboard import auth
+from tests.dashboard_fixtures import PASSWORD, dashboard  # noqa: F401 (a fixture)
+
+
+def test_password_hash_is_scrypt_and_salted():
+    first, second = auth.hash_password("a long password", n=2 ** 10), \
+        auth.hash_password("a long password", n=2 ** 10)
+    assert first.startswith("scrypt$1024$8$1$") and first != second
+    assert auth.verify_password("a long password", first)
+    assert not auth.verify_password("a long passwore", first)
+    assert not auth.verify_password("x", "garbage")
+
+
+async def test_login_sets_a_hardened_session_cookie(dashboard):
+    response = await dashboard.client.post("/api/v1/login",
+                                           json={"name": "alice", "password": PASSWORD})
+    assert response.status == 200
+    body = await response.json()
+    assert body["role"] == "admin" and body["csrf_token"]
+    cookie = response.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/" in cookie
+    assert "Secure" not in cookie  # public_url is not https here
+    assert "password" not in json.dumps(body)
+    session = await (await dashboard.client.get("/api/v1/session")).json()
+    assert session == {"name": "alice", "role": "admin", "classes": [], "via": "session",
+                       "csrf_token": body["csrf_token"]}
+
+
+async def test_wrong_password_and_unknown_user_look_the_same(dashboard):
+    for name, password in (("alice", "wrong password"), ("nobody", PASSWORD)):
+        response = await dashboard.client.post("/api/v1/login", json={"name": name, "password": password})
+        assert response.status == 401
+        assert (await response.json())["error"] == "wrong name or password"
+
+
+async def test_nothing_without_credentials(dashboard):
+    response = await dashboard.client.get("/api/v1/classes")
+    assert response.status == 401
+    response = await dashboard.client.get("/api/v1/classes",
+                                          headers={"Authorization": "Bearer cg_not-a-token"})
+    assert response.status == 401
+    assert (await dashboard.client.get("/api/v1/openapi.json")).status == 200
+
+
+async def test_csrf_refused_without_its_token_and_accepted_with_it(dashboard):
+    csrf = await dashboard.login("tom")
+    pause = "/api/v1/classes/pupils/pause"
+    assert (await dashboard.client.post(pause, json={"minutes": 5})).status == 403
+    wrong = await dashboard.client.post(pause, json={"minutes": 5}, headers={"X-CSRF-Token": "x" * 43})
+    assert wrong.status == 403
+    assert not dashboard.resolver.service.state.snapshot.overrides
+    ok = await dashboard.client.post(pause, json={"minutes": 5}, headers={"X-CSRF-Token": csrf})
+    assert ok.status == 201, await ok.text()
+    cancelled = await dashboard.client.delete(pause, data={"csrf_token": csrf})  # a form field
+    assert cancelled.status == 200, await cancelled.text()
+
+
+async def test_logout_is_post_only_and_ends_the_session(dashboard):
+    csrf = await dashboard.login("alice")
+    assert (await dashboard.client.get("/api/v1/logout")).status == 405
+    assert (await dashboard.client.post("/api/v1/logout")).status == 403  # no CSRF token
+    response = await dashboard.client.post("/api/v1/logout", headers={"X-CSRF-Token": csrf})
+    assert response.status == 204
+    assert (await dashboard.client.get("/api/v1/session")).status == 401
+
+
+async def test_a_stolen_cookie_value_is_useless_after_logout(dashboard):
+    csrf = await dashboard.login("alice")
+    cookie = dashboard.client.session.cookie_jar.filter_cookies(dashboard.client.make_url("/"))
+    value = cookie["classguard_session"].value
+    await dashboard.client.post("/api/v1/logout", headers={"X-CSRF-Token": csrf})
+    dashboard.client.session.cookie_jar.clear()
+    response = await dashboard.client.get("/api/v1/session", cookies={"classguard_session": value})
+    assert response.status == 401
+    stored = await dashboard.resolver.service.store.tokens()
+    assert all(value not in json.dumps(record.__repr__()) for record in stored)
+
+
+async def test_login_throttled_per_account_and_address_with_growing_delays(dashboard):
+    client, throttle = dashboard.client, dashboard.throttle
+    for _ in range(3):
+        response = await client.post("/api/v1/login", json={"name": "tom", "password": "guess"})
+        assert response.status == 401
+    # The fourth attempt waits 1 s, even with the right password (it is not even checked).
+    response = await client.post("/api/v1/login", json={"name": "tom", "password": PASSWORD})
+    assert response.status == 429 and response.headers["Retry-After"] == "1"
+    # Another account from the same address is not locked.
+    assert (await client.post("/api/v1/login", json={"name": "alice", "password": PASSWORD})).status == 200
+    throttle.now[0] += 1.0
+    assert (await client.post("/api/v1/login", json={"name": "tom", "password": "guess"})).status == 401
+    response = await client.post("/api/v1/login", json={"name": "tom", "password": PASSWORD})
+    assert response.status == 429 and response.headers["Retry-After"] == "2"  # it grows
+    # The same account from another address is not locked either.
+    assert throttle.retry_after("tom", "192.0.2.7") == 0
+    throttle.now[0] += 2.0
+    assert (await client.post("/api/v1/login", json={"name": "tom", "password": PASSWORD})).status == 200
+    assert throttle.retry_after("tom", "127.0.0.1") == 0  # success forgets the failures
+
+
+async def test_api_token_needs_no_csrf_and_can_be_revoked(dashboard):
+    response = await dashboard.client.post("/api/v1/classes/pupils/pause", json={"minutes": 2},
+                                           headers=dashboard.bearer())
+    assert response.status == 201
+    store = dashboard.resolver.service.store
+    [record] = await store.tokens()
+    assert record.sha256 == auth.sha256(dashboard.token) and dashboard.token not in repr(record)
+    await auth.revoke_token(store, record.id, actor="test")
+    response = await dashboard.client.get("/api/v1/classes", headers=dashboard.bearer())
+    assert response.status == 401
+    audit = await store.audit(10)
+    assert [entry.action for entry in audit][:2] == ["token.revoke", "override.add"]
+    assert audit[1].actor == f"API token {record.id} (ci)"
+
+
+def _cli(tmp_path, *args, stdin=""):
+    return subprocess.run([sys.executable, "-m", "resolver.cli", *args], input=stdin, text=True,
+                          capture_output=True, cwd=tmp_path, timeout=60)
+
+
+def test_cli_user_and_token(tmp_path):
+    added = _cli(tmp_path, "user", "add", "alice", "--role", "admin", "--password-stdin",
+                 stdin="a very long password\n")
+    assert added.returncode == 0, added.stderr
+    again = _cli(tmp_path, "user", "add", "alice", "--role", "admin", "--password-stdin",
+                 stdin="a very long password\n")
+    assert again.returncode == 1 and "exists already" in again.stderr
+    teacher = _cli(tmp_path, "user", "add", "tom", "--role", "teacher", "--class", "nope",
+                   "--password-stdin", stdin="a very long password\n")
+    assert teacher.returncode == 1 and "no class 'nope'" in teacher.stderr
+    teacher = _cli(tmp_path, "user", "add", "tom", "--role", "teacher", "--class", "local",
+                   "--password-stdin", stdin="a very long password\n")
+    assert teacher.returncode == 0, teacher.stderr
+    short = _cli(tmp_path, "user", "reset", "tom", "--password-stdin", stdin="short\n")
+    assert short.returncode == 1 and "at least 10" in short.stderr
+    reset = _cli(tmp_path, "user", "reset", "tom", "--password-stdin", stdin="another long one\n")
+    assert reset.returncode == 0, reset.stderr
+    token = _cli(tmp_path, "token", "create", "ci")
+    assert token.returncode == 0 and token.stdout.startswith("cg_")
+    stored = (tmp_path / "classguard-state" / "auth.json").read_text()
+    assert token.stdout.strip() not in stored and "another long one" not in stored
+    assert auth.sha256(token.stdout.strip()) in stored
+    token_id = json.loads(stored)["tokens"][auth.sha256(token.stdout.strip())]["id"]
+    revoked = _cli(tmp_path, "token", "revoke", token_id)
+    assert revoked.returncode == 0 and "revoked" in revoked.stdout
