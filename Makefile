@@ -19,7 +19,9 @@ install: $(VENV)/.installed
 run: install
 	$(BIN)/classguard serve $(ARGS)
 
+# The Redis store's tests run a real redis-server (tests/redis_server.py): installed when missing.
 test: install
+	command -v redis-server >/dev/null || (apt-get update && apt-get install -y redis-server)
 	$(BIN)/python -m pytest -q $(ARGS)
 
 # classguard beside dnsmasq and unbound on 127.0.0.1 (docs/benchmarks.md): about 15 minutes;

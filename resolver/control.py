@@ -44,6 +44,7 @@ from resolver.store import (
     VersionConflict,
     new_override_id,
 )
+from resolver.redis_store import StoreUnavailable
 
 log = logging.getLogger("classguard.control")
 
@@ -478,8 +479,12 @@ class ControlPlane:
         return list(self.state.snapshot.overrides)
 
     def _status(self) -> dict[str, Any]:
-        return {"pid": os.getpid(), "applied_version": self.applied_version,
-                "policy_drift": self.drift}
+        status = {"pid": os.getpid(), "applied_version": self.applied_version,
+                  "policy_drift": self.drift}
+        counters = getattr(self.store, "counters", None)  # the Redis store's outages, losses, drops
+        if counters is not None:
+            status["store"] = {"available": getattr(self.store, "available", True), **counters}
+        return status
 
     async def start(self) -> None:
         self._sync_lock = asyncio.Lock()
@@ -589,10 +594,21 @@ class ControlPlane:
             log.error("cannot read the store back, the next poll tries again: %s", exc)
 
     async def _poll(self) -> None:
+        # A store that publishes its changes (Redis) nudges the watcher at once; the poll is what
+        # guarantees that a change arrives even when a notification is lost.
+        subscribe = getattr(self.store, "subscribe", None)
+        nudge: asyncio.Event | None = subscribe() if subscribe is not None else None
         while True:
-            await asyncio.sleep(self.poll_interval)
+            if nudge is None:
+                await asyncio.sleep(self.poll_interval)
+            else:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(nudge.wait(), self.poll_interval)
+                nudge.clear()
             try:
                 await self.sync()
+            except StoreUnavailable:
+                pass  # said once by the store; the running state stays until it is back
             except (StoreError, OSError) as exc:
                 log.error("cannot read the store, the running state stays: %s", exc)
             except Exception:  # a bug must not end the watcher: changes would stop arriving

@@ -144,6 +144,7 @@ def refuse_open_resolver(config: Config) -> None:
 
 SCREEN_TIME_FLUSH_INTERVAL = 5.0  # seconds between merges of active minutes into the store
 LIST_FOLLOW_INTERVAL = 1.0  # seconds between looks at the compiled lists' file (workers > 0)
+LIST_STORE_INTERVAL = 5.0  # seconds between looks at the lists' manifest in Redis (worker 0)
 
 # A burst of queries must wait in the kernel, not be dropped, while Python answers the ones
 # before it (the default of about 200 kB holds a few thousand small queries).
@@ -177,7 +178,7 @@ class Service:
     dot: DotListener | None = None  # the DoT listener, when `dot` is configured
     store: Store | None = None
     control: ControlPlane | None = None  # the control socket and the store watcher
-    dashboard: object | None = None  # dashboard.app.DashboardServer when `dashboard` is set
+    _artifact_digest: tuple | None = None  # (file signature, sha256) of the compiled lists
 
     @property
     def policy_drift(self) -> str | None:
@@ -226,13 +227,10 @@ class Service:
             self.tasks.append(asyncio.create_task(self._refresh_lists(first=True)))
         else:
             self.tasks.append(asyncio.create_task(self._refresh_lists(first=False)))
+        if self.worker_index == 0 and hasattr(self.store, "publish_lists"):  # with Redis
+            self.tasks.append(asyncio.create_task(self._follow_store_lists()))
         if self.control is not None:
             await self.control.start()
-        if self.config.dashboard is not None and self.control is not None:
-            from dashboard.app import DashboardServer  # the REST API works through the control plane
-
-            self.dashboard = DashboardServer(self)
-            await self.dashboard.start()
         if self.store is not None:
             self.state.screen_time.store = self.store
             self.tasks.append(asyncio.create_task(self._flush_screen_time()))
@@ -313,6 +311,64 @@ class Service:
                     log.info("worker %d: lists loaded (%d entries)", self.worker_index, lists.entry_count)
             await asyncio.sleep(LIST_FOLLOW_INTERVAL)
 
+    async def _artifact_sha256(self) -> str | None:
+        """The sha256 of the compiled lists' file, computed again only when the file changed."""
+        path = artifact_path(self.config.state_dir)
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            return None
+        mark = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+        if self._artifact_digest is None or self._artifact_digest[0] != mark:
+            from resolver.redis_store import artifact_sha256
+
+            self._artifact_digest = (mark, await asyncio.to_thread(artifact_sha256, path))
+        return self._artifact_digest[1]
+
+    def _artifact_mtime(self) -> float:
+        try:
+            return artifact_path(self.config.state_dir).stat().st_mtime
+        except FileNotFoundError:
+            return 0.0
+
+    async def _publish_lists(self) -> None:
+        """After a compile: the artifact goes to the store, for the other instances."""
+        publish = getattr(self.store, "publish_lists", None)
+        if publish is None:
+            return
+        try:
+            manifest = await self.store.lists_manifest()
+            digest = await self._artifact_sha256()
+            if digest is not None and (manifest is None or manifest["sha256"] != digest):
+                published = await publish(artifact_path(self.config.state_dir))
+                log.info("lists: published in the store (%d bytes in %d chunks)",
+                         published["size"], published["chunks"])
+        except StoreError as exc:
+            log.warning("lists: not published in the store, the next change tries again: %s", exc)
+
+    async def _follow_store_lists(self) -> None:
+        """Worker 0 with a Redis store: lists another instance compiled replace ours (the other
+        workers follow the file); lists compiled here before any were published go there."""
+        while True:
+            try:
+                manifest = await self.store.lists_manifest()
+                digest = await self._artifact_sha256()
+                if manifest is None and digest is not None:
+                    await self._publish_lists()
+                elif manifest is not None and manifest["sha256"] != digest \
+                        and manifest["built_at"] > self._artifact_mtime():  # not older than ours
+                    await self.store.fetch_lists(artifact_path(self.config.state_dir))
+                    lists = await asyncio.get_running_loop().run_in_executor(
+                        None, load_compiled, self.config.state_dir)
+                    if lists is not None:
+                        self.state.replace_lists(lists)
+                        log.info("lists: loaded those published in the store (%d entries)",
+                                 lists.entry_count)
+                    del lists
+            except StoreError as exc:
+                log.debug("lists: the store cannot be read now: %s", exc)
+            await asyncio.sleep(LIST_STORE_INTERVAL)
+
     async def _refresh_lists(self, first: bool) -> None:
         """The first fill at once (`first`: no lists yet), then a refresh every
         `blocklists.refresh`: sooner after a failure, and a UT1 download from its home waits for
@@ -340,6 +396,7 @@ class Service:
             if lists is not self.state.snapshot.lists:
                 self.state.replace_lists(lists)
                 log.info("lists in force: %d entries", lists.entry_count)
+                await self._publish_lists()
             del lists
             failures = failures + 1 if report.failed or report.kept_previous else 0
             delay = refresh_delay(report, period, failures=failures)
@@ -350,13 +407,13 @@ class Service:
                 await self.state.screen_time.flush(self.state.clock())  # nothing counted is lost
             except Exception as exc:
                 log.warning("screen time: last minutes not written: %s", exc)
-        if self.dashboard is not None:
-            await self.dashboard.stop()
         if self.control is not None:
             await self.control.stop()
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self.store is not None:
+            await self.store.close()
         if self.doh is not None:
             await self.doh.stop()
         if self.dot is not None:
@@ -372,10 +429,31 @@ class Service:
 
 
 def open_store(config: Config) -> Store:
-    if config.store != "embedded":
-        log.warning("store: a Redis store is not available yet; using the embedded store under %s",
-                    config.state_dir)
-    return EmbeddedStore(config.state_dir)
+    """`store: embedded` (the default): files under state_dir; redis://, rediss:// or
+    redis+sentinel://: the Redis store shared by every instance (SPEC §7)."""
+    if config.store == "embedded":
+        return EmbeddedStore(config.state_dir)
+    from resolver.redis_store import RedisStore
+
+    return RedisStore(config.store)
+
+
+async def _boot(store: Store, config: Config, **arguments):
+    """The stored state (seeding an empty store), and the compiled lists from Redis when
+    state_dir has none: a new instance then filters without downloading or compiling. Runs in
+    a loop of its own, so the store's connections are closed before the server's loop starts."""
+    try:
+        boot = await load_or_seed(store, **arguments)
+        fetch = getattr(store, "fetch_lists", None)
+        if fetch is not None and not artifact_path(config.state_dir).exists():
+            try:
+                if await fetch(artifact_path(config.state_dir)) is not None:
+                    log.info("lists: loaded the compiled lists published in the store")
+            except StoreError as exc:
+                log.warning("lists: cannot get them from the store (%s); compiling them here", exc)
+        return boot
+    finally:
+        await store.close()
 
 
 def _blocking(coroutine):
@@ -393,8 +471,8 @@ def prepare(config: Config) -> Service:
     seed, seed_configured = policy_path(config), config.policies is not None
     categories, services = known_categories(config, bundled), set(bundled.services)
     try:
-        boot = _blocking(load_or_seed(store, seed=seed, seed_configured=seed_configured,
-                                      known_categories=categories, known_services=services))
+        boot = _blocking(_boot(store, config, seed=seed, seed_configured=seed_configured,
+                               known_categories=categories, known_services=services))
     except StoreError as exc:
         raise StartupError(str(exc)) from None
     lists: CompiledLists | None = load_compiled(config.state_dir)

@@ -1,0 +1,562 @@
+"""The Redis store (SPEC §7): the `Store` of many instances, and how each one lives through Redis
+being away, or coming back empty.
+
+Keys (under `classguard:`): `version` (INCR on every write), `marker` (an id set when the store
+is created: a Redis that comes back without it has lost the store), `policy` (a hash: text,
+version, updated_at, updated_by), `overrides` (a hash id -> JSON, expiring with the last one to
+end), `audit` (a capped list, newest first), `minutes:DAY:DEVICE` (screen-time bitmaps merged
+with BITOP OR, kept two days), `lists:manifest` and `lists:chunk:N` (the compiled lists).
+Every write is one Lua script (compare-and-set included) and publishes on `changes`.
+
+Only a server's watcher (and its control commands) call this; the DNS path never does. While
+Redis is unreachable every call fails at once with StoreUnavailable (after one log line), the
+next attempt waiting a doubling backoff, and the server answers from its snapshot. Screen-time
+minutes written meanwhile wait in a bounded buffer (drops counted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import secrets
+import time
+from dataclasses import asdict
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import redis.asyncio as aioredis
+import redis.exceptions
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from policies.model import Override
+from resolver.store import AuditEntry, NotFound, StoreError, StoredPolicy, VersionConflict, \
+    describe_override
+
+log = logging.getLogger("classguard.store.redis")
+
+__all__ = ["RedisStore", "StoreUnavailable", "LIST_CHUNK_BYTES"]
+
+PREFIX = "classguard:"
+AUDIT_KEPT = 10_000  # entries; older ones are trimmed away
+MINUTES_TTL = 2 * 86400  # seconds: today and yesterday, as the embedded store keeps
+MINUTES_BUFFER_MAX = 200_000  # device-days of minutes held while Redis is away; more are dropped
+LIST_CHUNK_BYTES = 1 << 20  # SPEC §7: no key above 1 MB
+CONNECT_TIMEOUT = 1.0  # seconds; the watcher is the one waiting, never a DNS answer
+# one immediate retry: a pooled connection to a Redis that restarted fails once, then reconnects
+COMMAND_TIMEOUT = 2.0
+BACKOFF_FIRST, BACKOFF_MAX = 0.25, 2.0  # seconds between attempts while Redis is away
+SENTINEL_SCHEME = "redis+sentinel"
+
+
+class StoreUnavailable(StoreError):
+    """Redis cannot be reached; the running state stays until it can."""
+
+
+_PUT_POLICY = """
+local cur = tonumber(redis.call('HGET', KEYS[2], 'version') or '0')
+local marker = redis.call('GET', KEYS[4])
+if ARGV[9] ~= '' and marker ~= ARGV[9] then return {'lost', cur} end
+if ARGV[3] ~= '' and tonumber(ARGV[3]) ~= cur then return {'conflict', cur} end
+if cur > 0 and redis.call('HGET', KEYS[2], 'text') == ARGV[1] then return {'same', cur} end
+local v = cur + 1
+redis.call('HSET', KEYS[2], 'text', ARGV[1], 'version', v, 'updated_at', ARGV[4], 'updated_by', ARGV[2])
+local g = redis.call('INCR', KEYS[1])
+if not marker then redis.call('SET', KEYS[4], ARGV[10]) end
+local before = ARGV[6]
+if before == '' and cur > 0 then before = 'version ' .. cur end
+local after = ARGV[7]
+if after == '' then after = 'version ' .. v end
+redis.call('LPUSH', KEYS[3], cjson.encode({at=tonumber(ARGV[4]), actor=ARGV[2], action=ARGV[5],
+                                            before=before, after=after}))
+redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[8]) - 1)
+redis.call('PUBLISH', KEYS[5], ARGV[11] .. ' ' .. g)
+return {'ok', v, g}
+"""
+
+# overrides: ARGV = op (add|cancel), id, json (add), now, audit json (add) or actor (cancel),
+# audit cap, known marker, new marker, instance id
+_OVERRIDE = """
+local marker = redis.call('GET', KEYS[4])
+if ARGV[7] ~= '' and marker ~= ARGV[7] then return {'lost'} end
+local now = tonumber(ARGV[4])
+local all = redis.call('HGETALL', KEYS[2])
+local last = 0
+for i = 1, #all, 2 do
+  local until_ = cjson.decode(all[i + 1])['until']
+  if until_ <= now then redis.call('HDEL', KEYS[2], all[i]) elseif until_ > last then last = until_ end
+end
+local found = redis.call('HGET', KEYS[2], ARGV[2])
+local entry
+if ARGV[1] == 'add' then
+  if found then return {'exists'} end
+  redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+  local until_ = cjson.decode(ARGV[3])['until']
+  if until_ > last then last = until_ end
+  entry = ARGV[5]
+else
+  if not found then return {'missing'} end
+  redis.call('HDEL', KEYS[2], ARGV[2])
+  entry = ARGV[5]
+end
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  redis.call('PEXPIREAT', KEYS[2], math.ceil(last * 1000) + 60000)
+end
+local g = redis.call('INCR', KEYS[1])
+if not marker then redis.call('SET', KEYS[4], ARGV[8]) end
+redis.call('LPUSH', KEYS[3], entry)
+redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[6]) - 1)
+redis.call('PUBLISH', KEYS[5], ARGV[9] .. ' ' .. g)
+return {'ok', g, found or ''}
+"""
+
+# write an instance's snapshot back into a store that lost it, unless the store holds as much
+# ARGV = marker, version, policy text ('' for none), policy version, updated_at, updated_by,
+#        overrides json list, audit entry json, instance id
+_RESTORE = """
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+if redis.call('GET', KEYS[4]) == ARGV[1] and cur >= tonumber(ARGV[2]) then return 0 end
+redis.call('DEL', KEYS[2], KEYS[3])
+if ARGV[3] ~= '' then
+  redis.call('HSET', KEYS[2], 'text', ARGV[3], 'version', ARGV[4], 'updated_at', ARGV[5],
+             'updated_by', ARGV[6])
+end
+local last = 0
+for _, item in ipairs(cjson.decode(ARGV[7])) do
+  redis.call('HSET', KEYS[3], item['id'], item['json'])
+  if item['until'] > last then last = item['until'] end
+end
+if last > 0 then redis.call('PEXPIREAT', KEYS[3], math.ceil(last * 1000) + 60000) end
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('SET', KEYS[4], ARGV[1])
+redis.call('LPUSH', KEYS[5], ARGV[8])
+redis.call('PUBLISH', KEYS[6], ARGV[9] .. ' ' .. ARGV[2])
+return 1
+"""
+
+
+def _redacted(url: str) -> str:
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    return f"{parts.scheme}://{host}{f':{parts.port}' if parts.port else ''}{parts.path}"
+
+
+def _sentinel_client(url: str, **options) -> aioredis.Redis:
+    """redis+sentinel://[:PASSWORD@]HOST:PORT[,HOST:PORT...]/SERVICE[/DB]"""
+    from redis.asyncio.sentinel import Sentinel
+
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    password = None
+    if "@" in netloc:
+        credentials, netloc = netloc.rsplit("@", 1)
+        password = unquote(credentials.partition(":")[2]) or None
+    hosts = []
+    for item in netloc.split(","):
+        if item.startswith("["):
+            host, _, rest = item[1:].partition("]")
+            port = rest.lstrip(":")
+        elif ":" in item:
+            host, _, port = item.rpartition(":")
+        else:
+            host, port = item, ""
+        hosts.append((host, int(port or 26379)))
+    path = [part for part in parts.path.split("/") if part]
+    if not path:
+        raise StoreError("store: redis+sentinel:// needs the service name: "
+                         "redis+sentinel://HOST:26379,HOST:26379/SERVICE")
+    db = int(path[1]) if len(path) > 1 else 0
+    sentinel = Sentinel(hosts, socket_timeout=options["socket_timeout"],
+                        sentinel_kwargs={"socket_timeout": options["socket_timeout"]})
+    return sentinel.master_for(path[0], db=db, password=password, **options)
+
+
+class RedisStore:
+    """The store in one Redis shared by every instance (SPEC §7). See the module docstring."""
+
+    def __init__(self, url: str, *, prefix: str = PREFIX) -> None:
+        self.url = url
+        query = parse_qs(urlsplit(url).query)
+        self.prefix = query.get("prefix", [prefix])[0]
+        self.instance = secrets.token_hex(6)  # our own pub/sub echoes are ignored
+        self._client: aioredis.Redis | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._down_since: float | None = None
+        self._next_try = 0.0
+        self._backoff = BACKOFF_FIRST
+        self._marker: str | None = None  # the store's id as first seen
+        self._seen_version = 0
+        self._policy: StoredPolicy | None = None  # the snapshot last read: what we write back
+        self._overrides: list[Override] = []
+        self._minutes_buffer: dict[str, dict[str, bytes]] = {}
+        self._subscriber: asyncio.Task | None = None
+        self.changed: asyncio.Event | None = None
+        self.counters = {"outages": 0, "lost_store": 0, "restored": 0, "minutes_dropped": 0,
+                         "lists_published": 0, "lists_fetched": 0}
+
+    def __repr__(self) -> str:
+        return f"RedisStore({_redacted(self.url)!r})"
+
+    def key(self, name: str) -> str:
+        return self.prefix + name
+
+    # -- the connection, its outages and the lost-store check
+
+    def _connect(self) -> aioredis.Redis:
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._loop is not loop:
+            options = dict(socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=COMMAND_TIMEOUT,
+                           retry=Retry(NoBackoff(), 1), health_check_interval=0)
+            if urlsplit(self.url).scheme == SENTINEL_SCHEME:
+                self._client = _sentinel_client(self.url, **options)
+            else:
+                self._client = aioredis.Redis.from_url(self.url.split("?")[0], **options)
+            self._loop = loop
+        return self._client
+
+    async def _run(self, operation):
+        """`operation(client)`, with Redis being away turned into StoreUnavailable, said once."""
+        now = time.monotonic()
+        if self._down_since is not None and now < self._next_try:
+            raise StoreUnavailable(f"Redis ({_redacted(self.url)}) is unreachable")
+        try:
+            result = await operation(self._connect())
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError,
+                asyncio.TimeoutError) as exc:
+            if self._down_since is None:
+                self._down_since = now
+                self._backoff = BACKOFF_FIRST
+                self.counters["outages"] += 1
+                log.error("Redis (%s) is unreachable (%s): serving the last snapshot, "
+                          "trying again with backoff", _redacted(self.url), exc)
+            else:
+                self._backoff = min(self._backoff * 2, BACKOFF_MAX)
+            self._next_try = now + self._backoff
+            raise StoreUnavailable(f"Redis ({_redacted(self.url)}) is unreachable: {exc}") from None
+        except redis.exceptions.RedisError as exc:
+            raise StoreError(f"Redis ({_redacted(self.url)}): {exc}") from None
+        if self._down_since is not None:
+            log.warning("Redis (%s) is back after %.1f s: resynchronising", _redacted(self.url),
+                        now - self._down_since)
+            self._down_since = None
+            if self.changed is not None:
+                self.changed.set()
+        return result
+
+    @property
+    def available(self) -> bool:
+        return self._down_since is None
+
+    async def version(self) -> int:
+        version, marker = await self._run(lambda r: r.mget(self.key("version"), self.key("marker")))
+        version = int(version or 0)
+        marker = marker.decode() if marker is not None else None
+        if self._marker is None:
+            self._marker = marker
+        elif marker != self._marker or version < self._seen_version:
+            version = await self._lost(version, marker)
+        self._seen_version = max(self._seen_version, version)
+        return version
+
+    async def _lost(self, version: int, marker: str | None) -> int:
+        """Redis came back without our store (restarted without persistence, or a failover to a
+        replica that lagged): keep serving, and write our snapshot back if it is the newest."""
+        self.counters["lost_store"] += 1
+        log.error("the Redis store was lost (marker %s, version %d; this instance holds version "
+                  "%d): the running state stays; the instance with the highest version writes "
+                  "it back (Redis needs persistence: appendonly yes)",
+                  "missing" if marker is None else "changed", version, self._seen_version)
+        if self._policy is None and not self._overrides:
+            return version
+        policy = self._policy
+        entry = json.dumps(asdict(AuditEntry(
+            at=time.time(), actor=f"classguard instance {self.instance}", action="store.restore",
+            before=f"store lost (version {version})", after=f"version {self._seen_version} written back")))
+        now = time.time()
+        overrides = [{"id": item.id, "until": item.until, "json": json.dumps(asdict(item))}
+                     for item in self._overrides if item.until > now]
+        written = await self._run(lambda r: r.eval(
+            _RESTORE, 6, self.key("version"), self.key("policy"), self.key("overrides"),
+            self.key("marker"), self.key("audit"), self.key("changes"),
+            self._marker, self._seen_version,
+            "" if policy is None else policy.text, 0 if policy is None else policy.version,
+            0 if policy is None else repr(policy.updated_at), "" if policy is None else policy.updated_by,
+            json.dumps(overrides), entry, self.instance))
+        if written:
+            self.counters["restored"] += 1
+            log.warning("the Redis store was rebuilt from this instance's snapshot (version %d)",
+                        self._seen_version)
+            return self._seen_version
+        return int(await self._run(lambda r: r.get(self.key("version"))) or 0)
+
+    def _markers(self) -> tuple[str, str]:
+        """(the marker a write must find, or '' when this client has seen none; a new one)."""
+        return self._marker or "", self._marker or secrets.token_hex(8)
+
+    # -- the Store interface
+
+    async def get_policy(self) -> StoredPolicy | None:
+        fields = await self._run(lambda r: r.hgetall(self.key("policy")))
+        if not fields:
+            policy = None
+        else:
+            policy = StoredPolicy(text=fields[b"text"].decode(), version=int(fields[b"version"]),
+                                  updated_at=float(fields[b"updated_at"]),
+                                  updated_by=fields[b"updated_by"].decode())
+        if policy is not None or self._policy is None:
+            self._policy = policy
+        return policy
+
+    async def put_policy(self, text: str, *, actor: str, expected_version: int | None = None,
+                         action: str = "policy.import", before: str = "",
+                         after: str = "") -> StoredPolicy:
+        known, new = self._markers()
+        now = time.time()
+        result = await self._run(lambda r: r.eval(
+            _PUT_POLICY, 5, self.key("version"), self.key("policy"), self.key("audit"),
+            self.key("marker"), self.key("changes"),
+            text, actor, "" if expected_version is None else expected_version, repr(now), action,
+            before, after, AUDIT_KEPT, known, new, self.instance))
+        status, current = result[0].decode(), int(result[1])
+        if status == "lost":
+            raise StoreError("the Redis store was lost and is being rebuilt; try again in a second")
+        if status == "conflict":
+            raise VersionConflict(expected_version, current)
+        if status == "same":
+            return await self.get_policy()
+        if self._marker is None:
+            self._marker = new
+        stored = StoredPolicy(text=text, version=current, updated_at=now, updated_by=actor)
+        return stored
+
+    async def overrides(self) -> list[Override]:
+        fields = await self._run(lambda r: r.hgetall(self.key("overrides")))
+        now = time.time()
+        items = sorted((Override(**json.loads(value)) for value in fields.values()),
+                       key=lambda item: (item.created_at, item.id))
+        self._overrides = items
+        return [item for item in items if item.until > now]
+
+    async def _override_op(self, op: str, override_id: str, payload: str, entry: str) -> list:
+        known, new = self._markers()
+        result = await self._run(lambda r: r.eval(
+            _OVERRIDE, 5, self.key("version"), self.key("overrides"), self.key("audit"),
+            self.key("marker"), self.key("changes"),
+            op, override_id, payload, repr(time.time()), entry, AUDIT_KEPT, known, new,
+            self.instance))
+        status = result[0].decode()
+        if status == "lost":
+            raise StoreError("the Redis store was lost and is being rebuilt; try again in a second")
+        if self._marker is None and status == "ok":
+            self._marker = new
+        return [status, *result[1:]]
+
+    async def add_override(self, override: Override, *, actor: str) -> Override:
+        entry = json.dumps(asdict(AuditEntry(at=time.time(), actor=actor, action="override.add",
+                                             before="", after=describe_override(override))))
+        status, *_ = await self._override_op("add", override.id, json.dumps(asdict(override)), entry)
+        if status == "exists":
+            raise StoreError(f"an override with id {override.id} exists already")
+        return override
+
+    async def cancel_override(self, override_id: str, *, actor: str) -> Override:
+        current = {item.id: item for item in await self.overrides()}
+        found = current.get(override_id)
+        if found is None:
+            raise NotFound(f"no override {override_id!r} in force (see classguard override list)")
+        entry = json.dumps(asdict(AuditEntry(at=time.time(), actor=actor, action="override.cancel",
+                                             before=describe_override(found), after="cancelled")))
+        status, *_ = await self._override_op("cancel", override_id, "", entry)
+        if status == "missing":
+            raise NotFound(f"no override {override_id!r} in force (see classguard override list)")
+        return found
+
+    async def audit(self, limit: int = 100) -> list[AuditEntry]:
+        lines = await self._run(lambda r: r.lrange(self.key("audit"), 0, limit - 1))
+        entries = []
+        for line in lines:
+            try:
+                entries.append(AuditEntry(**json.loads(line)))
+            except (ValueError, TypeError):
+                continue
+        return entries
+
+    async def merge_active_minutes(self, day: str, minutes: dict[str, bytes]) -> dict[str, bytes]:
+        """BITOP OR into `minutes:DAY:DEVICE`; while Redis is away the bits wait in a bounded
+        buffer (what does not fit is dropped and counted) and the caller gets what it gave."""
+        waiting = self._minutes_buffer.pop(day, {})
+        for device, bits in minutes.items():
+            waiting[device] = _or(waiting.get(device, b""), bits)
+        for old_day in [d for d in self._minutes_buffer if d < day]:
+            del self._minutes_buffer[old_day]  # a past day's minutes no longer count
+        try:
+            return await self._run(lambda r: self._merge(r, day, waiting))
+        except StoreUnavailable:
+            held = sum(len(devices) for devices in self._minutes_buffer.values())
+            kept: dict[str, bytes] = {}
+            for device, bits in waiting.items():
+                if held < MINUTES_BUFFER_MAX:
+                    kept[device] = bits
+                    held += 1
+                else:
+                    self.counters["minutes_dropped"] += 1
+            self._minutes_buffer[day] = kept
+            return dict(minutes)
+
+    async def _merge(self, r: aioredis.Redis, day: str, minutes: dict[str, bytes]) -> dict[str, bytes]:
+        index = self.key(f"minutes:{day}")
+        scratch = self.key(f"minutes:scratch:{self.instance}")
+        async with r.pipeline(transaction=True) as pipe:
+            for device, bits in minutes.items():
+                target = self.key(f"minutes:{day}:{device}")
+                pipe.set(scratch, bits)
+                pipe.bitop("OR", target, target, scratch)
+                pipe.expire(target, MINUTES_TTL)
+                pipe.sadd(index, device)
+            pipe.delete(scratch)
+            pipe.expire(index, MINUTES_TTL)
+            pipe.smembers(index)
+            results = await pipe.execute()
+        devices = sorted(item.decode() for item in results[-1])
+        if not devices:
+            return {}
+        values = await r.mget([self.key(f"minutes:{day}:{device}") for device in devices])
+        return {device: value for device, value in zip(devices, values) if value is not None}
+
+    # -- change notifications (a nudge: the watcher's poll is what guarantees a change arrives)
+
+    def subscribe(self) -> asyncio.Event:
+        """An event set when another instance writes; the subscription reconnects with backoff
+        and ignores this instance's own writes."""
+        if self.changed is None or self._subscriber is None or self._subscriber.done():
+            self.changed = asyncio.Event()
+            self._subscriber = asyncio.create_task(self._listen())
+        return self.changed
+
+    async def _listen(self) -> None:
+        delay = BACKOFF_FIRST
+        while True:
+            pubsub = None
+            try:
+                pubsub = self._connect().pubsub()
+                await pubsub.subscribe(self.key("changes"))
+                delay = BACKOFF_FIRST
+                self.changed.set()  # anything missed while away is read at once
+                while True:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5.0)
+                    if message is None or message.get("type") != "message":
+                        continue
+                    sender = message["data"].decode(errors="replace").partition(" ")[0]
+                    if sender != self.instance:
+                        self.changed.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Redis away, or a reply we did not expect
+                log.debug("change channel: %s; subscribing again in %.2f s", exc, delay)
+            finally:
+                if pubsub is not None:
+                    with contextlib.suppress(Exception):
+                        await pubsub.aclose()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, BACKOFF_MAX)
+
+    # -- compiled lists, chunked (SPEC §7: keys of at most 1 MB, a manifest with a checksum)
+
+    async def lists_manifest(self) -> dict | None:
+        raw = await self._run(lambda r: r.get(self.key("lists:manifest")))
+        return None if raw is None else json.loads(raw)
+
+    async def publish_lists(self, path: Path, built_at: float | None = None) -> dict:
+        """The artifact file's bytes as chunks, then the manifest that names them (readers check
+        the sha256, so a reader racing a publisher retries rather than loads a mix)."""
+        data = await asyncio.to_thread(Path(path).read_bytes)
+        digest = hashlib.sha256(data).hexdigest()
+        chunks = [data[offset:offset + LIST_CHUNK_BYTES]
+                  for offset in range(0, len(data), LIST_CHUNK_BYTES)] or [b""]
+        manifest = {"sha256": digest, "size": len(data), "chunks": len(chunks),
+                    "chunk_bytes": LIST_CHUNK_BYTES, "built_at": built_at or time.time(),
+                    "by": self.instance}
+
+        async def write(r: aioredis.Redis) -> None:
+            async with r.pipeline(transaction=True) as pipe:
+                for index, chunk in enumerate(chunks):
+                    pipe.set(self.key(f"lists:{digest}:{index}"), chunk)
+                pipe.set(self.key("lists:manifest"), json.dumps(manifest))
+                old = await r.get(self.key("lists:manifest"))
+                await pipe.execute()
+            if old is not None:  # the previous artifact's chunks, after a grace for readers
+                previous = json.loads(old)
+                if previous.get("sha256") != digest:
+                    await r.delete(*[self.key(f"lists:{previous['sha256']}:{index}")
+                                     for index in range(previous.get("chunks", 0))] or ["-"])
+
+        await self._run(write)
+        self.counters["lists_published"] += 1
+        return manifest
+
+    async def fetch_lists(self, path: Path) -> dict | None:
+        """Write the published artifact to `path` (atomically) when it differs from the file;
+        the manifest, or None when Redis holds no lists."""
+        manifest = await self.lists_manifest()
+        if manifest is None:
+            return None
+        if await asyncio.to_thread(_file_sha256, Path(path)) == manifest["sha256"]:
+            return manifest
+        keys = [self.key(f"lists:{manifest['sha256']}:{index}") for index in range(manifest["chunks"])]
+        chunks = await self._run(lambda r: r.mget(keys))
+        if any(chunk is None for chunk in chunks):
+            raise StoreError("the lists in Redis changed while being read; try again")
+        data = b"".join(chunks)
+        if hashlib.sha256(data).hexdigest() != manifest["sha256"] or len(data) != manifest["size"]:
+            raise StoreError("the lists in Redis do not match their manifest's checksum")
+        await asyncio.to_thread(_write_bytes, Path(path), data)
+        self.counters["lists_fetched"] += 1
+        return manifest
+
+    async def close(self) -> None:
+        """Stop the subscription and close the connections (the store can be used again)."""
+        if self._subscriber is not None:
+            self._subscriber.cancel()
+            await asyncio.gather(self._subscriber, return_exceptions=True)
+            self._subscriber = None
+        if self._client is not None:
+            client, self._client, self._loop = self._client, None, None
+            with contextlib.suppress(Exception):
+                await client.aclose()
+
+
+def _or(a: bytes, b: bytes) -> bytes:
+    size = max(len(a), len(b))
+    return (int.from_bytes(a, "little") | int.from_bytes(b, "little")).to_bytes(size, "little")
+
+
+def _file_sha256(path: Path) -> str | None:
+    try:
+        with open(path, "rb") as file:
+            return hashlib.file_digest(file, "sha256").hexdigest()
+    except FileNotFoundError:
+        return None
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(temporary, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            temporary.unlink()
+        raise
+
+
+def artifact_sha256(path: Path) -> str | None:
+    return _file_sha256(path)
+

@@ -1,0 +1,260 @@
+"""The Store contract on both stores (embedded and Redis), then what only the Redis store does:
+outages, a Redis that comes back empty, buffered minutes, compiled lists in chunks."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+
+import pytest
+
+from policies.model import Override
+from resolver.redis_store import LIST_CHUNK_BYTES, RedisStore, StoreUnavailable
+from resolver.store import EmbeddedStore, NotFound, StoreError, VersionConflict, new_override_id
+from tests.redis_server import MISSING_REASON, REDIS_SERVER, RedisServer
+
+needs_redis = pytest.mark.skipif(REDIS_SERVER is None, reason=MISSING_REASON)
+
+
+def pause(class_id: str = "cm2-a", minutes: float = 60) -> Override:
+    now = time.time()
+    return Override(id=new_override_id(), class_id=class_id, kind="pause", until=now + minutes * 60,
+                    created_at=now, created_by="test")
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory):
+    if REDIS_SERVER is None:
+        pytest.skip(MISSING_REASON)
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def redis_store(redis_server):
+    redis_server.command("FLUSHALL")
+    store = RedisStore(redis_server.url)
+    yield store
+    await store.close()
+
+
+@pytest.fixture(params=["embedded", pytest.param("redis", marks=needs_redis)])
+async def store(request, tmp_path):
+    if request.param == "embedded":
+        yield EmbeddedStore(tmp_path / "state")
+        return
+    server = request.getfixturevalue("redis_server")
+    server.command("FLUSHALL")
+    redis = RedisStore(server.url)
+    yield redis
+    await redis.close()
+
+
+# --- the contract, on both stores --------------------------------------------------------------
+
+
+async def test_policy_versions_and_the_global_version(store):
+    assert await store.get_policy() is None and await store.version() == 0
+    first = await store.put_policy("classes: {}\n", actor="alice")
+    assert (first.version, first.updated_by, first.text) == (1, "alice", "classes: {}\n")
+    assert abs(first.updated_at - time.time()) < 5
+    after_first = await store.version()
+    assert after_first > 0
+    assert (await store.put_policy("classes: {}\n", actor="bob")).version == 1  # same text: no change
+    assert await store.version() == after_first
+    second = await store.put_policy("classes: {a: {}}\n", actor="bob", expected_version=1)
+    assert second.version == 2 and await store.version() > after_first
+    before = await store.version()
+    await store.add_override(pause(), actor="carol")
+    assert await store.version() > before and (await store.get_policy()).version == 2
+
+
+async def test_a_stale_versioned_write_is_refused(store):
+    with pytest.raises(VersionConflict):
+        await store.put_policy("classes: {}\n", actor="a", expected_version=3)
+    await store.put_policy("classes: {}\n", actor="a", expected_version=0)
+    with pytest.raises(VersionConflict) as conflict:
+        await store.put_policy("classes: {x: {}}\n", actor="b", expected_version=0)
+    assert (conflict.value.expected, conflict.value.actual) == (0, 1)
+    await store.put_policy("classes: {x: {}}\n", actor="b", expected_version=1)
+    with pytest.raises(VersionConflict, match="version 2, expected 1"):
+        await store.put_policy("classes: {y: {}}\n", actor="c", expected_version=1)
+    assert (await store.get_policy()).text == "classes: {x: {}}\n"
+
+
+async def test_overrides_add_list_cancel_and_audit(store):
+    short, long = pause("cm2-a", minutes=0.2 / 60), pause("cm2-b")
+    await store.add_override(short, actor="t1")
+    await store.add_override(long, actor="t1")
+    assert [item.id for item in await store.overrides()] == [short.id, long.id]
+    assert (await store.overrides())[1] == long  # every field back as written
+    with pytest.raises(StoreError, match="exists already"):
+        await store.add_override(long, actor="t1")
+    await asyncio.sleep(0.25)
+    assert [item.id for item in await store.overrides()] == [long.id]
+    with pytest.raises(NotFound):
+        await store.cancel_override(short.id, actor="t2")
+    assert await store.cancel_override(long.id, actor="t2") == long
+    assert await store.overrides() == []
+    entries = await store.audit(limit=2)
+    assert [(entry.actor, entry.action) for entry in entries] == [("t2", "override.cancel"),
+                                                                  ("t1", "override.add")]
+    assert long.id in entries[0].before and entries[0].after == "cancelled"
+    assert len(await store.audit()) == 3
+
+
+async def test_policy_writes_are_audited_newest_first(store):
+    await store.put_policy("classes: {}\n", actor="a")
+    await store.put_policy("classes: {b: {}}\n", actor="b", before="x", after="y")
+    entries = await store.audit()
+    assert [(e.actor, e.action, e.before, e.after) for e in entries] == [
+        ("b", "policy.import", "x", "y"), ("a", "policy.import", "", "version 1")]
+
+
+async def test_screen_time_minutes_merge_by_or(store):
+    merged = await store.merge_active_minutes("2026-03-02", {"tab-1": b"\x01\x00", "tab-2": b"\x80"})
+    assert merged == {"tab-1": b"\x01\x00", "tab-2": b"\x80"}
+    merged = await store.merge_active_minutes("2026-03-02", {"tab-1": b"\x02\x04"})
+    assert merged == {"tab-1": b"\x03\x04", "tab-2": b"\x80"}
+    assert await store.merge_active_minutes("2026-03-03", {}) == {}
+
+
+# --- the Redis store only ----------------------------------------------------------------------
+
+
+@needs_redis
+async def test_two_clients_one_store_and_keys_expire(redis_server, redis_store):
+    other = RedisStore(redis_server.url)
+    try:
+        await redis_store.put_policy("classes: {}\n", actor="a")
+        assert (await other.get_policy()).text == "classes: {}\n"
+        assert await other.version() == await redis_store.version()
+        with pytest.raises(VersionConflict):
+            await other.put_policy("classes: {z: {}}\n", actor="b", expected_version=0)
+        override = pause(minutes=1)
+        await other.add_override(override, actor="t")
+        assert [item.id for item in await redis_store.overrides()] == [override.id]
+        ttl = int(redis_server.command("PTTL", "classguard:overrides").split(b":")[1])
+        assert 60_000 < ttl <= 121_000  # Redis forgets it a minute after the last one ends
+        await redis_store.merge_active_minutes("2026-03-02", {"tab": b"\x01"})
+        assert 0 < int(redis_server.command("TTL", "classguard:minutes:2026-03-02:tab")[1:]) <= 2 * 86400
+    finally:
+        await other.close()
+
+
+@needs_redis
+async def test_redis_away_fails_fast_then_resynchronises(tmp_path, caplog):
+    server = RedisServer(tmp_path / "redis").start()
+    store = RedisStore(server.url)
+    try:
+        await store.put_policy("classes: {}\n", actor="a")
+        server.stop()
+        started = time.monotonic()
+        for _ in range(5):
+            with pytest.raises(StoreUnavailable):
+                await store.version()
+        assert time.monotonic() - started < 3  # the backoff answers at once, never a pile of waits
+        assert store.counters["outages"] == 1
+        assert sum("unreachable" in r.message for r in caplog.records) == 1  # said once
+        # minutes written meanwhile are held, then merged when Redis is back
+        assert await store.merge_active_minutes("2026-03-02", {"tab": b"\x01"}) == {"tab": b"\x01"}
+        server.start()  # with its data (appendonly)
+        for _ in range(50):
+            try:
+                version = await store.version()
+                break
+            except StoreUnavailable:
+                await asyncio.sleep(0.1)
+        assert version == 1 and store.available
+        assert await store.merge_active_minutes("2026-03-02", {"tab": b"\x02"}) == {"tab": b"\x03"}
+    finally:
+        await store.close()
+        server.stop()
+
+
+@needs_redis
+async def test_minutes_buffer_is_bounded_and_drops_are_counted(tmp_path, monkeypatch):
+    import resolver.redis_store as module
+
+    monkeypatch.setattr(module, "MINUTES_BUFFER_MAX", 2)
+    store = RedisStore(f"redis://127.0.0.1:{RedisServer(tmp_path).port}/0")  # nobody listens there
+    await store.merge_active_minutes("2026-03-02", {"a": b"\x01", "b": b"\x01", "c": b"\x01"})
+    assert store.counters["minutes_dropped"] == 1
+    await store.close()
+
+
+@needs_redis
+async def test_a_redis_that_comes_back_empty_is_rebuilt_by_the_newest_instance(tmp_path):
+    server = RedisServer(tmp_path / "redis", persistence=False).start()
+    ahead, behind = RedisStore(server.url), RedisStore(server.url)
+    try:
+        await ahead.put_policy("classes: {a: {}}\n", actor="a")
+        override = pause(minutes=5)
+        await ahead.add_override(override, actor="t")
+        for store in (ahead, behind):  # what each watcher does
+            await store.version(), await store.get_policy(), await store.overrides()
+        await behind.put_policy("classes: {b: {}}\n", actor="b")
+        for store in (ahead,):
+            await store.version(), await store.get_policy(), await store.overrides()
+        await behind.version()
+        newest = await ahead.version()
+        server.stop()
+        server.start()  # no persistence: empty
+        assert await ahead.version() == newest  # noticed, written back
+        assert ahead.counters["lost_store"] == 1 and ahead.counters["restored"] == 1
+        assert await behind.version() == newest  # the store holds as much: nothing to write
+        assert behind.counters["restored"] == 0
+        assert (await behind.get_policy()).text == "classes: {b: {}}\n"
+        assert [item.id for item in await behind.overrides()] == [override.id]
+        assert (await behind.audit(1))[0].action == "store.restore"
+        # a write by a client that knew the old store goes on from there
+        stored = await behind.put_policy("classes: {c: {}}\n", actor="c", expected_version=2)
+        assert stored.version == 3
+    finally:
+        await ahead.close(), await behind.close()
+        server.stop()
+
+
+@needs_redis
+async def test_the_change_channel_nudges_others_not_the_writer(redis_server, redis_store):
+    other = RedisStore(redis_server.url)
+    try:
+        theirs, ours = other.subscribe(), redis_store.subscribe()
+        await asyncio.wait_for(theirs.wait(), 5)
+        await asyncio.wait_for(ours.wait(), 5)  # each is set once on subscribing
+        await asyncio.sleep(0.1)
+        theirs.clear(), ours.clear()
+        await redis_store.put_policy("classes: {n: {}}\n", actor="a")
+        await asyncio.wait_for(theirs.wait(), 2)
+        await asyncio.sleep(0.2)
+        assert not ours.is_set()  # our own echo is ignored
+    finally:
+        await other.close()
+
+
+@needs_redis
+async def test_lists_are_chunked_with_a_manifest_and_checked(tmp_path, redis_server, redis_store):
+    artifact = tmp_path / "a" / "lists.bin"
+    artifact.parent.mkdir()
+    data = bytes(range(256)) * (LIST_CHUNK_BYTES // 256 * 2 + 10)  # a bit more than two chunks
+    artifact.write_bytes(data)
+    manifest = await redis_store.publish_lists(artifact, built_at=123.0)
+    assert manifest["chunks"] == 3 and manifest["sha256"] == hashlib.sha256(data).hexdigest()
+    assert manifest["size"] == len(data) and manifest["built_at"] == 123.0
+    for index in range(3):
+        size = int(redis_server.command("STRLEN", f"classguard:lists:{manifest['sha256']}:{index}")[1:])
+        assert size <= 1 << 20
+    target = tmp_path / "b" / "lists.bin"
+    assert (await redis_store.fetch_lists(target))["sha256"] == manifest["sha256"]
+    assert target.read_bytes() == data and redis_store.counters["lists_fetched"] == 1
+    assert await redis_store.fetch_lists(target) == manifest  # the same: nothing fetched
+    assert redis_store.counters["lists_fetched"] == 1
+    artifact.write_bytes(b"newer")
+    second = await redis_store.publish_lists(artifact)
+    assert redis_server.command("EXISTS", f"classguard:lists:{manifest['sha256']}:0") == b":0\r\n"
+    redis_server.command("SET", f"classguard:lists:{second['sha256']}:0", "tampered")
+    with pytest.raises(StoreError, match="checksum"):
+        await redis_store.fetch_lists(target)
+    assert target.read_bytes() == data  # the file in use stays
