@@ -179,6 +179,7 @@ class Service:
     store: Store | None = None
     control: ControlPlane | None = None  # the control socket and the store watcher
     _artifact_digest: tuple | None = None  # (file signature, sha256) of the compiled lists
+    dashboard: object | None = None  # dashboard.app.DashboardServer when `dashboard` is set
 
     @property
     def policy_drift(self) -> str | None:
@@ -231,6 +232,11 @@ class Service:
             self.tasks.append(asyncio.create_task(self._follow_store_lists()))
         if self.control is not None:
             await self.control.start()
+        if self.config.dashboard is not None and self.control is not None:
+            from dashboard.app import DashboardServer  # the REST API works through the control plane
+
+            self.dashboard = DashboardServer(self)
+            await self.dashboard.start()
         if self.store is not None:
             self.state.screen_time.store = self.store
             self.tasks.append(asyncio.create_task(self._flush_screen_time()))
@@ -407,6 +413,8 @@ class Service:
                 await self.state.screen_time.flush(self.state.clock())  # nothing counted is lost
             except Exception as exc:
                 log.warning("screen time: last minutes not written: %s", exc)
+        if self.dashboard is not None:
+            await self.dashboard.stop()
         if self.control is not None:
             await self.control.stop()
         for task in self.tasks:
