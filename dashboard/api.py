@@ -112,16 +112,17 @@ _KEY = re.compile(r'^\s*"([^"]+)":')
 
 
 def _field(message: str, text: str | None) -> dict[str, str]:
-    """The JSON key at the line an error names, e.g. {"field": "block"}."""
+    """The JSON key an error's line falls under, e.g. {"field": "block"} for a list item."""
     match = _LINE.match(message)
     if match is None or text is None:
         return {}
     lines = text.splitlines()
-    number = int(match.group(1))
-    if not 1 <= number <= len(lines):
-        return {}
-    key = _KEY.match(lines[number - 1])
-    return {"field": key.group(1)} if key else {}
+    number = min(int(match.group(1)), len(lines))
+    for line in reversed(lines[:max(number, 0)]):
+        key = _KEY.match(line)
+        if key:
+            return {"field": key.group(1)}
+    return {}
 
 
 def _class_json(policy: Policy, class_id: str) -> dict[str, Any]:

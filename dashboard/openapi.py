@@ -1,5 +1,155 @@
-"""The OpenAPI document of /api/v1 (filled in step 3)."""
+"""The OpenAPI 3.1 document of /api/v1, served at /api/v1/openapi.json.
+
+tests/test_api.py checks it against the routes the app serves and the statuses it answers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+ERROR = {"$ref": "#/components/schemas/Error"}
 
 
-def document() -> dict:
-    return {"openapi": "3.1.0", "info": {"title": "classguard", "version": "1"}, "paths": {}}
+def _responses(*statuses: int, ok: dict | None = None, etag: bool = False) -> dict[str, Any]:
+    text = {200: "OK", 201: "Created", 204: "No content", 400: "Invalid request: `field` names the "
+            "key at fault", 401: "Not logged in, or an invalid or revoked token", 403: "Not allowed "
+            "for this role or class, or a missing CSRF token", 404: "No such resource",
+            405: "Method not allowed", 409: "A stale write (If-Match) or an existing class",
+            415: "Not JSON", 429: "Too many failed logins: wait Retry-After seconds"}
+    responses: dict[str, Any] = {}
+    for status in statuses:
+        entry: dict[str, Any] = {"description": text[status]}
+        if status < 300 and status != 204:
+            entry["content"] = {"application/json": {"schema": ok or {"type": "object"}}}
+            if etag:
+                entry["headers"] = {"ETag": {"description": "the policy version, for If-Match",
+                                             "schema": {"type": "string"}}}
+        elif status >= 400:
+            entry["content"] = {"application/json": {"schema": ERROR}}
+        responses[str(status)] = entry
+    return responses
+
+
+CLASS_ID = {"name": "class_id", "in": "path", "required": True, "schema": {"type": "string"}}
+IF_MATCH = {"name": "If-Match", "in": "header", "required": False, "schema": {"type": "string"},
+            "description": 'the ETag read (e.g. "7"); a stale one gets 409'}
+MINUTES = {"type": "integer", "minimum": 1, "maximum": 1440}
+AUTHED = (401, 403)  # every operation but login and this document
+
+
+def _json_body(schema: dict) -> dict:
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+
+def document() -> dict[str, Any]:
+    class_body = {"$ref": "#/components/schemas/ClassBody"}
+    override = {"type": "object", "properties": {"override": {"$ref": "#/components/schemas/Override"}}}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "classguard REST API", "version": "1",
+                 "description": "Session cookie + X-CSRF-Token for the browser, or "
+                                "`Authorization: Bearer <token>` (classguard token create)."},
+        "servers": [{"url": "/"}],
+        "security": [{"session": []}, {"bearer": []}],
+        "paths": {
+            "/api/v1/login": {"post": {
+                "summary": "Open a session (throttled per account and source address)",
+                "security": [],
+                "requestBody": _json_body({"type": "object", "required": ["name", "password"],
+                                           "properties": {"name": {"type": "string"},
+                                                          "password": {"type": "string"}}}),
+                "responses": _responses(200, 400, 401, 415, 429,
+                                        ok={"$ref": "#/components/schemas/Session"})}},
+            "/api/v1/logout": {"post": {"summary": "End the session (CSRF token required)",
+                                        "responses": _responses(204, *AUTHED)}},
+            "/api/v1/session": {"get": {"summary": "Who is logged in; the session's CSRF token",
+                                        "responses": _responses(200, 401, ok={
+                                            "$ref": "#/components/schemas/Session"})}},
+            "/api/v1/classes": {
+                "get": {"summary": "The classes the caller may see",
+                        "responses": _responses(200, 401, etag=True)},
+                "post": {"summary": "Create a class (admin)", "parameters": [IF_MATCH],
+                         "requestBody": _json_body({"allOf": [class_body, {
+                             "type": "object", "required": ["id"],
+                             "properties": {"id": {"type": "string"}}}]}),
+                         "responses": _responses(201, 400, *AUTHED, 409, etag=True)}},
+            "/api/v1/classes/{class_id}": {
+                "parameters": [CLASS_ID],
+                "get": {"summary": "A class as its policy-file mapping, and its overrides",
+                        "responses": _responses(200, *AUTHED, 404, etag=True)},
+                "put": {"summary": "Replace a class (admin), validated like the policy file",
+                        "parameters": [IF_MATCH], "requestBody": _json_body(class_body),
+                        "responses": _responses(200, 400, *AUTHED, 404, 409, etag=True)},
+                "delete": {"summary": "Delete a class (admin)", "parameters": [IF_MATCH],
+                           "responses": _responses(200, 400, *AUTHED, 404, 409, etag=True)}},
+            "/api/v1/classes/{class_id}/pause": {
+                "parameters": [CLASS_ID],
+                "post": {"summary": "Pause the class now: only its allow lists resolve",
+                         "requestBody": _json_body({"type": "object", "required": ["minutes"],
+                                                    "properties": {"minutes": MINUTES}}),
+                         "responses": _responses(201, 400, *AUTHED, 404, ok=override)},
+                "delete": {"summary": "End the class's pause",
+                           "responses": _responses(200, *AUTHED, 404)}},
+            "/api/v1/classes/{class_id}/allow": {
+                "parameters": [CLASS_ID],
+                "post": {"summary": "Allow a domain or a bundled service for N minutes "
+                                    "(never a locked category)",
+                         "requestBody": _json_body({
+                             "type": "object", "required": ["minutes"],
+                             "properties": {"domain": {"type": "string"},
+                                            "service": {"type": "string"}, "minutes": MINUTES}}),
+                         "responses": _responses(201, 400, *AUTHED, 404, ok=override)}},
+            "/api/v1/check": {"get": {
+                "summary": "The decision for a name in a class now",
+                "parameters": [
+                    {"name": "name", "in": "query", "required": True, "schema": {"type": "string"}},
+                    {"name": "class", "in": "query", "required": True, "schema": {"type": "string"}},
+                    {"name": "scope", "in": "query", "required": False,
+                     "schema": {"enum": ["school", "home"]}}],
+                "responses": _responses(200, 400, *AUTHED, 404, ok={
+                    "$ref": "#/components/schemas/Decision"})}},
+            "/api/v1/audit": {"get": {
+                "summary": "Who changed what, newest first (admin)",
+                "parameters": [{"name": "limit", "in": "query", "required": False,
+                                "schema": {"type": "integer", "minimum": 1, "maximum": 10000}}],
+                "responses": _responses(200, 400, *AUTHED)}},
+            "/api/v1/lists": {"get": {"summary": "Blocklist status (admin)",
+                                      "responses": _responses(200, *AUTHED)}},
+            "/api/v1/devices": {"get": {
+                "summary": "Devices (no token, ever: `token` says whether one is set)",
+                "parameters": [{"name": "class", "in": "query", "required": False,
+                                "schema": {"type": "string"}}],
+                "responses": _responses(200, 400, *AUTHED)}},
+            "/api/v1/openapi.json": {"get": {"summary": "This document", "security": [],
+                                             "responses": _responses(200)}},
+        },
+        "components": {
+            "securitySchemes": {
+                "session": {"type": "apiKey", "in": "cookie", "name": "classguard_session"},
+                "bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Error": {"type": "object", "required": ["error"], "properties": {
+                    "error": {"type": "string"}, "field": {"type": "string"},
+                    "errors": {"type": "array", "items": {"type": "string"}}}},
+                "Session": {"type": "object", "properties": {
+                    "name": {"type": "string"}, "role": {"enum": ["admin", "teacher"]},
+                    "classes": {"type": "array", "items": {"type": "string"}},
+                    "csrf_token": {"type": ["string", "null"]}}},
+                "ClassBody": {"type": "object", "description": "the keys of a class in the "
+                              "policy file (docs/policy.md): name, school, networks, block, "
+                              "block_services, allow, deny, allow_only, safe_search, schedule, "
+                              "screen_time, home"},
+                "Override": {"type": "object", "properties": {
+                    "id": {"type": "string"}, "class_id": {"type": "string"},
+                    "kind": {"enum": ["pause", "allow"]}, "until": {"type": "number"},
+                    "target": {"type": ["string", "null"]},
+                    "target_kind": {"enum": ["domain", "service", None]},
+                    "created_at": {"type": "number"}, "created_by": {"type": "string"}}},
+                "Decision": {"type": "object", "properties": {
+                    "name": {"type": "string"}, "class": {"type": "string"},
+                    "scope": {"type": "string"}, "decision": {"type": "string"},
+                    "blocked": {"type": "boolean"}, "step": {"type": "string"},
+                    "rule": {"type": "string"}, "reason": {"type": ["string", "null"]}}},
+            },
+        },
+    }

@@ -49,9 +49,29 @@ async def dashboard(make_resolver):
     now = [0.0]
     throttle = auth.Throttle(free=3, base=1.0, clock=lambda: now[0])
     throttle.now = now  # tests move the throttle's clock
-    client = TestClient(TestServer(init_app(resolver.service, throttle=throttle)))
+    app = init_app(resolver.service, throttle=throttle)
+    seen: list[tuple[str, str, int]] = []
+
+    async def record(request, response) -> None:
+        resource = request.match_info.route.resource
+        if resource is not None:
+            seen.append((request.method.lower(), resource.canonical, response.status))
+
+    app.on_response_prepare.append(record)
+    client = TestClient(TestServer(app))
     await client.start_server()
     try:
         yield Dashboard(client, resolver, token, throttle)
     finally:
         await client.close()
+    undocumented = sorted(set(seen) - documented_statuses())
+    assert not undocumented, f"answers the OpenAPI document does not list: {undocumented}"
+
+
+def documented_statuses() -> set[tuple[str, str, int]]:
+    from dashboard.openapi import document
+
+    return {(method, path, int(status))
+            for path, item in document()["paths"].items()
+            for method, operation in item.items() if method != "parameters"
+            for status in operation["responses"]}
