@@ -39,7 +39,10 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", parents=[common], help="run the resolver")
     serve.add_argument("--workers", type=int, default=1, help="processes sharing the DNS port")
-    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--log-level", default=None, choices=["debug", "info", "warning", "error"],
+                       help="default: logging.level in the config, else info")
+    serve.add_argument("--log-format", default=None, choices=["text", "json"],
+                       help="one line per event, as text or JSON (default: logging.format, else text)")
 
     check = commands.add_parser("check", parents=[common], help="explain the decision for a name")
     check.add_argument("name")
@@ -79,6 +82,13 @@ def _parser() -> argparse.ArgumentParser:
     lists_commands.add_parser("update", parents=[common], help="download and compile the blocklists now")
     lists_commands.add_parser("status", parents=[common],
                               help="entries, age, last success and last error per source and category")
+    device = commands.add_parser("device", parents=[common], help="a device's data (GDPR)")
+    device_commands = device.add_subparsers(dest="device_command", required=True)
+    for name, text in (("data", "print everything held about a device, as JSON"),
+                       ("erase", "delete everything held about a device")):
+        command = device_commands.add_parser(name, parents=[common], help=text)
+        command.add_argument("id", metavar="ID",
+                             help="a device id, or the address of a client known by its network")
     devices.add_parser(commands, common)  # device add, import, export-urls, rotate, revoke
     _add_account_parsers(commands, common)  # user add, user reset, token create, token revoke
     return parser
@@ -120,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
             return _override(config, args)
         if args.command == "device" and args.device_command in devices.COMMANDS:
             return devices.run(config, args, _state_request)
+        if args.command == "device":
+            return _DEVICE_COMMANDS[args.device_command](config, args)
         if args.command in ("user", "token"):
             return _accounts(config, args)
         if args.command == "lists":
@@ -136,8 +148,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve(config, args) -> int:
-    logging.basicConfig(level=getattr(logging, args.log_level.upper()),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from resolver.logsetup import configure
+
+    configure(config, args.log_level, args.log_format)
     if args.workers < 1:
         raise StartupError("--workers takes a number of processes, 1 or more")
     if args.workers > 1:
@@ -215,6 +228,27 @@ def _accounts(config, args) -> int:
                                f"(classes: {', '.join(known) or 'none'})")
     print(asyncio.run(run()))
     return 0
+
+
+def _device_data(config, args) -> int:
+    """Everything held about one device (query log entries, stats, its stored record), as JSON."""
+    import json
+
+    from resolver.querylog import device_data
+
+    print(json.dumps(asyncio.run(device_data(config, args.id)), indent=1, ensure_ascii=False))
+    return 0
+
+
+def _device_erase(config, args) -> int:
+    from resolver.querylog import erase_device
+
+    erased = asyncio.run(erase_device(config, args.id))
+    print(f"device {args.id}: {erased['query_log_entries']} query log entries erased")
+    return 0
+
+
+_DEVICE_COMMANDS = {"data": _device_data, "erase": _device_erase}
 
 
 def _policy_validate(config, args) -> int:

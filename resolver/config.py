@@ -76,8 +76,9 @@ class Config:
     dot: dict | None = None
     tls: dict | None = None
     dashboard: dict | None = None
-    metrics: dict | None = None
-    query_log: dict | None = None
+    metrics: dict | None = None  # {"listen": "IP:PORT"} (validated)
+    query_log: dict | None = None  # {"mode", "retention_days", "scope"}; None: QUERY_LOG_DEFAULTS
+    logging: dict | None = None  # {"format": text | json, "level": ...}; None: LOGGING_DEFAULTS
 
 
 # --- loading ----------------------------------------------------------------------------------
@@ -86,7 +87,7 @@ DEFAULT_CONFIG_FILE = Path("classguard.yaml")  # looked for in the current folde
 
 TOP_KEYS = (
     "timezone", "store", "state_dir", "policies", "dns", "blocklists",
-    "doh", "dot", "tls", "dashboard", "metrics", "query_log",
+    "doh", "dot", "tls", "dashboard", "metrics", "query_log", "logging",
 )
 DNS_KEYS = (
     "listen", "upstreams", "forward_zones", "block_response", "block_ttl", "policy_ttl",
@@ -100,7 +101,13 @@ DOH_DEFAULTS = {"listen": "127.0.0.1:8053", "path": "/dns-query", "public_url": 
                 "trusted_proxies": ()}
 BLOCKLIST_KEYS = ("refresh", "sources", "bundled", "download_timeout", "max_download_bytes")
 SOURCE_KEYS = ("name", "url", "path", "domains", "format", "category", "match", "usage")
-SECTIONS = ("doh", "dot", "tls", "dashboard", "metrics", "query_log")  # checked as mappings only
+SECTIONS = ("doh", "dot", "tls", "dashboard", "metrics", "query_log", "logging")
+# Sections whose keys are checked here (the others are read by the server that uses them).
+METRICS_KEYS = ("listen",)
+QUERY_LOG_KEYS = ("mode", "retention_days", "scope")
+QUERY_LOG_DEFAULTS = {"mode": "aggregate", "retention_days": 7, "scope": "school"}
+LOGGING_KEYS = ("format", "level")
+LOGGING_DEFAULTS = {"format": "text", "level": "info"}
 
 LIST_FORMATS = ("domains", "hosts", "adblock", "ut1")
 UPSTREAM_SCHEMES = ("udp", "tcp", "tls", "https")
@@ -333,10 +340,13 @@ class _ConfigParser:
         sections = {}
         for name in SECTIONS:
             value = top.get(name)
+            if name == "query_log" and value is False:  # `query_log: off` is the mode off
+                value = {"mode": "off"}
             if value is None or value is False:  # absent, empty or `off`: the section is off
                 sections[name] = None
             elif isinstance(value, dict):
-                sections[name] = self.section_paths(name, value)
+                sections[name] = self.checked_section(name, self.section_paths(name, value),
+                                                      key_line(top, name))
             else:
                 self.error(key_line(top, name), f"{name} must be a mapping of settings, "
                                                 f"not {_describe(value)}")
@@ -370,6 +380,35 @@ class _ConfigParser:
                 except ValueError as exc:
                     self.error(key_line(section, key), f"tls.{key}: {exc}")
         return copy
+
+    def checked_section(self, name: str, section: dict, line: int) -> dict | None:
+        """metrics, query_log and logging: keys checked, defaults filled in; others as given."""
+        if name == "metrics":
+            body = self.mapping(section, line, "metrics", METRICS_KEYS)
+            if body.get("listen") is None:
+                self.error(line, "metrics needs listen: (IP:PORT for /metrics, /healthz and "
+                                 "/readyz, e.g. 127.0.0.1:9153)")
+                return None
+            listen = self.get(body, "listen", "metrics.", _listen, None)
+            return None if listen is None else {"listen": listen}
+        if name == "query_log":
+            body = self.mapping(section, line, "query_log", QUERY_LOG_KEYS)
+            d, w = QUERY_LOG_DEFAULTS, "query_log."
+            return {
+                "mode": self.get(body, "mode", w, _choice("off", "aggregate", "full"), d["mode"]),
+                "retention_days": self.get(body, "retention_days", w, _int_range(1, 3660),
+                                           d["retention_days"]),
+                "scope": self.get(body, "scope", w, _choice("school", "all"), d["scope"]),
+            }
+        if name == "logging":
+            body = self.mapping(section, line, "logging", LOGGING_KEYS)
+            d, w = LOGGING_DEFAULTS, "logging."
+            return {
+                "format": self.get(body, "format", w, _choice("text", "json"), d["format"]),
+                "level": self.get(body, "level", w, _choice("debug", "info", "warning", "error"),
+                                  d["level"]),
+            }
+        return section
 
     def dns(self, top: dict) -> DnsSettings:
         d = DnsSettings()

@@ -110,6 +110,7 @@ class QueryHandler:
         self.trusted_forwarders = tuple(ipaddress.ip_network(net, strict=False) for net in trusted_forwarders)
         self.fast_path = fast_path  # resolver.fastpath.FastPath, or None to always take the chain
         self._cache = cache
+        self.query_log = None  # resolver.querylog.QueryLog, set by the service: offer() only
 
     def now(self) -> float:
         return self._cache.clock() if self._cache is not None else time.monotonic()
@@ -192,6 +193,10 @@ class QueryHandler:
             response = Response(empty_reply(query, RCODE.SERVFAIL), "servfail")
         class_id = request.client.class_id if request.client else None
         result = RESULTS.get(response.source, response.source)
+        query_log = self.query_log
+        if query_log is not None:  # a list append, never awaited; the log's own task does the rest
+            query_log.offer(protocol, request.client, request.client_ip, request.qname, result,
+                            response.reason)
         limit = udp_limit(edns_payload) if protocol == "udp" else None
         if response.entry is not None and response.ede is None:
             wire = response.entry.render(data, self.now(), bool(query.header.rd), edns_payload,

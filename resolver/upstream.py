@@ -134,6 +134,8 @@ class Upstream:
     down_until: float = 0.0
     last_error: str = ""
     latency: float = 0.0  # seconds, moving average
+    answers: int = 0  # exchanges that succeeded, for the metrics
+    errors: int = 0  # exchanges that failed (timeouts, network errors), for the metrics
 
     sni: str | None = None
     url: str = ""
@@ -246,10 +248,12 @@ class Upstream:
         if not self.healthy:
             log.info("upstream %s is answering again", self.name)
         self.healthy, self.failures, self.down_until = True, 0, 0.0
+        self.answers += 1
         self.latency = elapsed if self.latency == 0 else 0.8 * self.latency + 0.2 * elapsed
 
     def record_failure(self, error: str) -> None:
         self.failures += 1
+        self.errors += 1
         self.last_error = error
         if self.healthy:
             log.warning("upstream %s failed: %s", self.name, error)

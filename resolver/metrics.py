@@ -1,0 +1,503 @@
+"""Prometheus `/metrics`, `/healthz` and `/readyz` on `metrics.listen` (SPEC §6, §8).
+
+The DNS path keeps plain integers (resolver.stats.QueryStats, the cache's hits and misses, each
+upstream's counters); this collector reads them when Prometheus scrapes, in the event loop, so
+nothing on the DNS path touches prometheus-client. Labels hold protocols, class ids, results,
+block reasons and categories, upstream URLs as configured, list categories and sources: never a
+client address, a device id or a queried name (tests/test_metrics.py scrapes and checks).
+
+With `--workers N`, worker 0 serves the endpoints; every other worker writes its counters to
+`state_dir/metrics/worker-N.json` every SHARE_INTERVAL and worker 0 adds them up, so counters
+are the whole server's. Gauges about shared state (upstream health, lists, store) are worker 0's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from resolver.config import parse_listen
+from resolver.stats import LATENCY_BUCKETS, QueryStats
+
+log = logging.getLogger("classguard.metrics")
+
+PREFIX = "classguard_"
+STORE_PROBE_TIMEOUT = 2.0  # seconds a readiness probe waits for the store
+SHARE_FOLDER = "metrics"  # under state_dir: the counters of workers other than 0
+SHARE_INTERVAL = 2.0  # seconds between two writes of a worker's counters
+SHARE_STALE = 30.0  # a worker whose file is older than this has stopped: left out
+_SEP = "\x1f"  # joins label values in the shared files' keys
+_REASON = re.compile(r"([a-z_]+)(?::([A-Za-z0-9._-]{1,64}))?")
+
+
+def _stats(service) -> QueryStats | None:
+    fast_path = getattr(service, "fast_path", None)
+    if fast_path is not None:
+        return fast_path.stats
+    handler = getattr(service, "handler", None)
+    return handler.stats if handler is not None else None
+
+
+def _query_log(service):
+    return getattr(service, "query_log", None)
+
+
+def _refused(service) -> int | None:
+    stats = _stats(service)
+    if stats is None:
+        return None
+    return sum(count for (_, _, result), count in stats.queries.items() if result == "refused")
+
+
+def _rate_limited(service) -> dict | int | None:
+    counts = getattr(_stats(service), "rate_limited", None)
+    if isinstance(counts, dict):
+        return {(protocol,): count for protocol, count in list(counts.items())}
+    return counts
+
+
+# One line per simple family: (name, "counter" | "gauge", help, label names, reader(service)).
+# A reader returns a number (no labels), a dict {(label values...): number}, or None while what
+# it reads does not exist (the family is left out): a new counter is one line here once its
+# integer exists (see docs/observability.md). Counters are added up across workers; gauges are
+# worker 0's.
+SIMPLE: tuple[tuple[str, str, str, tuple[str, ...], Callable], ...] = (
+    ("fast_path_answers_total", "counter", "Answers given by the fast path (from raw bytes).", (),
+     lambda s: getattr(_stats(s), "fast_answers", None)),
+    ("refused_queries_total", "counter", "Queries answered REFUSED (unknown clients).", (),
+     _refused),
+    ("rate_limited_queries_total", "counter", "Queries refused by dns.rate_limit, by transport.",
+     ("protocol",), _rate_limited),
+    ("udp_dropped_replies_total", "counter",
+     "UDP replies the kernel had no room to send (the client retries).", (),
+     lambda s: sum(listener.dropped_replies for listener in s.udp_listeners)),
+    ("lists_loaded", "gauge", "1 when blocklists are loaded (filtering by category works).", (),
+     lambda s: int(s.state.lists_loaded)),
+    ("list_refresh_period_seconds", "gauge", "blocklists.refresh: how often lists are refreshed.",
+     (), lambda s: s.config.blocklists.refresh),
+    ("policy_version", "gauge", "Version of the stored policy in force.", (),
+     lambda s: getattr(getattr(s, "control", None), "policy_version", None)),
+    ("query_log_events_total", "counter", "Answers handed to the query log.", (),
+     lambda s: getattr(_query_log(s), "logged", None)),
+    ("query_log_dropped_total", "counter",
+     "Query log events dropped because its buffer was full (answers never wait for the log).",
+     (), lambda s: getattr(_query_log(s), "dropped", None)),
+    ("query_log_purged_total", "counter", "Query log entries deleted by retention.", (),
+     lambda s: getattr(_query_log(s), "purged", None)),
+)
+
+
+def _family(name: str, kind: str, documentation: str, labels: Iterable[str] = ()) -> Metric:
+    if kind == "counter":
+        return CounterMetricFamily(PREFIX + name.removesuffix("_total"), documentation,
+                                   labels=list(labels))
+    return GaugeMetricFamily(PREFIX + name, documentation, labels=list(labels))
+
+
+def split_reason(reason: str) -> tuple[str, str]:
+    """A block reason as (reason, category): "category:adult" -> ("category", "adult"),
+    "service:tiktok" -> ("service", "tiktok"), "deny" -> ("deny", ""); anything else "other"."""
+    match = _REASON.fullmatch(reason or "")
+    if match is None:
+        return "other", ""
+    return match.group(1), match.group(2) or ""
+
+
+def _shared_key(labels) -> str:
+    return _SEP.join(labels) if isinstance(labels, tuple) else str(labels)
+
+
+def counters(service) -> dict:
+    """This process's counters as plain data: what worker 0 reads live and the other workers
+    write to their file."""
+    stats = _stats(service)
+    cache = service.link_cache() if service.chain is not None else None
+    simple = {}
+    for name, kind, _, _, reader in SIMPLE:
+        value = reader(service) if kind == "counter" else None
+        if isinstance(value, dict):
+            simple[name] = {_shared_key(labels): number for labels, number in value.items()}
+        elif value is not None:
+            simple[name] = value
+    return {
+        "queries": {_SEP.join(key): count for key, count in list(stats.queries.items())}
+        if stats is not None else {},
+        "blocks": dict(stats.blocks) if stats is not None else {},
+        "latency_counts": list(stats.latency_counts) if stats is not None
+        else [0] * (len(LATENCY_BUCKETS) + 1),
+        "latency_sum": stats.latency_sum if stats is not None else 0.0,
+        "cache": {"hits": cache.hits, "misses": cache.misses, "entries": len(cache.entries),
+                  "capacity": cache.max_entries} if cache is not None else {},
+        "upstreams": {_SEP.join((zone, upstream.name)): [getattr(upstream, "answers", 0),
+                                                         getattr(upstream, "errors", 0)]
+                      for zone, group in upstream_groups(service) for upstream in group.upstreams},
+        "simple": simple,
+    }
+
+
+def _add(total, more):
+    """`more` added into `total` (nested dicts, lists and numbers of the same shape)."""
+    if isinstance(more, dict):
+        for key, value in more.items():
+            total[key] = _add(total[key], value) if key in total else value
+        return total
+    if isinstance(more, list):
+        return [_add(a, b) for a, b in zip(total, more)]
+    return total + more
+
+
+def share_path(state_dir: Path, worker: int) -> Path:
+    return Path(state_dir) / SHARE_FOLDER / f"worker-{worker}.json"
+
+
+def write_share(service) -> None:
+    """A worker other than 0: its counters where worker 0 reads them (replaced whole)."""
+    path = share_path(service.config.state_dir, service.worker_index)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps({"pid": os.getpid(), **counters(service)}))
+    os.replace(temporary, path)
+
+
+def read_shares(service) -> list[dict]:
+    """Worker 0: the counters the other running workers wrote."""
+    if getattr(service, "workers", 1) <= 1:
+        return []
+    shares = []
+    now = time.time()
+    for worker in range(1, service.workers):
+        path = share_path(service.config.state_dir, worker)
+        try:
+            if now - path.stat().st_mtime > SHARE_STALE:
+                continue
+            shares.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            continue
+    return shares
+
+
+async def share_counters(service) -> None:
+    """A worker other than 0, until cancelled: write its counters every SHARE_INTERVAL."""
+    try:
+        while True:
+            await asyncio.sleep(SHARE_INTERVAL)
+            try:
+                write_share(service)
+            except OSError as exc:
+                log.warning("worker %d: cannot share its counters: %s", service.worker_index, exc)
+    finally:
+        with contextlib.suppress(OSError):
+            write_share(service)  # the last counts, at stop
+
+
+class ServiceCollector(Collector):
+    """Every classguard_* family, read from the running Service at scrape time."""
+
+    def __init__(self, service, probe: ReadinessProbe | None = None) -> None:
+        self.service = service
+        self.probe = probe
+        self._status_cache: tuple[tuple, object] | None = None
+
+    def collect(self) -> Iterable[Metric]:
+        service = self.service
+        total = counters(service)
+        for share in read_shares(service):
+            share.pop("pid", None)
+            total = _add(total, share)
+        yield from self._queries(total)
+        yield from self._cache(total)
+        yield from self._upstreams(service, total)
+        yield from self._lists(service)
+        yield from self._store(service)
+        for name, kind, documentation, labels, reader in SIMPLE:
+            value = total["simple"].get(name) if kind == "counter" else reader(service)
+            if value is None:
+                continue
+            family = _family(name, kind, documentation, labels)
+            if isinstance(value, dict):
+                for key, number in value.items():
+                    family.add_metric(key.split(_SEP) if labels else [], number)
+            else:
+                family.add_metric([], value)
+            yield family
+
+    def _queries(self, total: dict) -> Iterable[Metric]:
+        queries = _family("queries_total", "counter", "Answers, by transport, class and result.",
+                          ("protocol", "class", "result"))
+        for key, count in total["queries"].items():
+            queries.add_metric(key.split(_SEP), count)
+        yield queries
+        blocks = _family("blocks_total", "counter",
+                         "Blocked answers, by reason (category, service, deny, paused, closed, "
+                         "...) and category or service.", ("reason", "category"))
+        merged: dict[tuple[str, str], int] = {}
+        for reason, count in total["blocks"].items():
+            key = split_reason(reason)
+            merged[key] = merged.get(key, 0) + count
+        for key, count in merged.items():
+            blocks.add_metric(list(key), count)
+        yield blocks
+        buckets, cumulative = [], 0
+        for bound, count in zip((*LATENCY_BUCKETS, float("inf")), total["latency_counts"]):
+            cumulative += count
+            buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+        yield HistogramMetricFamily(
+            PREFIX + "answer_latency_seconds",
+            "Time from a query read to its answer written, whatever answered it.",
+            buckets=buckets, sum_value=total["latency_sum"])
+
+    def _cache(self, total: dict) -> Iterable[Metric]:
+        cache = total["cache"]
+        if not cache:
+            return
+        for name, kind, documentation, value in (
+            ("cache_hits_total", "counter", "Cache lookups that found a fresh answer.",
+             cache["hits"]),
+            ("cache_misses_total", "counter", "Cache lookups that went upstream (or stale).",
+             cache["misses"]),
+            ("cache_entries", "gauge", "Answers held in the cache (of every worker).",
+             cache["entries"]),
+            ("cache_capacity_entries", "gauge", "dns.cache_size (times the workers).",
+             cache["capacity"]),
+        ):
+            family = _family(name, kind, documentation)
+            family.add_metric([], value)
+            yield family
+
+    def _upstreams(self, service, total: dict) -> Iterable[Metric]:
+        groups = upstream_groups(service)
+        if not groups:
+            return
+        labels = ("upstream", "zone")
+        up = _family("upstream_up", "gauge", "1 while an upstream answers, 0 once it failed "
+                     "(until it answers again).", labels)
+        latency = _family("upstream_latency_seconds", "gauge",
+                          "Moving average of an upstream's answer time.", labels)
+        failures = _family("upstream_consecutive_failures", "gauge",
+                           "Failures of an upstream since its last answer.", labels)
+        answers = _family("upstream_answers_total", "counter", "Answers from an upstream.", labels)
+        errors = _family("upstream_errors_total", "counter",
+                         "Failed exchanges with an upstream (timeouts, network errors).", labels)
+        for zone, group in groups:
+            for upstream in group.upstreams:
+                values = [upstream.name, zone]
+                up.add_metric(values, int(upstream.healthy))
+                latency.add_metric(values, upstream.latency)
+                failures.add_metric(values, upstream.failures)
+                done, failed = total["upstreams"].get(_SEP.join((zone, upstream.name)), (0, 0))
+                answers.add_metric(values, done)
+                errors.add_metric(values, failed)
+        yield from (up, latency, failures, answers, errors)
+
+    def _lists(self, service) -> Iterable[Metric]:
+        lists = service.state.snapshot.lists
+        if lists is None:
+            return
+        now = time.time()
+        entries: dict[str, int] = {}
+        for info in lists.lists:
+            entries[info.category] = entries.get(info.category, 0) + info.entries
+        family = _family("list_entries", "gauge", "Names in force per list category.",
+                         ("category",))
+        for category, count in sorted(entries.items()):
+            family.add_metric([category], count)
+        yield family
+        built_at = getattr(lists, "built_at", 0.0) or now
+        ages = {category: max(0.0, now - built_at) for category in entries}
+        sources: dict[str, bool] = {}
+        status = self._list_status(service)
+        if status is not None:
+            confirmed: dict[str, float] = {}
+            for row in status.category_rows(now):
+                sources[row["source"]] = sources.get(row["source"], False) or bool(row["failed"])
+                category, age = row["category"], row["age_seconds"]
+                if category in ages and age is not None:
+                    confirmed[category] = max(confirmed.get(category, 0.0), age)
+            ages.update(confirmed)
+        family = _family("list_age_seconds", "gauge",
+                         "Seconds since the content in force of a category was last confirmed "
+                         "current (its oldest source).", ("category",))
+        for category, age in sorted(ages.items()):
+            family.add_metric([category], age)
+        yield family
+        if sources:
+            family = _family("list_source_failed", "gauge",
+                             "1 when the last refresh of a list source failed.", ("source",))
+            for name, failed in sorted(sources.items()):
+                family.add_metric([name], int(failed))
+            yield family
+
+    def _list_status(self, service):
+        """The last refresh's report (state_dir/lists status), re-read only when it changed."""
+        from blocklists import update
+
+        read_status = getattr(update, "read_status", None)
+        status_path = getattr(update, "status_path", None)
+        if read_status is None or status_path is None:
+            return None
+        state_dir = Path(service.config.state_dir)
+        try:
+            stat = status_path(state_dir).stat()
+        except OSError:
+            return None
+        signature = (stat.st_mtime_ns, stat.st_size)
+        if self._status_cache is None or self._status_cache[0] != signature:
+            self._status_cache = (signature, read_status(state_dir))
+        return self._status_cache[1]
+
+    def _store(self, service) -> Iterable[Metric]:
+        store = getattr(service, "store", None)
+        if store is None:
+            return
+        kind = "embedded" if service.config.store == "embedded" else "redis"
+        if self.probe is not None and self.probe.store_up is not None:
+            family = _family("store_up", "gauge", "1 when the state store answered the last "
+                             "probe (each scrape and /readyz).", ("kind",))
+            family.add_metric([kind], int(self.probe.store_up))
+            yield family
+        # The store's own counters (the Redis store keeps outages, writes dropped while Redis
+        # was away, ...): `store.counters` {name: n}, exported as classguard_store_<name>_total.
+        counts = getattr(store, "counters", None)
+        if isinstance(counts, dict):
+            for name, value in sorted(counts.items()):
+                family = _family(f"store_{name}_total", "counter",
+                                 f"State store: {name.replace('_', ' ')}.", ("kind",))
+                family.add_metric([kind], value)
+                yield family
+
+
+def upstream_groups(service) -> list[tuple[str, object]]:
+    """[(zone, UpstreamGroup)]: the default group (zone "") and each forward zone's."""
+    from resolver.forwarding import ForwardingResolver
+
+    forwarding = service.link(ForwardingResolver) if service.chain is not None else None
+    if forwarding is None:
+        return []
+    return [("", forwarding.default), *sorted(forwarding.zones.items())]
+
+
+# --- readiness ------------------------------------------------------------------------------------
+
+
+class ReadinessProbe:
+    """Why the service is not ready (SPEC §6), checked when asked: lists not loaded, no upstream
+    answering, the store unreachable or serving its snapshot. The DoH listener may serve the
+    same `/healthz` and `/readyz` later by calling `reasons()`."""
+
+    def __init__(self, service) -> None:
+        self.service = service
+        self.store_up: bool | None = None  # the last probe's answer, for classguard_store_up
+
+    async def reasons(self) -> list[str]:
+        service = self.service
+        reasons = []
+        if not service.state.lists_loaded:
+            reasons.append("lists not loaded yet")
+        groups = upstream_groups(service)
+        if groups:
+            default = groups[0][1].upstreams
+            if not any(upstream.healthy for upstream in default):
+                errors = "; ".join(f"{u.name}: {u.last_error or 'failed'}" for u in default)
+                reasons.append(f"no upstream answering ({errors})")
+        store_reason = await self.store_reason()
+        if store_reason is not None:
+            reasons.append(store_reason)
+        return reasons
+
+    async def store_reason(self) -> str | None:
+        """None when the store answers. Hook: a store with `async health() -> str | None` (the
+        Redis store: "unreachable, serving its snapshot") says for itself; otherwise a read of
+        its version must succeed within STORE_PROBE_TIMEOUT."""
+        store = getattr(self.service, "store", None)
+        if store is None:
+            return None
+        health = getattr(store, "health", None)
+        try:
+            async with asyncio.timeout(STORE_PROBE_TIMEOUT):
+                if health is not None:
+                    problem = await health()
+                else:
+                    await store.version()
+                    problem = None
+        except TimeoutError:
+            problem = f"no answer within {STORE_PROBE_TIMEOUT:.0f} s"
+        except Exception as exc:  # StoreError, OSError: the store cannot be read
+            problem = str(exc) or type(exc).__name__
+        self.store_up = problem is None
+        return None if problem is None else f"store unreachable: {problem}"
+
+    def notes(self) -> list[str]:
+        """What a ready service still reports (not a reason to take it out of rotation)."""
+        drift = getattr(self.service, "policy_drift", None)
+        return [f"policy drift: {drift}"] if drift else []
+
+
+# --- the HTTP server ------------------------------------------------------------------------------
+
+
+class MetricsServer:
+    """aiohttp on `metrics.listen`: /metrics (Prometheus text), /healthz, /readyz."""
+
+    def __init__(self, service, listen: str) -> None:
+        self.service = service
+        self.listen = listen
+        self.probe = ReadinessProbe(service)
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(ServiceCollector(service, self.probe))
+        ProcessCollector(registry=self.registry)  # process_*: memory, CPU, open files
+        self.address: tuple[str, int] | None = None
+        self._runner: web.AppRunner | None = None
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/metrics", self.metrics)
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/readyz", self.readyz)
+        return app
+
+    async def start(self) -> None:
+        host, port = parse_listen(self.listen)
+        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port, reuse_address=True)
+        await site.start()
+        bound = self._runner.addresses[0]  # the port chosen when port was 0
+        self.address = (bound[0], bound[1])
+        log.info("metrics, /healthz and /readyz on http://%s:%d",
+                 f"[{bound[0]}]" if ":" in bound[0] else bound[0], bound[1])
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        await self.probe.store_reason()  # classguard_store_up as of this scrape
+        body = generate_latest(self.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        reasons = await self.probe.reasons()
+        if reasons:
+            return web.Response(status=503, text="not ready\n" + "".join(f"{r}\n" for r in reasons))
+        return web.Response(text="ready\n" + "".join(f"{note}\n" for note in self.probe.notes()))

@@ -1,0 +1,547 @@
+"""The query log (SPEC §8): off, counts per class (aggregate), or per-device entries under a
+pseudonym (full); kept `retention_days`, then purged by the server.
+
+The DNS path only calls `QueryLog.offer()`: one append to a bounded list, or one count when the
+list is full. A background task takes the list every `drain_interval`, does the work in a
+thread (Public Suffix lookups, keyed hashes, files) and never holds an answer back.
+
+Pseudonyms: an entry's device is `HMAC-SHA256(key of the day, subject)`, where the subject is
+the device id, or `ip:ADDRESS` for a client known only by its network. The key changes every
+(local) day and is kept as long as that day's entries, so `device data` / `device erase` can
+recompute every pseudonym a device had, and after the retention period nothing links back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import fcntl
+import hashlib
+import hmac
+import ipaddress
+import json
+import logging
+import os
+import secrets
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+from zoneinfo import ZoneInfo
+
+from resolver.config import QUERY_LOG_DEFAULTS, Config
+from resolver.wire import wire_name_to_text
+
+log = logging.getLogger("classguard.querylog")
+
+FOLDER = "querylog"
+KEYS_FILE = "keys.json"
+LOCK_FILE = "lock"
+BUFFER_LIMIT = 100_000  # events waiting for the background task; beyond, dropped and counted
+DRAIN_INTERVAL = 1.0  # seconds between two takes of the buffer
+FLUSH_INTERVAL = 60.0  # seconds between two writes of the aggregate counts
+PURGE_INTERVAL = 3600.0  # seconds (of the log's clock) between two retention purges
+TOP_KEPT = 1000  # blocked registrable domains kept per class and day (the most blocked)
+PSEUDONYM_HEX = 32  # 128 bits of the HMAC-SHA256
+
+
+@dataclass(frozen=True, slots=True)
+class QueryLogSettings:
+    mode: str = QUERY_LOG_DEFAULTS["mode"]  # off | aggregate | full
+    retention_days: int = QUERY_LOG_DEFAULTS["retention_days"]
+    scope: str = QUERY_LOG_DEFAULTS["scope"]  # school | all
+
+    @classmethod
+    def from_config(cls, config: Config) -> QueryLogSettings:
+        return cls(**{**QUERY_LOG_DEFAULTS, **(config.query_log or {})})
+
+
+def subject_of(device: str) -> str:
+    """What a pseudonym is computed from: a device id as is, an address as `ip:ADDRESS`."""
+    try:
+        return f"ip:{ipaddress.ip_address(device.split('%', 1)[0])}"
+    except ValueError:
+        return device
+
+
+def pseudonym(key: bytes, subject: str) -> str:
+    return hmac.new(key, subject.encode("utf-8"), hashlib.sha256).hexdigest()[:PSEUDONYM_HEX]
+
+
+def outcome(result: str, reason: str | None) -> str:
+    """The aggregate's category: the block reason ("category:adult", "deny", ...) of a block,
+    else the result ("forwarded", "cached", "refused", ...)."""
+    return (reason or "blocked") if result == "blocked" else result
+
+
+# --- where the log is kept -----------------------------------------------------------------------
+
+
+class QueryLogStore(Protocol):
+    """What the log needs of a store; the embedded one keeps files under state_dir/querylog.
+    A Redis store implements the same (day keys with TTLs do the purge there)."""
+
+    async def day_key(self, day: str) -> bytes:
+        """The key of `day`, created when there is none yet (the first one created wins)."""
+
+    async def keys(self) -> dict[str, bytes]:
+        """Every day key still kept, by day."""
+
+    async def write(self, day: str, entries: list[dict], counts: dict, top: dict) -> None:
+        """Append per-device entries and add counts ({class: {hour: {outcome: n}}}) and blocked
+        domains ({class: {domain: n}}) to `day`."""
+
+    async def aggregates(self, day: str) -> dict | None: ...
+
+    async def days(self) -> list[str]:
+        """Days holding anything, oldest first."""
+
+    async def find(self, pseudonyms: dict[str, str]) -> list[dict]:
+        """The entries of each day whose device is that day's pseudonym."""
+
+    async def erase(self, pseudonyms: dict[str, str]) -> int:
+        """Delete those entries; how many were deleted."""
+
+    async def purge(self, first_kept_day: str, oldest_kept: float) -> int:
+        """Delete days before `first_kept_day` (entries, counts, keys) and entries older than
+        `oldest_kept` (POSIX time); how many entries were deleted."""
+
+
+class EmbeddedQueryLogStore:
+    """Files under state_dir/querylog (owner-only): `full-DAY.jsonl` (one entry a line),
+    `aggregate-DAY.json`, and `keys.json`; every change under an exclusive flock on `lock`,
+    so that the server and `classguard device erase` never undo each other's work."""
+
+    def __init__(self, state_dir: Path | str) -> None:
+        self.folder = Path(state_dir) / FOLDER
+
+    def __repr__(self) -> str:
+        return f"EmbeddedQueryLogStore({str(self.folder)!r})"
+
+    async def day_key(self, day: str) -> bytes:
+        return await asyncio.to_thread(self._day_key, day)
+
+    async def keys(self) -> dict[str, bytes]:
+        return await asyncio.to_thread(self._keys)
+
+    async def write(self, day: str, entries: list[dict], counts: dict, top: dict) -> None:
+        await asyncio.to_thread(self._write, day, entries, counts, top)
+
+    async def aggregates(self, day: str) -> dict | None:
+        return await asyncio.to_thread(self._read_json, self.folder / f"aggregate-{day}.json")
+
+    async def days(self) -> list[str]:
+        return await asyncio.to_thread(self._days)
+
+    async def find(self, pseudonyms: dict[str, str]) -> list[dict]:
+        return await asyncio.to_thread(self._find, pseudonyms)
+
+    async def erase(self, pseudonyms: dict[str, str]) -> int:
+        return await asyncio.to_thread(self._erase, pseudonyms)
+
+    async def purge(self, first_kept_day: str, oldest_kept: float) -> int:
+        return await asyncio.to_thread(self._purge, first_kept_day, oldest_kept)
+
+    # -- blocking
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(self.folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def _keys(self) -> dict[str, bytes]:
+        data = self._read_json(self.folder / KEYS_FILE) or {}
+        return {day: bytes.fromhex(key) for day, key in data.items()}
+
+    def _day_key(self, day: str) -> bytes:
+        keys = self._keys()
+        if day in keys:
+            return keys[day]
+        with self._locked():
+            keys = self._keys()
+            if day not in keys:
+                keys[day] = secrets.token_bytes(32)
+                self._write_json(self.folder / KEYS_FILE,
+                                 {name: key.hex() for name, key in sorted(keys.items())})
+            return keys[day]
+
+    def _write(self, day: str, entries: list[dict], counts: dict, top: dict) -> None:
+        with self._locked():
+            if entries:
+                path = self.folder / f"full-{day}.jsonl"
+                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                with open(fd, "a", encoding="utf-8") as file:
+                    file.write("".join(json.dumps(entry, ensure_ascii=False) + "\n"
+                                       for entry in entries))
+            if counts or top:
+                path = self.folder / f"aggregate-{day}.json"
+                data = self._read_json(path) or {"day": day, "hours": {}, "top_blocked": {}}
+                for class_id, hours in counts.items():
+                    stored = data["hours"].setdefault(class_id, {})
+                    for hour, outcomes in hours.items():
+                        slot = stored.setdefault(hour, {})
+                        for name, count in outcomes.items():
+                            slot[name] = slot.get(name, 0) + count
+                for class_id, domains in top.items():
+                    stored = data["top_blocked"].setdefault(class_id, {})
+                    for domain, count in domains.items():
+                        stored[domain] = stored.get(domain, 0) + count
+                    if len(stored) > TOP_KEPT:
+                        kept = sorted(stored.items(), key=lambda item: -item[1])[:TOP_KEPT]
+                        data["top_blocked"][class_id] = dict(kept)
+                self._write_json(path, data)
+
+    def _days(self) -> list[str]:
+        if not self.folder.is_dir():
+            return []
+        days = {path.stem.split("-", 1)[1] for path in self.folder.glob("full-*.jsonl")}
+        days |= {path.stem.split("-", 1)[1] for path in self.folder.glob("aggregate-*.json")}
+        return sorted(days)
+
+    def _entries(self, day: str) -> list[dict]:
+        try:
+            lines = (self.folder / f"full-{day}.jsonl").read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            return []
+        entries = []
+        for line in lines:
+            try:
+                entries.append(json.loads(line))
+            except ValueError:
+                continue  # a line torn by a crash
+        return entries
+
+    def _find(self, pseudonyms: dict[str, str]) -> list[dict]:
+        found = []
+        for day, device in sorted(pseudonyms.items()):
+            found.extend(entry for entry in self._entries(day) if entry.get("device") == device)
+        return found
+
+    def _rewrite_entries(self, day: str, keep) -> int:
+        """Keep the entries of `day` for which keep(entry) is true; how many went."""
+        path = self.folder / f"full-{day}.jsonl"
+        if not path.exists():
+            return 0
+        entries = self._entries(day)
+        kept = [entry for entry in entries if keep(entry)]
+        if len(kept) == len(entries):
+            return 0
+        if kept:
+            self._write_text(path, "".join(json.dumps(entry, ensure_ascii=False) + "\n"
+                                           for entry in kept))
+        else:
+            path.unlink()
+        return len(entries) - len(kept)
+
+    def _erase(self, pseudonyms: dict[str, str]) -> int:
+        with self._locked():
+            return sum(self._rewrite_entries(day, lambda entry, device=device:
+                                             entry.get("device") != device)
+                       for day, device in pseudonyms.items())
+
+    def _purge(self, first_kept_day: str, oldest_kept: float) -> int:
+        with self._locked():
+            deleted = 0
+            for day in self._days():
+                if day < first_kept_day:
+                    deleted += len(self._entries(day))
+                    for path in (self.folder / f"full-{day}.jsonl",
+                                 self.folder / f"aggregate-{day}.json"):
+                        path.unlink(missing_ok=True)
+                elif day == first_kept_day:
+                    deleted += self._rewrite_entries(day, lambda entry: entry["t"] >= oldest_kept)
+            keys = self._keys()
+            if any(day < first_kept_day for day in keys):
+                self._write_json(self.folder / KEYS_FILE,
+                                 {day: key.hex() for day, key in sorted(keys.items())
+                                  if day >= first_kept_day})
+            return deleted
+
+    @staticmethod
+    def _read_json(path: Path) -> Any:
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except ValueError as exc:
+            log.error("%s is unreadable (%s); starting it again", path, exc)
+            return None
+
+    def _write_json(self, path: Path, data: Any) -> None:
+        self._write_text(path, json.dumps(data, ensure_ascii=False, sort_keys=True))
+
+    @staticmethod
+    def _write_text(path: Path, text: str) -> None:
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with open(fd, "w", encoding="utf-8") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+
+
+# --- the server side -----------------------------------------------------------------------------
+
+
+class QueryLog:
+    """The running server's query log. `clock` (POSIX time) decides the day and hour of every
+    event and when the retention purge runs; tests set it."""
+
+    def __init__(self, settings: QueryLogSettings, store: QueryLogStore, *,
+                 timezone: str = "UTC", clock=time.time) -> None:
+        self.settings = settings
+        self.store = store
+        self.zone = ZoneInfo(timezone)
+        self.clock = clock
+        self.buffer_limit = BUFFER_LIMIT
+        self.drain_interval = DRAIN_INTERVAL
+        self.flush_interval = FLUSH_INTERVAL
+        self.purge_interval = PURGE_INTERVAL
+        self.dropped = 0  # events lost because the buffer was full
+        self.logged = 0  # events taken from the buffer and counted
+        self.entries_written = 0  # per-device entries written (full mode)
+        self.purged = 0  # entries deleted by retention
+        self._full = settings.mode == "full"
+        self._home_too = settings.scope == "all"
+        self._buffer: list[tuple] = []
+        self._counts: dict[str, dict] = {}  # day -> class -> hour -> outcome -> n, not yet written
+        self._top: dict[str, dict] = {}  # day -> class -> domain -> n
+        self._pseudonyms: dict[tuple[str, str], str] = {}  # (day, subject) -> pseudonym
+        self._registrable: dict[str, str] = {}
+        self._next_flush = 0.0
+        self._next_purge = 0.0
+        self._task: asyncio.Task | None = None
+        self._stopping = asyncio.Event()
+        self._lock = asyncio.Lock()  # one drain, flush or purge at a time
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the DNS path hands events to this log (mode aggregate or full)."""
+        return self.settings.mode != "off"
+
+    def offer(self, protocol: str, client, client_ip: str, qname, result: str,
+              reason: str | None) -> None:
+        """Called on the DNS path for every answer: never blocks, never awaits."""
+        buffer = self._buffer
+        if len(buffer) < self.buffer_limit:
+            buffer.append((protocol, client, client_ip if self._full else None, qname, result,
+                           reason))
+        else:
+            self.dropped += 1
+
+    async def start(self) -> None:
+        now = self.clock()
+        self._next_flush = now + self.flush_interval
+        self._next_purge = now  # at once: a server that was stopped for a while catches up
+        self._stopping = asyncio.Event()
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        """Let the background task finish what it is doing, then write everything gathered."""
+        if self._task is not None:
+            self._stopping.set()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        await self.flush()
+
+    async def _run(self) -> None:
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.drain_interval)
+            try:
+                await self.drain()
+                now = self.clock()
+                if now >= self._next_flush:
+                    await self.flush()
+                if now >= self._next_purge:
+                    await self.purge()
+            except Exception:  # a disk error or a bug must not end the log
+                log.exception("query log: writing failed; will try again")
+
+    async def drain(self) -> None:
+        """Take what the DNS path handed over: count it, and write per-device entries."""
+        async with self._lock:
+            await self._drain()
+
+    async def _drain(self) -> None:
+        if not self._buffer:
+            return
+        batch, self._buffer = self._buffer, []
+        now = self.clock()
+        day = self.day(now)
+        key = await self.store.day_key(day) if self._full else b""
+        entries = await asyncio.to_thread(self._account, batch, now, day, key)
+        if entries:
+            await self.store.write(day, entries, {}, {})
+            self.entries_written += len(entries)
+
+    async def flush(self) -> None:
+        """Write the counts gathered since the last flush (also at stop)."""
+        async with self._lock:
+            await self._drain()
+            self._next_flush = self.clock() + self.flush_interval
+            counts, tops, self._counts, self._top = self._counts, self._top, {}, {}
+            for day in sorted(set(counts) | set(tops)):
+                await self.store.write(day, [], counts.get(day, {}), tops.get(day, {}))
+
+    async def purge(self) -> int:
+        """Delete what is older than retention_days (entries, counts, and the day keys)."""
+        async with self._lock:
+            now = self.clock()
+            self._next_purge = now + self.purge_interval
+            oldest_kept = now - self.settings.retention_days * 86400
+            first_kept_day = self.day(oldest_kept)
+            deleted = await self.store.purge(first_kept_day, oldest_kept)
+            self._pseudonyms = {item: value for item, value in self._pseudonyms.items()
+                                if item[0] >= first_kept_day}
+            for pending in (self._counts, self._top):
+                for day in [day for day in pending if day < first_kept_day]:
+                    del pending[day]
+        if deleted:
+            self.purged += deleted
+            log.info("query log: %d entries older than %d days deleted", deleted,
+                     self.settings.retention_days)
+        return deleted
+
+    def day(self, moment: float) -> str:
+        return dt.datetime.fromtimestamp(moment, self.zone).date().isoformat()
+
+    def _account(self, batch: list[tuple], now: float, day: str, key: bytes) -> list[dict]:
+        """In a thread: the counts (kept in memory until the next flush) and the entries."""
+        hour = f"{dt.datetime.fromtimestamp(now, self.zone).hour:02d}"
+        counts = self._counts.setdefault(day, {})
+        top = self._top.setdefault(day, {})
+        entries = []
+        full, home_too = self._full, self._home_too
+        for protocol, client, client_ip, qname, result, reason in batch:
+            class_id = (client.class_id if client is not None else None) or "unknown"
+            slot = counts.setdefault(class_id, {}).setdefault(hour, {})
+            name = outcome(result, reason)
+            slot[name] = slot.get(name, 0) + 1
+            if result == "blocked" or full:
+                if isinstance(qname, bytes):
+                    qname = wire_name_to_text(qname)
+                qname = qname.rstrip(".").lower()
+            if result == "blocked" and qname:
+                domains = top.setdefault(class_id, {})
+                domain = self.registrable(qname)
+                domains[domain] = domains.get(domain, 0) + 1
+            if full and client is not None and (home_too or client.scope == "school"):
+                subject = client.device_id or subject_of(client_ip or "")
+                entries.append({
+                    "t": round(now, 3), "device": self._pseudonym(day, key, subject),
+                    "class": class_id, "scope": client.scope, "protocol": protocol,
+                    "name": qname, "result": result, "reason": reason,
+                })
+        self.logged += len(batch)
+        return entries
+
+    def _pseudonym(self, day: str, key: bytes, subject: str) -> str:
+        known = self._pseudonyms.get((day, subject))
+        if known is None:
+            if len(self._pseudonyms) >= 100_000:
+                self._pseudonyms.clear()
+            known = self._pseudonyms[(day, subject)] = pseudonym(key, subject)
+        return known
+
+    def registrable(self, name: str) -> str:
+        """The registrable domain (eTLD+1) of `name` by the Public Suffix List in
+        policies/data (private section included: one blogspot.com blog is one domain)."""
+        known = self._registrable.get(name)
+        if known is None:
+            from policies.loader import _load_suffix_lists
+
+            # The suffix with the PSL's default rule (an unlisted TLD is a suffix, as `*`
+            # says), plus one label: publicsuffix2's get_sld drops that label for unlisted TLDs.
+            suffix = _load_suffix_lists().every.get_tld(name) or ""
+            labels = name.split(".")
+            known = ".".join(labels[-(suffix.count(".") + 2):]) if suffix and name != suffix \
+                else name
+            if len(self._registrable) >= 100_000:
+                self._registrable.clear()
+            self._registrable[name] = known
+        return known
+
+
+# --- a device's data: `classguard device data ID` and `device erase ID` ------------------------
+
+
+async def _pseudonyms(store: QueryLogStore, subject: str) -> dict[str, str]:
+    return {day: pseudonym(key, subject) for day, key in (await store.keys()).items()}
+
+
+async def device_data(config: Config, device: str, *, store: QueryLogStore | None = None) -> dict:
+    """Everything classguard holds about one device, as JSON-ready data (GDPR art. 15)."""
+    store = store or EmbeddedQueryLogStore(config.state_dir)
+    subject = subject_of(device)
+    pseudonyms = await _pseudonyms(store, subject)
+    entries = await store.find(pseudonyms)
+    held = {day: name for day, name in pseudonyms.items()
+            if any(entry["device"] == name for entry in entries)}
+    stats: dict[str, dict[str, int]] = {}
+    for entry in entries:
+        day = dt.datetime.fromtimestamp(entry["t"], ZoneInfo(config.timezone)).date().isoformat()
+        counted = stats.setdefault(day, {})
+        counted[entry["result"]] = counted.get(entry["result"], 0) + 1
+    data = {
+        "device": device,
+        "generated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "query_log": {
+            "mode": QueryLogSettings.from_config(config).mode,
+            "retention_days": QueryLogSettings.from_config(config).retention_days,
+            "pseudonyms": held,
+            "entries": entries,
+        },
+        "stats": stats,  # per day and result, from the entries above: nothing else is kept
+    }
+    data.update(await _store_device_data(config, device))
+    return data
+
+
+async def erase_device(config: Config, device: str, *,
+                       store: QueryLogStore | None = None) -> dict:
+    """Delete everything classguard holds about one device (GDPR art. 17); what was deleted."""
+    store = store or EmbeddedQueryLogStore(config.state_dir)
+    erased = await store.erase(await _pseudonyms(store, subject_of(device)))
+    result = {"device": device, "query_log_entries": erased}
+    result.update(await _store_erase(config, device))
+    return result
+
+
+async def _store_device_data(config: Config, device: str) -> dict:
+    """What the state store holds for the device. Hook: a store offering
+    `device_data(id) -> dict` (devices, screen time, Redis) answers for itself; the embedded
+    store today holds only the device's record in the policy."""
+    from resolver.store import EmbeddedStore
+
+    store = EmbeddedStore(config.state_dir)
+    hook = getattr(store, "device_data", None)
+    if hook is not None:
+        return {"store": await hook(device)}
+    stored = await store.get_policy()
+    if stored is None:
+        return {"device_record": None}
+    import yaml
+
+    record = ((yaml.safe_load(stored.text) or {}).get("devices") or {}).get(device)
+    if isinstance(record, dict):
+        record = {name: ("***" if "token" in name else value) for name, value in record.items()}
+    return {"device_record": record}
+
+
+async def _store_erase(config: Config, device: str) -> dict:
+    """Hook: a store offering `erase_device(id) -> dict` erases its own records (screen time,
+    the device record, Redis); until then the device's record stays in the policy, where the
+    device commands remove it."""
+    from resolver.store import EmbeddedStore
+
+    hook = getattr(EmbeddedStore(config.state_dir), "erase_device", None)
+    return {"store": await hook(device)} if hook is not None else {}

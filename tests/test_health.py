@@ -1,0 +1,205 @@
+"""/healthz and /readyz over real HTTP, in each not-ready state; and `classguard serve` as a real
+process: its startup line (secrets masked), JSON logs, no line per query."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import sys
+import textwrap
+from pathlib import Path
+
+import aiohttp
+import dns.asyncquery
+import dns.message
+import dns.rcode
+
+from resolver.config import Config, ListSource
+from resolver.logsetup import config_summary, mask_url, masked_config
+from resolver.store import EmbeddedStore
+from tests.conftest import PUPILS, STAFF
+from tests.test_metrics import METRICS, samples, scrape, value
+
+CLASSGUARD = str(Path(sys.executable).with_name("classguard"))
+
+
+async def get(service, path: str) -> tuple[int, str]:
+    status, _, text = await scrape(service, path)
+    return status, text
+
+
+def dead_upstream() -> str:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"udp://127.0.0.1:{probe.getsockname()[1]}"
+
+
+async def test_alive_and_ready(make_resolver):
+    resolver = await make_resolver(settings=METRICS)
+    assert await get(resolver.service, "/healthz") == (200, "ok\n")
+    assert await get(resolver.service, "/readyz") == (200, "ready\n")
+
+
+async def test_not_ready_while_lists_are_not_loaded(make_resolver, tmp_path):
+    missing = ListSource(name="gone", format="domains", category="adult",
+                         path=str(tmp_path / "no-such-list.txt"))
+    resolver = await make_resolver(sources=(missing,), wait_lists=False, settings=METRICS)
+    await asyncio.sleep(0.3)  # the first refresh has run, and failed
+    assert not resolver.service.state.lists_loaded
+    status, text = await get(resolver.service, "/readyz")
+    assert status == 503
+    assert text == "not ready\nlists not loaded yet\n"
+    assert (await get(resolver.service, "/healthz"))[0] == 200  # alive all the same
+
+
+async def test_not_ready_when_no_upstream_answers(make_resolver):
+    dead = dead_upstream()
+    resolver = await make_resolver(upstreams=(dead,), settings=METRICS)
+    assert (await get(resolver.service, "/readyz"))[0] == 200  # not known to be down yet
+    answer = await resolver.query("example.com", source=STAFF)
+    assert answer.rcode() == dns.rcode.SERVFAIL
+    status, text = await get(resolver.service, "/readyz")
+    assert status == 503
+    assert text.startswith("not ready\nno upstream answering (")
+    assert dead in text
+    found = samples((await scrape(resolver.service))[2])
+    assert value(found, "classguard_upstream_up", upstream=dead) == 0
+
+
+async def test_not_ready_when_the_store_cannot_be_read(make_resolver, tmp_path):
+    resolver = await make_resolver(settings=METRICS)
+    store_file = tmp_path / "state" / "store.json"
+    assert store_file.exists()
+    store_file.write_text("{ not json")  # what a failing disk or a stray editor leaves
+    status, text = await get(resolver.service, "/readyz")
+    assert status == 503
+    assert text.startswith("not ready\nstore unreachable: ")
+    found = samples((await scrape(resolver.service))[2])
+    assert value(found, "classguard_store_up", kind="embedded") == 0
+
+
+class SnapshotStore(EmbeddedStore):
+    """Stands in for the Redis store (issue 7) while Redis is down: it says so through the
+    `health()` hook that /readyz reads."""
+
+    async def health(self) -> str | None:
+        return "redis://127.0.0.1:6379/0 unreachable since 10:02, serving its snapshot"
+
+
+async def test_not_ready_when_the_store_serves_its_snapshot(make_resolver, tmp_path):
+    resolver = await make_resolver(settings=METRICS)
+    resolver.service.store = SnapshotStore(tmp_path / "state")
+    status, text = await get(resolver.service, "/readyz")
+    assert status == 503
+    assert text == ("not ready\nstore unreachable: redis://127.0.0.1:6379/0 unreachable since "
+                    "10:02, serving its snapshot\n")
+
+
+async def test_every_reason_at_once(make_resolver, tmp_path):
+    missing = ListSource(name="gone", format="domains", category="adult",
+                         path=str(tmp_path / "no-such-list.txt"))
+    resolver = await make_resolver(sources=(missing,), wait_lists=False, upstreams=(dead_upstream(),),
+                                   settings=METRICS)
+    await resolver.query("example.com", source=STAFF)
+    resolver.service.store = SnapshotStore(tmp_path / "state")
+    status, text = await get(resolver.service, "/readyz")
+    lines = text.splitlines()
+    assert status == 503 and lines[0] == "not ready" and len(lines) == 4
+    assert lines[1] == "lists not loaded yet"
+    assert lines[2].startswith("no upstream answering")
+    assert lines[3].startswith("store unreachable")
+
+
+# --- logs ------------------------------------------------------------------------------------
+
+
+def test_secrets_are_masked_in_the_startup_configuration():
+    config = Config(store="redis://admin:hunter2@10.0.0.5:6379/0",
+                    tls={"cert": "/etc/classguard/cert.pem", "key": "/etc/classguard/key.pem"},
+                    dashboard={"listen": "127.0.0.1:8080", "api_token": "abcdef0123456789"})
+    line = config_summary(config)
+    for secret in ("hunter2", "key.pem", "abcdef0123456789"):
+        assert secret not in line
+    assert 'store="redis://admin:***@10.0.0.5:6379/0"' in line
+    assert 'tls.key="***"' in line and 'tls.cert="/etc/classguard/cert.pem"' in line
+    assert 'dashboard.api_token="***"' in line
+    assert 'dns.listen=["127.0.0.1:1053"]' in line
+    assert masked_config(config)["dashboard"]["listen"] == "127.0.0.1:8080"
+    assert mask_url("redis://s3cret@redis:6379") == "redis://***@redis:6379"
+    assert mask_url("https://x.example/q?token=abc&page=2") == "https://x.example/q?token=***&page=2"
+
+
+def free_port(kind=socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+async def test_serve_logs_one_json_line_per_event_and_none_per_query(tmp_path, upstream):
+    dns_port, metrics_port = free_port(socket.SOCK_DGRAM), free_port()
+    (tmp_path / "policies.yaml").write_text(textwrap.dedent("""\
+        classes:
+          pupils: {networks: ["127.0.0.2/32"], block: [adult]}
+        """))
+    (tmp_path / "adult.txt").write_text("adult.example\n")
+    (tmp_path / "classguard.yaml").write_text(textwrap.dedent(f"""\
+        policies: policies.yaml
+        state_dir: state
+        dns:
+          listen: ["127.0.0.1:{dns_port}"]
+          upstreams: ["{upstream.url}"]
+        blocklists:
+          bundled: false
+          sources: [{{name: adult, path: adult.txt, format: domains, category: adult}}]
+        tls: {{cert: cert.pem, key: private-key-file.pem}}
+        metrics: {{listen: "127.0.0.1:{metrics_port}"}}
+        logging: {{format: text}}
+        """))
+    process = await asyncio.create_subprocess_exec(
+        CLASSGUARD, "serve", "--log-format", "json", cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, "CLASSGUARD_CONFIG": ""})
+    try:
+        ready = False
+        async with aiohttp.ClientSession() as session:
+            for _ in range(100):
+                if process.returncode is not None:
+                    break
+                try:
+                    async with session.get(f"http://127.0.0.1:{metrics_port}/readyz") as response:
+                        if response.status == 200:
+                            ready = True
+                            break
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.1)
+            if not ready:
+                output, _ = await asyncio.wait_for(process.communicate(), 15)
+                raise AssertionError(f"classguard serve did not become ready:\n{output.decode()}")
+            for index in range(30):
+                query = dns.message.make_query(f"host{index}.example.com", "A")
+                await dns.asyncquery.udp(query, "127.0.0.1", port=dns_port, source=PUPILS, timeout=2)
+            query = dns.message.make_query("adult.example", "A")
+            await dns.asyncquery.udp(query, "127.0.0.1", port=dns_port, source=PUPILS, timeout=2)
+            async with session.get(f"http://127.0.0.1:{metrics_port}/metrics") as response:
+                assert response.status == 200
+                assert "classguard_queries_total" in await response.text()
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+            output, _ = await asyncio.wait_for(process.communicate(), 15)
+    text = output.decode()
+    assert process.returncode == 0, text
+    lines = text.splitlines()
+    events = [json.loads(line) for line in lines]  # every line is one JSON object
+    assert all({"time", "level", "logger", "message"} <= set(event) for event in events), text
+    startup = [event for event in events if event["message"].startswith("configuration: ")]
+    assert len(startup) == 1, text
+    assert 'tls.key="***"' in startup[0]["message"]
+    assert 'query_log.mode="aggregate"' in startup[0]["message"]  # defaults resolved
+    assert "private-key-file" not in text
+    assert "example.com" not in text and "adult.example" not in text, text
+    assert len(lines) < 30, text  # a few lines per event, none per query
