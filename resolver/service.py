@@ -25,6 +25,9 @@ from resolver.control import ControlPlane, load_or_seed
 from resolver.doh import DohServer
 from resolver.dot import DotListener
 from resolver.fastpath import FastPath
+from resolver.logsetup import config_summary
+from resolver.metrics import MetricsServer, share_counters
+from resolver.querylog import EmbeddedQueryLogStore, QueryLog, QueryLogSettings
 from resolver.ratelimit import RateLimiter
 from resolver.server import QueryHandler, TcpListener, UdpListener
 from resolver.state import RuntimeState
@@ -173,6 +176,9 @@ class Service:
     upstream_groups: list = field(default_factory=list)
     chain: Resolver | None = None  # the head of the resolver chain, once started
     fast_path: FastPath | None = None
+    handler: QueryHandler | None = None  # what every listener answers with, once started
+    metrics: MetricsServer | None = None  # /metrics, /healthz, /readyz when `metrics` is set
+    query_log: QueryLog | None = None  # query_log.mode; its purge runs even when off
     rate_limiter: RateLimiter | None = None  # dns.rate_limit, shared by every transport
     doh: DohServer | None = None  # the DoH listener, when `doh` is configured
     dot: DotListener | None = None  # the DoT listener, when `dot` is configured
@@ -205,6 +211,15 @@ class Service:
                 identify=lambda address: self.state.snapshot.clients.identify(address))
         handler = QueryHandler(self.chain, self.fast_path, self.link(CacheLink), dns.trusted_forwarders,
                                rate_limiter=self.rate_limiter)
+        self.handler = handler
+        self.query_log = QueryLog(QueryLogSettings.from_config(self.config),
+                                  EmbeddedQueryLogStore(self.config.state_dir),
+                                  timezone=self.config.timezone)
+        if self.query_log.enabled:  # the DNS path hands events over with a list append
+            handler.query_log = self.query_log
+            if self.fast_path is not None:
+                self.fast_path.query_log = self.query_log
+        await self.query_log.start()
         loop = asyncio.get_running_loop()
         if self.config.doh is not None:  # its TLS files are read now, before anything is bound
             self.doh = DohServer(handler, self.state, self.config.doh, self.config.tls)
@@ -228,6 +243,11 @@ class Service:
             self.tasks.append(asyncio.create_task(self._refresh_lists(first=True)))
         else:
             self.tasks.append(asyncio.create_task(self._refresh_lists(first=False)))
+        if self.config.metrics is not None and self.worker_index == 0:
+            self.metrics = MetricsServer(self, self.config.metrics["listen"])
+            await self.metrics.start()
+        elif self.config.metrics is not None:  # worker 0 serves the totals, these included
+            self.tasks.append(asyncio.create_task(share_counters(self)))
         if self.worker_index == 0 and hasattr(self.store, "publish_lists"):  # with Redis
             self.tasks.append(asyncio.create_task(self._follow_store_lists()))
         if self.control is not None:
@@ -408,6 +428,8 @@ class Service:
             delay = refresh_delay(report, period, failures=failures)
 
     async def stop(self) -> None:
+        if self.metrics is not None:
+            await self.metrics.stop()
         if self.store is not None and self.state.screen_time.store is not None:
             try:
                 await self.state.screen_time.flush(self.state.clock())  # nothing counted is lost
@@ -431,6 +453,8 @@ class Service:
         for server in self.servers:
             server.close()
             await server.wait_closed()
+        if self.query_log is not None:
+            await self.query_log.stop()  # what the last answers handed over is written
         for group in self.upstream_groups:
             for upstream in group.upstreams:
                 await upstream.close()
@@ -495,6 +519,8 @@ def prepare(config: Config) -> Service:
 async def run(config: Config, worker_index: int = 0, workers: int = 1) -> None:
     service = prepare(config)
     service.worker_index, service.workers = worker_index, workers
+    if worker_index == 0:  # once per server, not once per worker
+        log.info("configuration: %s", config_summary(config))  # secrets as ***
     await service.start()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
