@@ -75,7 +75,7 @@ redis.call('LPUSH', KEYS[3], cjson.encode({at=tonumber(ARGV[4]), actor=ARGV[2], 
                                             before=before, after=after}))
 redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[8]) - 1)
 redis.call('PUBLISH', KEYS[5], ARGV[11] .. ' ' .. g)
-return {'ok', v, g}
+return {'ok', v, g, redis.call('GET', KEYS[4])}
 """
 
 # overrides: ARGV = op (add|cancel), id, json (add), now, audit json (add) or actor (cancel),
@@ -111,7 +111,7 @@ if not marker then redis.call('SET', KEYS[4], ARGV[8]) end
 redis.call('LPUSH', KEYS[3], entry)
 redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[6]) - 1)
 redis.call('PUBLISH', KEYS[5], ARGV[9] .. ' ' .. g)
-return {'ok', g, found or ''}
+return {'ok', g, found or '', redis.call('GET', KEYS[4])}
 """
 
 # write an instance's snapshot back into a store that lost it, unless the store holds as much
@@ -329,7 +329,7 @@ class RedisStore:
         if status == "same":
             return await self.get_policy()
         if self._marker is None:
-            self._marker = new
+            self._marker = result[3].decode()  # the store's, which may predate this write
         stored = StoredPolicy(text=text, version=current, updated_at=now, updated_by=actor)
         return stored
 
@@ -352,7 +352,7 @@ class RedisStore:
         if status == "lost":
             raise StoreError("the Redis store was lost and is being rebuilt; try again in a second")
         if self._marker is None and status == "ok":
-            self._marker = new
+            self._marker = result[3].decode()
         return [status, *result[1:]]
 
     async def add_override(self, override: Override, *, actor: str) -> Override:

@@ -258,3 +258,16 @@ async def test_lists_are_chunked_with_a_manifest_and_checked(tmp_path, redis_ser
     with pytest.raises(StoreError, match="checksum"):
         await redis_store.fetch_lists(target)
     assert target.read_bytes() == data  # the file in use stays
+
+
+@needs_redis
+async def test_a_new_client_writing_first_learns_the_existing_store(redis_server, redis_store):
+    await redis_store.put_policy("classes: {}\n", actor="a")
+    late = RedisStore(redis_server.url)  # its first call is a write, on a store made by another
+    try:
+        await late.put_policy("classes: {l: {}}\n", actor="l")
+        await late.add_override(pause(), actor="l")
+        await late.put_policy("classes: {m: {}}\n", actor="l")
+        assert late.counters["lost_store"] == 0 and (await late.get_policy()).version == 3
+    finally:
+        await late.close()
