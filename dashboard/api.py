@@ -433,6 +433,44 @@ async def devices(request: web.Request) -> web.Response:
                                           if identity.may_see(item["class"])]})
 
 
+STATS_TOP = 20  # most blocked registrable domains shown per class
+
+
+@routes.get(PREFIX + "/stats")
+@_handle_errors
+async def stats(request: web.Request) -> web.Response:
+    """Answers per class and hour (by outcome) and the most blocked domains, for one local day,
+    from the aggregate query log (query_log.mode aggregate or full): nothing per device."""
+    import datetime as dt
+
+    identity, context = _identity(request), _context(request)
+    class_id = request.query.get("class")
+    if class_id is not None and not identity.may_see(class_id):
+        raise _Refused(403, f"class {class_id!r} is not one of yours")
+    query_log = context.query_log
+    mode = query_log.settings.mode if query_log is not None else "off"
+    today = query_log.day(query_log.clock()) if query_log is not None else None
+    day = request.query.get("day", today)
+    if day is not None:
+        try:
+            day = dt.date.fromisoformat(day).isoformat()
+        except ValueError:
+            raise _Refused(400, "day is a date, YYYY-MM-DD", field="day") from None
+    data: dict[str, Any] = {}
+    if query_log is not None and mode != "off":
+        if day == today:
+            await query_log.flush()  # what the last minutes counted
+        data = await query_log.store.aggregates(day) or {}
+    hours, top = data.get("hours", {}), data.get("top_blocked", {})
+    visible = [class_id] if class_id is not None else \
+        [item for item in sorted(set(hours) | set(top)) if identity.may_see(item)]
+    return web.json_response({"day": day, "mode": mode, "classes": {
+        item: {"hours": hours.get(item, {}),
+               "top_blocked": [{"domain": domain, "count": count} for domain, count in sorted(
+                   top.get(item, {}).items(), key=lambda pair: (-pair[1], pair[0]))[:STATS_TOP]]}
+        for item in visible}})
+
+
 @routes.get(PREFIX + "/openapi.json")
 async def openapi(request: web.Request) -> web.Response:
     from dashboard.openapi import document

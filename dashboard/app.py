@@ -12,7 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from dashboard import auth
-from resolver.store import Session, Store
+from resolver.store import Session, Store, StoreError
 
 log = logging.getLogger("classguard.dashboard")
 
@@ -32,6 +32,7 @@ class Context:
     state: Any  # resolver.state.RuntimeState: decisions for `check`
     state_dir: Path
     secure_cookies: bool = False
+    query_log: Any = None  # resolver.querylog.QueryLog of the server, for `stats`
     throttle: auth.Throttle = field(default_factory=auth.Throttle)
 
 
@@ -135,7 +136,8 @@ def init_app(service: Any, *, throttle: auth.Throttle | None = None) -> web.Appl
     public_url = str(dashboard.get("public_url") or "")
     context = Context(store=service.store, commands=service.control.commands, state=service.state,
                       state_dir=Path(service.config.state_dir),
-                      secure_cookies=public_url.startswith("https://"))
+                      secure_cookies=public_url.startswith("https://"),
+                      query_log=getattr(service, "query_log", None))
     if throttle is not None:
         context.throttle = throttle
     app = web.Application(middlewares=[error_middleware, auth_middleware, csrf_middleware],
@@ -143,6 +145,18 @@ def init_app(service: Any, *, throttle: auth.Throttle | None = None) -> web.Appl
     app[CONTEXT] = context
     api.add_routes(app)
     return app
+
+
+ACCOUNT_METHODS = ("get_user", "users", "put_user", "get_token", "tokens", "put_token",
+                   "get_session", "put_session", "delete_session")
+
+
+def require_accounts(store: Store) -> None:
+    """A clear refusal, at startup, for a store that keeps no dashboard accounts."""
+    missing = [name for name in ACCOUNT_METHODS if not hasattr(store, name)]
+    if missing:
+        raise StoreError(f"{type(store).__name__} keeps no dashboard accounts yet (no "
+                         f"{', '.join(missing)}); the dashboard needs them")
 
 
 class DashboardServer:
@@ -156,6 +170,7 @@ class DashboardServer:
     async def start(self) -> None:
         from resolver.config import parse_listen
 
+        require_accounts(self.service.store)
         listen = (self.service.config.dashboard or {}).get("listen", "127.0.0.1:8080")
         host, port = parse_listen(listen)
         self.runner = web.AppRunner(init_app(self.service), access_log=None)

@@ -120,6 +120,14 @@ def document() -> dict[str, Any]:
                 "parameters": [{"name": "class", "in": "query", "required": False,
                                 "schema": {"type": "string"}}],
                 "responses": _responses(200, 400, *AUTHED)}},
+            "/api/v1/stats": {"get": {
+                "summary": "Answers per class and hour by outcome, and the most blocked "
+                           "domains, for one local day (aggregate query log; nothing per device)",
+                "parameters": [{"name": "class", "in": "query", "required": False,
+                                "schema": {"type": "string"}},
+                               {"name": "day", "in": "query", "required": False,
+                                "schema": {"type": "string", "format": "date"}}],
+                "responses": _responses(200, 400, *AUTHED)}},
             "/api/v1/openapi.json": {"get": {"summary": "This document", "security": [],
                                              "responses": _responses(200)}},
         },

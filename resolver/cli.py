@@ -193,6 +193,9 @@ def _accounts(config, args) -> int:
     async def run() -> str:
         store = open_store(config)
         try:
+            from dashboard.app import require_accounts
+
+            require_accounts(store)
             actor = os_user()
             if args.command == "token" and args.token_command == "create":
                 text, record = await auth.create_token(store, args.name, actor=actor)

@@ -323,3 +323,22 @@ async def test_junk_gets_no_500_and_only_documented_statuses(dashboard):
     for junk in JUNK:  # logins with junk: 400 or 401, never a 500
         response = await client.post("/api/v1/login", json={"name": junk, "password": junk})
         assert response.status in (400, 401, 429)
+
+
+async def test_stats_per_class_and_hour(dashboard):
+    client, resolver = dashboard.client, dashboard.resolver
+    await resolver.query("www.adult.example", source=PUPILS)
+    await resolver.query("casino.example", source=PUPILS)
+    await resolver.query("example.com", source="127.0.0.3")
+    await dashboard.login("tom")
+    mine = await _json(await client.get("/api/v1/stats"), 200)
+    assert mine["mode"] == "aggregate" and list(mine["classes"]) == ["pupils"]
+    [hour] = mine["classes"]["pupils"]["hours"].values()
+    assert hour == {"category:adult": 1, "category:gambling": 1}
+    assert {item["domain"] for item in mine["classes"]["pupils"]["top_blocked"]} == \
+        {"adult.example", "casino.example"}
+    assert (await client.get("/api/v1/stats?class=staff")).status == 403
+    assert (await client.get("/api/v1/stats?day=yesterday")).status == 400
+    everything = await _json(await client.get("/api/v1/stats", headers=dashboard.bearer()), 200)
+    assert set(everything["classes"]) == {"pupils", "staff"}
+    assert "127.0.0" not in json.dumps(everything)

@@ -150,3 +150,16 @@ def test_cli_user_and_token(tmp_path):
     token_id = json.loads(stored)["tokens"][auth.sha256(token.stdout.strip())]["id"]
     revoked = _cli(tmp_path, "token", "revoke", token_id)
     assert revoked.returncode == 0 and "revoked" in revoked.stdout
+
+
+def test_a_store_without_accounts_is_refused_clearly():
+    import pytest
+
+    from dashboard.app import require_accounts
+    from resolver.store import StoreError
+
+    class Bare:
+        pass
+
+    with pytest.raises(StoreError, match="Bare keeps no dashboard accounts yet"):
+        require_accounts(Bare())
