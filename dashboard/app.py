@@ -96,6 +96,8 @@ async def auth_middleware(request: web.Request, handler):
     elif COOKIE in request.cookies:
         session = await context.store.get_session(auth.sha256(request.cookies[COOKIE]))
         user = None if session is None else await context.store.get_user(session.user)
+        if user is not None and session.expires - auth.SESSION_SECONDS < user.sessions_after:
+            user = None  # opened before the password was reset
         if user is not None:
             identity = Identity(user.name, user.role, user.classes, "session", session=session)
     request[IDENTITY] = identity

@@ -215,7 +215,8 @@ def _accounts(config, args) -> int:
                 raise StartupError(f"no user {args.name!r}")
             password = _read_password(args)
             auth.check_password_rules(password)
-            user = dataclasses.replace(existing, password_hash=auth.hash_password(password))
+            user = dataclasses.replace(existing, password_hash=auth.hash_password(password),
+                                       sessions_after=time.time())  # logs it out everywhere
             await store.put_user(user, actor=actor, action="user.reset")
             return f"user {user.name}: password set"
         except auth.AuthError as exc:

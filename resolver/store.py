@@ -90,6 +90,7 @@ class User:
     classes: tuple[str, ...] = ()  # a teacher's classes
     password_hash: str = ""
     created_at: float = 0.0
+    sessions_after: float = 0.0  # sessions opened before this (a password reset) are void
 
 
 @dataclass(frozen=True, slots=True)

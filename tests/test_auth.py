@@ -163,3 +163,16 @@ def test_a_store_without_accounts_is_refused_clearly():
 
     with pytest.raises(StoreError, match="Bare keeps no dashboard accounts yet"):
         require_accounts(Bare())
+
+
+async def test_a_password_reset_ends_the_sessions_opened_before(dashboard):
+    import dataclasses
+    import time
+
+    await dashboard.login("tom")
+    assert (await dashboard.client.get("/api/v1/session")).status == 200
+    store = dashboard.resolver.service.store
+    user = await store.get_user("tom")
+    await store.put_user(dataclasses.replace(user, sessions_after=time.time() + 0.001),
+                         actor="test", action="user.reset")
+    assert (await dashboard.client.get("/api/v1/session")).status == 401
