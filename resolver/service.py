@@ -252,7 +252,9 @@ class Service:
             self.tasks.append(asyncio.create_task(self._follow_store_lists()))
         if self.control is not None:
             await self.control.start()
-        if self.config.dashboard is not None and self.control is not None:
+        if self.config.dashboard is not None and self.control is not None and self.worker_index == 0:
+            # One dashboard per server (with --workers N, worker 0's): its writes go through
+            # the store, which every worker follows.
             from dashboard.app import DashboardServer  # the REST API works through the control plane
 
             self.dashboard = DashboardServer(self)
