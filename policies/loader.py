@@ -28,7 +28,7 @@ from policies.model import (
     Rules,
     Window,
 )
-from policies.yaml_lines import YamlError, item_line, key_line, load_yaml
+from policies.yaml_lines import describe_value as _describe, YamlError, item_line, key_line, load_yaml
 
 __all__ = ["PolicyError", "load_policy", "parse_policy", "public_suffix_kind", "ID_PATTERN"]
 
@@ -150,18 +150,6 @@ def _names(values: Iterable[str]) -> str:
 def _suggest(word: str, choices: Iterable[str]) -> str:
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.7)
     return f"did you mean '{close[0]}'? " if close else ""
-
-
-def _describe(value: Any) -> str:
-    if value is None:
-        return "nothing"
-    if isinstance(value, bool):
-        return "true/false (yes, no, on and off are booleans in YAML: quote them)"
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    return repr(value)
 
 
 class _Parser:

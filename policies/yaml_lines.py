@@ -55,6 +55,19 @@ class LineList(list):
         self.item_lines = []
 
 
+def describe_value(value: Any) -> str:
+    """A loaded YAML value in words, for error messages ("a mapping", "true/false (...)")."""
+    if value is None:
+        return "nothing"
+    if isinstance(value, bool):
+        return "true/false (yes, no, on and off are booleans in YAML: quote them)"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return repr(value)
+
+
 def key_line(mapping: Any, key: Any, default: int = 0) -> int:
     """The line of `key` in a loaded mapping (else the mapping's line); `default` for plain data."""
     if isinstance(mapping, LineDict):

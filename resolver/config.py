@@ -12,7 +12,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from blocklists.names import normalize_domain
-from policies.yaml_lines import LineDict, YamlError, item_line, key_line, load_yaml
+from policies.yaml_lines import describe_value as _describe, LineDict, YamlError, item_line, key_line, load_yaml
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,18 +265,6 @@ def _is_ip(text: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def _describe(value: Any) -> str:
-    if value is None:
-        return "nothing"
-    if isinstance(value, bool):
-        return "true/false (yes, no, on and off are booleans in YAML: quote them)"
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    return repr(value)
 
 
 class _ConfigParser:
