@@ -27,7 +27,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from blocklists.bundled import load_bundled  # noqa: E402
-from blocklists.compiled import ListInfo  # noqa: E402
 from policies.engine import PolicyEngine  # noqa: E402
 from policies.loader import parse_policy  # noqa: E402
 from policies.yaml_lines import parse_yaml  # noqa: E402

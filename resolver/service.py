@@ -220,7 +220,6 @@ class Service:
             if self.fast_path is not None:
                 self.fast_path.query_log = self.query_log
         await self.query_log.start()
-        loop = asyncio.get_running_loop()
         if self.config.doh is not None:  # its TLS files are read now, before anything is bound
             self.doh = DohServer(handler, self.state, self.config.doh, self.config.tls)
         tcp = TcpListener(handler, dns.tcp_idle_timeout, dns.tcp_max_connections)

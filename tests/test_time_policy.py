@@ -10,7 +10,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from policies.model import Override
-from tests.conftest import PUPILS, STAFF, TEST_LISTS, ede
+from tests.conftest import STAFF, ede
 from resolver.config import ListSource
 
 PARIS = ZoneInfo("Europe/Paris")
