@@ -248,7 +248,13 @@ def _device_erase(config, args) -> int:
     from resolver.querylog import erase_device
 
     erased = asyncio.run(erase_device(config, args.id))
-    print(f"device {args.id}: {erased['query_log_entries']} query log entries erased")
+    store = erased.get("store") or {}
+    extra = ""
+    if store.get("device_record"):
+        extra += "; its record removed from the policy"
+    if store.get("screen_time_days"):
+        extra += f"; its screen-time minutes of {store['screen_time_days']} day(s) erased"
+    print(f"device {args.id}: {erased['query_log_entries']} query log entries erased{extra}")
     return 0
 
 

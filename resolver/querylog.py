@@ -525,7 +525,7 @@ async def _store_device_data(config: Config, device: str) -> dict:
     store = EmbeddedStore(config.state_dir)
     hook = getattr(store, "device_data", None)
     if hook is not None:
-        return {"store": await hook(device)}
+        return await hook(device)
     stored = await store.get_policy()
     if stored is None:
         return {"device_record": None}

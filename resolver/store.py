@@ -319,6 +319,15 @@ class EmbeddedStore:
     async def delete_session(self, sha256: str) -> None:
         await asyncio.to_thread(self._auth_change, lambda auth: auth["sessions"].pop(sha256, None))
 
+    async def device_data(self, device_id: str) -> dict:
+        """What this store holds about one device: its policy record (no token) and its
+        screen-time minutes per day (GDPR art. 15; the query log answers for itself)."""
+        return await asyncio.to_thread(self.device_data_now, device_id)
+
+    async def erase_device(self, device_id: str, *, actor: str = "device.erase") -> dict:
+        """Delete the device's record from the stored policy and its screen-time minutes."""
+        return await asyncio.to_thread(self.erase_device_now, device_id, actor)
+
     # -- the same, blocking (for threads and the command line)
 
     def put_user_now(self, user: User, *, actor: str, action: str) -> User:
@@ -367,6 +376,49 @@ class EmbeddedStore:
             if audit is not None:
                 self._append_audit(audit)
 
+
+    def device_data_now(self, device_id: str) -> dict:
+        import yaml
+
+        record = None
+        policy = self.read_state().policy
+        if policy is not None:
+            found = ((yaml.safe_load(policy.text) or {}).get("devices") or {}).get(device_id)
+            if isinstance(found, dict):
+                record = {key: ("***" if "token" in key else value) for key, value in found.items()}
+        minutes = {}
+        for path in sorted((self.state_dir / SCREEN_TIME_DIR).glob("*.json")):
+            bits = json.loads(path.read_text()).get(device_id)
+            if bits:
+                value = int.from_bytes(bytes.fromhex(bits), "little")
+                minutes[path.stem] = [minute for minute in range(value.bit_length()) if value >> minute & 1]
+        return {"device_record": record, "screen_time_minutes": minutes}
+
+    def erase_device_now(self, device_id: str, actor: str) -> dict:
+        import yaml
+
+        erased = {"device_record": False, "screen_time_days": 0}
+        with self._locked() as state:
+            for path in sorted((self.state_dir / SCREEN_TIME_DIR).glob("*.json")):
+                stored = json.loads(path.read_text())
+                if stored.pop(device_id, None) is not None:
+                    _write_atomically(path, json.dumps(stored, sort_keys=True))
+                    erased["screen_time_days"] += 1
+            policy = state.policy
+            data = yaml.safe_load(policy.text) if policy is not None else None
+            devices = (data or {}).get("devices") or {}
+            if device_id in devices:
+                del devices[device_id]
+                if not devices:
+                    data.pop("devices", None)
+                text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+                stored_policy = StoredPolicy(text=text, version=policy.version + 1, updated_at=time.time(),
+                                             updated_by=actor)
+                self._commit(state, policy=stored_policy)
+                self._append_audit(AuditEntry(at=stored_policy.updated_at, actor=actor, action="device.erase",
+                                              before=f"device {device_id}", after="erased"))
+                erased["device_record"] = True
+        return erased
 
     def merge_active_minutes_now(self, day: str, minutes: dict[str, bytes]) -> dict[str, bytes]:
         """OR each device's new minute bits into the stored bitmaps of `day` (a local date,

@@ -247,10 +247,12 @@ async def test_device_data_then_erase_leaves_nothing_behind(make_resolver, tmp_p
     assert data["stats"] == {day_of(BASE): {"forwarded": 1, "blocked": 1},
                              day_of(BASE + DAY): {"forwarded": 1}}
     assert data["device_record"] == {"class": "pupils", "addresses": [DEVICE_ADDRESS]}
+    assert "screen_time_minutes" in data
     pseudonyms = list(data["query_log"]["pseudonyms"].values())
 
     code, out, err = await run_cli(tmp_path, "device", "erase", DEVICE_ID)
-    assert (code, out) == (0, f"device {DEVICE_ID}: 3 query log entries erased\n"), err
+    assert (code, out) == (0, f"device {DEVICE_ID}: 3 query log entries erased; "
+                              "its record removed from the policy\n"), err
 
     code, out, _ = await run_cli(tmp_path, "device", "data", DEVICE_ID)
     assert json.loads(out)["query_log"]["entries"] == []

@@ -109,3 +109,19 @@ async def test_minutes_seen_by_two_processes_count_once_and_survive_a_restart(tm
     await restarted.load(at(9, 5))
     assert restarted.used("tablet-1", at(9, 5)) == 3
     assert restarted.minutes("tablet-1") == [540, 541, 542]
+
+
+async def test_a_devices_minutes_are_in_its_data_export_and_gone_after_erasure(tmp_path):
+    from resolver.store import EmbeddedStore
+
+    store = EmbeddedStore(tmp_path)
+    tracker = ScreenTime("Europe/Paris", store)
+    tracker.observe("tablet-1", at(9, 0, 1))
+    tracker.observe("tablet-2", at(9, 0, 2))
+    await tracker.flush(at(9, 1))
+    assert (await store.device_data("tablet-1"))["screen_time_minutes"] == {"2026-12-01": [540]}
+    erased = await store.erase_device("tablet-1")
+    assert erased["screen_time_days"] == 1
+    assert (await store.device_data("tablet-1"))["screen_time_minutes"] == {}
+    assert (await store.device_data("tablet-2"))["screen_time_minutes"] == {"2026-12-01": [540]}
+    assert "tablet-1" not in "".join(p.read_text() for p in (tmp_path / "screen-time").glob("*.json"))
