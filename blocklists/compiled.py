@@ -271,10 +271,11 @@ def make_header(*, lists: list[ListInfo], combos: list[_Combo],
 def _layout(header: dict, lengths: list[int]) -> bytes:
     """The header bytes, with `sections` filled in for arrays of these byte lengths."""
     names = ("keys", "offsets", "combo_ids")
-    # The header's own length moves the sections; two passes settle it (digits only grow).
+    # The header's own length moves the sections, and their offsets' digits lengthen the header:
+    # offsets only grow, so this settles, but after an alignment step it can take a few passes.
     sections = {name: [0, length] for name, length in zip(names, lengths)}
     blob = b""
-    for _ in range(3):
+    for _ in range(16):
         header["sections"] = sections
         blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
         position = _aligned(len(MAGIC) + 8 + len(blob))
