@@ -13,6 +13,23 @@ from dnslib import RCODE
 MEMO_LIMIT = 100_000
 
 
+def client_ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """A client's address as an IP: a zone (`%eth0`) dropped, an IPv4-mapped IPv6 unwrapped."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return None
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def address_in(address: str, networks) -> bool:
+    """Whether a client's address is in one of `networks`."""
+    ip = client_ip(address)
+    return ip is not None and any(ip.version == net.version and ip in net for net in networks)
+
+
 class ClientIndex:
     """Compiled once per policy: exact device addresses in a dict, networks most specific first."""
 
@@ -42,12 +59,9 @@ class ClientIndex:
         return client
 
     def _match_network(self, address: str) -> Client | None:
-        try:
-            ip = ipaddress.ip_address(address.split("%", 1)[0])
-        except ValueError:
+        ip = client_ip(address)
+        if ip is None:
             return None
-        if ip.version == 6 and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
         for network, class_id in self._networks:
             if ip.version == network.version and ip in network:
                 return Client(class_id, None, "school", f"network {network}")

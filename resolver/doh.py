@@ -22,7 +22,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from resolver.chain import Client
-from resolver.clients import scope_for
+from resolver.clients import address_in, scope_for
 from resolver.server import HEADER_SIZE, QueryHandler
 from resolver.state import RuntimeState
 
@@ -289,13 +289,7 @@ class DohServer:
         return address
 
     def _trusted(self, address: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(address.split("%", 1)[0])
-        except ValueError:
-            return False
-        if ip.version == 6 and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        return any(ip.version == net.version and ip in net for net in self.trusted_proxies)
+        return address_in(address, self.trusted_proxies)
 
 
 def _servfail(data: bytes) -> bytes | None:

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable, Iterable
 
 from resolver.chain import Client
+from resolver.clients import address_in
 
 MAX_BUCKETS = 100_000  # clients tracked at once; beyond it idle buckets go, then the oldest
 EXEMPT_MEMO_LIMIT = 100_000
@@ -81,14 +82,7 @@ class RateLimiter:
         memo = self._exempt_memo
         exempt = memo.get(address)
         if exempt is None:
-            try:
-                ip = ipaddress.ip_address(address.split("%", 1)[0])
-            except ValueError:
-                exempt = False
-            else:
-                if ip.version == 6 and ip.ipv4_mapped is not None:
-                    ip = ip.ipv4_mapped
-                exempt = any(ip.version == net.version and ip in net for net in self.exempt)
+            exempt = address_in(address, self.exempt)
             if len(memo) >= EXEMPT_MEMO_LIMIT:
                 memo.clear()
             memo[address] = exempt

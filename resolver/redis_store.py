@@ -21,7 +21,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import secrets
 import time
 from dataclasses import asdict
@@ -35,7 +34,7 @@ from redis.backoff import NoBackoff
 
 from policies.model import Override
 from resolver.store import AuditEntry, NotFound, StoreError, StoredPolicy, VersionConflict, \
-    describe_override
+    describe_override, write_atomically
 
 log = logging.getLogger("classguard.store.redis")
 
@@ -513,7 +512,8 @@ class RedisStore:
         data = b"".join(chunks)
         if hashlib.sha256(data).hexdigest() != manifest["sha256"] or len(data) != manifest["size"]:
             raise StoreError("the lists in Redis do not match their manifest's checksum")
-        await asyncio.to_thread(_write_bytes, Path(path), data)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(write_atomically, Path(path), data)
         self.counters["lists_fetched"] += 1
         return manifest
 
@@ -540,21 +540,6 @@ def _file_sha256(path: Path) -> str | None:
             return hashlib.file_digest(file, "sha256").hexdigest()
     except FileNotFoundError:
         return None
-
-
-def _write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(temporary, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            temporary.unlink()
-        raise
 
 
 def artifact_sha256(path: Path) -> str | None:

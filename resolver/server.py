@@ -13,6 +13,7 @@ from dnslib import EDNS0, RCODE, DNSRecord
 
 from resolver.answers import EDE_PROHIBITED, MAX_UDP_PAYLOAD, OPT, cap_ttls, empty_reply, finish, udp_limit
 from resolver.chain import Client, Request, Resolver, Response
+from resolver.clients import address_in
 from resolver.stats import RESULTS, QueryStats
 
 log = logging.getLogger("classguard.server")
@@ -72,14 +73,6 @@ def _qname(query: DNSRecord) -> str:
 
 
 ECS_OPTION = 8  # RFC 7871
-
-
-def _in_networks(address: str, networks) -> bool:
-    try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-    except ValueError:
-        return False
-    return any(ip.version == net.version and ip in net for net in networks)
 
 
 def _client_subnet_address(opt) -> str | None:
@@ -180,7 +173,7 @@ class QueryHandler:
                 reply = empty_reply(query, RCODE_BADVERS & 0xF)
                 reply.add_ar(EDNS0(udp_len=MAX_UDP_PAYLOAD, ext_rcode=RCODE_BADVERS >> 4))
                 return bytes(reply.pack()), None, "malformed", None
-            if client is None and self.trusted_forwarders and _in_networks(client_ip, self.trusted_forwarders):
+            if client is None and self.trusted_forwarders and address_in(client_ip, self.trusted_forwarders):
                 # A school's own forwarder tells us who really asked (RFC 7871); nobody else may.
                 client_ip = _client_subnet_address(opt) or client_ip
         request = Request(query=query, qname=_qname(query), qtype=query.q.qtype, client_ip=client_ip,

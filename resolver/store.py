@@ -370,7 +370,7 @@ class EmbeddedStore:
             now = time.time()
             auth["sessions"] = {key: item for key, item in auth["sessions"].items()
                                 if item.expires > now}  # ended ones pruned
-            _write_atomically(self.state_dir / AUTH_FILE, json.dumps(
+            write_atomically(self.state_dir / AUTH_FILE, json.dumps(
                 {kind: {key: asdict(item) for key, item in records.items()}
                  for kind, records in auth.items()}, ensure_ascii=False, indent=1) + "\n")
             if audit is not None:
@@ -402,7 +402,7 @@ class EmbeddedStore:
             for path in sorted((self.state_dir / SCREEN_TIME_DIR).glob("*.json")):
                 stored = json.loads(path.read_text())
                 if stored.pop(device_id, None) is not None:
-                    _write_atomically(path, json.dumps(stored, sort_keys=True))
+                    write_atomically(path, json.dumps(stored, sort_keys=True))
                     erased["screen_time_days"] += 1
             policy = state.policy
             data = yaml.safe_load(policy.text) if policy is not None else None
@@ -442,7 +442,7 @@ class EmbeddedStore:
                 if merged != old:
                     stored[device], changed = merged, True
             if changed:
-                _write_atomically(path, json.dumps({device: bits.hex() for device, bits in stored.items()},
+                write_atomically(path, json.dumps({device: bits.hex() for device, bits in stored.items()},
                                                    sort_keys=True))
             for old_day in folder.glob("*.json"):
                 if old_day.stem < _days_before(day, SCREEN_TIME_DAYS_KEPT):
@@ -573,7 +573,7 @@ class EmbeddedStore:
             policy=state.policy if policy is None else policy,
             overrides=tuple(item for item in kept if item.until > now),  # ended ones pruned
         )
-        _write_atomically(self.path, new.to_json())
+        write_atomically(self.path, new.to_json())
         return new
 
     def _append_audit(self, entry: AuditEntry) -> None:
@@ -598,12 +598,14 @@ class EmbeddedStore:
                 leftover.unlink()
 
 
-def _write_atomically(path: Path, text: str) -> None:
+def write_atomically(path: Path, content: str | bytes) -> None:
+    """Owner-only, fsynced, renamed over `path`, the folder fsynced: old or new, never half."""
+    data = content.encode("utf-8") if isinstance(content, str) else content
     temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
-        with open(temporary, "w", encoding="utf-8") as file:
+        with open(temporary, "wb") as file:
             os.fchmod(file.fileno(), 0o600)
-            file.write(text)
+            file.write(data)
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)
