@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -18,8 +16,8 @@ import dns.rcode
 import pytest
 
 from tests.conftest import ede
+from tests.serving import CLASSGUARD, free_port
 
-CLASSGUARD = str(Path(sys.executable).with_name("classguard"))
 
 TWO_CLASSES = """\
 always_allow: [apple.com]
@@ -38,12 +36,6 @@ classes:
 def run(*args: str, cwd: Path, stdin: str | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([CLASSGUARD, *args], cwd=cwd, capture_output=True, text=True, input=stdin,
                           timeout=60, env={**os.environ, "CLASSGUARD_CONFIG": ""})
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import sys
 import textwrap
 from pathlib import Path
 
@@ -20,8 +19,8 @@ from resolver.querylog import (
 )
 from tests.conftest import PUPILS, STAFF, TEST_LISTS
 from tests.test_metrics import DEVICE_ADDRESS, DEVICE_ID, METRICS, POLICY_WITH_DEVICE, samples, scrape, value
+from tests.serving import CLASSGUARD
 
-CLASSGUARD = str(Path(sys.executable).with_name("classguard"))
 DAY = 86400.0
 BASE = 1_796_034_000.0  # 2026-11-30 10:20 UTC: a Monday morning
 FULL = {"query_log": {"mode": "full", "retention_days": 7, "scope": "school"}}

@@ -5,10 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
-import socket
-import sys
 import textwrap
-from pathlib import Path
 
 import dns.asyncquery
 import dns.exception
@@ -22,8 +19,8 @@ from resolver.ratelimit import RateLimiter
 from resolver.server import refused_reply
 from resolver.service import StartupError, refuse_open_resolver
 from tests.conftest import PUPILS, STAFF
+from tests.serving import CLASSGUARD, free_port
 
-CLASSGUARD = str(Path(sys.executable).with_name("classguard"))
 
 
 class Clock:
@@ -165,12 +162,6 @@ def test_default_class_is_fine_on_private_and_loopback_addresses(listen):
 def test_the_doh_listener_counts_too():
     with pytest.raises(StartupError, match="0.0.0.0:8053"):
         refuse_open_resolver(_config("127.0.0.1:53", doh_listen="0.0.0.0:8053"))
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 async def test_serve_exits_1_with_one_clear_line(tmp_path):

@@ -5,12 +5,11 @@ from __future__ import annotations
 import datetime as dt
 import os
 import subprocess
-import sys
-from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from policies.model import Override
 from tests.conftest import STAFF, ede
+from tests.serving import CLASSGUARD
 from resolver.config import ListSource
 
 PARIS = ZoneInfo("Europe/Paris")
@@ -141,7 +140,6 @@ async def test_a_temporary_service_allow_opens_every_domain_of_the_app(make_reso
     assert addresses(await resolver.query("www.youtube.com")) == ["142.250.1.10"]
 
 
-CLASSGUARD = str(Path(sys.executable).with_name("classguard"))
 
 
 def test_check_at_explains_a_window(tmp_path):
