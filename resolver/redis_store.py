@@ -469,16 +469,19 @@ class RedisStore:
         raw = await self._run(lambda r: r.get(self.key("lists:manifest")))
         return None if raw is None else json.loads(raw)
 
-    async def publish_lists(self, path: Path, built_at: float | None = None) -> dict:
+    async def publish_lists(self, path: Path, built_at: float | None = None,
+                            status: str | None = None) -> dict:
         """The artifact file's bytes as chunks, then the manifest that names them (readers check
-        the sha256, so a reader racing a publisher retries rather than loads a mix)."""
+        the sha256, so a reader racing a publisher retries rather than loads a mix). `status`,
+        the refresh report, travels in the manifest: an instance that takes these lists then
+        schedules its next refresh from it instead of refreshing at once."""
         data = await asyncio.to_thread(Path(path).read_bytes)
         digest = hashlib.sha256(data).hexdigest()
         chunks = [data[offset:offset + LIST_CHUNK_BYTES]
                   for offset in range(0, len(data), LIST_CHUNK_BYTES)] or [b""]
         manifest = {"sha256": digest, "size": len(data), "chunks": len(chunks),
                     "chunk_bytes": LIST_CHUNK_BYTES, "built_at": built_at or time.time(),
-                    "by": self.instance}
+                    "by": self.instance, "status": status}
 
         async def write(r: aioredis.Redis) -> None:
             async with r.pipeline(transaction=True) as pipe:
@@ -497,9 +500,10 @@ class RedisStore:
         self.counters["lists_published"] += 1
         return manifest
 
-    async def fetch_lists(self, path: Path) -> dict | None:
-        """Write the published artifact to `path` (atomically) when it differs from the file;
-        the manifest, or None when Redis holds no lists."""
+    async def fetch_lists(self, path: Path, status_path: Path | None = None) -> dict | None:
+        """Write the published artifact to `path` (atomically) when it differs from the file,
+        and the publisher's refresh report to `status_path`; the manifest, or None when Redis
+        holds no lists."""
         manifest = await self.lists_manifest()
         if manifest is None:
             return None
@@ -514,6 +518,8 @@ class RedisStore:
             raise StoreError("the lists in Redis do not match their manifest's checksum")
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         await asyncio.to_thread(write_atomically, Path(path), data)
+        if status_path is not None and manifest.get("status"):
+            await asyncio.to_thread(write_atomically, Path(status_path), manifest["status"].encode())
         self.counters["lists_fetched"] += 1
         return manifest
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from blocklists.bundled import Bundled, load_bundled
 from blocklists.compiled import CompiledLists
-from blocklists.update import artifact_path, UpdateError, load_compiled, update_lists
+from blocklists.update import UpdateError, artifact_path, load_compiled, status_path, update_lists
 from policies.loader import load_policy
 from policies.model import Policy
 from resolver.build import build_chain, build_fast_path
@@ -367,7 +367,8 @@ class Service:
             manifest = await self.store.lists_manifest()
             digest = await self._artifact_sha256()
             if digest is not None and (manifest is None or manifest["sha256"] != digest):
-                published = await publish(artifact_path(self.config.state_dir))
+                published = await publish(artifact_path(self.config.state_dir),
+                                          status=_read_text(status_path(self.config.state_dir)))
                 log.info("lists: published in the store (%d bytes in %d chunks)",
                          published["size"], published["chunks"])
         except StoreError as exc:
@@ -384,7 +385,8 @@ class Service:
                     await self._publish_lists()
                 elif manifest is not None and manifest["sha256"] != digest \
                         and manifest["built_at"] > self._artifact_mtime():  # not older than ours
-                    await self.store.fetch_lists(artifact_path(self.config.state_dir))
+                    await self.store.fetch_lists(artifact_path(self.config.state_dir),
+                                                 status_path(self.config.state_dir))
                     lists = await asyncio.get_running_loop().run_in_executor(
                         None, load_compiled, self.config.state_dir)
                     if lists is not None:
@@ -461,6 +463,13 @@ class Service:
                 await upstream.close()
 
 
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except OSError:
+        return None
+
+
 def open_store(config: Config) -> Store:
     """`store: embedded` (the default): files under state_dir; redis://, rediss:// or
     redis+sentinel://: the Redis store shared by every instance (SPEC §7)."""
@@ -480,7 +489,7 @@ async def _boot(store: Store, config: Config, **arguments):
         fetch = getattr(store, "fetch_lists", None)
         if fetch is not None and not artifact_path(config.state_dir).exists():
             try:
-                if await fetch(artifact_path(config.state_dir)) is not None:
+                if await fetch(artifact_path(config.state_dir), status_path(config.state_dir)) is not None:
                     log.info("lists: loaded the compiled lists published in the store")
             except StoreError as exc:
                 log.warning("lists: cannot get them from the store (%s); compiling them here", exc)

@@ -240,15 +240,17 @@ async def test_lists_are_chunked_with_a_manifest_and_checked(tmp_path, redis_ser
     artifact.parent.mkdir()
     data = bytes(range(256)) * (LIST_CHUNK_BYTES // 256 * 2 + 10)  # a bit more than two chunks
     artifact.write_bytes(data)
-    manifest = await redis_store.publish_lists(artifact, built_at=123.0)
+    manifest = await redis_store.publish_lists(artifact, built_at=123.0, status='{"checked_at": 120}')
     assert manifest["chunks"] == 3 and manifest["sha256"] == hashlib.sha256(data).hexdigest()
     assert manifest["size"] == len(data) and manifest["built_at"] == 123.0
     for index in range(3):
         size = int(redis_server.command("STRLEN", f"classguard:lists:{manifest['sha256']}:{index}")[1:])
         assert size <= 1 << 20
     target = tmp_path / "b" / "lists.bin"
-    assert (await redis_store.fetch_lists(target))["sha256"] == manifest["sha256"]
+    status = tmp_path / "b" / "lists-status.json"
+    assert (await redis_store.fetch_lists(target, status))["sha256"] == manifest["sha256"]
     assert target.read_bytes() == data and redis_store.counters["lists_fetched"] == 1
+    assert status.read_text() == '{"checked_at": 120}'  # the publisher's schedule comes along
     assert await redis_store.fetch_lists(target) == manifest  # the same: nothing fetched
     assert redis_store.counters["lists_fetched"] == 1
     artifact.write_bytes(b"newer")
