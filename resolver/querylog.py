@@ -32,6 +32,7 @@ from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 from resolver.config import QUERY_LOG_DEFAULTS, Config
+from resolver.store import StoreError
 from resolver.wire import wire_name_to_text
 
 log = logging.getLogger("classguard.querylog")
@@ -309,12 +310,19 @@ class QueryLog:
         self.logged = 0  # events taken from the buffer and counted
         self.entries_written = 0  # per-device entries written (full mode)
         self.purged = 0  # entries deleted by retention
+        self.store_dropped = 0  # entries lost because the store was away longer than they fit
         self._full = settings.mode == "full"
         self._home_too = settings.scope == "all"
         self._buffer: list[tuple] = []
         self._counts: dict[str, dict] = {}  # day -> class -> hour -> outcome -> n, not yet written
         self._top: dict[str, dict] = {}  # day -> class -> domain -> n
         self._pseudonyms: dict[tuple[str, str], str] = {}  # (day, subject) -> pseudonym
+        self._day_keys: dict[str, bytes] = {}  # the keys read or created, by day
+        # Entries the store could not take yet (Redis away), by day; at most buffer_limit in all.
+        # An entry whose day key could not be read waits with its subject, pseudonymised once
+        # the key is known, so that every entry of a day is under that day's one key.
+        self._unwritten: dict[str, list[dict]] = {}
+        self._store_failing = False
         self._registrable: dict[str, str] = {}
         self._next_flush = 0.0
         self._next_purge = 0.0
@@ -350,7 +358,13 @@ class QueryLog:
             self._stopping.set()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
-        await self.flush()
+        try:
+            await self.flush()
+        except StoreError as exc:
+            waiting = sum(len(entries) for entries in self._unwritten.values())
+            self.store_dropped += waiting
+            log.warning("query log: the store cannot be written at stop (%s): %d entries and "
+                        "the last counts are lost", exc, waiting)
 
     async def _run(self) -> None:
         while not self._stopping.is_set():
@@ -363,6 +377,14 @@ class QueryLog:
                     await self.flush()
                 if now >= self._next_purge:
                     await self.purge()
+                if self._store_failing:
+                    self._store_failing = False
+                    log.info("query log: writing again")
+            except StoreError as exc:  # Redis away: said once; what waits is kept, bounded
+                if not self._store_failing:
+                    self._store_failing = True
+                    log.warning("query log: the store cannot be written (%s); entries and "
+                                "counts wait in memory (bounded) until it can", exc)
             except Exception:  # a disk error or a bug must not end the log
                 log.exception("query log: writing failed; will try again")
 
@@ -372,25 +394,80 @@ class QueryLog:
             await self._drain()
 
     async def _drain(self) -> None:
-        if not self._buffer:
-            return
-        batch, self._buffer = self._buffer, []
-        now = self.clock()
-        day = self.day(now)
-        key = await self.store.day_key(day) if self._full else b""
-        entries = await asyncio.to_thread(self._account, batch, now, day, key)
+        if self._buffer:
+            batch, self._buffer = self._buffer, []
+            now = self.clock()
+            day = self.day(now)
+            key = None
+            if self._full:
+                with contextlib.suppress(StoreError):  # the entries wait with their subjects
+                    key = await self._day_key(day)
+            entries = await asyncio.to_thread(self._account, batch, now, day, key)
+            if entries:
+                self._hold(day, entries)
+        await self._write_unwritten()
+
+    async def _day_key(self, day: str) -> bytes:
+        key = self._day_keys.get(day)
+        if key is None:
+            key = self._day_keys[day] = await self.store.day_key(day)
+        return key
+
+    def _hold(self, day: str, entries: list[dict]) -> None:
+        """Entries to write; beyond buffer_limit waiting in all, dropped and counted."""
+        room = self.buffer_limit - sum(len(items) for items in self._unwritten.values())
+        if len(entries) > room:
+            self.store_dropped += len(entries) - max(room, 0)
+            entries = entries[:max(room, 0)]
         if entries:
+            self._unwritten.setdefault(day, []).extend(entries)
+
+    async def _write_unwritten(self) -> None:
+        """Write the entries waiting, day by day; a day that fails stays for the next drain."""
+        for day in sorted(self._unwritten):
+            entries = self._unwritten[day]
+            if any("subject" in entry for entry in entries):
+                key = await self._day_key(day)
+                for entry in entries:
+                    subject = entry.pop("subject", None)
+                    if subject is not None:
+                        entry["device"] = self._pseudonym(day, key, subject)
             await self.store.write(day, entries, {}, {})
+            del self._unwritten[day]
             self.entries_written += len(entries)
 
     async def flush(self) -> None:
-        """Write the counts gathered since the last flush (also at stop)."""
+        """Write the counts gathered since the last flush (also at stop). Counts the store
+        cannot take now are kept for the next flush (they are per class and hour: small)."""
         async with self._lock:
-            await self._drain()
             self._next_flush = self.clock() + self.flush_interval
+            await self._drain()
             counts, tops, self._counts, self._top = self._counts, self._top, {}, {}
-            for day in sorted(set(counts) | set(tops)):
-                await self.store.write(day, [], counts.get(day, {}), tops.get(day, {}))
+            days = sorted(set(counts) | set(tops))
+            for index, day in enumerate(days):
+                try:
+                    await self.store.write(day, [], counts.get(day, {}), tops.get(day, {}))
+                except StoreError:
+                    for later in days[index:]:
+                        self._keep_counts(later, counts.get(later, {}), tops.get(later, {}))
+                    raise
+
+    def _keep_counts(self, day: str, counts: dict, top: dict) -> None:
+        """Counts not written, merged back into those gathered since."""
+        pending = self._counts.setdefault(day, {})
+        for class_id, hours in counts.items():
+            for hour, outcomes in hours.items():
+                slot = pending.setdefault(class_id, {}).setdefault(hour, {})
+                for name, count in outcomes.items():
+                    slot[name] = slot.get(name, 0) + count
+        pending_top = self._top.setdefault(day, {})
+        for class_id, domains in top.items():
+            merged = pending_top.setdefault(class_id, {})
+            for domain, count in domains.items():
+                merged[domain] = merged.get(domain, 0) + count
+            if len(merged) > TOP_KEPT:  # while the store is away, only the most blocked wait
+                pending_top[class_id] = dict(sorted(merged.items(),
+                                                    key=lambda item: -item[1])[:TOP_KEPT])
 
     async def purge(self) -> int:
         """Delete what is older than retention_days (entries, counts, and the day keys)."""
@@ -402,7 +479,9 @@ class QueryLog:
             deleted = await self.store.purge(first_kept_day, oldest_kept)
             self._pseudonyms = {item: value for item, value in self._pseudonyms.items()
                                 if item[0] >= first_kept_day}
-            for pending in (self._counts, self._top):
+            self._day_keys = {day: key for day, key in self._day_keys.items()
+                              if day >= first_kept_day}
+            for pending in (self._counts, self._top, self._unwritten):
                 for day in [day for day in pending if day < first_kept_day]:
                     del pending[day]
         if deleted:
@@ -414,8 +493,10 @@ class QueryLog:
     def day(self, moment: float) -> str:
         return dt.datetime.fromtimestamp(moment, self.zone).date().isoformat()
 
-    def _account(self, batch: list[tuple], now: float, day: str, key: bytes) -> list[dict]:
-        """In a thread: the counts (kept in memory until the next flush) and the entries."""
+    def _account(self, batch: list[tuple], now: float, day: str,
+                 key: bytes | None) -> list[dict]:
+        """In a thread: the counts (kept in memory until the next flush) and the entries (with
+        the device's subject instead of its pseudonym when the day's key is not known yet)."""
         hour = f"{dt.datetime.fromtimestamp(now, self.zone).hour:02d}"
         counts = self._counts.setdefault(day, {})
         top = self._top.setdefault(day, {})
@@ -436,11 +517,16 @@ class QueryLog:
                 domains[domain] = domains.get(domain, 0) + 1
             if full and client is not None and (home_too or client.scope == "school"):
                 subject = client.device_id or subject_of(client_ip or "")
-                entries.append({
-                    "t": round(now, 3), "device": self._pseudonym(day, key, subject),
+                entry = {
+                    "t": round(now, 3), "device": None,
                     "class": class_id, "scope": client.scope, "protocol": protocol,
                     "name": qname, "result": result, "reason": reason,
-                })
+                }
+                if key is None:
+                    entry["subject"] = subject
+                else:
+                    entry["device"] = self._pseudonym(day, key, subject)
+                entries.append(entry)
         self.logged += len(batch)
         return entries
 
@@ -474,74 +560,41 @@ class QueryLog:
 # --- a device's data: `classguard device data ID` and `device erase ID` ------------------------
 
 
-async def _pseudonyms(store: QueryLogStore, subject: str) -> dict[str, str]:
-    return {day: pseudonym(key, subject) for day, key in (await store.keys()).items()}
+def _open_store(config: Config):
+    from resolver.service import open_store
+
+    return open_store(config)
 
 
-async def device_data(config: Config, device: str, *, store: QueryLogStore | None = None) -> dict:
-    """Everything classguard holds about one device, as JSON-ready data (GDPR art. 15)."""
-    store = store or EmbeddedQueryLogStore(config.state_dir)
-    subject = subject_of(device)
-    pseudonyms = await _pseudonyms(store, subject)
-    entries = await store.find(pseudonyms)
-    held = {day: name for day, name in pseudonyms.items()
-            if any(entry["device"] == name for entry in entries)}
-    stats: dict[str, dict[str, int]] = {}
-    for entry in entries:
-        day = dt.datetime.fromtimestamp(entry["t"], ZoneInfo(config.timezone)).date().isoformat()
-        counted = stats.setdefault(day, {})
-        counted[entry["result"]] = counted.get(entry["result"], 0) + 1
-    data = {
+async def device_data(config: Config, device: str, *, store=None) -> dict:
+    """Everything classguard holds about one device, as JSON-ready data (GDPR art. 15), from
+    `store` (a running server's) or the configured one: resolver.gdpr says what is in it."""
+    own = store is None
+    store = _open_store(config) if own else store
+    try:
+        held = await store.device_data(device)
+    finally:
+        if own:
+            await store.close()
+    settings = QueryLogSettings.from_config(config)
+    return {
         "device": device,
         "generated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "query_log": {
-            "mode": QueryLogSettings.from_config(config).mode,
-            "retention_days": QueryLogSettings.from_config(config).retention_days,
-            "pseudonyms": held,
-            "entries": entries,
-        },
-        "stats": stats,  # per day and result, from the entries above: nothing else is kept
+        **held,
+        "query_log": {"mode": settings.mode, "retention_days": settings.retention_days,
+                      **held["query_log"]},
     }
-    data.update(await _store_device_data(config, device))
-    return data
 
 
-async def erase_device(config: Config, device: str, *,
-                       store: QueryLogStore | None = None) -> dict:
-    """Delete everything classguard holds about one device (GDPR art. 17); what was deleted."""
-    store = store or EmbeddedQueryLogStore(config.state_dir)
-    erased = await store.erase(await _pseudonyms(store, subject_of(device)))
-    result = {"device": device, "query_log_entries": erased}
-    result.update(await _store_erase(config, device))
-    return result
-
-
-async def _store_device_data(config: Config, device: str) -> dict:
-    """What the state store holds for the device. Hook: a store offering
-    `device_data(id) -> dict` (devices, screen time, Redis) answers for itself; the embedded
-    store today holds only the device's record in the policy."""
-    from resolver.store import EmbeddedStore
-
-    store = EmbeddedStore(config.state_dir)
-    hook = getattr(store, "device_data", None)
-    if hook is not None:
-        return await hook(device)
-    stored = await store.get_policy()
-    if stored is None:
-        return {"device_record": None}
-    import yaml
-
-    record = ((yaml.safe_load(stored.text) or {}).get("devices") or {}).get(device)
-    if isinstance(record, dict):
-        record = {name: ("***" if "token" in name else value) for name, value in record.items()}
-    return {"device_record": record}
-
-
-async def _store_erase(config: Config, device: str) -> dict:
-    """Hook: a store offering `erase_device(id) -> dict` erases its own records (screen time,
-    the device record, Redis); until then the device's record stays in the policy, where the
-    device commands remove it."""
-    from resolver.store import EmbeddedStore
-
-    hook = getattr(EmbeddedStore(config.state_dir), "erase_device", None)
-    return {"store": await hook(device)} if hook is not None else {}
+async def erase_device(config: Config, device: str, *, store=None) -> dict:
+    """Delete everything classguard holds about one device (GDPR art. 17); what was deleted:
+    {"device", "query_log_entries", "store": {"device_record", "screen_time_days"}}."""
+    own = store is None
+    store = _open_store(config) if own else store
+    try:
+        erased = await store.erase_device(device)
+    finally:
+        if own:
+            await store.close()
+    return {"device": device, "query_log_entries": erased.pop("query_log_entries"),
+            "store": erased}

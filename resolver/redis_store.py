@@ -523,6 +523,27 @@ class RedisStore:
         self.counters["lists_fetched"] += 1
         return manifest
 
+    # -- a device's data (GDPR art. 15 and 17; the shape and the work are resolver.gdpr's)
+
+    async def device_data(self, device_id: str) -> dict:
+        """Everything held about one device in Redis: its policy record (no token), its
+        screen-time minutes, its query-log entries under every kept day's pseudonym."""
+        from resolver.gdpr import redis_device_data
+
+        return await redis_device_data(self, device_id)
+
+    async def erase_device(self, device_id: str, *, actor: str = "device.erase") -> dict:
+        """Delete all of it: query-log entries, screen-time keys, the policy record."""
+        from resolver.gdpr import redis_erase_device
+
+        return await redis_erase_device(self, device_id, actor)
+
+    def query_log_store(self, *, retention_days: int = 7, timezone: str = "UTC"):
+        """Where the query log goes with this store: Redis keys expiring with retention."""
+        from resolver.redis_querylog import RedisQueryLogStore
+
+        return RedisQueryLogStore(self, retention_days=retention_days, timezone=timezone)
+
     async def close(self) -> None:
         """Stop the subscription and close the connections (the store can be used again)."""
         if self._subscriber is not None:

@@ -213,8 +213,7 @@ class Service:
                                rate_limiter=self.rate_limiter)
         self.handler = handler
         self.query_log = QueryLog(QueryLogSettings.from_config(self.config),
-                                  EmbeddedQueryLogStore(self.config.state_dir),
-                                  timezone=self.config.timezone)
+                                  self._query_log_store(), timezone=self.config.timezone)
         if self.query_log.enabled:  # the DNS path hands events over with a list append
             handler.query_log = self.query_log
             if self.fast_path is not None:
@@ -261,6 +260,15 @@ class Service:
         if self.store is not None:
             self.state.screen_time.store = self.store
             self.tasks.append(asyncio.create_task(self._flush_screen_time()))
+
+    def _query_log_store(self):
+        """The query log lives with the state: files under state_dir, or the Redis store's
+        keys (expiring with retention_days) that every instance shares."""
+        in_store = getattr(self.store, "query_log_store", None)
+        if in_store is None:
+            return EmbeddedQueryLogStore(self.config.state_dir)
+        settings = QueryLogSettings.from_config(self.config)
+        return in_store(retention_days=settings.retention_days, timezone=self.config.timezone)
 
     async def _start_dot(self, handler: QueryHandler) -> None:
         dot, tls = self.config.dot, self.config.tls or {}
@@ -445,8 +453,6 @@ class Service:
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
-        if self.store is not None:
-            await self.store.close()
         if self.doh is not None:
             await self.doh.stop()
         if self.dot is not None:
@@ -458,6 +464,8 @@ class Service:
             await server.wait_closed()
         if self.query_log is not None:
             await self.query_log.stop()  # what the last answers handed over is written
+        if self.store is not None:  # after the query log, which may write to it
+            await self.store.close()
         for group in self.upstream_groups:
             for upstream in group.upstreams:
                 await upstream.close()

@@ -319,14 +319,27 @@ class EmbeddedStore:
     async def delete_session(self, sha256: str) -> None:
         await asyncio.to_thread(self._auth_change, lambda auth: auth["sessions"].pop(sha256, None))
 
+    # -- a device's data (GDPR art. 15 and 17; the shape is resolver.gdpr's)
+
     async def device_data(self, device_id: str) -> dict:
-        """What this store holds about one device: its policy record (no token) and its
-        screen-time minutes per day (GDPR art. 15; the query log answers for itself)."""
-        return await asyncio.to_thread(self.device_data_now, device_id)
+        """Everything held about one device: its policy record (no token), its screen-time
+        minutes per day, and its query-log entries under state_dir/querylog."""
+        from resolver.gdpr import query_log_data
+        from resolver.querylog import EmbeddedQueryLogStore
+
+        data = await asyncio.to_thread(self.device_data_now, device_id)
+        data.update(await query_log_data(EmbeddedQueryLogStore(self.state_dir), device_id))
+        return data
 
     async def erase_device(self, device_id: str, *, actor: str = "device.erase") -> dict:
-        """Delete the device's record from the stored policy and its screen-time minutes."""
-        return await asyncio.to_thread(self.erase_device_now, device_id, actor)
+        """Delete the device's query-log entries, its screen-time minutes and its record in
+        the stored policy (an audited policy change)."""
+        from resolver.gdpr import erase_query_log
+        from resolver.querylog import EmbeddedQueryLogStore
+
+        entries = await erase_query_log(EmbeddedQueryLogStore(self.state_dir), device_id)
+        erased = await asyncio.to_thread(self.erase_device_now, device_id, actor)
+        return {**erased, "query_log_entries": entries}
 
     # -- the same, blocking (for threads and the command line)
 

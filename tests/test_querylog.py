@@ -218,18 +218,24 @@ async def run_cli(folder_: Path, *args: str) -> tuple[int, str, str]:
     return process.returncode, stdout.decode(), stderr.decode()
 
 
+SCREEN_TIME_POLICY = POLICY_WITH_DEVICE.replace(
+    "    safe_search: strict\n", "    safe_search: strict\n    screen_time: {daily_minutes: 120}\n")
+
+
 async def test_device_data_then_erase_leaves_nothing_behind(make_resolver, tmp_path):
     clock = Clock(BASE)
-    resolver = await make_resolver(POLICY_WITH_DEVICE, settings=FULL)
+    resolver = await make_resolver(SCREEN_TIME_POLICY, settings=FULL, clock=clock)
     log = resolver.service.query_log
     log.clock = clock
     await resolver.query("example.com", source=DEVICE_ADDRESS)
     await resolver.query("adult.example", source=DEVICE_ADDRESS)
     await resolver.query("gambling.example", source=PUPILS)
     await log.flush()
+    await resolver.service.state.screen_time.flush(clock())
     clock.now = BASE + DAY
     await resolver.query("www.example.com", source=DEVICE_ADDRESS)
     await log.flush()
+    await resolver.service.state.screen_time.flush(clock())
     (tmp_path / "classguard.yaml").write_text(textwrap.dedent("""\
         state_dir: state
         policies: policy.yaml
@@ -246,18 +252,30 @@ async def test_device_data_then_erase_leaves_nothing_behind(make_resolver, tmp_p
     assert data["stats"] == {day_of(BASE): {"forwarded": 1, "blocked": 1},
                              day_of(BASE + DAY): {"forwarded": 1}}
     assert data["device_record"] == {"class": "pupils", "addresses": [DEVICE_ADDRESS]}
-    assert "screen_time_minutes" in data
+    minute = int(BASE % DAY) // 60
+    assert data["screen_time_minutes"] == {day_of(BASE): [minute], day_of(BASE + DAY): [minute]}
     pseudonyms = list(data["query_log"]["pseudonyms"].values())
 
     code, out, err = await run_cli(tmp_path, "device", "erase", DEVICE_ID)
-    assert (code, out) == (0, f"device {DEVICE_ID}: 3 query log entries erased; "
-                              "its record removed from the policy\n"), err
+    assert (code, out) == (0, f"device {DEVICE_ID}: 3 query log entries erased; its record "
+                              "removed from the policy; its screen-time minutes of 2 day(s) "
+                              "erased\n"), err
 
     code, out, _ = await run_cli(tmp_path, "device", "data", DEVICE_ID)
-    assert json.loads(out)["query_log"]["entries"] == []
-    text = every_file_text(tmp_path)
-    assert not any(name in text for name in pseudonyms)
-    assert DEVICE_ID not in text and DEVICE_ADDRESS not in text
+    after = json.loads(out)
+    assert after["query_log"]["entries"] == [] and after["screen_time_minutes"] == {}
+    assert after["device_record"] is None
+    # Nothing of the device in any file under state_dir but the audit trail, which records
+    # that it was erased.
+    for path in sorted((tmp_path / "state").rglob("*")):
+        if not path.is_file() or path.name in ("audit.jsonl", "lists.bin"):
+            continue
+        text = path.read_bytes().decode("utf-8", errors="replace")
+        for secret in (DEVICE_ID, DEVICE_ADDRESS, *pseudonyms):
+            assert secret not in text, (path, secret)
+    audit = (tmp_path / "state" / "audit.jsonl").read_text().splitlines()
+    assert [line for line in audit if DEVICE_ID in line] == \
+        [line for line in audit if '"device.erase"' in line]
     # Another pupil's entries stay; a client known by its network is found by its address.
     code, out, _ = await run_cli(tmp_path, "device", "data", PUPILS)
     assert [entry["name"] for entry in json.loads(out)["query_log"]["entries"]] == ["gambling.example"]
