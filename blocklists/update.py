@@ -31,15 +31,15 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-import aiohttp
-
-from blocklists import download
 from blocklists.build import BuildResult, Progress, SourceInput, SourceOutcome, build, fingerprint
 from blocklists.bundled import STARTER_DIR, Bundled
 from blocklists.compiled import ArtifactError, CompiledLists, load, read_header
 from resolver.config import Config, ListSource
+
+if TYPE_CHECKING:
+    from blocklists import download
 
 log = logging.getLogger("classguard.lists")
 
@@ -496,6 +496,9 @@ async def _download_all(config: Config, planned: list[_Planned], *, scheduled: b
     remote = [item for item in planned if item.source.url]
     if not remote:
         return
+    import aiohttp  # here: a server whose lists are all files never loads the HTTP client
+
+    from blocklists import download
     limit = asyncio.Semaphore(DOWNLOADS_AT_ONCE)
 
     def on_bytes(name: str, done: int, total: int | None) -> None:
@@ -530,6 +533,8 @@ def _plan_input(item: _Planned) -> None:
         else:
             item.input = SourceInput(source, [], [_token(source, "inline")])
         return
+    from blocklists import download
+
     fetched = item.download
     assert fetched is not None
     status.outcome = fetched.status
@@ -701,6 +706,8 @@ def _finish_download(item: _Planned, used: int | None) -> None:
     folder = next((path.parent for path in (fetched.kept, fetched.new) if path), None)
     if folder is None:
         return
+    from blocklists import download
+
     if fetched.new is not None and used == 0:
         download.promote(folder, fetched)
     else:

@@ -268,13 +268,14 @@ class PolicyEngine:
         decisions = state.spent_decisions if spent else state.decisions
         decision = decisions.get(name)
         if decision is None:
-            decision = self._decide(name, state, spent)
+            decision = self.evaluate_in(state, name, spent)
             if len(decisions) >= DECISION_CACHE_LIMIT:
                 decisions.clear()
             decisions[name] = decision
         return decision
 
-    def _decide(self, name: str, state: ClassState, spent: bool = False) -> Decision:
+    def evaluate_in(self, state: ClassState, name: str, spent: bool = False) -> Decision:
+        """decide_in without its memo: for a caller that keeps its own (the fast path)."""
         decision = self._decide_step(name, state, spent)
         if state.screen_time is not None and self._is_background(name, state):
             return Decision(decision.action, decision.step, decision.rule, decision.reason, decision.target,

@@ -21,9 +21,12 @@ STALE_TTL = 30  # RFC 8767 §4: the TTL of a stale answer
 @dataclass(slots=True)
 class CacheEntry:
     rcode: int
-    answer: list[RR]
-    authority: list[RR]
-    additional: list[RR]
+    # The records as parsed objects only until the entry is packed: a packed entry keeps its
+    # bytes alone (a few hundred bytes instead of a few kilobytes of dnslib objects) and the
+    # rare slow-path hit parses them again.
+    answer: list[RR] | None
+    authority: list[RR] | None
+    additional: list[RR] | None
     stored_at: float
     ttl: int
     # The answer packed once (id 0, RD clear, lowercase question, no OPT) and where its TTLs
@@ -42,13 +45,17 @@ class CacheEntry:
     def reply_for(self, query: DNSRecord, now: float, stale: bool = False) -> DNSRecord:
         elapsed = int(now - self.stored_at)
         reply = empty_reply(query, self.rcode)
+        answer, authority, additional = self.answer, self.authority, self.additional
+        if answer is None:
+            packed = DNSRecord.parse(self.wire)
+            answer, authority, additional = packed.rr, packed.auth, packed.ar
 
         def aged(records: list[RR]) -> list[RR]:
             return [RR(r.rname, r.rtype, r.rclass,
                        STALE_TTL if stale else max(0, min(r.ttl, self.ttl) - elapsed), r.rdata)
                     for r in records]
 
-        reply.rr, reply.auth, reply.ar = aged(self.answer), aged(self.authority), aged(self.additional)
+        reply.rr, reply.auth, reply.ar = aged(answer), aged(authority), aged(additional)
         return reply
 
     def render(self, data: bytes, now: float, rd: bool, edns_payload: int | None, dnssec_ok: bool,
@@ -97,6 +104,7 @@ def pack_entry(entry: CacheEntry, question: DNSQuestion, checking_disabled: bool
     entry.cnames = tuple(str(r.rdata.label).rstrip(".").lower() for r in entry.answer if r.rtype == QTYPE.CNAME)
     entry.addresses = tuple(answer_addresses(entry.answer))
     entry.inspected = {}
+    entry.answer = entry.authority = entry.additional = None
 
 
 def cache_ttl(reply: DNSRecord) -> int:

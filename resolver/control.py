@@ -41,10 +41,10 @@ from resolver.store import (
     Store,
     StoredPolicy,
     StoreError,
+    StoreUnavailable,
     VersionConflict,
     new_override_id,
 )
-from resolver.redis_store import StoreUnavailable
 
 log = logging.getLogger("classguard.control")
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import ipaddress
 import logging
 import re
@@ -23,6 +22,7 @@ from aiohttp.abc import AbstractAccessLogger
 
 from resolver.chain import Client
 from resolver.clients import address_in, scope_for
+from resolver.device_tokens import TOKEN, DeviceTokens, token_digest  # noqa: F401 (token_digest: re-exported)
 from resolver.server import HEADER_SIZE, QueryHandler
 from resolver.state import RuntimeState
 
@@ -31,16 +31,10 @@ access_log = logging.getLogger("classguard.doh.access")
 
 DNS_MESSAGE = "application/dns-message"  # RFC 8484 §6
 MAX_MESSAGE = 65535  # a DNS message's largest size (its TCP length prefix is 16 bits)
-TOKEN = re.compile(r"[a-z0-9]{22,63}")  # SPEC §5: a token fits a DNS label (for DoT)
 KEEPALIVE_TIMEOUT = 75.0  # seconds an idle connection stays open for the next query
 SHUTDOWN_TIMEOUT = 2.0  # seconds in-flight requests get when the server stops
 OPT = 41
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
-
-
-def token_digest(token: str) -> str:
-    """The SHA-256 (hex) of a device token: all the store ever keeps of it."""
-    return hashlib.sha256(token.encode("ascii")).hexdigest()
 
 
 def decode_dns_param(value: str) -> bytes:
@@ -85,23 +79,6 @@ def _skip_name(wire: bytes, offset: int) -> int:
         if length >= 0xC0:  # a compression pointer ends the name
             return offset + 2
         offset += 1 + length
-
-
-class DeviceTokens:
-    """Token digest -> device, compiled once per policy (the snapshot's policy object)."""
-
-    def __init__(self, state: RuntimeState):
-        self.state = state
-        self._policy = None
-        self._devices: dict[str, object] = {}
-
-    def device(self, token: str):
-        policy = self.state.snapshot.policy
-        if policy is not self._policy:
-            self._devices = {device.token_sha256: device for device in policy.devices.values()
-                             if device.token_sha256}
-            self._policy = policy
-        return self._devices.get(token_digest(token))
 
 
 def masked_path(path: str, base: str) -> str:

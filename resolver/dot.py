@@ -15,7 +15,7 @@ import ssl
 from resolver.chain import Client
 from resolver.clients import scope_for
 from resolver.config import parse_listen
-from resolver.doh import TOKEN, DeviceTokens
+from resolver.device_tokens import TOKEN, DeviceTokens
 from resolver.server import QueryHandler, TcpListener
 from resolver.state import RuntimeState
 

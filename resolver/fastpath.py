@@ -34,6 +34,7 @@ class FastPath:
         self.filtering = filtering
         self.cache = cache
         self._queries: dict[bytes, RawQuery] = {}
+        self._blocks: dict[tuple, object] = {}  # (reason, active) -> the first such block decision
         self.stats = QueryStats()  # shared with the chain's handler: one set of counters
         # The outcome of the query being answered, for the counters (the path never awaits).
         self._class_id: str | None = None
@@ -65,7 +66,11 @@ class FastPath:
             if self.local_zones.local_zone(name) is not None:
                 decision = _SLOW
             else:
-                decision = engine.decide_in(class_state, name, spent)
+                decision = engine.evaluate_in(class_state, name, spent)
+                if decision.action is Action.BLOCK:
+                    # A block's bytes depend on its reason alone: one shared object per reason
+                    # instead of one per name (a million listed names stay cheap to remember).
+                    decision = self._blocks.setdefault((decision.reason, decision.active), decision)
             if len(memo) >= DECISION_MEMO_LIMIT:
                 memo.clear()
             memo[qname] = decision

@@ -44,6 +44,7 @@ BUFFER_LIMIT = 100_000  # events waiting for the background task; beyond, droppe
 DRAIN_INTERVAL = 1.0  # seconds between two takes of the buffer
 FLUSH_INTERVAL = 60.0  # seconds between two writes of the aggregate counts
 PURGE_INTERVAL = 3600.0  # seconds (of the log's clock) between two retention purges
+REGISTRABLE_MEMO_LIMIT = 20_000  # names; a blocked name's domain is looked up again after
 TOP_KEPT = 1000  # blocked registrable domains kept per class and day (the most blocked)
 PSEUDONYM_HEX = 32  # 128 bits of the HMAC-SHA256
 
@@ -323,7 +324,8 @@ class QueryLog:
         # the key is known, so that every entry of a day is under that day's one key.
         self._unwritten: dict[str, list[dict]] = {}
         self._store_failing = False
-        self._registrable: dict[str, str] = {}
+        self._registrable: dict[str, str] = {}  # name -> its registrable domain (one string each)
+        self._domains: dict[str, str] = {}
         self._next_flush = 0.0
         self._next_purge = 0.0
         self._task: asyncio.Task | None = None
@@ -551,9 +553,10 @@ class QueryLog:
             labels = name.split(".")
             known = ".".join(labels[-(suffix.count(".") + 2):]) if suffix and name != suffix \
                 else name
-            if len(self._registrable) >= 100_000:
+            if len(self._registrable) >= REGISTRABLE_MEMO_LIMIT:
                 self._registrable.clear()
-            self._registrable[name] = known
+                self._domains.clear()
+            self._registrable[name] = self._domains.setdefault(known, known)
         return known
 
 

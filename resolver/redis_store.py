@@ -33,8 +33,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from policies.model import Override
-from resolver.store import AuditEntry, NotFound, StoreError, StoredPolicy, VersionConflict, \
-    describe_override, write_atomically
+from resolver.store import AuditEntry, NotFound, StoreError, StoredPolicy, StoreUnavailable, \
+    VersionConflict, describe_override, write_atomically
 
 log = logging.getLogger("classguard.store.redis")
 
@@ -50,10 +50,6 @@ CONNECT_TIMEOUT = 1.0  # seconds; the watcher is the one waiting, never a DNS an
 COMMAND_TIMEOUT = 2.0
 BACKOFF_FIRST, BACKOFF_MAX = 0.25, 2.0  # seconds between attempts while Redis is away
 SENTINEL_SCHEME = "redis+sentinel"
-
-
-class StoreUnavailable(StoreError):
-    """Redis cannot be reached; the running state stays until it can."""
 
 
 _PUT_POLICY = """

@@ -11,6 +11,7 @@ import socket
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from blocklists.bundled import Bundled, load_bundled
 from blocklists.compiled import CompiledLists
@@ -22,17 +23,19 @@ from resolver.cache import CacheLink
 from resolver.chain import Resolver, find_link
 from resolver.config import Config, parse_listen
 from resolver.control import ControlPlane, load_or_seed
-from resolver.doh import DohServer
 from resolver.dot import DotListener
 from resolver.fastpath import FastPath
 from resolver.logsetup import config_summary
-from resolver.metrics import MetricsServer, share_counters
 from resolver.querylog import EmbeddedQueryLogStore, QueryLog, QueryLogSettings
 from resolver.ratelimit import RateLimiter
 from resolver.server import QueryHandler, TcpListener, UdpListener
 from resolver.state import RuntimeState
 from resolver.store import EmbeddedStore, Store, StoreError
 from resolver.upstream import Upstream, UpstreamGroup
+
+if TYPE_CHECKING:  # loaded when configured: aiohttp costs ~14 MB of every worker's memory
+    from resolver.doh import DohServer
+    from resolver.metrics import MetricsServer
 
 log = logging.getLogger("classguard.service")
 
@@ -220,6 +223,8 @@ class Service:
                 self.fast_path.query_log = self.query_log
         await self.query_log.start()
         if self.config.doh is not None:  # its TLS files are read now, before anything is bound
+            from resolver.doh import DohServer  # aiohttp's server: loaded only when DoH is on
+
             self.doh = DohServer(handler, self.state, self.config.doh, self.config.tls)
         tcp = TcpListener(handler, dns.tcp_idle_timeout, dns.tcp_max_connections)
         for entry in dns.listen:
@@ -242,9 +247,13 @@ class Service:
         else:
             self.tasks.append(asyncio.create_task(self._refresh_lists(first=False)))
         if self.config.metrics is not None and self.worker_index == 0:
+            from resolver.metrics import MetricsServer
+
             self.metrics = MetricsServer(self, self.config.metrics["listen"])
             await self.metrics.start()
         elif self.config.metrics is not None:  # worker 0 serves the totals, these included
+            from resolver.metrics import share_counters
+
             self.tasks.append(asyncio.create_task(share_counters(self)))
         if self.worker_index == 0 and hasattr(self.store, "publish_lists"):  # with Redis
             self.tasks.append(asyncio.create_task(self._follow_store_lists()))

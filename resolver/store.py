@@ -48,6 +48,10 @@ class StoreError(Exception):
     """The store cannot do what was asked; the message says why."""
 
 
+class StoreUnavailable(StoreError):
+    """A shared store (Redis) cannot be reached; the running state stays until it can."""
+
+
 class VersionConflict(StoreError):
     """The policy changed since it was read: reload it and apply the change again."""
 

@@ -9,12 +9,15 @@ import ssl
 import struct
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import aiohttp
 from dnslib import EDNS0, DNSLabel, DNSQuestion, DNSRecord
 
 from resolver.answers import MAX_UDP_PAYLOAD
 from resolver.config import parse_upstream
+
+if TYPE_CHECKING:
+    import aiohttp
 
 log = logging.getLogger("classguard.upstream")
 
@@ -185,6 +188,8 @@ class Upstream:
 
     async def _https(self, query: DNSRecord, deadline: float) -> DNSRecord:
         """DNS over HTTPS (RFC 8484) POST, on a kept-alive session; the id is 0 as §4.1 advises."""
+        import aiohttp  # here: a server without https upstreams does not load the HTTP client
+
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(ssl=self.ssl_context, limit=16))

@@ -16,8 +16,7 @@ QR, RD_BIT, RA, CD_BIT = 0x8000, 0x0100, 0x0080, 0x0010
 class RawQuery:
     """What the fast path needs of a query, read straight from its bytes (all but the id)."""
 
-    __slots__ = ("qname", "question_end", "qtype", "qclass", "rd", "cd", "edns_payload", "dnssec_ok",
-                 "cache_key")
+    __slots__ = ("qname", "question_end", "qtype", "qclass", "rd", "cd", "edns_payload", "dnssec_ok")
 
     def __init__(self, qname: bytes, question_end: int, qtype: int, qclass: int, rd: bool, cd: bool,
                  edns_payload: int | None, dnssec_ok: bool):
@@ -29,7 +28,12 @@ class RawQuery:
         self.cd = cd
         self.edns_payload = edns_payload  # None: no OPT record
         self.dnssec_ok = dnssec_ok
-        self.cache_key = (qname, qtype, qclass, dnssec_ok, cd)  # as resolver.cache keys entries
+
+    @property
+    def cache_key(self) -> tuple:
+        """As resolver.cache keys entries; made per lookup, since most memoised queries (blocked
+        names) never need one."""
+        return (self.qname, self.qtype, self.qclass, self.dnssec_ok, self.cd)
 
 
 def read_query(data: bytes) -> RawQuery | None:
