@@ -20,7 +20,8 @@ COOKIE = "classguard_session"
 CSRF_HEADER = "X-CSRF-Token"
 CSRF_FIELD = "csrf_token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-PUBLIC_PATHS = frozenset({"/api/v1/login", "/api/v1/openapi.json"})
+PUBLIC_PATHS = frozenset({"/api/v1/login", "/api/v1/openapi.json", "/login", "/language"})
+PUBLIC_PREFIXES = ("/static/",)  # the pages' style sheet, also on the login page
 
 
 @dataclass
@@ -101,7 +102,8 @@ async def auth_middleware(request: web.Request, handler):
         if user is not None:
             identity = Identity(user.name, user.role, user.classes, "session", session=session)
     request[IDENTITY] = identity
-    if identity is None and request.path not in PUBLIC_PATHS:
+    if identity is None and request.path not in PUBLIC_PATHS \
+            and not request.path.startswith(PUBLIC_PREFIXES):
         return json_error(401, "log in first (POST /api/v1/login) or send a Bearer token")
     return await handler(request)
 
@@ -132,7 +134,7 @@ def _read_json_body_limit() -> int:
 
 def init_app(service: Any, *, throttle: auth.Throttle | None = None) -> web.Application:
     """The dashboard application for a running `resolver.service.Service`."""
-    from dashboard import api
+    from dashboard import api, pages
 
     dashboard = service.config.dashboard or {}
     public_url = str(dashboard.get("public_url") or "")
@@ -146,6 +148,7 @@ def init_app(service: Any, *, throttle: auth.Throttle | None = None) -> web.Appl
                           client_max_size=_read_json_body_limit())
     app[CONTEXT] = context
     api.add_routes(app)
+    pages.add_routes(app, service)
     return app
 
 

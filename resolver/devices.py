@@ -99,6 +99,11 @@ def read_csv(path: Path) -> list[Enrolment]:
         text = Path(path).read_text(encoding="utf-8-sig")  # a spreadsheet's byte-order mark
     except (OSError, UnicodeDecodeError) as exc:
         raise PolicyError([f"{path}: cannot read it: {exc}"]) from None
+    return parse_csv(text, str(path))
+
+
+def parse_csv(text: str, path: str) -> list[Enrolment]:
+    """`read_csv` for text already read (the dashboard's upload); `path` names it in messages."""
     rows: list[Enrolment] = []
     errors: list[str] = []
     seen: dict[str, int] = {}

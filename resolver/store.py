@@ -95,6 +95,7 @@ class User:
     password_hash: str = ""
     created_at: float = 0.0
     sessions_after: float = 0.0  # sessions opened before this (a password reset) are void
+    language: str = ""  # the dashboard's language for this user (fr, en); "" is the default, fr
 
 
 @dataclass(frozen=True, slots=True)

@@ -54,7 +54,7 @@ async def dashboard(make_resolver):
 
     async def record(request, response) -> None:
         resource = request.match_info.route.resource
-        if resource is not None:
+        if resource is not None and resource.canonical.startswith("/api/"):  # not the pages
             seen.append((request.method.lower(), resource.canonical, response.status))
 
     app.on_response_prepare.append(record)

@@ -1,0 +1,229 @@
+"""The dashboard's pages over real HTTP (aiohttp): logging in with the form, escaping what users
+typed, a teacher kept to their classes, the CSRF token, the class form's errors by their field,
+French and English. The browser run is tests/test_browser.py."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from dashboard import i18n
+from tests.dashboard_fixtures import PASSWORD, dashboard  # noqa: F401 (a fixture)
+
+
+async def _login(dashboard, name: str) -> str:
+    """Log in through the form; the CSRF token the next page carries."""
+    client = dashboard.client
+    response = await client.post("/login", data={"name": name, "password": PASSWORD},
+                                 allow_redirects=False)
+    assert response.status == 303, await response.text()
+    return _csrf(await (await client.get("/")).text())
+
+
+def _csrf(page: str) -> str:
+    return re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+
+
+async def test_anonymous_visitor_is_sent_to_the_login_page_in_french(dashboard):
+    response = await dashboard.client.get("/classes/pupils", allow_redirects=False)
+    assert response.status == 303
+    assert response.headers["Location"] == "/login?next=/classes/pupils"
+    page = await (await dashboard.client.get("/login")).text()
+    assert '<html lang="fr">' in page and "Se connecter" in page
+    assert "Log in" in await (await dashboard.client.get("/login?lang=en")).text()
+
+
+async def test_wrong_password_shows_the_form_again_and_is_throttled(dashboard):
+    client = dashboard.client
+    for _ in range(3):
+        response = await client.post("/login", data={"name": "tom", "password": "nope-nope-nope"})
+        assert response.status == 401
+        assert "Identifiant ou mot de passe incorrect" in await response.text()
+    response = await client.post("/login", data={"name": "tom", "password": PASSWORD})
+    assert response.status == 429 and response.headers["Retry-After"] == "1"
+
+
+async def test_login_goes_back_to_the_page_asked_for_but_never_elsewhere(dashboard):
+    client = dashboard.client
+    for target, expected in (("/classes/pupils", "/classes/pupils"), ("//evil.example/", "/"),
+                             ("https://evil.example/", "/")):
+        response = await client.post("/login", params={"next": target},
+                                     data={"name": "tom", "password": PASSWORD}, allow_redirects=False)
+        assert response.headers["Location"] == expected
+
+
+async def test_a_class_named_script_shows_as_text(dashboard):
+    client = dashboard.client
+    csrf = await _login(dashboard, "alice")
+    response = await client.post("/classes/pupils/edit", data={
+        "csrf_token": csrf, "version": "", "name": "<script>alert(1)</script>",
+        "networks": "127.0.0.2/32", "block": "adult"}, allow_redirects=False)
+    assert response.status == 303, await response.text()
+    for path in ("/", "/classes", "/classes/pupils", "/classes/pupils/edit"):
+        page = await (await client.get(path)).text()
+        assert "<script>" not in page, path
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page, path
+
+
+async def test_a_teacher_sees_only_their_classes(dashboard):
+    client = dashboard.client
+    csrf = await _login(dashboard, "tom")
+    listing = await (await client.get("/classes")).text()
+    assert 'href="/classes/pupils"' in listing and 'href="/classes/staff"' not in listing
+    for method, path, data in (("GET", "/classes/staff", None),
+                               ("POST", "/classes/staff/pause", {"minutes": "15"}),
+                               ("POST", "/classes/staff/allow", {"target": "example.com", "minutes": "5"}),
+                               ("POST", "/classes/staff/resume", {}),
+                               ("GET", "/why?name=example.com&class=staff", None),
+                               ("GET", "/classes/pupils/edit", None), ("GET", "/users", None),
+                               ("GET", "/audit", None), ("GET", "/lists", None)):
+        response = await client.request(method, path, data={**(data or {}), "csrf_token": csrf}
+                                        if method == "POST" else None)
+        assert response.status == 403, (method, path)
+        assert '<html lang="fr">' in await response.text()  # a page, not JSON
+    assert not dashboard.resolver.service.state.snapshot.overrides
+
+
+async def test_a_form_without_the_csrf_token_is_refused(dashboard):
+    client = dashboard.client
+    csrf = await _login(dashboard, "tom")
+    for data in ({"minutes": "15"}, {"minutes": "15", "csrf_token": "forged"}):
+        response = await client.post("/classes/pupils/pause", data=data)
+        assert response.status == 403
+        assert "CSRF" in await response.text()
+    assert not dashboard.resolver.service.state.snapshot.overrides
+    response = await client.post("/classes/pupils/pause", data={"minutes": "15", "csrf_token": csrf},
+                                 allow_redirects=False)
+    assert response.status == 303
+    assert [item.kind for item in dashboard.resolver.service.state.snapshot.overrides] == ["pause"]
+
+
+async def test_pause_allow_and_resume_with_the_forms(dashboard):
+    client = dashboard.client
+    csrf = await _login(dashboard, "tom")
+    state = dashboard.resolver.service.state
+    response = await client.post("/classes/pupils/pause", data={"minutes": "30", "csrf_token": csrf})
+    page = await response.text()
+    assert response.status == 200 and "La classe est en pause." in page and "En pause jusqu" in page
+    assert (await dashboard.resolver.query("example.com")).answer[0][0].to_text() == "0.0.0.0"
+    response = await client.post("/classes/pupils/allow",
+                                 data={"target": "example.com", "minutes": "10", "csrf_token": csrf})
+    assert "Autorisé : example.com" in await response.text()
+    assert (await dashboard.resolver.query("example.com")).answer[0][0].to_text() == "93.184.215.14"
+    response = await client.post("/classes/pupils/allow",
+                                 data={"target": "adult.example", "minutes": "10", "csrf_token": csrf})
+    assert response.status == 400
+    assert "locked category" in await response.text()  # the commands' own refusal, by the form
+    await client.post("/classes/pupils/resume", data={"csrf_token": csrf})
+    assert [item.kind for item in state.snapshot.overrides if item.active(state.clock())] == ["allow"]
+
+
+async def test_invalid_network_is_shown_next_to_its_field(dashboard):
+    client = dashboard.client
+    csrf = await _login(dashboard, "alice")
+    response = await client.post("/classes/new", data={
+        "csrf_token": csrf, "version": "", "id": "cm1-b", "name": "CM1 B",
+        "networks": "10.0.0.300/24", "block": "adult",
+        "schedule-0-days": "mon-fri", "schedule-0-from": "08:00", "schedule-0-to": "08:00",
+        "schedule-0-closed": "on"})
+    page = await response.text()
+    assert response.status == 400
+    networks = re.search(r'data-field="networks">(.*?)</div>', page, re.S).group(1)
+    assert "invalid network &#x27;10.0.0.300/24&#x27;" in networks
+    schedule = page[page.index('data-field="schedule"'):]
+    assert "starts and ends at the same time" in schedule
+    assert 'value="CM1 B"' in page  # what was typed stays
+    assert "cm1-b" not in dashboard.resolver.service.state.snapshot.policy.classes
+
+
+async def test_a_class_created_with_every_field_reads_back_in_the_form(dashboard):
+    client = dashboard.client
+    csrf = await _login(dashboard, "alice")
+    fields = {"id": "cm1-b", "name": "CM1 B", "school": "jean-jaures",
+              "networks": "10.9.0.0/24\n2001:db8:9::/64", "block": "adult, gambling",
+              "allow": "lumni.fr", "deny": "tiktok.com", "safe_search": "moderate",
+              "screen_time": "90", "home.block": "gambling", "home.safe_search": "strict",
+              "schedule-0-days": "mon-fri", "schedule-0-from": "08:30", "schedule-0-to": "16:30",
+              "schedule-0-block": "gambling", "schedule-0-school_days_only": "on",
+              "schedule-1-days": "all", "schedule-1-from": "21:00", "schedule-1-to": "07:00",
+              "schedule-1-closed": "on", "schedule-1-where": "home"}
+    response = await client.post("/classes/new", data={**fields, "csrf_token": csrf, "version": ""},
+                                 allow_redirects=False)
+    assert response.status == 303, await response.text()
+    item = dashboard.resolver.service.state.snapshot.policy.classes["cm1-b"]
+    assert [str(network) for network in item.networks] == ["10.9.0.0/24", "2001:db8:9::/64"]
+    assert item.screen_time_minutes == 90 and item.rules.safe_search == "moderate"
+    assert item.home.schedule[0].closed and item.rules.schedule[0].school_days_only
+    page = await (await client.get("/classes/cm1-b/edit")).text()
+    for value in ("CM1 B", "lumni.fr", "tiktok.com", "16:30", "21:00"):
+        assert f'value="{value}"' in page, value
+    week = await (await client.get("/classes/cm1-b")).text()
+    assert week.count('class="slot closed') >= 7 and 'class="slot block' in week
+
+
+async def test_why_explains_the_decision(dashboard):
+    client = dashboard.client
+    await _login(dashboard, "tom")
+    page = await (await client.get("/why", params={"name": "casino.example", "class": "pupils"})).text()
+    assert "category:gambling" in page and 'class="card answer blocked"' in page
+    page = await (await client.get("/why", params={"name": "bad name!", "class": "pupils"})).text()
+    assert "n&#x27;est pas un nom de domaine valide" in page
+
+
+async def test_language_is_kept_with_the_user(dashboard):
+    client = dashboard.client
+    csrf = await _login(dashboard, "tom")
+    response = await client.post("/language", data={"language": "en", "next": "/classes",
+                                                     "csrf_token": csrf})
+    page = await response.text()
+    assert '<html lang="en">' in page and "Log out" in page
+    user = await dashboard.resolver.service.store.get_user("tom")
+    assert user.language == "en"
+
+
+async def test_admin_pages_render_in_both_languages(dashboard):
+    client = dashboard.client
+    csrf = await _login(dashboard, "alice")
+    for language in i18n.LANGUAGES:
+        await client.post("/language", data={"language": language, "csrf_token": csrf})
+        for path in ("/", "/classes", "/classes/pupils", "/classes/new", "/classes/pupils/edit",
+                     "/devices", "/lists", "/why", "/audit", "/users"):
+            response = await client.get(path)
+            assert response.status == 200, (path, await response.text())
+            assert f'<html lang="{language}">' in await response.text()
+
+
+async def test_users_page_adds_a_teacher(dashboard):
+    client = dashboard.client
+    csrf = await _login(dashboard, "alice")
+    response = await client.post("/users/add", data={"csrf_token": csrf, "name": "lea", "role": "teacher",
+                                                      "classes": "staff", "password": "short",
+                                                      "language": "en"})
+    assert response.status == 400 and "at least 10 characters" in await response.text()
+    response = await client.post("/users/add", data={"csrf_token": csrf, "name": "lea", "role": "teacher",
+                                                      "classes": "staff", "password": PASSWORD,
+                                                      "language": "en"}, allow_redirects=False)
+    assert response.status == 303
+    user = await dashboard.resolver.service.store.get_user("lea")
+    assert user.classes == ("staff",) and user.language == "en"
+
+
+def test_every_key_the_pages_use_is_in_every_catalogue():
+    from pathlib import Path
+
+    import dashboard.pages
+    from dashboard import class_form
+    from dashboard.auth import ROLES
+    from policies.model import WEEKDAYS
+
+    source = Path(dashboard.pages.__file__).read_text()
+    used = {key for key in re.findall(r'\bt\("([a-z_.]+)"', source) if not key.endswith((".", "_"))}
+    # The keys made from a prefix and a value:
+    used |= {f"day.{day}" for day in WEEKDAYS} | {f"role.{role}" for role in ROLES} \
+        | {f"safe_search.{mode or 'default'}" for mode in class_form.SAFE_SEARCH_CHOICES} \
+        | {"why.scope_school", "why.scope_home"}
+    for language in i18n.LANGUAGES:
+        words = i18n.catalogue(language)
+        assert not used - set(words), language
+    assert set(i18n.catalogue("fr")) == set(i18n.catalogue("en"))
+    json.dumps(i18n.catalogue("fr"))
