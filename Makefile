@@ -19,9 +19,11 @@ install: $(VENV)/.installed
 run: install
 	$(BIN)/classguard serve $(ARGS)
 
-# The Redis store's tests run a real redis-server (tests/redis_server.py): installed when missing.
+# The Redis store's tests run a real redis-server (tests/redis_server.py), the dashboard's browser
+# tests Debian's chromium driven by Playwright (tests/browser.py): installed when missing.
 test: install
 	command -v redis-server >/dev/null || (apt-get update && apt-get install -y redis-server)
+	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
 	$(BIN)/python -m pytest -q $(ARGS)
 
 # classguard beside dnsmasq and unbound on 127.0.0.1 (docs/benchmarks.md): about 15 minutes;
@@ -45,3 +47,10 @@ clean:
 .PHONY: bench-decisions
 bench-decisions: install
 	$(BIN)/python bench/decisions_bench.py $(ARGS)
+
+# docs/screenshots/*.png: the dashboard's main pages in a headless chromium, on a demo school
+# (tests/screenshots.py); about 20 seconds.
+.PHONY: screenshots
+screenshots: install
+	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
+	$(BIN)/python -m tests.screenshots
