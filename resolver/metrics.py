@@ -124,6 +124,64 @@ def _shared_key(labels) -> str:
     return _SEP.join(labels) if isinstance(labels, tuple) else str(labels)
 
 
+# The store's counters (SPEC §8: Redis connection state and dropped writes), from the store's
+# `counters` mapping: (its key there, family, help, how workers' values combine). Events of the
+# one shared Redis (an outage, a loss) are seen by every worker: the largest count is the
+# server's. Work each worker does for itself (writes dropped, lists fetched) adds up.
+STORE_COUNTERS: tuple[tuple[str, str, str, str], ...] = (
+    ("outages", "store_outages_total", "Times the store became unreachable (the server kept "
+     "answering from its snapshot).", "max"),
+    ("reconnects", "store_reconnects_total", "Times the store answered again after an outage "
+     "(the server then read it again).", "max"),
+    ("lost_store", "store_lost_total", "Times Redis was found without the store (restarted "
+     "empty, or a lagging replica promoted): SPEC §7's lost store.", "max"),
+    ("restored", "store_rebuilds_total", "Times this server wrote its snapshot back into a "
+     "lost store (it held the newest version).", "sum"),
+    ("lists_published", "store_lists_published_total", "Compiled lists this server published "
+     "in the store for the other instances.", "sum"),
+    ("lists_fetched", "store_lists_fetched_total", "Compiled lists this server took from the "
+     "store instead of compiling them.", "sum"),
+)
+# Writes held in memory while the store was away, dropped once their bounded buffer was full:
+# (what, reader of this process's count).
+STORE_DROPPED_WRITES: tuple[tuple[str, Callable], ...] = (
+    ("screen_time", lambda s: (getattr(getattr(s, "store", None), "counters", None) or {})
+     .get("minutes_dropped")),
+    ("query_log", lambda s: getattr(_query_log(s), "store_dropped", None)),
+)
+
+
+def store_counters(service) -> dict[str, int]:
+    """This process's store counters: {family name: n}, dropped writes as
+    `store_dropped_writes_total<SEP>what`."""
+    counts = getattr(getattr(service, "store", None), "counters", None)
+    found: dict[str, int] = {}
+    if isinstance(counts, dict):
+        for key, name, _, _ in STORE_COUNTERS:
+            if key in counts:
+                found[name] = counts[key]
+    for what, reader in STORE_DROPPED_WRITES:
+        value = reader(service)
+        if value is not None:
+            found[_SEP.join(("store_dropped_writes_total", what))] = value
+    return found
+
+
+def combine_store_counters(per_process: list[dict[str, int]]) -> dict[str, int]:
+    """Worker 0's and the other workers' store counters as the server's."""
+    how = {name: combine for _, name, _, combine in STORE_COUNTERS}
+    total: dict[str, int] = {}
+    for counts in per_process:
+        for name, value in counts.items():
+            if name not in total:
+                total[name] = value
+            elif how.get(name) == "max":
+                total[name] = max(total[name], value)
+            else:
+                total[name] += value
+    return total
+
+
 def counters(service) -> dict:
     """This process's counters as plain data: what worker 0 reads live and the other workers
     write to their file."""
@@ -149,6 +207,7 @@ def counters(service) -> dict:
                                                          getattr(upstream, "errors", 0)]
                       for zone, group in upstream_groups(service) for upstream in group.upstreams},
         "simple": simple,
+        "store": store_counters(service),
     }
 
 
@@ -218,14 +277,17 @@ class ServiceCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         service = self.service
         total = counters(service)
+        stores = [total.pop("store")]
         for share in read_shares(service):
             share.pop("pid", None)
+            stores.append(share.pop("store", {}))
             total = _add(total, share)
+        total["store"] = combine_store_counters(stores)
         yield from self._queries(total)
         yield from self._cache(total)
         yield from self._upstreams(service, total)
         yield from self._lists(service)
-        yield from self._store(service)
+        yield from self._store(service, total["store"])
         for name, kind, documentation, labels, reader in SIMPLE:
             value = total["simple"].get(name) if kind == "counter" else reader(service)
             if value is None:
@@ -362,7 +424,7 @@ class ServiceCollector(Collector):
             self._status_cache = (signature, read_status(state_dir))
         return self._status_cache[1]
 
-    def _store(self, service) -> Iterable[Metric]:
+    def _store(self, service, counts: dict[str, int]) -> Iterable[Metric]:
         store = getattr(service, "store", None)
         if store is None:
             return
@@ -372,15 +434,22 @@ class ServiceCollector(Collector):
                              "probe (each scrape and /readyz).", ("kind",))
             family.add_metric([kind], int(self.probe.store_up))
             yield family
-        # The store's own counters (the Redis store keeps outages, writes dropped while Redis
-        # was away, ...): `store.counters` {name: n}, exported as classguard_store_<name>_total.
-        counts = getattr(store, "counters", None)
-        if isinstance(counts, dict):
-            for name, value in sorted(counts.items()):
-                family = _family(f"store_{name}_total", "counter",
-                                 f"State store: {name.replace('_', ' ')}.", ("kind",))
-                family.add_metric([kind], value)
+        for _, name, documentation, _ in STORE_COUNTERS:
+            if name in counts:
+                family = _family(name, "counter", documentation, ("kind",))
+                family.add_metric([kind], counts[name])
                 yield family
+        dropped = {key.split(_SEP, 1)[1]: value for key, value in counts.items()
+                   if key.startswith("store_dropped_writes_total" + _SEP)}
+        if dropped:
+            family = _family("store_dropped_writes_total", "counter",
+                             "Writes held in memory while the store was away, dropped because "
+                             "their bounded buffer was full (answers never wait for them), by "
+                             "what they were (screen_time: device-days of minutes; query_log: "
+                             "entries).", ("kind", "what"))
+            for what, value in sorted(dropped.items()):
+                family.add_metric([kind, what], value)
+            yield family
 
 
 def upstream_groups(service) -> list[tuple[str, object]]:
@@ -404,9 +473,11 @@ class ReadinessProbe:
     def __init__(self, service) -> None:
         self.service = service
         self.store_up: bool | None = None  # the last probe's answer, for classguard_store_up
+        self._store_note: str | None = None  # the shared store away: said by a ready /readyz
 
     async def reasons(self) -> list[str]:
         service = self.service
+        self._store_note = None
         reasons = []
         if not service.state.lists_loaded:
             reasons.append("lists not loaded yet")
@@ -422,31 +493,44 @@ class ReadinessProbe:
         return reasons
 
     async def store_reason(self) -> str | None:
-        """None when the store answers. Hook: a store with `async health() -> str | None` (the
-        Redis store: "unreachable, serving its snapshot") says for itself; otherwise a read of
-        its version must succeed within STORE_PROBE_TIMEOUT."""
+        """Why the store makes this instance not ready, or None; sets `store_up`.
+
+        A store shared by every instance (Redis) offers `async health() -> str | None`: a
+        string says it is away and this instance answers from its snapshot. That is a note, not
+        a reason (docs/observability.md): every instance shares that Redis, so taking them out
+        of rotation would stop all DNS for a fault that does not stop any answer. Any other
+        store (the embedded one) must answer a read of its version within STORE_PROBE_TIMEOUT:
+        an unreadable state_dir is this host's own fault, and another instance does better.
+        """
+        self._store_note = None
         store = getattr(self.service, "store", None)
         if store is None:
             return None
         health = getattr(store, "health", None)
+        note = problem = None
         try:
             async with asyncio.timeout(STORE_PROBE_TIMEOUT):
                 if health is not None:
-                    problem = await health()
+                    note = await health()
                 else:
                     await store.version()
-                    problem = None
         except TimeoutError:
             problem = f"no answer within {STORE_PROBE_TIMEOUT:.0f} s"
         except Exception as exc:  # StoreError, OSError: the store cannot be read
             problem = str(exc) or type(exc).__name__
-        self.store_up = problem is None
+        self.store_up = problem is None and note is None
+        if note is not None:
+            version = getattr(getattr(self.service, "control", None), "policy_version", None)
+            self._store_note = f"store: {note}" + \
+                (f" (policy version {version})" if version is not None else "")
         return None if problem is None else f"store unreachable: {problem}"
 
     def notes(self) -> list[str]:
-        """What a ready service still reports (not a reason to take it out of rotation)."""
+        """What a ready service still reports (not a reason to take it out of rotation): the
+        shared store away while this instance answers from its snapshot; policy drift."""
+        notes = [self._store_note] if self._store_note else []
         drift = getattr(self.service, "policy_drift", None)
-        return [f"policy drift: {drift}"] if drift else []
+        return notes + ([f"policy drift: {drift}"] if drift else [])
 
 
 # --- the HTTP server ------------------------------------------------------------------------------

@@ -190,8 +190,9 @@ class RedisStore:
         self._minutes_buffer: dict[str, dict[str, bytes]] = {}
         self._subscriber: asyncio.Task | None = None
         self.changed: asyncio.Event | None = None
-        self.counters = {"outages": 0, "lost_store": 0, "restored": 0, "minutes_dropped": 0,
-                         "lists_published": 0, "lists_fetched": 0}
+        # exported by resolver.metrics (STORE_COUNTERS) as classguard_store_*_total
+        self.counters = {"outages": 0, "reconnects": 0, "lost_store": 0, "restored": 0,
+                         "minutes_dropped": 0, "lists_published": 0, "lists_fetched": 0}
 
     def __repr__(self) -> str:
         return f"RedisStore({_redacted(self.url)!r})"
@@ -238,6 +239,7 @@ class RedisStore:
             log.warning("Redis (%s) is back after %.1f s: resynchronising", _redacted(self.url),
                         now - self._down_since)
             self._down_since = None
+            self.counters["reconnects"] += 1
             if self.changed is not None:
                 self.changed.set()
         return result
@@ -518,6 +520,19 @@ class RedisStore:
             await asyncio.to_thread(write_atomically, Path(status_path), manifest["status"].encode())
         self.counters["lists_fetched"] += 1
         return manifest
+
+    # -- health, for /readyz (resolver.metrics.ReadinessProbe)
+
+    async def health(self) -> str | None:
+        """None while Redis answers; else that it is away and for how long: the server answers
+        from its snapshot meanwhile, which /readyz reports as a note, not as a reason."""
+        try:
+            await self._run(lambda r: r.ping())
+        except StoreUnavailable:
+            away = time.monotonic() - self._down_since if self._down_since is not None else 0.0
+            return (f"Redis ({_redacted(self.url)}) unreachable for {away:.0f} s; answering from "
+                    "this instance's snapshot")
+        return None
 
     # -- a device's data (GDPR art. 15 and 17; the shape and the work are resolver.gdpr's)
 

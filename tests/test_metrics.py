@@ -7,8 +7,10 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import signal
 import socket
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -16,11 +18,13 @@ from pathlib import Path
 import aiohttp
 import dns.asyncquery
 import dns.message
+import pytest
 import yaml
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import POLICY, PUPILS, STAFF, UNKNOWN
+from tests.redis_server import MISSING_REASON, REDIS_SERVER, RedisServer
 
 DEVICE_ADDRESS = "127.0.0.4"
 DEVICE_ID = "tablet-0042"
@@ -56,8 +60,23 @@ def value(found: dict, name: str, **labels) -> float:
     return sum(matching)
 
 
-async def test_metrics_after_queries_from_several_clients(make_resolver, upstream):
-    resolver = await make_resolver(POLICY_WITH_DEVICE, settings=METRICS)
+@pytest.fixture(params=["embedded", "redis"])
+def store_kind(request, tmp_path):
+    """(kind, extra settings): the embedded store, then a real Redis (full query log there)."""
+    if request.param == "embedded":
+        yield "embedded", {}
+        return
+    if REDIS_SERVER is None:
+        pytest.skip(MISSING_REASON)
+    redis = RedisServer(tmp_path / "redis").start()
+    yield "redis", {"store": redis.url, "query_log": {"mode": "full", "retention_days": 7,
+                                                     "scope": "school"}}
+    redis.stop()
+
+
+async def test_metrics_after_queries_from_several_clients(make_resolver, upstream, store_kind):
+    kind, settings = store_kind
+    resolver = await make_resolver(POLICY_WITH_DEVICE, settings={**METRICS, **settings})
     for source in (PUPILS, STAFF, DEVICE_ADDRESS, UNKNOWN):
         for name in NAMES:
             await resolver.query(name, source=source)
@@ -107,7 +126,17 @@ async def test_metrics_after_queries_from_several_clients(make_resolver, upstrea
     assert value(found, "classguard_list_entries", category="gambling") == 2
     assert 0 <= value(found, "classguard_list_age_seconds", category="adult") < 600
     assert value(found, "classguard_lists_loaded") == 1
-    assert value(found, "classguard_store_up", kind="embedded") == 1
+    assert value(found, "classguard_store_up", kind=kind) == 1
+    if kind == "redis":
+        await resolver.service.query_log.flush()  # entries and counts went to Redis
+        found = samples((await scrape(resolver.service))[2])
+        for name in ("outages", "reconnects", "lost", "rebuilds", "lists_published",
+                     "lists_fetched"):
+            assert value(found, f"classguard_store_{name}_total", kind="redis") >= 0
+        assert value(found, "classguard_store_dropped_writes_total", kind="redis",
+                     what="query_log") == 0
+        assert value(found, "classguard_store_dropped_writes_total", kind="redis",
+                     what="screen_time") == 0
 
     # SPEC §8: no label holds a client address, a device id or a queried name.
     forbidden = (PUPILS, STAFF, DEVICE_ADDRESS, UNKNOWN, DEVICE_ID, *NAMES,
@@ -146,21 +175,44 @@ def _base(name: str) -> str:
     return name
 
 
-async def test_docs_alerts_and_dashboard_use_the_metrics_served(make_resolver):
-    resolver = await make_resolver(settings=METRICS, rate_limit=None)
-    text = (await scrape(resolver.service))[2]
+async def test_docs_alerts_and_dashboard_use_the_metrics_served(make_resolver, tmp_path):
+    """Every family served is documented, and every name in the alert rules and the Grafana
+    dashboard is served by a real scrape: of a resolver on the Redis store (which serves every
+    family the embedded one does, and the Redis ones) when redis-server is installed. The rules
+    are also checked by promtool when it is installed (`apt-get install prometheus`)."""
+    redis = RedisServer(tmp_path / "redis").start() if REDIS_SERVER is not None else None
+    try:
+        settings = {**METRICS, **({"store": redis.url} if redis is not None else {})}
+        resolver = await make_resolver(settings=settings, rate_limit=None)
+        text = (await scrape(resolver.service))[2]
+    finally:
+        if redis is not None:
+            redis.stop()
     served = {_base(line.split()[2]) for line in text.splitlines() if line.startswith("# TYPE ")}
     served |= {_base(name) for name in samples(text)}
     served.add("classguard_rate_limited_queries")  # served once dns.rate_limit is set
+    if redis is None:  # what a Redis store adds, by the table that serves it
+        from resolver.metrics import PREFIX, STORE_COUNTERS
+
+        served |= {_base(PREFIX + name) for _, name, _, _ in STORE_COUNTERS}
+        served.add("classguard_store_dropped_writes")
+    else:
+        for name in ("outages", "reconnects", "lost", "rebuilds", "lists_published",
+                     "lists_fetched", "dropped_writes"):
+            assert f"classguard_store_{name}" in served
     docs = Path(__file__).resolve().parent.parent / "docs"
     documented = set(re.findall(r"`(classguard_[a-z_]+)`", (docs / "observability.md").read_text()))
     assert {name for name in served if name.startswith("classguard_")} <= \
         {_base(name) for name in documented}
-    hooks = {"classguard_store_minutes_dropped"}  # the Redis store's counters
     rules = yaml.safe_load((docs / "alerts.yml").read_text())["groups"][0]["rules"]
+    assert len(rules) >= 10
     for rule in rules:
         for name in re.findall(r"classguard_[a-z_]+", rule["expr"]):
-            assert _base(name) in served | hooks, f"{rule['alert']}: {name} is not served"
+            assert _base(name) in served, f"{rule['alert']}: {name} is not served"
+    if shutil.which("promtool"):
+        checked = subprocess.run(["promtool", "check", "rules", str(docs / "alerts.yml")],
+                                 capture_output=True, text=True, timeout=60)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
     dashboard = json.loads((docs / "grafana-dashboard.json").read_text())
     exprs = [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
     assert len(exprs) > 20
