@@ -45,7 +45,7 @@ ACCOUNT_SLICE = 200  # events accounted between two turns of the event loop (~0.
 DRAIN_INTERVAL = 1.0  # seconds between two takes of the buffer
 FLUSH_INTERVAL = 60.0  # seconds between two writes of the aggregate counts
 PURGE_INTERVAL = 3600.0  # seconds (of the log's clock) between two retention purges
-REGISTRABLE_MEMO_LIMIT = 20_000  # names; a blocked name's domain is looked up again after
+REGISTRABLE_MEMO_LIMIT = 50_000  # blocked names whose registrable domain is remembered
 TOP_KEPT = 1000  # blocked registrable domains kept per class and day (the most blocked)
 PSEUDONYM_HEX = 32  # 128 bits of the HMAC-SHA256
 
@@ -71,6 +71,14 @@ def subject_of(device: str) -> str:
 
 def pseudonym(key: bytes, subject: str) -> str:
     return hmac.new(key, subject.encode("utf-8"), hashlib.sha256).hexdigest()[:PSEUDONYM_HEX]
+
+
+def text_name(qname) -> str:
+    """A queried name as the log keeps it: text, lowercase, no final dot (the fast path hands
+    over the wire form)."""
+    if isinstance(qname, bytes):
+        qname = wire_name_to_text(qname)
+    return qname.rstrip(".").lower()
 
 
 def outcome(result: str, reason: str | None) -> str:
@@ -315,7 +323,9 @@ class QueryLog:
         self.store_dropped = 0  # entries lost because the store was away longer than they fit
         self._full = settings.mode == "full"
         self._home_too = settings.scope == "all"
-        self._buffer: list[tuple] = []
+        self._buffer: list[tuple] = []  # full mode: every answer, for its entry
+        self._tally: dict[tuple, int] = {}  # aggregate mode: (class, result, reason) -> answers
+        self._blocked: list[tuple] = []  # aggregate mode: (class, name) of each block
         self._counts: dict[str, dict] = {}  # day -> class -> hour -> outcome -> n, not yet written
         self._top: dict[str, dict] = {}  # day -> class -> domain -> n
         self._pseudonyms: dict[tuple[str, str], str] = {}  # (day, subject) -> pseudonym
@@ -340,13 +350,26 @@ class QueryLog:
 
     def offer(self, protocol: str, client, client_ip: str, qname, result: str,
               reason: str | None) -> None:
-        """Called on the DNS path for every answer: never blocks, never awaits."""
-        buffer = self._buffer
-        if len(buffer) < self.buffer_limit:
-            buffer.append((protocol, client, client_ip if self._full else None, qname, result,
-                           reason))
-        else:
-            self.dropped += 1
+        """Called on the DNS path for every answer: never blocks, never awaits. In aggregate
+        mode an answer is a dict increment here; only a block's name waits for the drain (its
+        registrable domain, for the top blocked)."""
+        if self._full:
+            buffer = self._buffer
+            if len(buffer) < self.buffer_limit:
+                buffer.append((protocol, client, client_ip, qname, result, reason))
+            else:
+                self.dropped += 1
+            return
+        class_id = client.class_id if client is not None else None
+        tally = self._tally
+        key = (class_id, result, reason)
+        tally[key] = tally.get(key, 0) + 1
+        if result == "blocked":
+            blocked = self._blocked
+            if len(blocked) < self.buffer_limit:
+                blocked.append((class_id, qname))
+            else:
+                self.dropped += 1
 
     async def start(self) -> None:
         now = self.clock()
@@ -397,6 +420,15 @@ class QueryLog:
             await self._drain()
 
     async def _drain(self) -> None:
+        if self._tally or self._blocked:
+            tally, blocked, self._tally, self._blocked = self._tally, self._blocked, {}, []
+            day = self.day(self.clock())
+            self._add_tally(tally, day)
+            top = self._top.setdefault(day, {})
+            for start in range(0, len(blocked), ACCOUNT_SLICE):  # see below: a slice at a time
+                for class_id, qname in blocked[start:start + ACCOUNT_SLICE]:
+                    self._count_blocked(top, class_id or "unknown", qname)
+                await asyncio.sleep(0)
         if self._buffer:
             batch, self._buffer = self._buffer, []
             now = self.clock()
@@ -515,14 +547,10 @@ class QueryLog:
             slot = counts.setdefault(class_id, {}).setdefault(hour, {})
             name = outcome(result, reason)
             slot[name] = slot.get(name, 0) + 1
-            if result == "blocked" or full:
-                if isinstance(qname, bytes):
-                    qname = wire_name_to_text(qname)
-                qname = qname.rstrip(".").lower()
-            if result == "blocked" and qname:
-                domains = top.setdefault(class_id, {})
-                domain = self.registrable(qname)
-                domains[domain] = domains.get(domain, 0) + 1
+            if result == "blocked":
+                self._count_blocked(top, class_id, qname)
+            if full:
+                qname = text_name(qname)
             if full and client is not None and (home_too or client.scope == "school"):
                 subject = client.device_id or subject_of(client_ip or "")
                 entry = {
@@ -538,6 +566,23 @@ class QueryLog:
         self.logged += len(batch)
         return entries
 
+    def _add_tally(self, tally: dict[tuple, int], day: str) -> None:
+        """Fold the counts made on the DNS path since the last drain into the day's hour."""
+        hour = f"{dt.datetime.fromtimestamp(self.clock(), self.zone).hour:02d}"
+        counts = self._counts.setdefault(day, {})
+        for (class_id, result, reason), count in tally.items():
+            slot = counts.setdefault(class_id or "unknown", {}).setdefault(hour, {})
+            name = outcome(result, reason)
+            slot[name] = slot.get(name, 0) + count
+            self.logged += count
+
+    def _count_blocked(self, top: dict, class_id: str, qname) -> None:
+        """A blocked name counted under its registrable domain."""
+        domain = self.registrable(qname)
+        if domain:
+            domains = top.setdefault(class_id, {})
+            domains[domain] = domains.get(domain, 0) + 1
+
     def _pseudonym(self, day: str, key: bytes, subject: str) -> str:
         known = self._pseudonyms.get((day, subject))
         if known is None:
@@ -546,13 +591,19 @@ class QueryLog:
             known = self._pseudonyms[(day, subject)] = pseudonym(key, subject)
         return known
 
-    def registrable(self, name: str) -> str:
-        """The registrable domain (eTLD+1) of `name` by the Public Suffix List in
-        policies/data (private section included: one blogspot.com blog is one domain)."""
-        known = self._registrable.get(name)
+    def registrable(self, qname: str | bytes) -> str:
+        """The registrable domain (eTLD+1) of a name by the Public Suffix List in
+        policies/data (private section included: one blogspot.com blog is one domain).
+
+        The fast path hands over its memoised wire names: the memo here is keyed by those very
+        bytes, so that an entry costs a dict slot, and a hit no conversion to text."""
+        known = self._registrable.get(qname)
         if known is None:
             from policies.loader import _load_suffix_lists
 
+            name = text_name(qname)
+            if not name:  # the root
+                return ""
             # The suffix with the PSL's default rule (an unlisted TLD is a suffix, as `*`
             # says), plus one label: publicsuffix2's get_sld drops that label for unlisted TLDs.
             suffix = _load_suffix_lists().every.get_tld(name) or ""
@@ -562,7 +613,7 @@ class QueryLog:
             if len(self._registrable) >= REGISTRABLE_MEMO_LIMIT:
                 self._registrable.clear()
                 self._domains.clear()
-            self._registrable[name] = self._domains.setdefault(known, known)
+            known = self._registrable[qname] = self._domains.setdefault(known, known)
         return known
 
 

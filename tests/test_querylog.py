@@ -200,7 +200,7 @@ async def scrape_if(service) -> str:
 
 
 async def test_a_full_buffer_drops_and_counts_and_answers_do_not_wait(make_resolver):
-    resolver = await make_resolver(settings=METRICS)
+    resolver = await make_resolver(settings={**METRICS, **FULL})
     log = resolver.service.query_log
     log.buffer_limit = 0
     for name in ("example.com", "adult.example", "example.com"):
@@ -208,6 +208,21 @@ async def test_a_full_buffer_drops_and_counts_and_answers_do_not_wait(make_resol
     assert log.dropped == 3
     found = samples((await scrape(resolver.service))[2])
     assert value(found, "classguard_query_log_dropped_total") == 3
+
+
+async def test_aggregate_counts_are_never_dropped_only_a_blocks_name(make_resolver, tmp_path):
+    clock = Clock(BASE)
+    resolver = await make_resolver(settings=METRICS)
+    log = resolver.service.query_log
+    log.clock = clock
+    log.buffer_limit = 0  # no room for the names that wait for the top blocked domains
+    for name in ("example.com", "adult.example", "example.com"):
+        assert (await resolver.query(name)).answer
+    await log.flush()
+    assert log.dropped == 1
+    data = json.loads((folder(tmp_path) / f"aggregate-{day_of(BASE)}.json").read_text())
+    assert data["hours"] == {"pupils": {"10": {"category:adult": 1, "forwarded": 1, "cached": 1}}}
+    assert data["top_blocked"] == {}
 
 
 async def run_cli(folder_: Path, *args: str) -> tuple[int, str, str]:
