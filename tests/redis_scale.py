@@ -1,7 +1,9 @@
 """N `classguard serve` instances on one Redis on this machine: how long a policy change takes to
-be enforced by all of them, and how many commands per second Redis serves, idle and at a change.
+be enforced by all of them, and how many commands per second Redis serves: idle, while policy
+changes are made, and while every instance answers queries with `query_log.mode: full` (its
+entries and counts go to Redis). Everything on 127.0.0.1; about 40 s per value of N.
 
-    /tmp/venv/bin/python -m tests.redis_scale 1 2 4      (docs/scaling.md quotes its output)
+    .venv/bin/python -m tests.redis_scale 1 2 4      (docs/scaling.md quotes its output)
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from tests.redis_server import RedisServer
 from tests.serving import SCHOOL_POLICY, ask, start_server, write_school
 
 CHANGES = 10
+LOAD_SECONDS = 10.0
+LOAD_QPS = 100  # queries per second sent to each instance while measuring the query log's load
 
 
 async def measure(count: int, root: Path) -> dict:
@@ -34,7 +38,7 @@ async def measure(count: int, root: Path) -> dict:
             folder.mkdir()
             port = write_school(folder, upstream.url)
             with open(folder / "classguard.yaml", "a") as config:
-                config.write(f"store: {redis.url}\n")
+                config.write(f"store: {redis.url}\nquery_log: {{mode: full}}\n")
             servers.append(await start_server(folder, port))
         await asyncio.sleep(2)
         before, started = int(redis.info()["total_commands_processed"]), time.monotonic()
@@ -42,6 +46,7 @@ async def measure(count: int, root: Path) -> dict:
         idle = (int(redis.info()["total_commands_processed"]) - before) / (time.monotonic() - started)
         store = RedisStore(redis.url)
         delays = []
+        before, started = int(redis.info()["total_commands_processed"]), time.monotonic()
         for change in range(CHANGES):
             deny = "example.com" if change % 2 == 0 else "nothing.example"
             text = SCHOOL_POLICY.replace("deny: [denied.example]", f"deny: [denied.example, {deny}]")
@@ -62,15 +67,43 @@ async def measure(count: int, root: Path) -> dict:
                 await asyncio.sleep(0.005)
             delays.append(time.monotonic() - written)
             await asyncio.sleep(0.3)
+        changing = (int(redis.info()["total_commands_processed"]) - before) \
+            / (time.monotonic() - started)
         await store.close()
+        await asyncio.sleep(2)  # the last change's reads are over
+        before, started = int(redis.info()["total_commands_processed"]), time.monotonic()
+        answered = sum(await asyncio.gather(*(load(server.port) for server in servers)))
+        loaded = (int(redis.info()["total_commands_processed"]) - before) \
+            / (time.monotonic() - started)
         return {"instances": count, "idle_commands_per_s": round(idle, 1),
+                "changing_commands_per_s": round(changing, 1),
                 "propagation_median_ms": round(statistics.median(delays) * 1000),
-                "propagation_max_ms": round(max(delays) * 1000)}
+                "propagation_max_ms": round(max(delays) * 1000),
+                "loaded_queries_per_s": round(answered / LOAD_SECONDS),
+                "loaded_commands_per_s": round(loaded, 1)}
     finally:
         for server in servers:
             await server.stop()
         redis.stop()
         await upstream.stop()
+
+
+async def load(port: int) -> int:
+    """LOAD_QPS queries a second to one instance for LOAD_SECONDS, from the pupils' address;
+    how many were answered."""
+    answered = 0
+    deadline = time.monotonic() + LOAD_SECONDS
+    names = [f"host{index}.example.com" for index in range(20)] + ["example.com", "adult.example"]
+    index = 0
+    while time.monotonic() < deadline:
+        try:
+            await ask(port, names[index % len(names)], "127.0.0.2")
+            answered += 1
+        except Exception:  # a timeout under load is counted as unanswered
+            pass
+        index += 1
+        await asyncio.sleep(1 / LOAD_QPS)
+    return answered
 
 
 async def main(counts: list[int]) -> None:
