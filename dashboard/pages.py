@@ -1060,10 +1060,8 @@ async def lists(request: web.Request) -> web.Response:
                 compiled=view.clock(report.compiled_at, day=True) if report.compiled_at else "-",
                 checked=view.clock(report.checked_at, day=True) if report.checked_at else "-") \
         if report is not None else t("lists.never")
-    refresh = Html("")
-    if hasattr(view.service, "refresh_lists_now"):
-        refresh = html('<form method="post" action="/lists/refresh">{}<button>{}</button></form>',
-                       view.csrf, t("lists.refresh"))
+    refresh = html('<form method="post" action="/lists/refresh">{}<button>{}</button></form>',
+                   view.csrf, t("lists.refresh"))
     body = html('<p>{}</p>{}{}', summary, refresh,
                 _table([t("col.source"), t("col.category"), t("col.entries"), t("col.age"),
                         t("col.last_success"), t("col.last_error")], rows, empty=t("lists.none")))
@@ -1074,10 +1072,7 @@ async def lists(request: web.Request) -> web.Response:
 async def lists_refresh(request: web.Request) -> web.Response:
     view = await view_of(request)
     _admin(view)
-    refresh = getattr(view.service, "refresh_lists_now", None)
-    if refresh is None:
-        raise web.HTTPNotFound(reason=view.t("lists.no_refresh"))
-    refresh()
+    view.service.refresh_lists_now()
     raise _redirect("/lists", "refresh_started")
 
 

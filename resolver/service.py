@@ -190,6 +190,7 @@ class Service:
     control: ControlPlane | None = None  # the control socket and the store watcher
     _artifact_digest: tuple | None = None  # (file signature, sha256) of the compiled lists
     dashboard: object | None = None  # dashboard.app.DashboardServer when `dashboard` is set
+    lists_wanted: asyncio.Event = field(default_factory=asyncio.Event)  # "refresh now" was asked
 
     @property
     def policy_drift(self) -> str | None:
@@ -416,10 +417,16 @@ class Service:
                 log.debug("lists: the store cannot be read now: %s", exc)
             await asyncio.sleep(LIST_STORE_INTERVAL)
 
+    def refresh_lists_now(self) -> None:
+        """Refresh the lists now, as `classguard lists update` would (the dashboard's button),
+        instead of at the next turn of the refresh loop (which runs in worker 0, as the dashboard)."""
+        self.lists_wanted.set()
+
     async def _refresh_lists(self, first: bool) -> None:
         """The first fill at once (`first`: no lists yet), then a refresh every
         `blocklists.refresh`: sooner after a failure, and a UT1 download from its home waits for
         19:00 UTC. The new lists are swapped in whole; the old table goes with the old snapshot.
+        `refresh_lists_now` cuts a wait short.
         """
         from blocklists.update import first_refresh_delay, refresh_delay, retry_delay
 
@@ -428,9 +435,15 @@ class Service:
         delay = 0.0 if first else first_refresh_delay(self.config, self.bundled)
         while True:
             if delay > 0:
-                await asyncio.sleep(delay)
+                try:
+                    await asyncio.wait_for(self.lists_wanted.wait(), delay)
+                except TimeoutError:
+                    pass
+            asked = self.lists_wanted.is_set()
+            self.lists_wanted.clear()
             try:
-                lists, report = await update_lists(self.config, self.bundled, scheduled=not first,
+                lists, report = await update_lists(self.config, self.bundled,
+                                                   scheduled=not first and not asked,
                                                    current=self.state.snapshot.lists)
             except Exception as exc:  # an UpdateError, or a bug: neither may end the refreshes
                 failures += 1

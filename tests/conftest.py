@@ -82,6 +82,13 @@ class RunningResolver:
 
 
 @pytest.fixture
+def resolver_settings() -> dict:
+    """Other Config fields for the resolver of the `dashboard` fixture (tests/dashboard_fixtures.py);
+    a test parametrizes it, e.g. with a `doh` section for device enrolment."""
+    return {}
+
+
+@pytest.fixture
 async def make_resolver(tmp_path: Path, upstream: FakeNameserver):
     services: list[Service] = []
 

@@ -39,8 +39,8 @@ class Dashboard:
 
 
 @pytest.fixture
-async def dashboard(make_resolver):
-    resolver = await make_resolver()
+async def dashboard(make_resolver, resolver_settings):
+    resolver = await make_resolver(settings=resolver_settings)
     store = resolver.service.store
     await store.put_user(quick_user("alice", "admin"), actor="test", action="user.add")
     await store.put_user(quick_user("tom", "teacher", ("pupils",)), actor="test", action="user.add")

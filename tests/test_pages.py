@@ -4,8 +4,14 @@ French and English. The browser run is tests/test_browser.py."""
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import hashlib
 import json
 import re
+
+import aiohttp
+import pytest
 
 from dashboard import i18n
 from tests.dashboard_fixtures import PASSWORD, dashboard  # noqa: F401 (a fixture)
@@ -227,3 +233,94 @@ def test_every_key_the_pages_use_is_in_every_catalogue():
         assert not used - set(words), language
     assert set(i18n.catalogue("fr")) == set(i18n.catalogue("en"))
     json.dumps(i18n.catalogue("fr"))
+
+
+DOH = {"doh": {"listen": "127.0.0.1:0", "public_url": "https://dns.ecole.example/dns-query"}}
+
+
+@pytest.mark.parametrize("resolver_settings", [DOH])
+async def test_enrol_shows_the_urls_qr_and_profile_once(dashboard):
+    client = dashboard.client
+    csrf = await _login(dashboard, "alice")
+    response = await client.post("/devices/enrol", data={"csrf_token": csrf, "id": "tablette-0042",
+                                                         "class": "pupils", "addresses": "127.0.0.7"})
+    page = await response.text()
+    assert response.status == 200, page
+    url = re.search(r'<code id="doh-url">(https://dns\.ecole\.example/dns-query/([a-z0-9]+))</code>', page)
+    token = url.group(2)
+    assert "<svg" in page and "Affiché une seule fois" in page
+    profile = re.search(r'download="tablette-0042.mobileconfig" href="data:application/'
+                        r'x-apple-aspen-config;base64,([^"]+)"', page).group(1)
+    assert url.group(1).encode() in base64.b64decode(profile)
+    device = dashboard.resolver.service.state.snapshot.policy.devices["tablette-0042"]
+    assert device.token_sha256 == hashlib.sha256(token.encode()).hexdigest()
+    listing = await (await client.get("/devices")).text()
+    assert "tablette-0042" in listing and token not in listing
+    response = await client.post("/devices/enrol", data={"csrf_token": csrf, "id": "tablette-0042",
+                                                         "class": "pupils"})
+    assert response.status == 400 and "exists already" in await response.text()
+
+    rotated = await (await client.post("/devices/tablette-0042/rotate", data={"csrf_token": csrf})).text()
+    assert token not in rotated and 'id="doh-url"' in rotated
+    response = await client.post("/devices/tablette-0042/revoke", data={"csrf_token": csrf},
+                                 allow_redirects=False)
+    assert response.status == 303
+    assert dashboard.resolver.service.state.snapshot.policy.devices["tablette-0042"].token_sha256 is None
+
+
+@pytest.mark.parametrize("resolver_settings", [DOH])
+async def test_csv_import_is_all_or_nothing(dashboard):
+    client = dashboard.client
+    csrf = await _login(dashboard, "alice")
+
+    def upload(text: str) -> aiohttp.FormData:
+        form = aiohttp.FormData()
+        form.add_field("csrf_token", csrf)
+        form.add_field("csv", text.encode(), filename="ecole.csv", content_type="text/csv")
+        return form
+    response = await client.post("/devices/import", data=upload("id,class\nt-1,pupils\nt-2,nope\n"))
+    assert response.status == 400
+    assert "t-2" in await response.text()
+    assert not dashboard.resolver.service.state.snapshot.policy.devices
+    response = await client.post("/devices/import", data=upload("id,class\nt-1,pupils\nt-2,staff\n"))
+    page = await response.text()
+    assert response.status == 200 and "2 appareils inscrits" in page
+    assert page.count("https://dns.ecole.example/dns-query/") == 2
+    assert set(dashboard.resolver.service.state.snapshot.policy.devices) == {"t-1", "t-2"}
+
+
+async def test_enrol_without_doh_or_dot_says_why(dashboard):
+    csrf = await _login(dashboard, "alice")
+    response = await dashboard.client.post("/devices/enrol", data={"csrf_token": csrf, "id": "t-1",
+                                                                   "class": "pupils"})
+    assert response.status == 400 and "ni section doh" in await response.text()
+    assert not dashboard.resolver.service.state.snapshot.policy.devices
+
+
+async def test_a_stale_class_form_does_not_overwrite_a_newer_change(dashboard):
+    client = dashboard.client
+    csrf = await _login(dashboard, "alice")
+    form = await (await client.get("/classes/staff/edit")).text()
+    version = re.search(r'name="version" value="(\d+)"', form).group(1)
+    fields = {"csrf_token": csrf, "version": version, "networks": "127.0.0.3/32"}
+    first = await client.post("/classes/staff/edit", data={**fields, "name": "first"},
+                              allow_redirects=False)
+    assert first.status == 303
+    second = await client.post("/classes/staff/edit", data={**fields, "name": "second"})
+    assert second.status == 400 and "modifié la politique entre-temps" in await second.text()
+    assert dashboard.resolver.service.state.snapshot.policy.classes["staff"].name == "first"
+
+
+async def test_refresh_now_runs_the_list_refresh(dashboard):
+    from blocklists.update import read_status
+
+    csrf = await _login(dashboard, "alice")
+    state_dir = dashboard.resolver.service.config.state_dir
+    before = read_status(state_dir).checked_at
+    response = await dashboard.client.post("/lists/refresh", data={"csrf_token": csrf})
+    assert "Mise à jour des listes lancée" in await response.text()
+    for _ in range(200):
+        if read_status(state_dir).checked_at > before:
+            break
+        await asyncio.sleep(0.05)
+    assert read_status(state_dir).checked_at > before
