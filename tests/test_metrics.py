@@ -213,6 +213,9 @@ async def test_docs_alerts_and_dashboard_use_the_metrics_served(make_resolver, t
         checked = subprocess.run(["promtool", "check", "rules", str(docs / "alerts.yml")],
                                  capture_output=True, text=True, timeout=60)
         assert checked.returncode == 0, checked.stdout + checked.stderr
+        linted = subprocess.run(["promtool", "check", "metrics"], input=text,
+                                capture_output=True, text=True, timeout=60)
+        assert (linted.returncode, linted.stdout + linted.stderr) == (0, "")  # names, units, help
     dashboard = json.loads((docs / "grafana-dashboard.json").read_text())
     exprs = [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
     assert len(exprs) > 20
