@@ -821,18 +821,17 @@ async def why(request: web.Request) -> web.Response:
         if not class_id:
             errors["class"] = t("why.pick_class")
         if not errors:
-            engine = state.snapshot.engine
-            class_state = engine.class_state(class_id, scope, at)
-            decision = engine.decide_in(class_state, normalized)
+            explanation = state.snapshot.engine.explain(normalized, class_id, scope, at)
+            decision = explanation.decision
             rows = [[t("why.decision"), t("why.blocked") if decision.blocked else decision.action.value],
                     [t("why.step"), decision.step], [t("why.rule"), decision.rule],
                     [t("why.at"), view.clock(at, day=True) + f" ({state.timezone})"]]
             if decision.reason:
                 rows.append([t("why.reason"), decision.reason])
-            if class_state.closed:
-                rows.append([t("why.in_force"), class_state.closed_rule])
-            if class_state.timed and not math.isinf(class_state.valid_until):
-                rows.append([t("why.until"), view.clock(class_state.valid_until, day=True)])
+            if explanation.in_force:
+                rows.append([t("why.in_force"), explanation.in_force])
+            if explanation.until is not None:
+                rows.append([t("why.until"), view.clock(explanation.until, day=True)])
             answer = html('<section class="card answer {}" id="why-answer"><h2>{}</h2>{}</section>',
                           "blocked" if decision.blocked else "resolves", normalized,
                           _table([t("col.what"), t("col.value")], rows, empty=""))

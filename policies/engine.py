@@ -116,6 +116,13 @@ class ClassState:
         return max(0, min(policy_ttl, math.floor(self.valid_until - now)))
 
 
+@dataclass(frozen=True, slots=True)
+class Explanation:
+    decision: Decision
+    in_force: str | None  # the closing rule in force (a pause, a closed window), if any
+    until: float | None  # when the class's state changes (schedule boundary, override end), if it will
+
+
 FORWARD = Decision(Action.RESOLVE, "11 forward", "no rule matched", inspect=True)
 DECISION_CACHE_LIMIT = 200_000
 
@@ -262,6 +269,16 @@ class PolicyEngine:
             return Decision(Action.BLOCK, "0 unknown_class", f"class {class_id!r} is not in the policy",
                             reason="unknown_class")
         return self.decide_in(state, name)
+
+    def explain(self, name: str, class_id: str, scope: str, now: float) -> Explanation | None:
+        """`classguard check` and the dashboard's "why is this blocked?": the decision and what
+        is in force, until when; None for an unknown class."""
+        state = self.class_state(class_id, scope, now)
+        if state is None:
+            return None
+        until = state.valid_until if state.timed and state.valid_until != math.inf else None
+        return Explanation(self.decide_in(state, name), state.closed_rule if state.closed else None,
+                           until)
 
     def decide_in(self, state: ClassState, name: str, spent: bool = False) -> Decision:
         """The decision in a class state; `spent`: for a device whose screen time is used up."""

@@ -323,8 +323,8 @@ def _check(config, args) -> int:
     engine = PolicyEngine(policy, lists, bundled, own_names(config), check_overrides(config),
                           config.timezone)
     at = _moment(args.at, config.timezone)
-    class_state = engine.class_state(class_id, scope, at)
-    decision = engine.decide_in(class_state, name)
+    explanation = engine.explain(name, class_id, scope, at)
+    decision = explanation.decision
     print(name)
     print(f"  class: {class_id} ({how}), scope {scope}")
     print(f"  at: {dt.datetime.fromtimestamp(at, ZoneInfo(config.timezone)).isoformat(timespec='minutes')}"
@@ -334,10 +334,10 @@ def _check(config, args) -> int:
     print(f"  rule: {decision.rule}")
     if decision.reason:
         print(f"  EDE text: {decision.reason}")
-    if class_state.closed:
-        print(f"  in force: {class_state.closed_rule}")
-    if class_state.timed and class_state.valid_until != float("inf"):
-        until = dt.datetime.fromtimestamp(class_state.valid_until, ZoneInfo(config.timezone))
+    if explanation.in_force:
+        print(f"  in force: {explanation.in_force}")
+    if explanation.until is not None:
+        until = dt.datetime.fromtimestamp(explanation.until, ZoneInfo(config.timezone))
         print(f"  until: {until.isoformat(timespec='minutes')} (next schedule boundary or override end)")
     return 0
 

@@ -165,6 +165,12 @@ async def test_a_class_created_with_every_field_reads_back_in_the_form(dashboard
         assert f'value="{value}"' in page, value
     week = await (await client.get("/classes/cm1-b")).text()
     assert week.count('class="slot closed') >= 7 and 'class="slot block' in week
+    # At home at 22:00 the bedtime window closes everything, until 07:00 the next morning.
+    why = await (await client.get("/why", params={"name": "example.com", "class": "cm1-b",
+                                                   "at": "2030-01-07T22:00", "scope": "home"})).text()
+    assert 'class="card answer blocked"' in why
+    assert "<td>En vigueur</td><td>window mon,tue,wed,thu,fri,sat,sun 21:00-07:00 closed</td>" in why
+    assert "<td>Jusqu&#x27;à</td><td>2030-01-08 07:00</td>" in why
 
 
 async def test_why_explains_the_decision(dashboard):
