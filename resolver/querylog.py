@@ -48,6 +48,7 @@ PURGE_INTERVAL = 3600.0  # seconds (of the log's clock) between two retention pu
 REGISTRABLE_MEMO_LIMIT = 50_000  # blocked names whose registrable domain is remembered
 TOP_KEPT = 1000  # blocked registrable domains kept per class and day (the most blocked)
 PSEUDONYM_HEX = 32  # 128 bits of the HMAC-SHA256
+WRITE_CHUNK = 5000  # entries per write to the store (one file append, one Redis pipeline)
 
 
 @dataclass(frozen=True, slots=True)
@@ -463,18 +464,25 @@ class QueryLog:
             self._unwritten.setdefault(day, []).extend(entries)
 
     async def _write_unwritten(self) -> None:
-        """Write the entries waiting, day by day; a day that fails stays for the next drain."""
+        """Write the entries waiting, day by day and WRITE_CHUNK at a time (after an outage up
+        to buffer_limit wait: the loop gets its turn between chunks); what fails stays for the
+        next drain."""
         for day in sorted(self._unwritten):
             entries = self._unwritten[day]
             if any("subject" in entry for entry in entries):
                 key = await self._day_key(day)
-                for entry in entries:
-                    subject = entry.pop("subject", None)
-                    if subject is not None:
-                        entry["device"] = self._pseudonym(day, key, subject)
-            await self.store.write(day, entries, {}, {})
+                for start in range(0, len(entries), ACCOUNT_SLICE):
+                    for entry in entries[start:start + ACCOUNT_SLICE]:
+                        subject = entry.pop("subject", None)
+                        if subject is not None:
+                            entry["device"] = self._pseudonym(day, key, subject)
+                    await asyncio.sleep(0)
+            while entries:
+                chunk = entries[:WRITE_CHUNK]
+                await self.store.write(day, chunk, {}, {})
+                del entries[:len(chunk)]
+                self.entries_written += len(chunk)
             del self._unwritten[day]
-            self.entries_written += len(entries)
 
     async def flush(self) -> None:
         """Write the counts gathered since the last flush (also at stop). Counts the store

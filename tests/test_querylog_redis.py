@@ -6,6 +6,7 @@ the log's clock, Redis going away (answers never wait, what waits is bounded and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import textwrap
 import time
@@ -236,3 +237,37 @@ async def test_the_running_servers_store_answers_the_same(make_resolver, redis):
         assert (await other.device_data(DEVICE_ID))["device_record"] is None
     finally:
         await other.close()
+
+
+async def test_a_backlog_after_an_outage_is_written_in_chunks(tmp_path):
+    """12,000 entries gathered while Redis was away (their day key unknown, so they wait with
+    the device id, in memory): pseudonymised with the day's one key and written when it returns."""
+    from resolver.chain import Client
+    from resolver.querylog import WRITE_CHUNK, QueryLog, QueryLogSettings
+    from resolver.store import StoreError
+
+    redis = RedisServer(tmp_path / "redis")
+    store = RedisStore(redis.url)
+    log = QueryLog(QueryLogSettings("full", 7, "school"), store.query_log_store(),
+                   clock=Clock(BASE))
+    tablet = Client("pupils", DEVICE_ID, "school", "device address")
+    count = 2 * WRITE_CHUNK + 2000
+    try:
+        for _ in range(count):
+            log.offer("udp", tablet, DEVICE_ADDRESS, "example.com", "forwarded", None)
+        with pytest.raises(StoreError):  # nobody listens yet
+            await log.drain()
+        assert log.entries_written == 0 and log.store_dropped == 0
+        redis.start()
+        for _ in range(50):  # the store tries again after its backoff
+            with contextlib.suppress(StoreError):
+                await log.drain()
+                break
+            await asyncio.sleep(0.1)
+        assert log.entries_written == count
+        day = day_of(BASE)
+        device = pseudonym((await log.store.keys())[day], DEVICE_ID)
+        assert redis.command("LLEN", f"{PREFIX}full:{day}:{device}") == f":{count}\r\n".encode()
+    finally:
+        await store.close()
+        redis.stop()
