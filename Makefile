@@ -54,3 +54,10 @@ bench-decisions: install
 screenshots: install
 	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
 	$(BIN)/python -m tests.screenshots
+
+# Where a worker's time goes at its peak (py-spy) and its memory, in make bench's setting:
+# about 2 minutes; prints, writes nothing. Installs py-spy in the venv when missing.
+.PHONY: bench-profile
+bench-profile: install
+	sh bench/install-deps.sh
+	$(BIN)/python bench/profile_peak.py

@@ -16,6 +16,7 @@ from resolver.wire import RD_BIT, U32, opt_record, record_ttl_offsets
 MAX_TTL = 86400
 STALE_WINDOW = 86400  # RFC 8767: serve an expired answer for up to a day while upstreams are down
 STALE_TTL = 30  # RFC 8767 §4: the TTL of a stale answer
+PLAIN_OPT = {False: opt_record(False), True: opt_record(True)}  # our OPT record, by the DO bit
 
 
 @dataclass(slots=True)
@@ -67,14 +68,15 @@ class CacheEntry:
         if rd:
             wire[2] |= RD_BIT >> 8
         end = self.question_end
-        if data[12:end].lower() == self.wire[12:end]:
-            wire[12:end] = data[12:end]  # the client's own letter case (RFC 4343), e.g. 0x20 encoding
+        question = data[12:end]
+        if not self.wire.startswith(question, 12) and question.lower() == self.wire[12:end]:
+            wire[12:end] = question  # the client's own letter case (RFC 4343), e.g. 0x20 encoding
         for offset, ttl in self.ttl_offsets:
             ttl = ttl - elapsed if ttl > elapsed else 0
             U32.pack_into(wire, offset, ttl if ttl_cap is None or ttl < ttl_cap else ttl_cap)
         if edns_payload is not None:
             wire[11] += 1  # ARCOUNT: fewer than 256 additional records, since we packed them
-            wire += opt_record(dnssec_ok)
+            wire += PLAIN_OPT[dnssec_ok]
         if limit is not None and len(wire) > limit:
             return None
         return bytes(wire)
