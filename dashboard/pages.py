@@ -728,7 +728,9 @@ def week_view(view: View, policy: Policy, class_id: str) -> Html:
 
 
 def _minutes(form) -> Any:
-    text = str(form.get("minutes", "")).strip()
+    """The minutes a form sends: the pause form has one-tap buttons and a field, both `minutes`;
+    the one that has a value counts. The commands check the number."""
+    text = next((str(value).strip() for value in form.getall("minutes", []) if str(value).strip()), "")
     return int(text) if text.isdigit() else text
 
 

@@ -108,7 +108,8 @@ async def test_pause_allow_and_resume_with_the_forms(dashboard):
     client = dashboard.client
     csrf = await _login(dashboard, "tom")
     state = dashboard.resolver.service.state
-    response = await client.post("/classes/pupils/pause", data={"minutes": "30", "csrf_token": csrf})
+    response = await client.post("/classes/pupils/pause", data=[("minutes", ""), ("minutes", "30"),
+                                                                 ("csrf_token", csrf)])
     page = await response.text()
     assert response.status == 200 and "La classe est en pause." in page and "En pause jusqu" in page
     assert (await dashboard.resolver.query("example.com")).answer[0][0].to_text() == "0.0.0.0"
