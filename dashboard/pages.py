@@ -366,9 +366,11 @@ async def _health(view: View) -> Html:
             state = t("health.up") if upstream.healthy else \
                 t("health.down", error=upstream.last_error or "?")
             rows.append([t("health.upstream", name=upstream.name) + (f" ({zone})" if zone else ""), state])
-    store_problem = await ReadinessProbe(service).store_reason()
+    probe = ReadinessProbe(service)  # what /readyz says: a Redis away is a note, not a reason
+    store_problem = await probe.store_reason()
     rows.append([t("health.store", kind=type(view.context.store).__name__),
-                 t("health.up") if store_problem is None else store_problem])
+                 store_problem or (t("health.up") if probe.store_up else t("health.snapshot"))])
+    rows.extend([t("health.note"), note] for note in probe.notes())
     ages = [source.age(now) for source in report.sources] if report is not None else []
     oldest = max((age for age in ages if age is not None), default=None)
     if oldest is not None:

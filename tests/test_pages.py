@@ -331,3 +331,15 @@ async def test_refresh_now_runs_the_list_refresh(dashboard):
             break
         await asyncio.sleep(0.05)
     assert read_status(state_dir).checked_at > before
+
+
+async def test_overview_and_class_page_count_today_from_the_query_log(dashboard):
+    client = dashboard.client
+    for name in ("adult.example", "www.adult.example", "example.com"):
+        await dashboard.resolver.query(name)
+    await _login(dashboard, "tom")
+    overview = await (await client.get("/")).text()
+    row = re.search(r'<tr><td><a href="/classes/pupils">CM2 A</a></td>(.*?)</tr>', overview).group(1)
+    assert row.startswith("<td>3</td><td>2</td><td>Ouverte</td>"), row
+    page = await (await client.get("/classes/pupils")).text()
+    assert "<td>adult.example</td><td>2</td>" in page  # registrable domains, most blocked first
