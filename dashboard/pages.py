@@ -203,7 +203,8 @@ async def html_errors(request: web.Request, handler):
     view = await view_of(request)
     title = view.t(f"error.status.{response.status}") \
         if f"error.status.{response.status}" in i18n.catalogue(view.language) else view.t("error.title")
-    body = html('<p class="error" role="alert">{}</p><p><a href="/">{}</a></p>', message,
+    hint = html('<p>{}</p>', view.t("error.csrf")) if message.startswith("CSRF") else Html("")
+    body = html('<p class="error" role="alert">{}</p>{}<p><a href="/">{}</a></p>', message, hint,
                 view.t("error.back"))
     return page(view, title, body, status=response.status)
 

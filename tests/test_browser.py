@@ -58,7 +58,7 @@ async def test_teacher_pauses_allows_and_resumes_the_class(school, browser, upst
     page = await browser.new_page()
     await log_in(page, base, "tom")
     await expect(page.locator("html")).to_have_attribute("lang", "fr")
-    await page.click("text=CM2 A")
+    await page.click("a[href='/classes/pupils']")
     await expect(page.locator("#class-status")).to_have_text("Ouverte")
     await answer_becomes(server.port, "example.com", EXAMPLE)
 
@@ -83,8 +83,8 @@ async def test_admin_sees_an_invalid_network_next_to_the_field_in_both_languages
     _server, base = school
     page = await browser.new_page()
     await log_in(page, base, "alice")
-    await page.click("text=Classes")
-    await page.click("text=Nouvelle classe")
+    await page.click("nav a[href='/classes']")
+    await page.click("a[href='/classes/new']")
     await page.fill("#field-id", "cm1-b")
     await page.fill("#field-name", "CM1 B")
     await page.fill("#field-networks", "10.0.0.300/24")

@@ -96,7 +96,7 @@ async def test_a_form_without_the_csrf_token_is_refused(dashboard):
     for data in ({"minutes": "15"}, {"minutes": "15", "csrf_token": "forged"}):
         response = await client.post("/classes/pupils/pause", data=data)
         assert response.status == 403
-        assert "CSRF" in await response.text()
+        assert "rechargez la page et recommencez" in await response.text()
     assert not dashboard.resolver.service.state.snapshot.overrides
     response = await client.post("/classes/pupils/pause", data={"minutes": "15", "csrf_token": csrf},
                                  allow_redirects=False)
