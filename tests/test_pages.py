@@ -229,7 +229,7 @@ def test_every_key_the_pages_use_is_in_every_catalogue():
     from dashboard.auth import ROLES
     from policies.model import WEEKDAYS
 
-    source = Path(dashboard.pages.__file__).read_text()
+    source = "".join(path.read_text() for path in Path(dashboard.pages.__file__).parent.glob("*pages.py"))
     used = {key for key in re.findall(r'\bt\("([a-z_.]+)"', source) if not key.endswith((".", "_"))}
     # The keys made from a prefix and a value:
     used |= {f"day.{day}" for day in WEEKDAYS} | {f"role.{role}" for role in ROLES} \
