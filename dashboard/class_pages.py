@@ -263,9 +263,11 @@ async def _class_page(view: View, class_id: str, errors: dict[str, str], *,
         rows.append([what, view.clock(override.until), override.created_by, cancel])
     in_force = html(
         '<section class="card"><h2>{}</h2><p class="status {}" id="class-status">{}</p>'
-        '<p>{} <strong>{}</strong></p><p>{}</p>{}</section>',
+        '<p>{} <strong>{}</strong></p><p>{}</p>{}{}</section>',
         t("class_page.in_force"), class_state.closed or "open", status_line,
         t("class_page.blocked_now"), blocked_now, until,
+        html("<p>{}</p>", t("class_page.screen_time", n=item.screen_time_minutes))
+        if item.screen_time_minutes else "",
         table([t("col.override"), t("col.until"), t("col.by"), ""], rows, empty=t("class_page.no_override")))
     # Pause, resume, allow.
     pause_buttons = join(html('<button name="minutes" value="{}">{}</button>', minutes,

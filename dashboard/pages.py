@@ -315,6 +315,8 @@ def state_text(view: View, class_id: str) -> str:
 def ago(view: View, seconds: float | None) -> str:
     if seconds is None:
         return "-"
+    if seconds < 60:
+        return view.t("duration.now")
     if seconds < 3600:
         return view.t("duration.minutes", n=int(seconds // 60))
     if seconds < 2 * 86400:

@@ -165,6 +165,7 @@ async def test_a_class_created_with_every_field_reads_back_in_the_form(dashboard
     for value in ("CM1 B", "lumni.fr", "tiktok.com", "16:30", "21:00"):
         assert f'value="{value}"' in page, value
     week = await (await client.get("/classes/cm1-b")).text()
+    assert "Temps d&#x27;écran : 90 min par appareil" in week
     assert week.count('class="slot closed') >= 7 and 'class="slot block' in week
     # At home at 22:00 the bedtime window closes everything, until 07:00 the next morning.
     why = await (await client.get("/why", params={"name": "example.com", "class": "cm1-b",
