@@ -418,19 +418,227 @@ async def lists(request: web.Request) -> web.Response:
         "status": report.to_json() if report is not None else None})
 
 
+@routes.post(PREFIX + "/lists/refresh")
+@_handle_errors
+async def lists_refresh(request: web.Request) -> web.Response:
+    """Download and compile the blocklists now, in the background of the running server (as
+    `classguard lists update` does, never deferred); GET /lists shows when it has run."""
+    _admin(request)
+    refresh = _context(request).refresh_lists
+    if refresh is None or not refresh():
+        raise _Refused(409, "this process does not refresh the lists (a worker other than 0)")
+    return web.json_response({"requested": True}, status=202)
+
+
+# --- devices (the operations of `classguard device`, resolver/devices.py) ----------------------
+
+
+def _device_of(request: web.Request):
+    """The device in the path, whose class the caller may see (else 403; 404 when there is
+    none in the running policy)."""
+    device_id = request.match_info["device_id"]
+    device = _context(request).state.snapshot.policy.devices.get(device_id)
+    if device is None:
+        raise _Refused(404, f"no device {device_id!r}")
+    if not _identity(request).may_see(device.class_id):
+        raise _Refused(403, f"device {device_id!r} is not in one of your classes")
+    return device
+
+
+def _device_fields(data: dict, *, creating: bool) -> dict[str, Any]:
+    """{id, class, addresses} from a body, each checked for shape (400 naming the field)."""
+    from policies.loader import ID_PATTERN
+
+    fields: dict[str, Any] = {}
+    if creating:
+        device_id = data.get("id")
+        if not isinstance(device_id, str) or not ID_PATTERN.fullmatch(device_id):
+            raise _Refused(400, "a device id is 1 to 64 letters, digits, '.', '_' or '-', "
+                                "starting with a letter or digit", field="id")
+        fields["id"] = device_id
+    if "class" in data or creating:
+        if not isinstance(data.get("class"), str) or not data["class"]:
+            raise _Refused(400, "\"class\" is the id of a class", field="class")
+        fields["class"] = data["class"]
+    if "addresses" in data:
+        addresses = data["addresses"]
+        if not isinstance(addresses, list) or not all(isinstance(a, str) for a in addresses):
+            raise _Refused(400, "\"addresses\" is a list of IP addresses", field="addresses")
+        fields["addresses"] = addresses
+    if not creating and "id" in data:
+        raise _Refused(400, "a device keeps its id (the one in the path)", field="id")
+    unknown = sorted(set(data) - {"id", "class", "addresses"})
+    if unknown:
+        raise _Refused(400, f"unknown key {unknown[0]!r} (a device has id, class, addresses)",
+                       field=unknown[0])
+    return fields
+
+
+def _device_refusal(exc: ControlError) -> _Refused:
+    """A refusal of the device operations, with the field it is about."""
+    text = str(exc)
+    field = "class" if text.startswith("no class") else \
+        "addresses" if "address" in text else None
+    return _Refused(400, text, **({"field": field} if field else {}))
+
+
+def _issued(context: Context, device_id: str, token: str, version: int) -> dict[str, Any]:
+    """What a new token's answer holds: shown this once, classguard keeps only its SHA-256."""
+    from resolver import devices
+
+    return {"id": device_id, "version": version, "token": token,
+            "doh_url": devices.doh_url(context.config, token),
+            "dot_hostname": devices.dot_hostname(context.config, token)}
+
+
 @routes.get(PREFIX + "/devices")
 @_handle_errors
-async def devices(request: web.Request) -> web.Response:
+async def devices_list(request: web.Request) -> web.Response:
     """Devices with their class and addresses; `token` says only whether one is set."""
     identity = _identity(request)
     class_id = request.query.get("class")
     if class_id is not None and not identity.may_see(class_id):
         raise _Refused(403, f"class {class_id!r} is not one of yours")
-    operation = _context(request).commands._ops["device.list"]
-    result = await operation({"op": "device.list", **({"class": class_id} if class_id else {})},
-                             identity.actor)
+    result = await _context(request).commands.run(
+        "device.list", {"class": class_id} if class_id else {}, identity.actor)
     return web.json_response({"devices": [item for item in result["devices"]
                                           if identity.may_see(item["class"])]})
+
+
+@routes.post(PREFIX + "/devices")
+@_handle_errors
+async def device_create(request: web.Request) -> web.Response:
+    """Enrol a device: its token is made here and shown in this answer only (in its DoH URL and
+    DoT hostname); the store keeps the SHA-256."""
+    from resolver import devices
+
+    identity, context = _admin(request), _context(request)
+    fields = _device_fields(await _body(request), creating=True)
+    if fields["id"] in context.state.snapshot.policy.devices:
+        raise _Refused(409, f"device {fields['id']!r} exists already; POST "
+                            f"{PREFIX}/devices/{fields['id']}/rotate gives it a new token")
+    token = devices.new_token()
+    try:
+        result = await context.commands.run("device.add", {
+            **fields, "addresses": fields.get("addresses", []),
+            "token_sha256": devices.token_sha256(token)}, identity.actor)
+    except ControlError as exc:
+        raise _device_refusal(exc) from None
+    return web.json_response({**_issued(context, fields["id"], token, result["version"]),
+                              "class": fields["class"]}, status=201)
+
+
+@routes.get(PREFIX + "/devices/{device_id}")
+@_handle_errors
+async def device_get(request: web.Request) -> web.Response:
+    from resolver.devices import device_json
+
+    return web.json_response(device_json(_device_of(request)))
+
+
+@routes.put(PREFIX + "/devices/{device_id}")
+@_handle_errors
+async def device_update(request: web.Request) -> web.Response:
+    """Move a device to another class and/or set its school addresses; the token stays."""
+    identity = _admin(request)
+    device = _device_of(request)
+    fields = _device_fields(await _body(request), creating=False)
+    try:
+        result = await _context(request).commands.run(
+            "device.update", {**fields, "id": device.id}, identity.actor)
+    except ControlError as exc:
+        raise _device_refusal(exc) from None
+    return web.json_response({"id": device.id, "version": result["version"]})
+
+
+@routes.delete(PREFIX + "/devices/{device_id}")
+@_handle_errors
+async def device_delete(request: web.Request) -> web.Response:
+    """Take a device out of the policy (its token stops working); POST .../erase also deletes
+    what the query log and screen time hold about it."""
+    identity = _admin(request)
+    device = _device_of(request)
+    result = await _context(request).commands.run("device.remove", {"id": device.id},
+                                                  identity.actor)
+    return web.json_response({"id": device.id, "version": result["version"]})
+
+
+@routes.post(PREFIX + "/devices/{device_id}/rotate")
+@_handle_errors
+async def device_rotate(request: web.Request) -> web.Response:
+    """A new token, shown in this answer only; the old one stops working at once."""
+    from resolver import devices
+
+    identity, context = _admin(request), _context(request)
+    device = _device_of(request)
+    token = devices.new_token()
+    result = await context.commands.run(
+        "device.rotate", {"tokens": {device.id: devices.token_sha256(token)}}, identity.actor)
+    return web.json_response(_issued(context, device.id, token, result["version"]))
+
+
+@routes.post(PREFIX + "/devices/{device_id}/revoke")
+@_handle_errors
+async def device_revoke(request: web.Request) -> web.Response:
+    """The device's token stops working; its school addresses still count."""
+    identity = _admin(request)
+    device = _device_of(request)
+    if device.token_sha256 is None:
+        raise _Refused(409, f"device {device.id!r} has no token to revoke")
+    result = await _context(request).commands.run("device.revoke", {"id": device.id},
+                                                  identity.actor)
+    return web.json_response({"id": device.id, "version": result["version"]})
+
+
+def _subject(request: web.Request) -> str:
+    """The device of a data or erase request: an id, or the address of a client known by its
+    network, as `classguard device data|erase` take (it need not be in the policy any more)."""
+    from policies.loader import ID_PATTERN
+    from resolver.querylog import subject_of
+
+    device_id = request.match_info["device_id"]
+    if not ID_PATTERN.fullmatch(device_id) and not subject_of(device_id).startswith("ip:"):
+        raise _Refused(400, f"{device_id!r} is neither a device id nor an IP address",
+                       field="device_id")
+    return device_id
+
+
+async def _flushed_query_log(context: Context):
+    """The server's query log store, holding what the last answers handed over (a device's data
+    and its erasure must see those too); None without a query log."""
+    if context.query_log is None:
+        return None
+    await context.query_log.flush()
+    return context.query_log.store
+
+
+@routes.get(PREFIX + "/devices/{device_id}/data")
+@_handle_errors
+async def device_data(request: web.Request) -> web.Response:
+    """Everything classguard holds about one device (GDPR art. 15): what `classguard device
+    data` prints."""
+    from resolver import querylog
+
+    _admin(request)
+    device_id, context = _subject(request), _context(request)
+    return web.json_response(await querylog.device_data(
+        context.config, device_id, store=await _flushed_query_log(context)))
+
+
+@routes.post(PREFIX + "/devices/{device_id}/erase")
+@_handle_errors
+async def device_erase(request: web.Request) -> web.Response:
+    """Delete everything classguard holds about one device (GDPR art. 17), its record in the
+    policy included: what `classguard device erase` does."""
+    from resolver import querylog
+
+    _admin(request)
+    device_id, context = _subject(request), _context(request)
+    erased = await querylog.erase_device(context.config, device_id,
+                                         store=await _flushed_query_log(context))
+    if context.commands.after_write is not None:
+        await context.commands.after_write()  # the record's removal applies at once
+    return web.json_response(erased)
 
 
 STATS_TOP = 20  # most blocked registrable domains shown per class

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,8 @@ class Context:
     secure_cookies: bool = False
     query_log: Any = None  # resolver.querylog.QueryLog of the server, for `stats`
     throttle: auth.Throttle = field(default_factory=auth.Throttle)
+    config: Any = None  # resolver.config.Config: a new device's DoH URL, its data and erasure
+    refresh_lists: Callable[[], bool] | None = None  # Service.request_list_refresh
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +144,8 @@ def init_app(service: Any, *, throttle: auth.Throttle | None = None) -> web.Appl
     context = Context(store=service.store, commands=service.control.commands, state=service.state,
                       state_dir=Path(service.config.state_dir),
                       secure_cookies=public_url.startswith("https://"),
-                      query_log=getattr(service, "query_log", None))
+                      query_log=getattr(service, "query_log", None), config=service.config,
+                      refresh_lists=getattr(service, "request_list_refresh", None))
     if throttle is not None:
         context.throttle = throttle
     app = web.Application(middlewares=[error_middleware, auth_middleware, csrf_middleware],

@@ -11,10 +11,12 @@ ERROR = {"$ref": "#/components/schemas/Error"}
 
 
 def _responses(*statuses: int, ok: dict | None = None, etag: bool = False) -> dict[str, Any]:
-    text = {200: "OK", 201: "Created", 204: "No content", 400: "Invalid request: `field` names the "
+    text = {200: "OK", 201: "Created", 202: "Accepted: it runs in the background",
+            204: "No content", 400: "Invalid request: `field` names the "
             "key at fault", 401: "Not logged in, or an invalid or revoked token", 403: "Not allowed "
             "for this role or class, or a missing CSRF token", 404: "No such resource",
-            405: "Method not allowed", 409: "A stale write (If-Match) or an existing class",
+            405: "Method not allowed", 409: "A stale write (If-Match), or a conflict with what "
+            "exists (a class or device of that id, a device without a token)",
             415: "Not JSON", 429: "Too many failed logins: wait Retry-After seconds"}
     responses: dict[str, Any] = {}
     for status in statuses:
@@ -31,9 +33,12 @@ def _responses(*statuses: int, ok: dict | None = None, etag: bool = False) -> di
 
 
 CLASS_ID = {"name": "class_id", "in": "path", "required": True, "schema": {"type": "string"}}
+DEVICE_ID = {"name": "device_id", "in": "path", "required": True, "schema": {"type": "string"}}
+ID_PATTERN = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"  # policies.loader.ID_PATTERN
 IF_MATCH = {"name": "If-Match", "in": "header", "required": False, "schema": {"type": "string"},
             "description": 'the ETag read (e.g. "7"); a stale one gets 409'}
 MINUTES = {"type": "integer", "minimum": 1, "maximum": 1440}
+ADDRESSES = {"type": "array", "items": {"type": "string"}, "description": "school IP addresses"}
 AUTHED = (401, 403)  # every operation but login and this document
 
 
@@ -44,6 +49,8 @@ def _json_body(schema: dict) -> dict:
 def document() -> dict[str, Any]:
     class_body = {"$ref": "#/components/schemas/ClassBody"}
     override = {"type": "object", "properties": {"override": {"$ref": "#/components/schemas/Override"}}}
+    device = {"$ref": "#/components/schemas/Device"}
+    issued = {"$ref": "#/components/schemas/IssuedToken"}
     return {
         "openapi": "3.1.0",
         "info": {"title": "classguard REST API", "version": "1",
@@ -115,11 +122,53 @@ def document() -> dict[str, Any]:
                 "responses": _responses(200, 400, *AUTHED)}},
             "/api/v1/lists": {"get": {"summary": "Blocklist status (admin)",
                                       "responses": _responses(200, *AUTHED)}},
-            "/api/v1/devices": {"get": {
-                "summary": "Devices (no token, ever: `token` says whether one is set)",
-                "parameters": [{"name": "class", "in": "query", "required": False,
-                                "schema": {"type": "string"}}],
-                "responses": _responses(200, 400, *AUTHED)}},
+            "/api/v1/lists/refresh": {"post": {
+                "summary": "Download and compile the blocklists now, in the background (admin); "
+                           "GET /lists shows the refresh once it has run",
+                "responses": _responses(202, *AUTHED, 409)}},
+            "/api/v1/devices": {
+                "get": {"summary": "Devices (no token, ever: `token` says whether one is set)",
+                        "parameters": [{"name": "class", "in": "query", "required": False,
+                                        "schema": {"type": "string"}}],
+                        "responses": _responses(200, 400, *AUTHED)},
+                "post": {"summary": "Enrol a device (admin); its token is in this answer only",
+                         "requestBody": _json_body({
+                             "type": "object", "required": ["id", "class"],
+                             "properties": {"id": {"type": "string", "pattern": ID_PATTERN},
+                                            "class": {"type": "string"}, "addresses": ADDRESSES}}),
+                         "responses": _responses(201, 400, *AUTHED, 409, ok=issued)}},
+            "/api/v1/devices/{device_id}": {
+                "parameters": [DEVICE_ID],
+                "get": {"summary": "A device: class, addresses, whether it has a token",
+                        "responses": _responses(200, *AUTHED, 404, ok=device)},
+                "put": {"summary": "Move a device to another class and/or set its addresses "
+                                   "(admin); the token stays",
+                        "requestBody": _json_body({
+                            "type": "object", "properties": {"class": {"type": "string"},
+                                                             "addresses": ADDRESSES}}),
+                        "responses": _responses(200, 400, *AUTHED, 404)},
+                "delete": {"summary": "Take a device out of the policy (admin); POST .../erase "
+                                      "also deletes its data",
+                           "responses": _responses(200, 400, *AUTHED, 404)}},
+            "/api/v1/devices/{device_id}/rotate": {
+                "parameters": [DEVICE_ID],
+                "post": {"summary": "A new token (admin), in this answer only; the old one stops "
+                                    "working", "responses": _responses(200, 400, *AUTHED, 404, ok=issued)}},
+            "/api/v1/devices/{device_id}/revoke": {
+                "parameters": [DEVICE_ID],
+                "post": {"summary": "The token stops working (admin); school addresses still count",
+                         "responses": _responses(200, 400, *AUTHED, 404, 409)}},
+            "/api/v1/devices/{device_id}/data": {
+                "parameters": [DEVICE_ID],
+                "get": {"summary": "Everything held about a device (admin; GDPR art. 15): query "
+                                   "log entries, stats, its record, screen-time minutes. An id, "
+                                   "or the address of a client known by its network",
+                        "responses": _responses(200, 400, *AUTHED)}},
+            "/api/v1/devices/{device_id}/erase": {
+                "parameters": [DEVICE_ID],
+                "post": {"summary": "Delete everything held about a device (admin; GDPR art. 17), "
+                                    "its record in the policy included",
+                         "responses": _responses(200, 400, *AUTHED)}},
             "/api/v1/stats": {"get": {
                 "summary": "Answers per class and hour by outcome, and the most blocked "
                            "domains, for one local day (aggregate query log; nothing per device)",
@@ -153,6 +202,15 @@ def document() -> dict[str, Any]:
                     "target": {"type": ["string", "null"]},
                     "target_kind": {"enum": ["domain", "service", None]},
                     "created_at": {"type": "number"}, "created_by": {"type": "string"}}},
+                "Device": {"type": "object", "properties": {
+                    "id": {"type": "string"}, "class": {"type": "string"},
+                    "token": {"type": "boolean", "description": "whether it has one (never the token)"},
+                    "addresses": ADDRESSES}},
+                "IssuedToken": {"type": "object", "description": "a device's new token, shown "
+                                "this once: classguard keeps only its SHA-256", "properties": {
+                    "id": {"type": "string"}, "version": {"type": "integer"},
+                    "token": {"type": "string"}, "doh_url": {"type": ["string", "null"]},
+                    "dot_hostname": {"type": ["string", "null"]}}},
                 "Decision": {"type": "object", "properties": {
                     "name": {"type": "string"}, "class": {"type": "string"},
                     "scope": {"type": "string"}, "decision": {"type": "string"},

@@ -24,7 +24,7 @@ from resolver import devices
 from resolver.control import ControlError, local_commands, os_user, stored_or_seed_policy
 from resolver.control import request as control_request
 from resolver.service import StartupError, known_categories, own_names, policy_path
-from resolver.store import EmbeddedStore, StoreError
+from resolver.store import Store, StoreError, StoreUnavailable
 
 log = logging.getLogger("classguard")
 
@@ -106,6 +106,7 @@ def _add_account_parsers(commands, common) -> None:
     reset = user_commands.add_parser("reset", parents=[common], help="set a user's password")
     reset.add_argument("name")
     reset.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    user_commands.add_parser("list", parents=[common], help="the dashboard users and their roles")
     token = commands.add_parser("token", parents=[common], help="REST API tokens")
     token_commands = token.add_subparsers(dest="token_command", required=True)
     create = token_commands.add_parser("create", parents=[common],
@@ -113,6 +114,8 @@ def _add_account_parsers(commands, common) -> None:
     create.add_argument("name", help="what the token is for, as the audit log names it")
     revoke = token_commands.add_parser("revoke", parents=[common], help="revoke a token by its id")
     revoke.add_argument("id")
+    token_commands.add_parser("list", parents=[common],
+                              help="the tokens: id, name, when and by whom made, revoked or not")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,6 +139,10 @@ def main(argv: list[str] | None = None) -> int:
             return _accounts(config, args)
         if args.command == "lists":
             return _lists_status(config) if args.lists_command == "status" else _lists_update(config)
+    except StoreUnavailable as exc:
+        print(f"classguard: {str(exc).rstrip('.')}; the configuration's `store:` names this "
+              "Redis: is it running and reachable from here?", file=sys.stderr)
+        return 1
     except (ConfigError, StartupError, UpdateError, ControlError, StoreError) as exc:
         print(f"classguard: {exc}", file=sys.stderr)
         return 1
@@ -188,7 +195,6 @@ def _accounts(config, args) -> int:
     import dataclasses
 
     from dashboard import auth
-    from resolver.service import open_store
 
     async def run() -> str:
         store = open_store(config)
@@ -200,6 +206,16 @@ def _accounts(config, args) -> int:
             if args.command == "token" and args.token_command == "create":
                 text, record = await auth.create_token(store, args.name, actor=actor)
                 return text
+            if args.command == "token" and args.token_command == "list":
+                rows = ["id\tname\tcreated\tby\tstate"] + [
+                    f"{item.id}\t{item.name}\t{_local(item.created_at, config.timezone)}\t"
+                    f"{item.created_by}\t{'revoked' if item.revoked else 'in force'}"
+                    for item in sorted(await store.tokens(), key=lambda item: item.created_at)]
+                return "\n".join(rows)
+            if args.command == "user" and args.user_command == "list":
+                return "\n".join(["name\trole\tclasses"] + [
+                    f"{item.name}\t{item.role}\t{', '.join(item.classes) or '-'}"
+                    for item in sorted(await store.users(), key=lambda item: item.name)])
             if args.command == "token":
                 record = await auth.revoke_token(store, args.id, actor=actor)
                 return f"token {record.id} ({record.name}) revoked"
@@ -357,33 +373,60 @@ def _moment(text: str | None, timezone: str) -> float:
 
 def check_overrides(config) -> tuple:
     """The teachers' overrides the store holds, for `check` (none before the store exists)."""
-    return tuple(asyncio.run(EmbeddedStore(config.state_dir).overrides()))
+    return tuple(_with_store(config, lambda store: store.overrides()))
 
 
-# --- the stored policy and the teachers' overrides (through a running server when there is one)
+# --- the configured store, and changes through a running server when there is one ------------
+
+
+def open_store(config) -> Store:
+    """The store the config names (SPEC §7): files under state_dir, or Redis. Every command
+    reads and writes this one, so that a Redis-backed deployment sees what the CLI did."""
+    from resolver.service import open_store as service_store
+
+    if config.store != "embedded":
+        # The CLI says a failure itself, in one line; the store's own log line (with its
+        # "serving the last snapshot") is meant for servers.
+        logging.getLogger("classguard.store.redis").setLevel(logging.CRITICAL)
+    return service_store(config)
+
+
+def _with_store(config, use):
+    """`use(store)` on the configured store, run to its end; the store closed after."""
+    async def run():
+        store = open_store(config)
+        try:
+            return await use(store)
+        finally:
+            await store.close()
+    return asyncio.run(run())
 
 
 def _stored_policy(config, bundled):
-    """The policy a server on config.state_dir runs: the stored one, else the seed file's."""
-    return asyncio.run(stored_or_seed_policy(
-        EmbeddedStore(config.state_dir), seed=policy_path(config),
-        known_categories=known_categories(config, bundled), known_services=set(bundled.services)))
+    """The policy the servers on this store run: the stored one, else the seed file's."""
+    return _with_store(config, lambda store: stored_or_seed_policy(
+        store, seed=policy_path(config), known_categories=known_categories(config, bundled),
+        known_services=set(bundled.services)))
 
 
 def _state_request(config, request: dict) -> dict:
     """Send a change to the server running on config.state_dir (SPEC §3), or, when none runs,
-    make it in the store directly, under the store's lock."""
+    make it in the configured store directly (under the embedded store's lock, or by Redis's
+    atomic scripts: the servers on that Redis apply it within a second)."""
     bundled = load_bundled()
 
     async def send() -> dict:
         response = await control_request(config.state_dir, request)
         if response is None:
-            commands = local_commands(
-                EmbeddedStore(config.state_dir), bundled=bundled,
-                known_categories=known_categories(config, bundled),
-                known_services=set(bundled.services), seed=policy_path(config),
-                load_lists=lambda: load_compiled(config.state_dir))
-            response = await commands.handle(request, os_user())
+            store = open_store(config)
+            try:
+                commands = local_commands(
+                    store, bundled=bundled, known_categories=known_categories(config, bundled),
+                    known_services=set(bundled.services), seed=policy_path(config),
+                    load_lists=lambda: load_compiled(config.state_dir))
+                response = await commands.handle(request, os_user())
+            finally:
+                await store.close()
         return response
 
     response = asyncio.run(send())
@@ -405,6 +448,9 @@ def _policy_import(config, args) -> int:
         print(f"{args.file}: unchanged, the stored policy is version {version}")
     elif response["via"] == "server":
         print(f"{args.file}: imported as policy version {version}; the running server applied it")
+    elif config.store != "embedded":
+        print(f"{args.file}: imported as policy version {version} {devices.store_place(config)}; "
+              "every server on it applies it within a second")
     else:
         print(f"{args.file}: imported as policy version {version}; no server runs on "
               f"{config.state_dir}, the next one to start uses it")
@@ -412,7 +458,7 @@ def _policy_import(config, args) -> int:
 
 
 def _policy_export(config, args) -> int:
-    stored = asyncio.run(EmbeddedStore(config.state_dir).get_policy())
+    stored = _with_store(config, lambda store: store.get_policy())
     if stored is not None:
         sys.stdout.write(stored.text)
         return 0
@@ -420,8 +466,8 @@ def _policy_export(config, args) -> int:
     seed = policy_path(config)
     policy = load_policy(seed, known_categories=known_categories(config, bundled),
                          known_services=set(bundled.services))
-    print(f"note: nothing is stored under {config.state_dir} yet; this is the seed file {seed}",
-          file=sys.stderr)
+    print(f"note: nothing is stored {devices.store_place(config)} yet; this is the seed file "
+          f"{seed}", file=sys.stderr)
     sys.stdout.write(export_policy(policy))
     return 0
 

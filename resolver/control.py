@@ -240,6 +240,11 @@ class Commands:
         except (ControlError, StoreError) as exc:
             return {"ok": False, "error": str(exc)}
 
+    async def run(self, op: str, request: dict, actor: str) -> dict[str, Any]:
+        """One operation with its refusals raised (ControlError, PolicyError, StoreError), for
+        callers inside the server such as the REST API, which answer them in their own way."""
+        return await self._ops[op]({**request, "op": op}, actor)
+
     async def status(self, request: dict, actor: str) -> dict[str, Any]:
         stored = await self.store.get_policy()
         result = {"version": await self.store.version(),

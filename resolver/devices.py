@@ -184,7 +184,8 @@ def operations(commands) -> dict[str, Callable]:
 
     return {"device.add": bind(device_add), "device.import": bind(device_import),
             "device.rotate": bind(device_rotate), "device.revoke": bind(device_revoke),
-            "device.list": bind(device_list)}
+            "device.list": bind(device_list), "device.update": bind(device_update),
+            "device.remove": bind(device_remove)}
 
 
 async def device_list(commands, request: dict, actor: str) -> dict[str, Any]:
@@ -192,7 +193,7 @@ async def device_list(commands, request: dict, actor: str) -> dict[str, Any]:
     class_id = request.get("class")
     if class_id is not None and class_id not in policy.classes:
         raise ControlError(_no_class(class_id, policy))
-    return {"devices": [_device_json(device) for device in policy.devices.values()
+    return {"devices": [device_json(device) for device in policy.devices.values()
                         if class_id is None or device.class_id == class_id]}
 
 
@@ -279,21 +280,64 @@ async def device_rotate(commands, request: dict, actor: str) -> dict[str, Any]:
 
 
 async def device_revoke(commands, request: dict, actor: str) -> dict[str, Any]:
+    def edit(device: Device, policy: Policy, devices: dict[str, Device]):
+        if device.token_sha256 is None:
+            raise ControlError(f"device {device.id!r} has no token to revoke")
+        return dataclasses.replace(device, token_sha256=None), f"{device.id}: token revoked"
+
+    return await _change_device(commands, request, actor, "device.revoke", edit)
+
+
+async def device_update(commands, request: dict, actor: str) -> dict[str, Any]:
+    """Move a device to another class and/or set its school addresses ({"id", "class",
+    "addresses"}, either one may be left out); its token stays as it is."""
+    addresses = request.get("addresses")
+    if addresses is not None and (not isinstance(addresses, list)
+                                  or not all(isinstance(a, str) for a in addresses)):
+        raise ControlError('"addresses" is a list of IP addresses')
+
+    def edit(device: Device, policy: Policy, devices: dict[str, Device]):
+        class_id = request.get("class", device.class_id)
+        if not isinstance(class_id, str) or class_id not in policy.classes:
+            raise ControlError(_no_class(class_id, policy))
+        others = _Taken({key: item for key, item in devices.items() if key != device.id})
+        new_addresses = device.addresses if addresses is None else \
+            tuple(_claim_addresses(device.id, addresses, others))
+        moved = dataclasses.replace(device, class_id=class_id, addresses=new_addresses)
+        return moved, _describe(moved)
+
+    return await _change_device(commands, request, actor, "device.update", edit)
+
+
+async def device_remove(commands, request: dict, actor: str) -> dict[str, Any]:
+    """Take a device out of the policy: its token and addresses no longer count. What the query
+    log and screen time hold about it stays until retention ends it, or `device erase`."""
+    def edit(device: Device, policy: Policy, devices: dict[str, Device]):
+        return None, f"{device.id} removed (was in class {device.class_id})"
+
+    return await _change_device(commands, request, actor, "device.remove", edit)
+
+
+async def _change_device(commands, request: dict, actor: str, action: str, edit) -> dict[str, Any]:
+    """`action` on the one device that request["id"] names: `edit(device, policy, devices)`
+    gives the device as it becomes (None: removed) and the audit text."""
     device_id = request.get("id")
     if not isinstance(device_id, str) or not device_id:
-        raise ControlError("device.revoke needs an id")
+        raise ControlError(f"{action} needs an id")
 
     def change(policy: Policy) -> tuple[dict[str, Device], str]:
         devices = dict(policy.devices)
         device = devices.get(device_id)
         if device is None:
             raise ControlError(_no_device(device_id, policy))
-        if device.token_sha256 is None:
-            raise ControlError(f"device {device_id!r} has no token to revoke")
-        devices[device_id] = dataclasses.replace(device, token_sha256=None)
-        return devices, f"{device_id}: token revoked"
+        changed, description = edit(device, policy, devices)
+        if changed is None:
+            del devices[device_id]
+        else:
+            devices[device_id] = changed
+        return devices, description
 
-    version = await _change(commands, actor, "device.revoke", change)
+    version = await _change(commands, actor, action, change)
     return {"version": version, "device": device_id}
 
 
@@ -366,24 +410,31 @@ def _new_device(entry: dict, policy: Policy, taken: _Taken) -> Device:
         raise ControlError(_no_class(entry["class"], policy))
     if entry["token_sha256"] in taken.tokens:
         raise ControlError("that token belongs to another device")
+    addresses = _claim_addresses(entry["id"], entry["addresses"], taken)
+    taken.tokens.add(entry["token_sha256"])
+    return Device(id=entry["id"], class_id=entry["class"], token_sha256=entry["token_sha256"],
+                  addresses=tuple(addresses))
+
+
+def _claim_addresses(device_id: str, texts: list[str], taken: _Taken) -> list:
+    """The addresses parsed, none of them another device's; recorded as this device's."""
     addresses = []
-    for text in entry["addresses"]:
+    for text in texts:
         try:
             address = ipaddress.ip_address(text.strip())
         except ValueError:
             raise ControlError(f"{text!r} is not an IP address") from None
         owner = taken.addresses.get(address)
-        if owner is not None and owner != entry["id"]:
+        if owner is not None and owner != device_id:
             raise ControlError(f"address {address} already belongs to device {owner!r}")
         if address not in addresses:
             addresses.append(address)
-    taken.tokens.add(entry["token_sha256"])
-    taken.addresses.update((address, entry["id"]) for address in addresses)
-    return Device(id=entry["id"], class_id=entry["class"], token_sha256=entry["token_sha256"],
-                  addresses=tuple(addresses))
+    taken.addresses.update((address, device_id) for address in addresses)
+    return addresses
 
 
-def _device_json(device: Device) -> dict[str, Any]:
+def device_json(device: Device) -> dict[str, Any]:
+    """A device as the API and `device.list` show it: never its token, only whether it has one."""
     return {"id": device.id, "class": device.class_id, "token": device.token_sha256 is not None,
             "addresses": [str(address) for address in device.addresses]}
 
@@ -469,7 +520,7 @@ def run(config: Config, args, send: Callable[[Config, dict], dict]) -> int:
     if command == "revoke":
         response = send(config, {"op": "device.revoke", "id": args.id})
         print(f"device {args.id}: token revoked; its DoH URL and DoT hostname stop working "
-              f"{_applied(config, response)}")
+              f"{applied(config, response)}")
         return 0
     if command == "export-urls" and not args.rotate:
         raise ControlError("nothing exported: " + " ".join(EXPORT_HELP.split()))
@@ -478,7 +529,7 @@ def run(config: Config, args, send: Callable[[Config, dict], dict]) -> int:
         token = new_token()
         response = send(config, {"op": "device.add", "id": args.id, "class": args.class_id,
                                  "token_sha256": token_sha256(token), "addresses": args.address})
-        print(f"device {args.id} enrolled in class {args.class_id} {_applied(config, response)}")
+        print(f"device {args.id} enrolled in class {args.class_id} {applied(config, response)}")
         _print_addresses(config, token)
         if args.mobileconfig is not None:
             _write_profile(config, args.id, token, args.mobileconfig)
@@ -486,7 +537,7 @@ def run(config: Config, args, send: Callable[[Config, dict], dict]) -> int:
     if command == "rotate":
         token = new_token()
         response = send(config, {"op": "device.rotate", "tokens": {args.id: token_sha256(token)}})
-        print(f"device {args.id}: new token; the old one no longer works {_applied(config, response)}")
+        print(f"device {args.id}: new token; the old one no longer works {applied(config, response)}")
         _print_addresses(config, token)
         return 0
     if command == "import":
@@ -498,7 +549,7 @@ def run(config: Config, args, send: Callable[[Config, dict], dict]) -> int:
             response = send(config, {"op": "device.import", "devices": devices,
                                      "source": args.csv.name})
             output.write(urls_csv(config, issued))
-        print(f"{len(rows)} devices enrolled from {args.csv} {_applied(config, response)}"
+        print(f"{len(rows)} devices enrolled from {args.csv} {applied(config, response)}"
               + (f"; their URLs are in {args.output}" if args.output else ""), file=sys.stderr)
         return 0
     # export-urls --rotate
@@ -514,7 +565,7 @@ def run(config: Config, args, send: Callable[[Config, dict], dict]) -> int:
             device_id: token_sha256(token) for device_id, token in issued}})
         output.write(urls_csv(config, issued))
     print(f"{len(issued)} devices have new tokens, the old ones no longer work "
-          f"{_applied(config, response)}" + (f"; their URLs are in {args.output}" if args.output else ""),
+          f"{applied(config, response)}" + (f"; their URLs are in {args.output}" if args.output else ""),
           file=sys.stderr)
     return 0
 
@@ -550,11 +601,24 @@ def _print_addresses(config: Config, token: str) -> None:
     print("  shown only now: classguard keeps just the token's SHA-256")
 
 
-def _applied(config: Config, response: dict) -> str:
+def applied(config: Config, response: dict) -> str:
+    """Where a change went, for the CLI's message: "(policy version 7; ...)"."""
     version = response.get("version")
     if response.get("via") == "server":
         return f"(policy version {version}; the running server applied it)"
+    if config.store != "embedded":
+        return (f"(policy version {version}, written {store_place(config)}; every server on it "
+                "applies it within a second)")
     return f"(policy version {version}; no server runs on {config.state_dir}, the next one uses it)"
+
+
+def store_place(config: Config) -> str:
+    """"under ./state" or "in Redis (redis://host:6379/0)": where the configured store is."""
+    if config.store == "embedded":
+        return f"under {config.state_dir}"
+    from resolver.redis_store import redacted_url
+
+    return f"in Redis ({redacted_url(config.store)})"
 
 
 class _Output:

@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import secrets
 import time
 from dataclasses import asdict
@@ -33,8 +34,9 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from policies.model import Override
-from resolver.store import AuditEntry, NotFound, StoreError, StoredPolicy, StoreUnavailable, \
-    VersionConflict, describe_override, write_atomically
+from resolver.store import ApiToken, AuditEntry, NotFound, Session, StoreError, StoredPolicy, \
+    StoreUnavailable, User, VersionConflict, describe_override, describe_token, describe_user, \
+    write_atomically
 
 log = logging.getLogger("classguard.store.redis")
 
@@ -138,6 +140,9 @@ def _redacted(url: str) -> str:
     parts = urlsplit(url)
     host = parts.hostname or ""
     return f"{parts.scheme}://{host}{f':{parts.port}' if parts.port else ''}{parts.path}"
+
+
+redacted_url = _redacted  # a store URL without its password, for messages outside this module
 
 
 def _sentinel_client(url: str, **options) -> aioredis.Redis:
@@ -555,6 +560,73 @@ class RedisStore:
 
         return RedisQueryLogStore(self, retention_days=retention_days, timezone=timezone)
 
+    # -- dashboard accounts: users, API tokens, sessions (SPEC §7: every instance accepts the
+    # same login and the same token). One record a key: `user:NAME` and `token:SHA256` (JSON)
+    # with the sets `users` and `tokens` naming them, `session:SHA256` expiring with the session.
+    # These writes do not move `version` (nothing on the DNS path reads them) and are not in an
+    # instance's snapshot: a Redis that comes back empty has lost them (hence AOF, docs/scaling.md).
+
+    async def get_user(self, name: str) -> User | None:
+        raw = await self._run(lambda r: r.get(self.key(f"user:{name}")))
+        return None if raw is None else _user(raw)
+
+    async def users(self) -> list[User]:
+        return [_user(raw) for raw in await self._records("users", "user")]
+
+    async def put_user(self, user: User, *, actor: str, action: str) -> User:
+        await self._put_record("users", "user", user.name, json.dumps(asdict(user)),
+                               actor=actor, action=action, after=describe_user(user))
+        return user
+
+    async def get_token(self, sha256: str) -> ApiToken | None:
+        raw = await self._run(lambda r: r.get(self.key(f"token:{sha256}")))
+        return None if raw is None else ApiToken(**json.loads(raw))
+
+    async def tokens(self) -> list[ApiToken]:
+        return [ApiToken(**json.loads(raw)) for raw in await self._records("tokens", "token")]
+
+    async def put_token(self, token: ApiToken, *, actor: str, action: str) -> ApiToken:
+        await self._put_record("tokens", "token", token.sha256, json.dumps(asdict(token)),
+                               actor=actor, action=action, after=describe_token(token))
+        return token
+
+    async def get_session(self, sha256: str) -> Session | None:
+        raw = await self._run(lambda r: r.get(self.key(f"session:{sha256}")))
+        if raw is None:
+            return None
+        session = Session(**json.loads(raw))
+        return session if session.expires > time.time() else None
+
+    async def put_session(self, session: Session) -> None:
+        key, value = self.key(f"session:{session.sha256}"), json.dumps(asdict(session))
+        await self._run(lambda r: r.set(key, value, pxat=math.ceil(session.expires * 1000)))
+
+    async def delete_session(self, sha256: str) -> None:
+        await self._run(lambda r: r.delete(self.key(f"session:{sha256}")))
+
+    async def _records(self, index: str, kind: str) -> list[bytes]:
+        async def read(r: aioredis.Redis) -> list[bytes]:
+            names = sorted(item.decode() for item in await r.smembers(self.key(index)))
+            if not names:
+                return []
+            return [raw for raw in await r.mget([self.key(f"{kind}:{name}") for name in names])
+                    if raw is not None]
+        return await self._run(read)
+
+    async def _put_record(self, index: str, kind: str, name: str, value: str, *, actor: str,
+                          action: str, after: str) -> None:
+        """The record, its name in the index and the audit entry, in one transaction."""
+        entry = AuditEntry(at=time.time(), actor=actor, action=action, before="", after=after)
+
+        async def write(r: aioredis.Redis) -> None:
+            async with r.pipeline(transaction=True) as pipe:
+                pipe.set(self.key(f"{kind}:{name}"), value)
+                pipe.sadd(self.key(index), name)
+                pipe.lpush(self.key("audit"), json.dumps(asdict(entry)))
+                pipe.ltrim(self.key("audit"), 0, AUDIT_KEPT - 1)
+                await pipe.execute()
+        await self._run(write)
+
     async def close(self) -> None:
         """Stop the subscription and close the connections (the store can be used again)."""
         if self._subscriber is not None:
@@ -565,6 +637,11 @@ class RedisStore:
             client, self._client, self._loop = self._client, None, None
             with contextlib.suppress(Exception):
                 await client.aclose()
+
+
+def _user(raw: bytes) -> User:
+    data = json.loads(raw)
+    return User(**{**data, "classes": tuple(data.get("classes", ()))})
 
 
 def _or(a: bytes, b: bytes) -> bytes:

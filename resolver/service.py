@@ -461,6 +461,14 @@ class Service:
             failures = failures + 1 if report.failed or report.kept_previous else 0
             delay = refresh_delay(report, period, failures=failures)
 
+    def request_list_refresh(self) -> bool:
+        """POST /api/v1/lists/refresh: `refresh_lists_now`, or False when this process does not
+        refresh lists (a worker other than 0 follows worker 0's)."""
+        if self.worker_index > 0:
+            return False
+        self.refresh_lists_now()
+        return True
+
     async def stop(self) -> None:
         if self.metrics is not None:
             await self.metrics.stop()

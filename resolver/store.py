@@ -192,6 +192,17 @@ def describe_override(override: Override) -> str:
     return f"{what} for {override.class_id} until {until} (id {override.id})"
 
 
+def describe_user(user: User) -> str:
+    """The audit log's line for an account (never its password hash)."""
+    return f"user {user.name}, role {user.role}" + (
+        f", classes {', '.join(user.classes)}" if user.classes else "")
+
+
+def describe_token(token: ApiToken) -> str:
+    """The audit log's line for an API token (never its hash)."""
+    return f"token {token.id} ({token.name}, {token.role})" + (" revoked" if token.revoked else "")
+
+
 # --- the embedded store -----------------------------------------------------------------------
 
 
@@ -351,19 +362,15 @@ class EmbeddedStore:
     def put_user_now(self, user: User, *, actor: str, action: str) -> User:
         def change(auth: dict) -> None:
             auth["users"][user.name] = user
-        self._auth_change(change, AuditEntry(
-            at=time.time(), actor=actor, action=action, before="",
-            after=f"user {user.name}, role {user.role}"
-                  + (f", classes {', '.join(user.classes)}" if user.classes else "")))
+        self._auth_change(change, AuditEntry(at=time.time(), actor=actor, action=action, before="",
+                                             after=describe_user(user)))
         return user
 
     def put_token_now(self, token: ApiToken, *, actor: str, action: str) -> ApiToken:
         def change(auth: dict) -> None:
             auth["tokens"][token.sha256] = token
-        self._auth_change(change, AuditEntry(
-            at=time.time(), actor=actor, action=action, before="",
-            after=f"token {token.id} ({token.name}, {token.role})"
-                  + (" revoked" if token.revoked else "")))
+        self._auth_change(change, AuditEntry(at=time.time(), actor=actor, action=action, before="",
+                                             after=describe_token(token)))
         return token
 
     def read_auth(self) -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 
@@ -40,7 +41,15 @@ class Dashboard:
 
 @pytest.fixture
 async def dashboard(make_resolver, resolver_settings):
-    resolver = await make_resolver(settings=resolver_settings)
+    async with open_dashboard(make_resolver, settings=resolver_settings) as opened:
+        yield opened
+
+
+@contextlib.asynccontextmanager
+async def open_dashboard(make_resolver, **arguments):
+    """A resolver (`arguments` as make_resolver takes them) with its dashboard app in a test
+    client, three users and a token; on leaving, every status it answered must be documented."""
+    resolver = await make_resolver(**arguments)
     store = resolver.service.store
     await store.put_user(quick_user("alice", "admin"), actor="test", action="user.add")
     await store.put_user(quick_user("tom", "teacher", ("pupils",)), actor="test", action="user.add")

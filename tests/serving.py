@@ -67,12 +67,14 @@ class Result:
     stderr: str
 
 
-async def cli(folder: Path, *args: str) -> Result:
+async def cli(folder: Path, *args: str, stdin: str | None = None) -> Result:
     """Run `classguard ARGS` in `folder` without blocking the event loop (a test upstream runs on it)."""
     process = await asyncio.create_subprocess_exec(
         CLASSGUARD, *args, cwd=folder, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, env={**os.environ, "CLASSGUARD_CONFIG": ""})
-    stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
+        stderr=asyncio.subprocess.PIPE, env={**os.environ, "CLASSGUARD_CONFIG": ""},
+        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL)
+    stdout, stderr = await asyncio.wait_for(
+        process.communicate(stdin.encode() if stdin is not None else None), 60)
     return Result(process.returncode, stdout.decode(), stderr.decode())
 
 
