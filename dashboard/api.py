@@ -603,13 +603,11 @@ def _subject(request: web.Request) -> str:
     return device_id
 
 
-async def _flushed_query_log(context: Context):
-    """The server's query log store, holding what the last answers handed over (a device's data
-    and its erasure must see those too); None without a query log."""
-    if context.query_log is None:
-        return None
-    await context.query_log.flush()
-    return context.query_log.store
+async def _flush_query_log(context: Context) -> None:
+    """Write what the last answers handed over to the query log: a device's data and its
+    erasure must see those too."""
+    if context.query_log is not None:
+        await context.query_log.flush()
 
 
 @routes.get(PREFIX + "/devices/{device_id}/data")
@@ -621,8 +619,9 @@ async def device_data(request: web.Request) -> web.Response:
 
     _admin(request)
     device_id, context = _subject(request), _context(request)
-    return web.json_response(await querylog.device_data(
-        context.config, device_id, store=await _flushed_query_log(context)))
+    await _flush_query_log(context)
+    return web.json_response(await querylog.device_data(context.config, device_id,
+                                                        store=context.store))
 
 
 @routes.post(PREFIX + "/devices/{device_id}/erase")
@@ -632,10 +631,11 @@ async def device_erase(request: web.Request) -> web.Response:
     policy included: what `classguard device erase` does."""
     from resolver import querylog
 
-    _admin(request)
+    identity = _admin(request)
     device_id, context = _subject(request), _context(request)
-    erased = await querylog.erase_device(context.config, device_id,
-                                         store=await _flushed_query_log(context))
+    await _flush_query_log(context)
+    erased = await querylog.erase_device(context.config, device_id, store=context.store,
+                                         actor=identity.actor)
     if context.commands.after_write is not None:
         await context.commands.after_write()  # the record's removal applies at once
     return web.json_response(erased)

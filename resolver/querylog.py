@@ -654,13 +654,15 @@ async def device_data(config: Config, device: str, *, store=None) -> dict:
     }
 
 
-async def erase_device(config: Config, device: str, *, store=None) -> dict:
+async def erase_device(config: Config, device: str, *, store=None,
+                       actor: str = "device.erase") -> dict:
     """Delete everything classguard holds about one device (GDPR art. 17); what was deleted:
-    {"device", "query_log_entries", "store": {"device_record", "screen_time_days"}}."""
+    {"device", "query_log_entries", "store": {"device_record", "screen_time_days"}}. `actor`:
+    who, as the audit log names the removal of its record (the REST API's caller)."""
     own = store is None
     store = _open_store(config) if own else store
     try:
-        erased = await store.erase_device(device)
+        erased = await store.erase_device(device, actor=actor)
     finally:
         if own:
             await store.close()

@@ -152,6 +152,9 @@ async def test_device_data_and_erase(make_resolver):
         erased = await _json(await client.post("/api/v1/devices/tablet-1/erase", headers=headers), 200)
         assert erased["query_log_entries"] == 2 and erased["store"]["device_record"]
         assert "tablet-1" not in dashboard.resolver.service.state.snapshot.policy.devices
+        entry = (await _json(await client.get("/api/v1/audit?limit=1", headers=headers),
+                             200))["entries"][0]
+        assert entry["action"] == "device.erase" and entry["actor"].startswith("API token ")
         after = await _json(await client.get("/api/v1/devices/tablet-1/data", headers=headers), 200)
         assert after["query_log"]["entries"] == [] and after["device_record"] is None
         # a device the policy does not know (any more) can still be asked about and erased

@@ -163,3 +163,18 @@ async def test_a_device_enrolled_through_the_api_is_served_on_its_class(tmp_path
             with pytest.raises(ValueError, match="403"):
                 await ask("example.com", enrolled["token"])
             assert (await ask("example.com", rotated["token"])).answer
+
+            # erased through the API: gone from the policy in Redis, its token refused
+            async with http.post(api + "/devices/tablet-7/erase") as response:
+                assert response.status == 200, await response.text()
+                assert (await response.json())["store"]["device_record"]
+            assert "tablet-7" not in redis.command("HGET", "classguard:policy", "text").decode()
+            deadline = time.monotonic() + 5
+            while True:
+                try:
+                    await ask("example.com", rotated["token"])
+                except ValueError as refused:
+                    assert "403" in str(refused)
+                    break
+                assert time.monotonic() < deadline, "the erased device is still served"
+                await asyncio.sleep(0.05)
