@@ -172,7 +172,12 @@ LineLoader.yaml_implicit_resolvers = {
 
 def parse_yaml(text: str, source: str = "<string>") -> Any:
     """Load one YAML document from `text`; errors are YamlError naming `source` and the line."""
-    loader = LineLoader(text)
+    try:
+        loader = LineLoader(text)  # its reader refuses control characters at once
+    except yaml.reader.ReaderError as exc:
+        line = text[:exc.position].count("\n") + 1
+        raise YamlError(source, line, f"character #x{exc.character:04x} is not allowed in "
+                                      "YAML (a control character)") from None
     try:
         return loader.get_single_data()
     except yaml.MarkedYAMLError as exc:

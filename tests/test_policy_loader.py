@@ -638,6 +638,7 @@ def test_plain_yaml_numbers_are_refused_with_a_hint():
         ("classes:\n  a: {}\n  a: {}\n", "3: duplicate key 'a' (first on line 2)"),
         ("classes:\n  a: [\n", "3: expected the node content, but found '<stream end>'"),
         ("classes:\n\ta: {}\n", "2: found character '\\t' that cannot start any token"),
+        ("classes:\n  a:\n    name: \"x\u009by\"\n", "3: character #x009b is not allowed in YAML"),
     ],
 )
 def test_yaml_errors(tmp_path, text, expected):
