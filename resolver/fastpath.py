@@ -8,6 +8,7 @@ else returns None and takes the chain, which stays the reference: the bytes are 
 
 from __future__ import annotations
 
+import math
 from time import perf_counter
 
 from policies.engine import Action
@@ -34,6 +35,11 @@ class FastPath:
         self.filtering = filtering
         self.cache = cache
         self._queries: dict[bytes, RawQuery] = {}
+        # The replies made during the current second (by the cache's clock), by query bytes:
+        # a popular name asked again in the same class state is one dict lookup and a copy.
+        self._rendered: dict[bytes, tuple] = {}
+        self._rendered_until = 0.0
+        self._rendered_true_until = 0.0
         self._blocks: dict[tuple, object] = {}  # (reason, active) -> the first such block decision
         self.stats = QueryStats()  # shared with the chain's handler: one set of counters
         # The outcome of the query being answered, for the counters (the path never awaits).
@@ -77,8 +83,43 @@ class FastPath:
         return decision
 
     def _answer(self, data: bytes, client_ip: str, protocol: str, client: Client | None) -> bytes | None:
-        # Clients repeat the same bytes but for the id: read each distinct query once.
-        tail = data[2:]
+        snapshot = self.state.snapshot
+        if client is None:
+            client = snapshot.clients.identify(client_ip)
+            if client is None:
+                return None
+        now = self.state.clock()
+        class_state = snapshot.engine.class_state(client.class_id, client.scope, now)
+        if class_state is None:
+            return None
+        ttl_cap = class_state.ttl_cap(now, self.filtering.policy_ttl) if class_state.timed else None
+        tail = data[2:]  # clients repeat the same bytes but for the id
+        if class_state.screen_time is not None:  # every query counts a device's minutes
+            return self._render(data, tail, client, class_state, now, ttl_cap, protocol)
+        cache_now = self.cache.clock()
+        if cache_now >= self._rendered_until:  # the replies of the second before are forgotten
+            self._rendered.clear()
+            self._rendered_until = cache_now + 1.0
+        rendered = self._rendered.get(tail)
+        if rendered is not None and rendered[0] is class_state and rendered[1] == ttl_cap \
+                and rendered[2] == protocol and cache_now < rendered[3]:
+            # The same query, in the same class state, while its bytes are still true.
+            _state, _cap, _protocol, _until, reply, qname, result, reason = rendered
+            self._class_id, self._client, self._qname = client.class_id, client, qname
+            self._result, self._reason = result, reason
+            if result == "cached":
+                self.cache.hits += 1
+            return data[0:2] + reply
+        wire = self._render(data, tail, client, class_state, now, ttl_cap, protocol)
+        if wire is not None:
+            self._rendered[tail] = (class_state, ttl_cap, protocol, self._rendered_true_until,
+                                    wire[2:], self._qname, self._result, self._reason)
+        return wire
+
+    def _render(self, data: bytes, tail: bytes, client: Client, class_state, now: float,
+                ttl_cap: int | None, protocol: str) -> bytes | None:
+        """The reply made from the memoised query, decision and cache entry; notes in
+        _rendered_true_until when its bytes stop being true (an entry's TTL ticks)."""
         raw = self._queries.get(tail)
         if raw is None:
             raw = read_query(data)
@@ -87,20 +128,10 @@ class FastPath:
             if len(self._queries) >= QUERY_MEMO_LIMIT:
                 self._queries.clear()
             self._queries[tail] = raw
-        snapshot = self.state.snapshot
-        if client is None:
-            client = snapshot.clients.identify(client_ip)
-            if client is None:
-                return None
-        now = self.state.clock()
-        engine = snapshot.engine
-        class_state = engine.class_state(client.class_id, client.scope, now)
-        if class_state is None:
-            return None
+        engine = self.state.snapshot.engine
         decision = self._decision(engine, class_state, raw.qname, False)
         if decision is _SLOW:
             return None
-        ttl_cap = class_state.ttl_cap(now, self.filtering.policy_ttl) if class_state.timed else None
         if class_state.screen_time is not None and client.device_id is not None:
             tracker = self.state.screen_time
             used = tracker.observe(client.device_id, now) if decision.active else tracker.used(client.device_id, now)
@@ -110,13 +141,14 @@ class FastPath:
         action = decision.action
         self._class_id = client.class_id
         self._client, self._qname = client, raw.qname
+        cache = self.cache
+        cache_now = cache.clock()
+        self._rendered_true_until = math.inf  # a block's bytes do not age
         if action is Action.BLOCK:
             self._result, self._reason = "blocked", decision.reason
             return self.filtering.render_block(data, raw, decision, ttl_cap)
         if action is not Action.RESOLVE:
             return None
-        cache = self.cache
-        cache_now = cache.clock()
         entry = cache.lookup(raw.cache_key, cache_now)
         if entry is None:
             return None
@@ -126,5 +158,8 @@ class FastPath:
                 self._result, self._reason = "blocked", verdict.reason
                 return self.filtering.render_block(data, raw, verdict, ttl_cap)
         self._result, self._reason = "cached", None
+        # Its TTLs drop by one when a whole second more has passed since it was stored.
+        stored_at = entry.stored_at
+        self._rendered_true_until = min(stored_at + int(cache_now - stored_at) + 1, stored_at + entry.ttl)
         return entry.render(data, cache_now, raw.rd, raw.edns_payload, raw.dnssec_ok,
                             udp_limit(raw.edns_payload) if protocol == "udp" else None, ttl_cap)

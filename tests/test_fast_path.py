@@ -107,3 +107,26 @@ async def test_a_policy_change_reaches_cached_names_at_once(twins, tmp_path):
     state.replace_policy(load_policy(policy_file, known_categories=None, known_services=None))
     blocked = await fast.query("example.com", source=STAFF, use_edns=0)
     assert blocked.answer[0][0].to_text() == "0.0.0.0" and ede(blocked) == [(15, "deny")]
+
+
+async def test_a_query_repeated_within_a_second_gets_its_own_id_and_true_ttls(twins):
+    fast, _slow, clock = twins
+    await fast.query("example.com", source=STAFF)  # stored at 1000.0 with TTL 300
+    cache = fast.service.link_cache()
+    hits = cache.hits
+
+    async def ask(query_id: int) -> dns.message.Message:
+        wire = query_wire("example.com", "A", edns=0, query_id=query_id)
+        return dns.message.from_wire(await raw_udp(fast.port, wire, STAFF))
+
+    first, second = await ask(1), await ask(2)
+    assert (first.id, second.id) == (1, 2)
+    assert first.answer == second.answer and first.answer[0].ttl == 300
+    assert cache.hits == hits + 2  # a repeat is still a cache hit in the metrics
+    clock.now += 0.9
+    assert (await ask(3)).answer[0].ttl == 300
+    clock.now += 0.2  # 1.1 s after it was stored: one second less
+    assert (await ask(4)).answer[0].ttl == 299
+    clock.now += 300
+    stale = await ask(5)  # expired: the repeat must not outlive the entry
+    assert stale.answer[0].ttl == 300  # asked upstream again
