@@ -607,8 +607,12 @@ class ControlPlane:
             if nudge is None:
                 await asyncio.sleep(self.poll_interval)
             else:
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(nudge.wait(), self.poll_interval)
+                # asyncio.timeout, not wait_for: Python 3.11's wait_for loses a cancellation that
+                # arrives as the event is set (Redis answering again while the server stops), and
+                # the server's stop would then wait forever for this watcher.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.poll_interval):
+                        await nudge.wait()
                 nudge.clear()
             try:
                 await self.sync()

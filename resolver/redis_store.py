@@ -224,10 +224,13 @@ class RedisStore:
         now = time.monotonic()
         if self._down_since is not None and now < self._next_try:
             raise StoreUnavailable(f"Redis ({_redacted(self.url)}) is unreachable")
+        task = asyncio.current_task()
+        cancelling = task.cancelling() if task is not None else 0
         try:
             result = await operation(self._connect())
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError,
                 asyncio.TimeoutError) as exc:
+            _still_cancelled(task, cancelling)
             if self._down_since is None:
                 self._down_since = now
                 self._backoff = BACKOFF_FIRST
@@ -239,7 +242,9 @@ class RedisStore:
             self._next_try = now + self._backoff
             raise StoreUnavailable(f"Redis ({_redacted(self.url)}) is unreachable: {exc}") from None
         except redis.exceptions.RedisError as exc:
+            _still_cancelled(task, cancelling)
             raise StoreError(f"Redis ({_redacted(self.url)}): {exc}") from None
+        _still_cancelled(task, cancelling)
         if self._down_since is not None:
             log.warning("Redis (%s) is back after %.1f s: resynchronising", _redacted(self.url),
                         now - self._down_since)
@@ -642,6 +647,15 @@ class RedisStore:
 def _user(raw: bytes) -> User:
     data = json.loads(raw)
     return User(**{**data, "classes": tuple(data.get("classes", ()))})
+
+
+def _still_cancelled(task: asyncio.Task | None, cancelling: int) -> None:
+    """Raise CancelledError when the task was cancelled during a Redis call that returned (or
+    failed) all the same: redis-py can swallow a cancellation that arrives while a connection is
+    being made again after Redis restarted, and the server's stop then waited forever on the
+    store watcher it had cancelled."""
+    if task is not None and task.cancelling() > cancelling:
+        raise asyncio.CancelledError()
 
 
 def _or(a: bytes, b: bytes) -> bytes:
