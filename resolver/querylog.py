@@ -410,8 +410,10 @@ class QueryLog:
             except StoreError as exc:  # Redis away: said once; what waits is kept, bounded
                 if not self._store_failing:
                     self._store_failing = True
-                    log.warning("query log: the store cannot be written (%s); entries and "
-                                "counts wait in memory (bounded) until it can", exc)
+                    # The store logs why (once per outage); this says what the log does.
+                    log.warning("query log: the store cannot be written now; entries and "
+                                "counts wait in memory (bounded) until it can")
+                    log.debug("query log: %s", exc)
             except Exception:  # a disk error or a bug must not end the log
                 log.exception("query log: writing failed; will try again")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import textwrap
 import time
 
@@ -122,7 +123,9 @@ async def test_retention_purge_on_the_logs_clock(make_resolver, redis):
     assert await log.store.find({later: pseudonym((await log.store.keys())[later], DEVICE_ID)}) == []
 
 
-async def test_redis_away_answers_do_not_wait_and_what_waits_is_bounded(make_resolver, tmp_path):
+async def test_redis_away_answers_do_not_wait_and_what_waits_is_bounded(make_resolver, tmp_path,
+                                                                       caplog):
+    caplog.set_level(logging.INFO, logger="classguard.querylog")
     redis = RedisServer(tmp_path / "redis-away").start()
     try:
         resolver = await redis_resolver(make_resolver, redis)
@@ -151,6 +154,11 @@ async def test_redis_away_answers_do_not_wait_and_what_waits_is_bounded(make_res
         assert len(await log.store.find({day: device})) == 5
         counts = (await log.store.aggregates(day))["hours"]["pupils"]["10"]
         assert sum(counts.values()) == 7  # every answer counted: counts waited, whole
+        messages = [record.getMessage() for record in caplog.records
+                    if record.name == "classguard.querylog"]
+        assert messages.count("query log: the store cannot be written now; entries and counts "
+                              "wait in memory (bounded) until it can") == 1  # once per outage
+        assert messages.count("query log: writing again") == 1
     finally:
         redis.stop()
 
