@@ -129,14 +129,17 @@ async def redis_erase_device(store, device_id: str, actor: str) -> dict[str, Any
     days = await _redis_minutes(store, device_id)
 
     async def erase_minutes(r) -> None:
+        # every day's index of devices too, even one whose bitmap key has already expired
+        indexes = {key async for key in r.scan_iter(match=store.key("minutes:????-??-??"),
+                                                     count=1000)}
         async with r.pipeline(transaction=True) as pipe:
             for day in days:
                 pipe.delete(store.key(f"minutes:{day}:{device_id}"))
-                pipe.srem(store.key(f"minutes:{day}"), device_id)
+            for index in indexes:
+                pipe.srem(index, device_id)
             await pipe.execute()
 
-    if days:
-        await store._run(erase_minutes)
+    await store._run(erase_minutes)
     erased["screen_time_days"] = len(days)
     for _ in range(ERASE_RETRIES):
         policy = await store.get_policy()

@@ -237,8 +237,11 @@ async def test_the_running_servers_store_answers_the_same(make_resolver, redis):
     store = resolver.service.store
     data = await store.device_data(DEVICE_ID)
     assert [entry["name"] for entry in data["query_log"]["entries"]] == ["example.com"]
+    # a day's index of devices that outlived the device's bitmap is cleaned too
+    redis.command("SADD", "classguard:minutes:2026-11-28", DEVICE_ID)
     assert await store.erase_device(DEVICE_ID) == {
         "device_record": True, "screen_time_days": 0, "query_log_entries": 1}
+    assert redis.command("SISMEMBER", "classguard:minutes:2026-11-28", DEVICE_ID) == b":0\r\n"
     assert (await store.device_data(DEVICE_ID))["query_log"]["entries"] == []
     other = RedisStore(redis.url)  # and another instance finds nothing either
     try:
