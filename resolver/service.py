@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import gc
 import ipaddress
 import logging
@@ -435,10 +436,11 @@ class Service:
         delay = 0.0 if first else first_refresh_delay(self.config, self.bundled)
         while True:
             if delay > 0:
-                try:
-                    await asyncio.wait_for(self.lists_wanted.wait(), delay)
-                except TimeoutError:
-                    pass
+                # asyncio.timeout, not wait_for: 3.11's wait_for can lose a cancellation (a stop)
+                # that races the event being set (see the store watcher in control.py).
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self.lists_wanted.wait()
             asked = self.lists_wanted.is_set()
             self.lists_wanted.clear()
             try:
