@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo
 from aiohttp import web
 
 from blocklists.names import normalize_domain
+from dashboard.i18n import policy_errors
 from dashboard import api, class_form
 from dashboard.pages import (View, error_text, page, redirect, require_admin, state_text, table,
                              today_aggregates, view_of, visible_class)
@@ -116,7 +117,9 @@ async def _save_class(view: View, editing: str | None, class_id: str, form, chan
     try:
         await api._put_classes(request, change, int(version) if version.isdigit() else None)
     except PolicyError as exc:
-        errors = class_form.errors_by_field(exc.errors, request.get(api.POLICY_TEXT))
+        errors = {field: [policy_errors.translate(message, view.language) for message in messages]
+                  for field, messages in class_form.errors_by_field(
+                      exc.errors, request.get(api.POLICY_TEXT)).items()}
         if deleting:
             errors = {"": [message for messages in errors.values() for message in messages]}
     except VersionConflict as exc:

@@ -90,7 +90,7 @@ async def test_admin_sees_an_invalid_network_next_to_the_field_in_both_languages
     await page.fill("#field-networks", "10.0.0.300/24")
     await page.click("form.card button:has-text('Enregistrer')")
     error = page.locator("[data-field=networks] .error")
-    await expect(error).to_contain_text("invalid network '10.0.0.300/24'")
+    await expect(error).to_contain_text("réseau invalide '10.0.0.300/24'")  # in her language
     await expect(page.locator("#field-name")).to_have_value("CM1 B")
 
     await page.fill("#field-networks", "10.0.9.0/24")

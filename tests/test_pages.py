@@ -136,9 +136,9 @@ async def test_invalid_network_is_shown_next_to_its_field(dashboard):
     page = await response.text()
     assert response.status == 400
     networks = re.search(r'data-field="networks">(.*?)</div>', page, re.S).group(1)
-    assert "invalid network &#x27;10.0.0.300/24&#x27;" in networks
+    assert "réseau invalide &#x27;10.0.0.300/24&#x27;" in networks  # French by default
     schedule = page[page.index('data-field="schedule"'):]
-    assert "starts and ends at the same time" in schedule
+    assert "commence et finit à la même heure (08:00)" in schedule
     assert 'value="CM1 B"' in page  # what was typed stays
     assert "cm1-b" not in dashboard.resolver.service.state.snapshot.policy.classes
 
@@ -344,3 +344,42 @@ async def test_overview_and_class_page_count_today_from_the_query_log(dashboard)
     assert row.startswith("<td>3</td><td>2</td><td>Ouverte</td>"), row
     page = await (await client.get("/classes/pupils")).text()
     assert "<td>adult.example</td><td>2</td>" in page  # registrable domains, most blocked first
+
+
+def test_every_translated_policy_message_still_matches_what_the_checker_says(tmp_path):
+    """Each French pattern is checked against the checker's own message for a class that makes
+    it: a reworded message fails here instead of going untranslated on the French pages."""
+    from dashboard.i18n import policy_errors
+    from policies.loader import PolicyError, load_policy
+
+    rules = [
+        "networks: ['10.0.0.300/24']", "networks: ['10.0.0.1/24']", "block: [adlt]",
+        "block: [nothing-like-it]", "block_services: [tiktk]", "allow: ['http://a.example/x']",
+        "allow: ['*.a.example']", "allow: ['a..example']", "allow: ['192.0.2.1']",
+        "allow: [co.uk]", "allow: [blogspot.com]", "screen_time: {daily_minutes: 0}",
+        "schedule: [{days: mon, from: '08:00', to: '08:00', closed: true}]",
+        "schedule: [{days: mon, from: '08:00', to: '09:00'}]",
+        "schedule: [{from: '08:00', to: '09:00', closed: true}]",
+        "schedule: [{days: mnday, from: '08:00', to: '09:00', closed: true}]",
+        "schedule: [{days: mon, to: '09:00', closed: true}]",
+        "schedule: [{days: mon, from: '8h', to: '09:00', closed: true}]",
+        "schedule: [{days: mon, from: '24:00', to: '09:00', closed: true}]",
+        "safe_search: always",
+    ]
+    documents = [f"classes:\n  a:\n    {rule}\n" if rule.startswith("networks") else
+                 f"classes:\n  a:\n    networks: ['10.1.0.0/24']\n    {rule}\n" for rule in rules]
+    documents.append("classes:\n  'x y':\n    networks: ['10.1.0.0/24']\n")
+    documents.append("classes:\n  a:\n    networks: ['10.1.0.0/24']\n"
+                     "  b:\n    networks: ['10.1.0.0/24']\n")
+    path = tmp_path / "policy.yaml"
+    untranslated = []
+    for document in documents:
+        path.write_text(document)
+        with pytest.raises(PolicyError) as raised:
+            load_policy(path, known_categories={"adult"}, known_services={"tiktok"})
+        for error in raised.value.errors:
+            message = error.split(": ", 1)[1]  # without FILE:LINE
+            if policy_errors.translate(message, "fr") == message:
+                untranslated.append(message)
+            assert policy_errors.translate(message, "en") == message
+    assert untranslated == []
