@@ -425,7 +425,7 @@ async def lists_refresh(request: web.Request) -> web.Response:
     `classguard lists update` does, never deferred); GET /lists shows when it has run."""
     _admin(request)
     refresh = _context(request).refresh_lists
-    if refresh is None or not refresh():
+    if refresh is None or refresh() is None:
         raise _Refused(409, "this process does not refresh the lists (a worker other than 0)")
     return web.json_response({"requested": True}, status=202)
 

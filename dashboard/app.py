@@ -37,7 +37,7 @@ class Context:
     query_log: Any = None  # resolver.querylog.QueryLog of the server, for `stats`
     throttle: auth.Throttle = field(default_factory=auth.Throttle)
     config: Any = None  # resolver.config.Config: a new device's DoH URL, its data and erasure
-    refresh_lists: Callable[[], bool] | None = None  # Service.request_list_refresh
+    refresh_lists: Callable[[], Any] | None = None  # Service.request_list_refresh
 
 
 @dataclass(frozen=True, slots=True)

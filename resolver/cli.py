@@ -284,16 +284,40 @@ def _policy_validate(config, args) -> int:
     return 0
 
 
+LISTS_UPDATE_TIMEOUT = 3600.0  # seconds a server may take to download and compile (UT1 is large)
+
+
 def _lists_update(config) -> int:
-    from blocklists.update import TerminalProgress
+    """A server running on this state_dir makes the refresh itself (it serves the new lists at
+    once and, with Redis, publishes them); otherwise this process compiles them and, with Redis,
+    publishes them, and every instance on that Redis loads them."""
+    from blocklists.update import TerminalProgress, UpdateReport, artifact_path
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    progress = TerminalProgress(sys.stderr) if sys.stderr.isatty() else None
-    try:
-        lists, report = asyncio.run(update_lists(config, load_bundled(), progress=progress))
-    finally:
-        if progress is not None:
-            progress.close()
+    response = asyncio.run(control_request(config.state_dir, {"op": "lists.refresh"},
+                                           timeout=LISTS_UPDATE_TIMEOUT))
+    if response is not None and response.get("ok"):
+        report = UpdateReport.from_json(response["report"])
+        print(f"the server running on {config.state_dir} refreshed its lists", file=sys.stderr)
+    elif response is not None and not str(response.get("error")).startswith(
+            ("unknown op", "this worker does not")):  # else: compiled here, as with no server
+        raise ControlError(str(response.get("error")))
+    else:
+        progress = TerminalProgress(sys.stderr) if sys.stderr.isatty() else None
+        try:
+            lists, report = asyncio.run(update_lists(config, load_bundled(), progress=progress))
+        finally:
+            if progress is not None:
+                progress.close()
+        del lists
+        if config.store != "embedded":
+            from resolver.redis_store import artifact_sha256
+            from resolver.service import publish_lists
+
+            digest = artifact_sha256(artifact_path(config.state_dir))
+            if _with_store(config, lambda store: publish_lists(store, config.state_dir, digest)):
+                print(f"lists published {devices.store_place(config)}: every instance on it "
+                      "loads them", file=sys.stderr)
     print(report.table())
     return 0 if not report.failed and not report.kept_previous else 1
 

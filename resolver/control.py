@@ -240,6 +240,10 @@ class Commands:
         except (ControlError, StoreError) as exc:
             return {"ok": False, "error": str(exc)}
 
+    def add_operation(self, op: str, operation: Callable[[dict, str], Awaitable[dict]]) -> None:
+        """An operation only the running server can carry out (e.g. `lists.refresh`)."""
+        self._ops[op] = operation
+
     async def run(self, op: str, request: dict, actor: str) -> dict[str, Any]:
         """One operation with its refusals raised (ControlError, PolicyError, StoreError), for
         callers inside the server such as the REST API, which answer them in their own way."""

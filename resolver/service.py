@@ -192,6 +192,9 @@ class Service:
     _artifact_digest: tuple | None = None  # (file signature, sha256) of the compiled lists
     dashboard: object | None = None  # dashboard.app.DashboardServer when `dashboard` is set
     lists_wanted: asyncio.Event = field(default_factory=asyncio.Event)  # "refresh now" was asked
+    # each waiter (request_list_refresh) gets the report of the refresh that starts after it
+    # asked, or the exception that refresh ended with
+    _refresh_waiters: list = field(default_factory=list)
 
     @property
     def policy_drift(self) -> str | None:
@@ -261,6 +264,8 @@ class Service:
         if self.worker_index == 0 and hasattr(self.store, "publish_lists"):  # with Redis
             self.tasks.append(asyncio.create_task(self._follow_store_lists()))
         if self.control is not None:
+            if self.worker_index == 0:  # the one process that refreshes the lists
+                self.control.commands.add_operation("lists.refresh", self._lists_refresh_operation)
             await self.control.start()
         if self.config.dashboard is not None and self.control is not None and self.worker_index == 0:
             # One dashboard per server (with --workers N, worker 0's): its writes go through
@@ -380,15 +385,12 @@ class Service:
 
     async def _publish_lists(self) -> None:
         """After a compile: the artifact goes to the store, for the other instances."""
-        publish = getattr(self.store, "publish_lists", None)
-        if publish is None:
+        if not hasattr(self.store, "publish_lists"):
             return
         try:
-            manifest = await self.store.lists_manifest()
-            digest = await self._artifact_sha256()
-            if digest is not None and (manifest is None or manifest["sha256"] != digest):
-                published = await publish(artifact_path(self.config.state_dir),
-                                          status=_read_text(status_path(self.config.state_dir)))
+            published = await publish_lists(self.store, self.config.state_dir,
+                                            await self._artifact_sha256())
+            if published is not None:
                 log.info("lists: published in the store (%d bytes in %d chunks)",
                          published["size"], published["chunks"])
         except StoreError as exc:
@@ -443,11 +445,13 @@ class Service:
                         await self.lists_wanted.wait()
             asked = self.lists_wanted.is_set()
             self.lists_wanted.clear()
+            waiters, self._refresh_waiters = self._refresh_waiters, []
             try:
                 lists, report = await update_lists(self.config, self.bundled,
                                                    scheduled=not first and not asked,
                                                    current=self.state.snapshot.lists)
             except Exception as exc:  # an UpdateError, or a bug: neither may end the refreshes
+                _settle(waiters, exc)
                 failures += 1
                 delay = retry_delay(period, failures)
                 kept = "the previous lists stay in force" if self.state.lists_loaded else "no lists yet"
@@ -460,16 +464,33 @@ class Service:
                 log.info("lists in force: %d entries", lists.entry_count)
                 await self._publish_lists()
             del lists
+            _settle(waiters, report)
             failures = failures + 1 if report.failed or report.kept_previous else 0
             delay = refresh_delay(report, period, failures=failures)
 
-    def request_list_refresh(self) -> bool:
-        """POST /api/v1/lists/refresh: `refresh_lists_now`, or False when this process does not
-        refresh lists (a worker other than 0 follows worker 0's)."""
+    def request_list_refresh(self) -> asyncio.Future | None:
+        """`refresh_lists_now` for POST /api/v1/lists/refresh and `lists update`: a future that
+        gets the UpdateReport, or the exception the refresh ended with. None when this process
+        does not refresh lists (a worker other than 0 follows worker 0's)."""
         if self.worker_index > 0:
-            return False
+            return None
+        done = asyncio.get_running_loop().create_future()
+        self._refresh_waiters.append(done)
         self.refresh_lists_now()
-        return True
+        return done
+
+    async def _lists_refresh_operation(self, request: dict, actor: str) -> dict:
+        """The control operation `lists.refresh`: `classguard lists update` made by this server
+        (which then serves and publishes the result); answers with the refresh's report."""
+        from resolver.control import ControlError
+
+        done = self.request_list_refresh()
+        if done is None:
+            raise ControlError("this worker does not refresh the lists")
+        outcome = await done
+        if isinstance(outcome, Exception):
+            raise ControlError(f"the list refresh failed: {outcome}")
+        return {"report": outcome.to_json()}
 
     async def stop(self) -> None:
         if self.metrics is not None:
@@ -502,6 +523,23 @@ class Service:
         for group in self.upstream_groups:
             for upstream in group.upstreams:
                 await upstream.close()
+
+
+async def publish_lists(store, state_dir: Path, digest: str | None) -> dict | None:
+    """The compiled lists under state_dir (whose sha256 is `digest`) into a store that shares
+    them (Redis), unless it holds them already; the manifest written, or None."""
+    manifest = await store.lists_manifest()
+    if digest is None or (manifest is not None and manifest["sha256"] == digest):
+        return None
+    return await store.publish_lists(artifact_path(state_dir),
+                                     status=_read_text(status_path(state_dir)))
+
+
+def _settle(waiters: list, outcome) -> None:
+    """Hand a refresh's report (or exception) to those who asked for it and still wait."""
+    for waiter in waiters:
+        if not waiter.done():
+            waiter.set_result(outcome)
 
 
 def _read_text(path: Path) -> str | None:
