@@ -23,7 +23,8 @@ from resolver.config import ConfigError, load_config
 from resolver import devices
 from resolver.control import ControlError, local_commands, os_user, stored_or_seed_policy
 from resolver.control import request as control_request
-from resolver.service import StartupError, known_categories, own_names, policy_path
+from resolver.service import StartupError, fetch_missing_lists, known_categories, own_names, \
+    policy_path
 from resolver.store import Store, StoreError, StoreUnavailable
 
 log = logging.getLogger("classguard")
@@ -356,6 +357,7 @@ def _check(config, args) -> int:
     name = normalize_domain(args.name)
     if name is None:
         raise StartupError(f"{args.name!r} is not a valid domain name")
+    _with_store(config, lambda store: fetch_missing_lists(store, config.state_dir))
     lists = load_compiled(config.state_dir)
     if lists is None:
         print("note: no compiled lists under state_dir yet; compiling them now", file=sys.stderr)
@@ -444,6 +446,12 @@ def _state_request(config, request: dict) -> dict:
         if response is None:
             store = open_store(config)
             try:
+                try:  # locked categories are checked against the lists the instances serve
+                    await fetch_missing_lists(store, config.state_dir)
+                except StoreUnavailable:
+                    raise
+                except StoreError:
+                    pass  # checked against what state_dir holds, as without Redis
                 commands = local_commands(
                     store, bundled=bundled, known_categories=known_categories(config, bundled),
                     known_services=set(bundled.services), seed=policy_path(config),

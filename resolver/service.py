@@ -565,16 +565,23 @@ async def _boot(store: Store, config: Config, **arguments):
     a loop of its own, so the store's connections are closed before the server's loop starts."""
     try:
         boot = await load_or_seed(store, **arguments)
-        fetch = getattr(store, "fetch_lists", None)
-        if fetch is not None and not artifact_path(config.state_dir).exists():
-            try:
-                if await fetch(artifact_path(config.state_dir), status_path(config.state_dir)) is not None:
-                    log.info("lists: loaded the compiled lists published in the store")
-            except StoreError as exc:
-                log.warning("lists: cannot get them from the store (%s); compiling them here", exc)
+        try:
+            if await fetch_missing_lists(store, config.state_dir):
+                log.info("lists: loaded the compiled lists published in the store")
+        except StoreError as exc:
+            log.warning("lists: cannot get them from the store (%s); compiling them here", exc)
         return boot
     finally:
         await store.close()
+
+
+async def fetch_missing_lists(store: Store, state_dir: Path) -> bool:
+    """With a store that shares compiled lists (Redis) and none under state_dir: those published
+    there, written under state_dir. True when some were fetched."""
+    fetch = getattr(store, "fetch_lists", None)
+    if fetch is None or artifact_path(state_dir).exists():
+        return False
+    return await fetch(artifact_path(state_dir), status_path(state_dir)) is not None
 
 
 def _blocking(coroutine):

@@ -102,7 +102,13 @@ class Server:
         """SIGTERM, and the whole log; the process must exit 0 without a traceback."""
         if self.process.returncode is None:
             self.process.send_signal(signal.SIGTERM)
-        output, _ = await asyncio.wait_for(self.process.communicate(), 15)
+        try:
+            output, _ = await asyncio.wait_for(self.process.communicate(), 15)
+        except asyncio.TimeoutError:
+            self.process.kill()
+            output, _ = await self.process.communicate()
+            raise AssertionError("classguard serve did not stop within 15 s of SIGTERM:\n"
+                                 + output.decode()[-4000:]) from None
         text = output.decode()
         assert self.process.returncode == 0, text
         assert "Traceback" not in text, text

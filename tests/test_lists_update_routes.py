@@ -45,6 +45,12 @@ async def test_lists_update_without_a_server_publishes_them_in_redis(tmp_path, u
         (other / "adult.txt").unlink()  # it could not compile them itself
         with open(other / "classguard.yaml", "a") as config:
             config.write(f"store: {redis.url}\n")
+        # the CLI there decides and checks locked categories with them too
+        checked = await cli(other, "check", "www.adult.example", "--class", "pupils")
+        assert checked.returncode == 0 and "category:adult" in checked.stdout, checked.stderr
+        assert "compiling" not in checked.stderr
+        refused = await cli(other, "override", "allow", "pupils", "adult.example", "--minutes", "5")
+        assert refused.returncode == 1 and "locked category 'adult'" in refused.stderr
         server = await start_server(other, other_port)
         try:
             answer = await ask(other_port, "adult.example", "127.0.0.2")
