@@ -15,7 +15,7 @@ import pytest
 from resolver.config import DOH_DEFAULTS
 from tests.conftest import ede
 from tests.redis_server import MISSING_REASON, REDIS_SERVER, RedisServer
-from tests.serving import cli, free_port, start_server, write_school
+from tests.serving import ask, cli, free_port, start_server, write_school
 
 pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason=MISSING_REASON)
 
@@ -94,8 +94,16 @@ async def test_cli_accounts_live_in_redis_and_every_instance_accepts_them(tmp_pa
             async with http.post(b_api + "/classes/pupils/pause", json={"minutes": 5},
                                  headers={**cookie, "X-CSRF-Token": csrf}) as paused:
                 assert paused.status == 201, await paused.text()
+            # ... and the pause made through B reaches the DNS path of both within a second
+            started = time.monotonic()
+            for port in (b_port, a_port):
+                while ede(await ask(port, "example.com", "127.0.0.2")) != [(15, "paused")]:
+                    assert time.monotonic() - started < 1.0, f"not paused on port {port} in 1 s"
+                    await asyncio.sleep(0.02)
             assert await status(http, "GET", b_api + "/classes/staff", headers=cookie) == 403
 
+            users = await cli(tmp_path / "b", "user", "list")
+            assert users.stdout.splitlines()[1:] == ["alice\tadmin\t-", "tom\tteacher\tpupils"]
             # revoked through the CLI: refused by both at once
             listed = await cli(tmp_path / "b", "token", "list")
             assert listed.returncode == 0 and "ci" in listed.stdout, listed.stderr
