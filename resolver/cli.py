@@ -264,7 +264,7 @@ def _device_data(config, args) -> int:
 def _device_erase(config, args) -> int:
     from resolver.querylog import erase_device
 
-    erased = asyncio.run(erase_device(config, args.id))
+    erased = asyncio.run(erase_device(config, args.id, actor=os_user()))  # who, for the audit
     store = erased.get("store") or {}
     extra = ""
     if store.get("device_record"):

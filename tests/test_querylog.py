@@ -291,6 +291,9 @@ async def test_device_data_then_erase_leaves_nothing_behind(make_resolver, tmp_p
     audit = (tmp_path / "state" / "audit.jsonl").read_text().splitlines()
     assert [line for line in audit if DEVICE_ID in line] == \
         [line for line in audit if '"device.erase"' in line]
+    from resolver.control import os_user
+
+    assert {json.loads(line)["actor"] for line in audit if '"device.erase"' in line} == {os_user()}
     # Another pupil's entries stay; a client known by its network is found by its address.
     code, out, _ = await run_cli(tmp_path, "device", "data", PUPILS)
     assert [entry["name"] for entry in json.loads(out)["query_log"]["entries"]] == ["gambling.example"]
