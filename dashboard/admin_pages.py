@@ -57,8 +57,8 @@ async def _health(view: View) -> Html:
                                                     if failed else "")]]
     for zone, group in upstream_groups(service):
         for upstream in group.upstreams:
-            state = t("health.up") if upstream.healthy else \
-                t("health.down", error=upstream.last_error or "?")
+            state = t("health.up") if upstream.healthy else t("health.unknown") \
+                if upstream.healthy is None else t("health.down", error=upstream.last_error or "?")
             rows.append([t("health.upstream", name=upstream.name) + (f" ({zone})" if zone else ""), state])
     probe = ReadinessProbe(service)  # what /readyz says: a Redis away is a note, not a reason
     store_problem = await probe.store_reason()

@@ -34,6 +34,7 @@ class DnsSettings:
     trusted_forwarders: tuple[str, ...] = ()  # networks
     rate_limit: RateLimit | None = None
     upstream_timeout: float = 2.0  # one deadline for a whole upstream exchange, seconds
+    upstream_probe_interval: float = 10.0  # an idle group asks `. NS` of upstreams not known up
     cache_size: int = 100_000  # entries
     tcp_idle_timeout: float = 10.0
     tcp_max_connections: int = 1000
@@ -93,6 +94,7 @@ DNS_KEYS = (
     "listen", "upstreams", "forward_zones", "block_response", "block_ttl", "policy_ttl",
     "unknown_clients", "allow_open", "trusted_forwarders", "rate_limit", "upstream_timeout",
     "cache_size", "tcp_idle_timeout", "tcp_max_connections", "fast_path", "upstream_ca_file",
+    "upstream_probe_interval",
 )
 RATE_LIMIT_KEYS = ("qps", "burst")
 DOH_KEYS = ("listen", "path", "public_url", "trusted_proxies")
@@ -421,6 +423,8 @@ class _ConfigParser:
             rate_limit=self.rate_limit(section),
             upstream_timeout=self.get(section, "upstream_timeout", w, _positive_duration,
                                       d.upstream_timeout),
+            upstream_probe_interval=self.get(section, "upstream_probe_interval", w,
+                                             _positive_duration, d.upstream_probe_interval),
             cache_size=self.get(section, "cache_size", w, _int_range(0, 10**9), d.cache_size),
             tcp_idle_timeout=self.get(section, "tcp_idle_timeout", w, _positive_duration,
                                       d.tcp_idle_timeout),

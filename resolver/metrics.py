@@ -348,8 +348,9 @@ class ServiceCollector(Collector):
         if not groups:
             return
         labels = ("upstream", "zone")
-        up = _family("upstream_up", "gauge", "1 while an upstream answers, 0 once it failed "
-                     "(until it answers again).", labels)
+        up = _family("upstream_up", "gauge", "1 while an upstream answers (a client's question or "
+                     "a probe), 0 once it failed (until it answers again) or before it answered.",
+                     labels)
         latency = _family("upstream_latency_seconds", "gauge",
                           "Moving average of an upstream's answer time.", labels)
         failures = _family("upstream_consecutive_failures", "gauge",
@@ -360,7 +361,7 @@ class ServiceCollector(Collector):
         for zone, group in groups:
             for upstream in group.upstreams:
                 values = [upstream.name, zone]
-                up.add_metric(values, int(upstream.healthy))
+                up.add_metric(values, int(upstream.healthy is True))
                 latency.add_metric(values, upstream.latency)
                 failures.add_metric(values, upstream.failures)
                 done, failed = total["upstreams"].get(_SEP.join((zone, upstream.name)), (0, 0))
@@ -485,8 +486,10 @@ class ReadinessProbe:
         if groups:
             default = groups[0][1].upstreams
             if not any(upstream.healthy for upstream in default):
-                errors = "; ".join(f"{u.name}: {u.last_error or 'failed'}" for u in default)
-                reasons.append(f"no upstream answering ({errors})")
+                errors = "; ".join(f"{u.name}: {u.last_error or 'failed'}" if u.healthy is False
+                                   else f"{u.name}: asked, no answer yet" for u in default)
+                never = all(upstream.healthy is None for upstream in default)
+                reasons.append(f"no upstream {'has answered yet' if never else 'answering'} ({errors})")
         store_reason = await self.store_reason()
         if store_reason is not None:
             reasons.append(store_reason)

@@ -33,7 +33,7 @@ from resolver.ratelimit import RateLimiter
 from resolver.server import QueryHandler, TcpListener, UdpListener
 from resolver.state import RuntimeState
 from resolver.store import EmbeddedStore, Store, StoreError
-from resolver.upstream import Upstream, UpstreamGroup
+from resolver.upstream import Upstream, UpstreamGroup, probe_upstreams
 
 if TYPE_CHECKING:  # loaded when configured: aiohttp costs ~14 MB of every worker's memory
     from resolver.doh import DohServer
@@ -246,6 +246,8 @@ class Service:
         if self.config.dot is not None:
             await self._start_dot(handler)
         log.info("upstreams: %s", ", ".join(u.name for u in upstreams.upstreams))
+        self.tasks.append(asyncio.create_task(  # /readyz: an upstream answers, not "none failed yet"
+            probe_upstreams(self.upstream_groups, dns.upstream_probe_interval)))
         if self.worker_index > 0:
             self.tasks.append(asyncio.create_task(self._follow_lists()))
         elif self.state.snapshot.lists is None:

@@ -1,4 +1,5 @@
-"""Talking to upstream nameservers: plain DNS over UDP (TCP on truncation) and TCP, with failover."""
+"""Talking to upstream nameservers: plain DNS over UDP (TCP on truncation), TCP, TLS and HTTPS,
+with failover, and probes that find out whether an idle upstream answers."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from dnslib import EDNS0, DNSLabel, DNSQuestion, DNSRecord
+from dnslib import EDNS0, QTYPE, DNSLabel, DNSQuestion, DNSRecord
 
 from resolver.answers import MAX_UDP_PAYLOAD
 from resolver.config import parse_upstream
@@ -24,6 +25,8 @@ log = logging.getLogger("classguard.upstream")
 # Backoff for an upstream that failed: skipped (tried last) for this long, doubling to the cap.
 DOWN_BACKOFF_START = 1.0
 DOWN_BACKOFF_MAX = 30.0
+# How often an idle group asks its upstreams (dns.upstream_probe_interval's default), seconds.
+PROBE_INTERVAL = 10.0
 
 
 class UpstreamError(Exception):
@@ -132,7 +135,8 @@ class Upstream:
     scheme: str
     host: str
     port: int
-    healthy: bool = True
+    healthy: bool | None = None  # None until its first answer or failure (a probe's or a client's)
+    last_answer: float = 0.0  # time.monotonic() of its last answer, 0 if none yet
     failures: int = 0
     down_until: float = 0.0
     last_error: str = ""
@@ -249,18 +253,36 @@ class Upstream:
         except (OSError, asyncio.IncompleteReadError) as exc:
             raise UpstreamError(f"tcp error: {exc}") from exc
 
-    def record_success(self, elapsed: float) -> None:
-        if not self.healthy:
+    async def probe(self, timeout: float) -> bool:
+        """Ask `. NS` (RD=1), which any recursive resolver answers from its cache (RFC 8109), through
+        the same exchange as a client's question; record the outcome, never counted as a client's
+        answer or error. True when it answered."""
+        started = time.monotonic()
+        try:
+            await self.exchange(probe_query(), started + timeout)
+        except Exception as exc:  # UpstreamError, OSError, ...: a failed probe, never a dead prober
+            self.record_failure(str(exc) or type(exc).__name__, probe=True)
+            return False
+        self.record_success(time.monotonic() - started, probe=True)
+        return True
+
+    def record_success(self, elapsed: float, probe: bool = False) -> None:
+        if self.healthy is False:
             log.info("upstream %s is answering again", self.name)
+        elif self.healthy is None:
+            log.info("upstream %s is answering", self.name)
         self.healthy, self.failures, self.down_until = True, 0, 0.0
-        self.answers += 1
+        self.last_answer = time.monotonic()
+        if not probe:
+            self.answers += 1
         self.latency = elapsed if self.latency == 0 else 0.8 * self.latency + 0.2 * elapsed
 
-    def record_failure(self, error: str) -> None:
+    def record_failure(self, error: str, probe: bool = False) -> None:
         self.failures += 1
-        self.errors += 1
+        if not probe:
+            self.errors += 1
         self.last_error = error
-        if self.healthy:
+        if self.healthy is not False:  # once per outage, and once for one down from the start
             log.warning("upstream %s failed: %s", self.name, error)
         self.healthy = False
         backoff = min(DOWN_BACKOFF_MAX, DOWN_BACKOFF_START * 2 ** (self.failures - 1))
@@ -275,6 +297,18 @@ class UpstreamGroup:
             raise ValueError("an upstream group needs at least one upstream")
         self.upstreams = upstreams
         self.timeout = timeout
+        self.last_answer = 0.0  # time.monotonic() of the last answer to a client's question
+
+    async def probe(self, interval: float) -> None:
+        """Unless a client's question was answered within `interval` (a busy group learns from
+        its traffic, and sends nothing more), ask each upstream not known to answer, i.e. never
+        heard from, failed, or silent for `interval`, one probe each, at once, within `timeout`."""
+        now = time.monotonic()
+        if now - self.last_answer < interval:
+            return
+        due = [upstream for upstream in self.upstreams
+               if not (upstream.healthy and now - upstream.last_answer < interval)]
+        await asyncio.gather(*(upstream.probe(self.timeout) for upstream in due))
 
     def _order(self) -> list[Upstream]:
         now = time.monotonic()
@@ -303,6 +337,7 @@ class UpstreamGroup:
                 errors.append(f"{upstream.name}: {exc}")
                 continue
             upstream.record_success(time.monotonic() - started)
+            self.last_answer = time.monotonic()
             return reply
         raise UpstreamError("; ".join(errors) or "deadline passed")
 
@@ -314,3 +349,16 @@ def upstream_query(qname: str | DNSLabel, qtype: int, dnssec_ok: bool, checking_
     query.header.cd = int(checking_disabled)
     query.add_ar(EDNS0(udp_len=MAX_UDP_PAYLOAD, flags="do" if dnssec_ok else ""))
     return query
+
+
+def probe_query() -> DNSRecord:
+    return upstream_query(".", QTYPE.NS, dnssec_ok=False, checking_disabled=False)
+
+
+async def probe_upstreams(groups: list[UpstreamGroup], interval: float = PROBE_INTERVAL) -> None:
+    """At once, then every `interval`: each group probes the upstreams it is not sure of, so that
+    /readyz and classguard_upstream_up tell the truth before (and without) a client's question.
+    Runs beside the DNS path, never in it."""
+    while True:
+        await asyncio.gather(*(group.probe(interval) for group in groups))
+        await asyncio.sleep(interval)

@@ -122,6 +122,20 @@ async def make_resolver(tmp_path: Path, upstream: FakeNameserver):
         await service.stop()
 
 
+async def until(condition, timeout: float = 10.0, what: str = "the condition") -> None:
+    """Poll `condition()` (plain or async) until it is true; generous: the test box is loaded."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        result = condition()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        assert loop.time() < deadline, f"{what} did not happen within {timeout} s"
+        await asyncio.sleep(0.05)
+
+
 def ede(message: dns.message.Message) -> list[tuple[int, str]]:
     """The extended DNS errors (RFC 8914) of an answer, read by dnspython."""
     return [(option.code, option.text or "") for option in message.options

@@ -2,6 +2,9 @@
 
 It listens on 127.0.0.1, port 0, UDP and TCP, answers from a dict of records, counts the queries
 it sees, and can misbehave on request: stay silent, truncate over UDP, send junk or a wrong id.
+classguard's upstream probe (`. NS`) is answered like any question (NXDOMAIN, unless records
+for the root were added) but counted in `probes`, not `queries`: the probes of an idle server
+come and go with time, the questions a test causes do not.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ class FakeNameserver:
     mode: str = "normal"  # normal | silent | truncate | junk | wrong_id | servfail
     delay: float = 0.0
     queries: list[tuple[str, str, str]] = field(default_factory=list)  # (transport, name, type)
+    probes: list[str] = field(default_factory=list)  # the transport of each `. NS` question
     options: list[list[int]] = field(default_factory=list)  # EDNS option codes of each query
     host: str = "127.0.0.1"
     port: int = 0
@@ -46,7 +50,10 @@ class FakeNameserver:
         question = query.question[0]
         name = question.name.to_text().rstrip(".").lower()
         rdtype = dns.rdatatype.to_text(question.rdtype)
-        self.queries.append((transport, name, rdtype))
+        if (name, rdtype) == ("", "NS"):
+            self.probes.append(transport)
+        else:
+            self.queries.append((transport, name, rdtype))
         self.options.append([option.otype for option in query.options])
         if self.mode == "silent":
             return None

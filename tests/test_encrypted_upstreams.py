@@ -10,7 +10,7 @@ import pytest
 import trustme
 from aiohttp import web
 
-from tests.conftest import STAFF
+from tests.conftest import STAFF, until
 
 SERVER_NAME = "dns.school.example"
 
@@ -77,13 +77,16 @@ async def test_a_tls_upstream_with_the_wrong_name_is_not_trusted(make_resolver, 
     assert upstream.queries == []
 
 
-async def test_dns_over_https_upstream_answers_with_keep_alive(make_resolver, doh_upstream, ca_file):
+async def test_dns_over_https_upstream_answers_with_keep_alive(make_resolver, upstream, doh_upstream, ca_file):
     url, seen = doh_upstream
     resolver = await make_resolver(upstreams=(url,), upstream_ca_file=ca_file)
+    https = resolver.service.upstream_groups[0].upstreams[0]
+    await until(lambda: https.healthy, what="the startup probe's answer")  # over the connection...
     for name in ("example.com", "www.example.com", "mdm.example.net"):
         answer = await resolver.query(name, source=STAFF)
         assert answer.rcode() == dns.rcode.NOERROR and answer.answer, name
-    assert seen["requests"] == 3 and len(seen["connections"]) == 1
+    assert upstream.probes == ["https"]
+    assert seen["requests"] == 4 and len(seen["connections"]) == 1  # ...that the questions reuse
 
 
 async def test_an_https_upstream_without_the_school_ca_is_refused(make_resolver, doh_upstream):

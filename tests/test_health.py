@@ -1,5 +1,6 @@
-"""/healthz and /readyz over real HTTP, in each not-ready state; and `classguard serve` as a real
-process: its startup line (secrets masked), JSON logs, no line per query."""
+"""/healthz and /readyz over real HTTP, in each not-ready state (upstreams probed, not assumed up);
+and `classguard serve` as a real process: its startup line (secrets masked), JSON logs, no line
+per query."""
 
 from __future__ import annotations
 
@@ -20,7 +21,9 @@ import pytest
 
 from resolver.config import Config, ListSource
 from resolver.logsetup import config_summary, mask_url, masked_config
-from tests.conftest import PUPILS, STAFF, ede
+from resolver.upstream import Upstream, UpstreamGroup, upstream_query
+from tests.conftest import PUPILS, STAFF, ede, until
+from tests.nameserver import FakeNameserver
 from tests.redis_server import MISSING_REASON, REDIS_SERVER, RedisServer
 from tests.test_metrics import METRICS, samples, scrape, value
 
@@ -32,22 +35,33 @@ async def get(service, path: str) -> tuple[int, str]:
     return status, text
 
 
+async def ready(service) -> None:
+    """Wait for 200 (the startup probe of the upstream has answered)."""
+    await until(lambda: get_ready(service), what="/readyz 200")
+
+
+async def get_ready(service) -> bool:
+    return await get(service, "/readyz") == (200, "ready\n")
+
+
 def dead_upstream() -> str:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.bind(("127.0.0.1", 0))
         return f"udp://127.0.0.1:{probe.getsockname()[1]}"
 
 
-async def test_alive_and_ready(make_resolver):
+async def test_alive_and_ready(make_resolver, upstream):
     resolver = await make_resolver(settings=METRICS)
     assert await get(resolver.service, "/healthz") == (200, "ok\n")
-    assert await get(resolver.service, "/readyz") == (200, "ready\n")
+    await ready(resolver.service)  # no client asked anything: the probe found the upstream
+    assert upstream.probes == ["udp"] and upstream.queries == []
 
 
 async def test_not_ready_while_lists_are_not_loaded(make_resolver, tmp_path):
     missing = ListSource(name="gone", format="domains", category="adult",
                          path=str(tmp_path / "no-such-list.txt"))
     resolver = await make_resolver(sources=(missing,), wait_lists=False, settings=METRICS)
+    await until(lambda: resolver.service.upstream_groups[0].upstreams[0].healthy, what="the probe")
     await asyncio.sleep(0.3)  # the first refresh has run, and failed
     assert not resolver.service.state.lists_loaded
     status, text = await get(resolver.service, "/readyz")
@@ -56,22 +70,81 @@ async def test_not_ready_while_lists_are_not_loaded(make_resolver, tmp_path):
     assert (await get(resolver.service, "/healthz"))[0] == 200  # alive all the same
 
 
-async def test_not_ready_when_no_upstream_answers(make_resolver):
+async def test_not_ready_until_an_upstream_has_answered(make_resolver, upstream):
+    """SPEC §6: ready means an upstream answering, not one that has not failed yet."""
+    upstream.mode = "silent"  # the startup probe waits for its (long) deadline
+    resolver = await make_resolver(settings=METRICS, upstream_timeout=60.0)
+    await until(lambda: upstream.probes, what="the startup probe")
+    status, text = await get(resolver.service, "/readyz")
+    assert (status, text) == (503, f"not ready\nno upstream has answered yet ({upstream.url}: "
+                                   "asked, no answer yet)\n")
+    found = samples((await scrape(resolver.service))[2])
+    assert value(found, "classguard_upstream_up", upstream=upstream.url) == 0
+
+
+async def test_not_ready_when_no_upstream_answers_then_ready_when_one_comes_up(make_resolver, caplog):
     dead = dead_upstream()
-    resolver = await make_resolver(upstreams=(dead,), settings=METRICS)
-    assert (await get(resolver.service, "/readyz"))[0] == 200  # not known to be down yet
+    caplog.set_level("INFO", logger="classguard.upstream")
+    resolver = await make_resolver(upstreams=(dead,), settings=METRICS, upstream_probe_interval=0.1)
+    service = resolver.service
+    # Found by the probes alone: no client has asked anything.
+    status, text = await get(service, "/readyz")
+    for _ in range(100):
+        if status == 503 and "no upstream answering" in text:
+            break
+        await asyncio.sleep(0.05)
+        status, text = await get(service, "/readyz")
+    assert status == 503
+    assert text.startswith(f"not ready\nno upstream answering ({dead}: udp error: "), text
+    found = samples((await scrape(service))[2])
+    assert value(found, "classguard_upstream_up", upstream=dead) == 0
+    await until(lambda: service.upstream_groups[0].upstreams[0].failures >= 3, what="more probes")
     answer = await resolver.query("example.com", source=STAFF)
     assert answer.rcode() == dns.rcode.SERVFAIL
-    status, text = await get(resolver.service, "/readyz")
-    assert status == 503
-    assert text.startswith("not ready\nno upstream answering (")
-    assert dead in text
-    found = samples((await scrape(resolver.service))[2])
-    assert value(found, "classguard_upstream_up", upstream=dead) == 0
+
+    comes_up = FakeNameserver(port=int(dead.rsplit(":", 1)[1]))  # the upstream starts
+    await comes_up.start()
+    try:
+        await ready(service)
+        assert comes_up.probes and comes_up.queries == []
+        found = samples((await scrape(service))[2])
+        assert value(found, "classguard_upstream_up", upstream=dead) == 1
+        assert value(found, "classguard_upstream_consecutive_failures", upstream=dead) == 0
+        assert value(found, "classguard_upstream_errors_total", upstream=dead) == 1  # the client's
+    finally:
+        await comes_up.stop()
+    # One line when it went down and one when it came back, however many probes failed.
+    lines = [record.getMessage() for record in caplog.records if record.name == "classguard.upstream"]
+    assert [line for line in lines if "failed" in line] == [lines[0]], lines
+    assert lines[0].startswith(f"upstream {dead} failed: udp error: ")
+    assert lines[1:] == [f"upstream {dead} is answering again"], lines
+
+
+async def test_probes_ask_only_what_client_answers_did_not_tell(upstream):
+    """An idle group asks the upstreams it is not sure of; a busy one sends no probe at all."""
+    group = UpstreamGroup([Upstream.from_url(upstream.url)], timeout=2.0)
+    live = group.upstreams[0]
+    try:
+        assert live.healthy is None  # unknown until its first answer or failure
+        await group.probe(interval=60.0)
+        assert (upstream.probes, live.healthy, live.answers) == (["udp"], True, 0)
+        await group.probe(interval=60.0)  # it answered within the interval: not asked again
+        assert upstream.probes == ["udp"]
+        await asyncio.sleep(0.2)
+        await group.probe(interval=0.1)  # silent for longer than the interval: asked again
+        assert upstream.probes == ["udp", "udp"]
+        reply = await group.exchange(upstream_query("example.com", 1, False, False))
+        assert reply.rr and live.answers == 1
+        await asyncio.sleep(0.2)
+        await group.probe(interval=60.0)  # a client's question was answered: no probe
+        assert upstream.probes == ["udp", "udp"]
+    finally:
+        await live.close()
 
 
 async def test_not_ready_when_the_store_cannot_be_read(make_resolver, tmp_path):
     resolver = await make_resolver(settings=METRICS)
+    await ready(resolver.service)
     store_file = tmp_path / "state" / "store.json"
     assert store_file.exists()
     store_file.write_text("{ not json")  # what a failing disk or a stray editor leaves
@@ -91,7 +164,7 @@ async def test_ready_with_a_note_while_redis_is_away(make_resolver, tmp_path):
     try:
         resolver = await make_resolver(settings={**METRICS, "store": redis.url})
         service = resolver.service
-        assert await get(service, "/readyz") == (200, "ready\n")
+        await ready(service)
         found = samples((await scrape(service))[2])
         assert value(found, "classguard_store_up", kind="redis") == 1
         assert value(found, "classguard_store_outages_total", kind="redis") == 0

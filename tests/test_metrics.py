@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import aiohttp
@@ -23,7 +24,7 @@ import yaml
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import POLICY, PUPILS, STAFF, UNKNOWN
+from tests.conftest import POLICY, PUPILS, STAFF, UNKNOWN, until
 from tests.redis_server import MISSING_REASON, REDIS_SERVER, RedisServer
 
 DEVICE_ADDRESS = "127.0.0.4"
@@ -152,16 +153,30 @@ async def test_upstream_failures_show_per_upstream(make_resolver, upstream):
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.bind(("127.0.0.1", 0))
         dead = f"udp://127.0.0.1:{probe.getsockname()[1]}"
-    # The dead one first: it is tried, fails, and the live one answers.
+    # The dead one first: the startup probe finds it down, so a client's question goes to the
+    # live one without waiting for it.
     resolver = await make_resolver(upstreams=(dead, upstream.url), settings=METRICS)
+    group = resolver.service.upstream_groups[0]
+    await until(lambda: group.upstreams[0].healthy is False and group.upstreams[1].healthy,
+                what="the startup probes")
+    found = samples((await scrape(resolver.service))[2])
+    assert value(found, "classguard_upstream_up", upstream=dead) == 0
+    assert value(found, "classguard_upstream_consecutive_failures", upstream=dead) >= 1
+    assert value(found, "classguard_upstream_up", upstream=upstream.url) == 1
+    assert value(found, "classguard_upstream_answers_total", upstream=upstream.url) == 0  # probes
     answer = await resolver.query("example.com", source=STAFF)
     assert answer.answer
     found = samples((await scrape(resolver.service))[2])
-    assert value(found, "classguard_upstream_up", upstream=dead) == 0
-    assert value(found, "classguard_upstream_errors_total", upstream=dead) >= 1
-    assert value(found, "classguard_upstream_consecutive_failures", upstream=dead) >= 1
-    assert value(found, "classguard_upstream_up", upstream=upstream.url) == 1
     assert value(found, "classguard_upstream_answers_total", upstream=upstream.url) == 1
+    # A client's exchange that fails is counted; a probe's failure is not.
+    # Its backoff over (1 s), the dead one is tried first again (no latency known).
+    await until(lambda: group.upstreams[0].down_until <= time.monotonic(), what="the backoff")
+    answer = await resolver.query("www.example.com", source=STAFF)
+    assert answer.answer
+    found = samples((await scrape(resolver.service))[2])
+    assert value(found, "classguard_upstream_errors_total", upstream=dead) == 1
+    assert value(found, "classguard_upstream_consecutive_failures", upstream=dead) >= 2
+    assert value(found, "classguard_upstream_answers_total", upstream=upstream.url) == 2
 
 
 async def test_no_metrics_server_without_the_section(make_resolver):
