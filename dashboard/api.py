@@ -12,7 +12,7 @@ from aiohttp import web
 
 from blocklists.names import normalize_domain
 from dashboard import auth
-from dashboard.app import COOKIE, CONTEXT, IDENTITY, Context, Identity, json_error
+from dashboard.app import COOKIE, CONTEXT, IDENTITY, Context, Identity, client_address, json_error
 from policies.export import export_policy
 from policies.loader import PolicyError
 from policies.model import Policy
@@ -184,7 +184,7 @@ async def login(request: web.Request) -> web.Response:
     name, password = data.get("name"), data.get("password")
     if not isinstance(name, str) or not isinstance(password, str):
         raise _Refused(400, "name and password are strings", field="name")
-    address = request.remote or "unknown"
+    address = client_address(request)  # behind a trusted proxy, the client it names
     wait = context.throttle.retry_after(name, address)
     if wait > 0:
         return json_error(429, f"too many failed logins; try again in {wait:.0f} s",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import json
 import logging
 from collections.abc import Callable
@@ -13,6 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from dashboard import auth
+from resolver.clients import forwarded_client
 from resolver.store import Session, Store, StoreError
 
 log = logging.getLogger("classguard.dashboard")
@@ -38,6 +40,7 @@ class Context:
     throttle: auth.Throttle = field(default_factory=auth.Throttle)
     config: Any = None  # resolver.config.Config: a new device's DoH URL, its data and erasure
     refresh_lists: Callable[[], Any] | None = None  # Service.request_list_refresh
+    trusted_proxies: tuple = ()  # ip_network: whose X-Forwarded-For names the client
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +134,14 @@ async def csrf_middleware(request: web.Request, handler):
     return await handler(request)
 
 
+def client_address(request: web.Request) -> str:
+    """Who sent the request, for login throttling: the peer, or behind a proxy listed in
+    `dashboard.trusted_proxies` the client it names in X-Forwarded-For (from anyone else the
+    header is ignored: it would let a guesser pick the address the throttle counts)."""
+    return forwarded_client(request.remote or "unknown", request.headers.getall("X-Forwarded-For", []),
+                            request.app[CONTEXT].trusted_proxies)
+
+
 def _read_json_body_limit() -> int:
     return 1024 * 1024
 
@@ -145,7 +156,9 @@ def init_app(service: Any, *, throttle: auth.Throttle | None = None) -> web.Appl
                       state_dir=Path(service.config.state_dir),
                       secure_cookies=public_url.startswith("https://"),
                       query_log=getattr(service, "query_log", None), config=service.config,
-                      refresh_lists=getattr(service, "request_list_refresh", None))
+                      refresh_lists=getattr(service, "request_list_refresh", None),
+                      trusted_proxies=tuple(ipaddress.ip_network(network, strict=False)
+                                            for network in dashboard.get("trusted_proxies", ())))
     if throttle is not None:
         context.throttle = throttle
     app = web.Application(middlewares=[error_middleware, auth_middleware, csrf_middleware],

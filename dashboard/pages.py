@@ -26,7 +26,7 @@ from zoneinfo import ZoneInfo
 from aiohttp import web
 
 from dashboard import api, auth, i18n
-from dashboard.app import COOKIE, CONTEXT, CSRF_FIELD, IDENTITY, Context, Identity
+from dashboard.app import COOKIE, CONTEXT, CSRF_FIELD, IDENTITY, Context, Identity, client_address
 from dashboard.render import Html, html, join
 from resolver.stats import RESULTS
 
@@ -234,7 +234,7 @@ async def login_submit(request: web.Request) -> web.Response:
     context = view.context
     form = await request.post()
     name, password = str(form.get("name", "")), str(form.get("password", ""))
-    address = request.remote or "unknown"
+    address = client_address(request)  # behind a trusted proxy, the client it names
     wait = context.throttle.retry_after(name, address)
     if wait > 0:
         response = _login_form(view, name, view.t("login.throttled", seconds=math.ceil(wait)),

@@ -30,6 +30,24 @@ def address_in(address: str, networks) -> bool:
     return ip is not None and any(ip.version == net.version and ip in net for net in networks)
 
 
+def forwarded_client(peer: str, forwarded_for: list[str], trusted_proxies) -> str:
+    """Who is behind an HTTP request: `peer` itself, unless it is one of `trusted_proxies`; then
+    the rightmost `X-Forwarded-For` hop (`forwarded_for`: each header's value) that is not a
+    trusted proxy. Hops left of it were written by the client and prove nothing; a hop that is
+    not an address ends the walk at the last proxy believed."""
+    if not trusted_proxies or not address_in(peer, trusted_proxies):
+        return peer
+    address = peer
+    hops = [hop.strip() for header in forwarded_for for hop in header.split(",")]
+    for hop in reversed(hops):
+        if client_ip(hop) is None:
+            break
+        address = hop
+        if not address_in(hop, trusted_proxies):
+            break
+    return address
+
+
 class ClientIndex:
     """Compiled once per policy: exact device addresses in a dict, networks most specific first."""
 

@@ -343,6 +343,8 @@ class _ConfigParser:
                 sections[name] = None
         if sections["doh"] is not None:
             sections["doh"] = self.doh(sections["doh"], key_line(top, "doh"))
+        if sections["dashboard"] is not None:
+            sections["dashboard"] = self.dashboard(sections["dashboard"])
         return Config(
             path=self.path,
             timezone=self.get(top, "timezone", "", _timezone, default.timezone),
@@ -454,6 +456,13 @@ class _ConfigParser:
             "trusted_proxies": self.items(body, "trusted_proxies", w, _network)
             or d["trusted_proxies"],
         }
+
+    def dashboard(self, section: dict) -> dict:
+        """The `dashboard` section as given (its server reads the other keys), with
+        `trusted_proxies` checked: addresses or networks, none by default."""
+        body = dict(section)
+        body["trusted_proxies"] = self.items(section, "trusted_proxies", "dashboard.", _network) or ()
+        return body
 
     def block_response(self, section: dict) -> str:
         if "block_response" in section and section["block_response"] is None:

@@ -21,7 +21,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from resolver.chain import Client
-from resolver.clients import address_in, scope_for
+from resolver.clients import forwarded_client, scope_for
 from resolver.device_tokens import TOKEN, DeviceTokens, token_digest  # noqa: F401 (token_digest: re-exported)
 from resolver.server import HEADER_SIZE, QueryHandler
 from resolver.state import RuntimeState
@@ -250,23 +250,8 @@ class DohServer:
         """The peer's address; behind a trusted proxy, the last X-Forwarded-For hop that is not
         one of the trusted proxies."""
         peer = request.transport.get_extra_info("peername") if request.transport else None
-        address = peer[0] if peer else ""
-        if not self.trusted_proxies or not self._trusted(address):
-            return address
-        hops = [hop.strip() for header in request.headers.getall("X-Forwarded-For", [])
-                for hop in header.split(",")]
-        for hop in reversed(hops):
-            try:
-                ipaddress.ip_address(hop)
-            except ValueError:
-                break  # garbage: believe no further than the last proxy
-            address = hop
-            if not self._trusted(hop):
-                break
-        return address
-
-    def _trusted(self, address: str) -> bool:
-        return address_in(address, self.trusted_proxies)
+        return forwarded_client(peer[0] if peer else "", request.headers.getall("X-Forwarded-For", []),
+                                self.trusted_proxies)
 
 
 def _servfail(data: bytes) -> bytes | None:

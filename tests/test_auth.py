@@ -6,7 +6,10 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from dashboard import auth
+from resolver.config import ConfigError, parse_config
 from tests.dashboard_fixtures import PASSWORD, dashboard  # noqa: F401 (a fixture)
 
 
@@ -103,6 +106,69 @@ async def test_login_throttled_per_account_and_address_with_growing_delays(dashb
     throttle.now[0] += 2.0
     assert (await client.post("/api/v1/login", json={"name": "tom", "password": PASSWORD})).status == 200
     assert throttle.retry_after("tom", "127.0.0.1") == 0  # success forgets the failures
+
+
+BEHIND_PROXY = {"dashboard": {"listen": "127.0.0.1:0", "trusted_proxies": ("127.0.0.1/32",)}}
+
+
+def forwarded(*hops: str) -> dict[str, str]:
+    return {"X-Forwarded-For": ", ".join(hops)}
+
+
+@pytest.mark.parametrize("resolver_settings", [BEHIND_PROXY])
+async def test_behind_a_trusted_proxy_the_throttle_counts_the_forwarded_client(dashboard):
+    """Every user reaches the dashboard through the TLS proxy (127.0.0.1 here): a guesser must
+    not lock a teacher out of every address the proxy forwards."""
+    client, throttle = dashboard.client, dashboard.throttle
+    guesser, teacher = "203.0.113.9", "198.51.100.20"
+    for _ in range(3):
+        response = await client.post("/api/v1/login", json={"name": "tom", "password": "guess"},
+                                     headers=forwarded(guesser))
+        assert response.status == 401
+    response = await client.post("/api/v1/login", json={"name": "tom", "password": PASSWORD},
+                                 headers=forwarded(guesser))
+    assert response.status == 429
+    assert throttle.retry_after("tom", guesser) > 0 and throttle.retry_after("tom", "127.0.0.1") == 0
+    # The teacher, through the same proxy, logs in (the form and the API share the throttle).
+    response = await client.post("/login", data={"name": "tom", "password": PASSWORD},
+                                 headers=forwarded(teacher), allow_redirects=False)
+    assert response.status == 303
+    # A hop the client wrote itself (left of what the proxy saw) changes nothing: the rightmost
+    # hop that is not a trusted proxy is the client.
+    response = await client.post("/api/v1/login", json={"name": "tom", "password": PASSWORD},
+                                 headers=forwarded(teacher, guesser))
+    assert response.status == 429
+    response = await client.post("/api/v1/login", json={"name": "tom", "password": PASSWORD},
+                                 headers=forwarded(guesser, teacher, "127.0.0.1"))
+    assert response.status == 200
+
+
+async def test_x_forwarded_for_from_an_untrusted_peer_is_ignored(dashboard):
+    """Without dashboard.trusted_proxies (the default) the header would let a guesser pick a new
+    address for each guess: it is ignored, and the peer's address is counted."""
+    client, throttle = dashboard.client, dashboard.throttle
+    for index in range(3):
+        response = await client.post("/api/v1/login", json={"name": "tom", "password": "guess"},
+                                     headers=forwarded(f"203.0.113.{index + 1}"))
+        assert response.status == 401
+    response = await client.post("/api/v1/login", json={"name": "tom", "password": PASSWORD},
+                                 headers=forwarded("203.0.113.99"))
+    assert response.status == 429
+    assert throttle.retry_after("tom", "127.0.0.1") > 0
+    assert throttle.retry_after("tom", "203.0.113.1") == 0
+
+
+def test_dashboard_trusted_proxies_are_checked(tmp_path):
+    config = parse_config({"dashboard": {"listen": "127.0.0.1:8080",
+                                         "trusted_proxies": ["10.0.0.5", "fd00::/64"]}},
+                          path=tmp_path / "classguard.yaml")
+    assert config.dashboard["trusted_proxies"] == ("10.0.0.5/32", "fd00::/64")
+    assert config.dashboard["listen"] == "127.0.0.1:8080"
+    default = parse_config({"dashboard": {"listen": "127.0.0.1:8080"}}, path=tmp_path / "c.yaml")
+    assert default.dashboard["trusted_proxies"] == ()
+    with pytest.raises(ConfigError, match=r"dashboard\.trusted_proxies: '10\.0\.0\.1/8' has host "
+                                          r"bits set; did you mean '10\.0\.0\.0/8'\?"):
+        parse_config({"dashboard": {"trusted_proxies": ["10.0.0.1/8"]}}, path=tmp_path / "c.yaml")
 
 
 async def test_api_token_needs_no_csrf_and_can_be_revoked(dashboard):
