@@ -136,7 +136,7 @@ class Upstream:
     host: str
     port: int
     healthy: bool | None = None  # None until its first answer or failure (a probe's or a client's)
-    last_answer: float = 0.0  # time.monotonic() of its last answer, 0 if none yet
+    last_answer: float = 0.0  # time.monotonic() of its last answer (set when healthy is True)
     failures: int = 0
     down_until: float = 0.0
     last_error: str = ""
@@ -297,14 +297,14 @@ class UpstreamGroup:
             raise ValueError("an upstream group needs at least one upstream")
         self.upstreams = upstreams
         self.timeout = timeout
-        self.last_answer = 0.0  # time.monotonic() of the last answer to a client's question
+        self.last_answer: float | None = None  # time.monotonic() of the last client's answer
 
     async def probe(self, interval: float) -> None:
         """Unless a client's question was answered within `interval` (a busy group learns from
         its traffic, and sends nothing more), ask each upstream not known to answer, i.e. never
         heard from, failed, or silent for `interval`, one probe each, at once, within `timeout`."""
         now = time.monotonic()
-        if now - self.last_answer < interval:
+        if self.last_answer is not None and now - self.last_answer < interval:
             return
         due = [upstream for upstream in self.upstreams
                if not (upstream.healthy and now - upstream.last_answer < interval)]
