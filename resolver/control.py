@@ -131,9 +131,14 @@ async def load_or_seed(store: Store, *, seed: Path, seed_configured: bool,
                        known_categories: Collection[str] | None,
                        known_services: Collection[str] | None) -> Boot:
     """An empty store gets the seed file's policy (SPEC §4: `policies:` is a seed); afterwards the
-    stored policy is what runs, and a configured seed file that says otherwise is reported."""
+    stored policy is what runs, and a configured seed file that says otherwise is reported.
+
+    A store that lost its state (SPEC §7: a Redis that came back empty) is not a new one: when
+    this instance saved a copy of the store under state_dir (RedisStore.restore_saved), that copy
+    is written back instead of the seed file, unless the store holds a higher version already."""
     seeded: Policy | None = None
-    if await store.get_policy() is None:
+    restore_saved = getattr(store, "restore_saved", None)
+    if await store.get_policy() is None and (restore_saved is None or not await restore_saved()):
         seeded = load_policy(seed, known_categories=known_categories, known_services=known_services)
         try:
             stored = await store.put_policy(export_policy(seeded), actor=SEED_ACTOR,
@@ -163,6 +168,9 @@ async def load_or_seed(store: Store, *, seed: Path, seed_configured: bool,
         if drift:
             log.warning("%s", drift)
     overrides = tuple(await store.overrides())
+    remember = getattr(store, "remember", None)  # the Redis store's copy, for a lost store
+    if remember is not None:
+        await remember()
     return Boot(policy, stored.version, overrides, version, drift)
 
 
@@ -462,6 +470,9 @@ class ControlPlane:
         self.seed_configured = seed_configured
         self.poll_interval = poll_interval
         self.applied_version = boot.version
+        # the store's generation (a Redis store adopting another instance's rebuild of a lost
+        # store): a change of it means everything is read again, even at an equal version
+        self.applied_generation = getattr(store, "generation", 0)
         self.policy_version = boot.policy_version
         self.overrides = boot.overrides
         self.drift = boot.drift
@@ -632,10 +643,12 @@ class ControlPlane:
         assert self._sync_lock is not None, "start() first"
         async with self._sync_lock:
             version = await self.store.version()
-            if version == self.applied_version:
+            generation = getattr(self.store, "generation", 0)  # after version(): it may move it
+            if version == self.applied_version and generation == self.applied_generation:
                 return
             stored = await self.store.get_policy()
-            if stored is not None and stored.version != self.policy_version:
+            if stored is not None and (stored.version != self.policy_version
+                                       or generation != self.applied_generation):
                 await self._apply_policy(stored)
             overrides = tuple(await self.store.overrides())
             if overrides != self.overrides:
@@ -643,7 +656,10 @@ class ControlPlane:
                 self.overrides = overrides
                 log.info("overrides in force: %s",
                          ", ".join(_describe(item) for item in overrides) or "none")
-            self.applied_version = version
+            remember = getattr(self.store, "remember", None)
+            if remember is not None:
+                await remember()
+            self.applied_version, self.applied_generation = version, generation
 
     async def _apply_policy(self, stored: StoredPolicy) -> None:
         self.policy_version = stored.version  # a policy that fails is reported once, not each poll

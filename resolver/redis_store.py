@@ -5,8 +5,15 @@ Keys (under `classguard:`): `version` (INCR on every write), `marker` (an id set
 is created: a Redis that comes back without it has lost the store), `policy` (a hash: text,
 version, updated_at, updated_by), `overrides` (a hash id -> JSON, expiring with the last one to
 end), `audit` (a capped list, newest first), `minutes:DAY:DEVICE` (screen-time bitmaps merged
-with BITOP OR, kept two days), `lists:manifest` and `lists:chunk:N` (the compiled lists).
+with BITOP OR, kept two days), `lists:manifest` and `lists:chunk:N` (the compiled lists),
+`user:NAME`, `token:SHA256` and `session:SHA256` (the dashboard accounts, with the sets `users`
+and `tokens`).
 Every write is one Lua script (compare-and-set included) and publishes on `changes`.
+
+A Redis that comes back without the store (SPEC §7) is rebuilt by the instance holding the
+highest version, with its policy, overrides, users and tokens (_RESTORE); the others adopt what
+the store then holds. Each server also keeps a copy of what it last read under state_dir
+(SNAPSHOT_FILE), which it writes back when it starts on an empty Redis instead of seeding.
 
 Only a server's watcher (and its control commands) call this; the DNS path never does. While
 Redis is unreachable every call fails at once with StoreUnavailable (after one log line), the
@@ -111,12 +118,18 @@ redis.call('PUBLISH', KEYS[5], ARGV[9] .. ' ' .. g)
 return {'ok', g, found or '', redis.call('GET', KEYS[4])}
 """
 
-# write an instance's snapshot back into a store that lost it, unless the store holds as much
+# write an instance's state back into a store that lost it (SPEC §7): only when the store has no
+# marker, or holds a lower version than ours whatever its marker; a store at our version or
+# higher (a tie included) is left alone and the caller adopts it, so instances converge.
+# Replaces the policy, the overrides, the users and the tokens (their records and index sets).
 # ARGV = marker, version, policy text ('' for none), policy version, updated_at, updated_by,
-#        overrides json list, audit entry json, instance id
+#        overrides json list, audit entry json, instance id, users json list, tokens json list,
+#        key prefix
+# returns {1} when written, else {0, the stored version, the stored marker}
 _RESTORE = """
 local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
-if redis.call('GET', KEYS[4]) == ARGV[1] and cur >= tonumber(ARGV[2]) then return 0 end
+local marker = redis.call('GET', KEYS[4])
+if marker and cur >= tonumber(ARGV[2]) then return {0, cur, marker} end
 redis.call('DEL', KEYS[2], KEYS[3])
 if ARGV[3] ~= '' then
   redis.call('HSET', KEYS[2], 'text', ARGV[3], 'version', ARGV[4], 'updated_at', ARGV[5],
@@ -128,12 +141,42 @@ for _, item in ipairs(cjson.decode(ARGV[7])) do
   if item['until'] > last then last = item['until'] end
 end
 if last > 0 then redis.call('PEXPIREAT', KEYS[3], math.ceil(last * 1000) + 60000) end
+for index, records in pairs({[KEYS[7]] = {ARGV[10], 'user:'}, [KEYS[8]] = {ARGV[11], 'token:'}}) do
+  for _, name in ipairs(redis.call('SMEMBERS', index)) do
+    redis.call('DEL', ARGV[12] .. records[2] .. name)
+  end
+  redis.call('DEL', index)
+  for _, item in ipairs(cjson.decode(records[1])) do
+    redis.call('SET', ARGV[12] .. records[2] .. item['name'], item['json'])
+    redis.call('SADD', index, item['name'])
+  end
+end
 redis.call('SET', KEYS[1], ARGV[2])
 redis.call('SET', KEYS[4], ARGV[1])
 redis.call('LPUSH', KEYS[5], ARGV[8])
 redis.call('PUBLISH', KEYS[6], ARGV[9] .. ' ' .. ARGV[2])
-return 1
+return {1}
 """
+
+# a dashboard account record (a user, a token): the record, its name in its index set, the
+# audit entry; it moves `version`, so every instance's watcher reads the accounts again and
+# holds them for a rebuild. ARGV = known marker, new marker, record json, name, audit json,
+# audit cap, instance id
+_RECORD = """
+local marker = redis.call('GET', KEYS[1])
+if ARGV[1] ~= '' and marker ~= ARGV[1] then return {'lost'} end
+redis.call('SET', KEYS[2], ARGV[3])
+redis.call('SADD', KEYS[3], ARGV[4])
+redis.call('LPUSH', KEYS[4], ARGV[5])
+redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[6]) - 1)
+local g = redis.call('INCR', KEYS[5])
+if not marker then redis.call('SET', KEYS[1], ARGV[2]) end
+redis.call('PUBLISH', KEYS[6], ARGV[7] .. ' ' .. g)
+return {'ok', g, redis.call('GET', KEYS[1])}
+"""
+
+SNAPSHOT_FILE = "redis-snapshot.json"  # under state_dir: what this instance last read from Redis
+SNAPSHOT_FORMAT = 1
 
 
 def _redacted(url: str) -> str:
@@ -178,8 +221,11 @@ def _sentinel_client(url: str, **options) -> aioredis.Redis:
 class RedisStore:
     """The store in one Redis shared by every instance (SPEC §7). See the module docstring."""
 
-    def __init__(self, url: str, *, prefix: str = PREFIX) -> None:
+    def __init__(self, url: str, *, prefix: str = PREFIX, state_dir: Path | str | None = None) -> None:
         self.url = url
+        # where this instance keeps a copy of what it last read (SNAPSHOT_FILE): a server that
+        # starts on a Redis that lost the store writes that back instead of seeding the file
+        self.snapshot_path = None if state_dir is None else Path(state_dir) / SNAPSHOT_FILE
         query = parse_qs(urlsplit(url).query)
         self.prefix = query.get("prefix", [prefix])[0]
         self.instance = secrets.token_hex(6)  # our own pub/sub echoes are ignored
@@ -192,6 +238,13 @@ class RedisStore:
         self._seen_version = 0
         self._policy: StoredPolicy | None = None  # the snapshot last read: what we write back
         self._overrides: list[Override] = []
+        # the dashboard accounts as last read (small): a rebuild writes them back too
+        self._users: dict[str, User] = {}
+        self._tokens: dict[str, ApiToken] = {}
+        self._snapshot_written: str | None = None
+        # moves when this instance adopts another instance's store (a lost store someone else
+        # rebuilt): the watcher then reads everything again, even at an equal version
+        self.generation = 0
         self._minutes_buffer: dict[str, dict[str, bytes]] = {}
         self._subscriber: asyncio.Task | None = None
         self.changed: asyncio.Event | None = None
@@ -269,36 +322,146 @@ class RedisStore:
         self._seen_version = max(self._seen_version, version)
         return version
 
+    def _holds_state(self) -> bool:
+        return self._seen_version > 0 and bool(
+            self._policy is not None or self._overrides or self._users or self._tokens)
+
     async def _lost(self, version: int, marker: str | None) -> int:
-        """Redis came back without our store (restarted without persistence, or a failover to a
-        replica that lagged): keep serving, and write our snapshot back if it is the newest."""
+        """Redis came back without our store (restarted without persistence, a failover to a
+        replica that lagged, or another instance seeded it meanwhile): keep serving; write our
+        state back when our version is the highest, else adopt the stored one. Said once and
+        counted once per event: afterwards the store's marker is ours or the one we adopted."""
         self.counters["lost_store"] += 1
-        log.error("the Redis store was lost (marker %s, version %d; this instance holds version "
-                  "%d): the running state stays; the instance with the highest version writes "
-                  "it back (Redis needs persistence: appendonly yes)",
-                  "missing" if marker is None else "changed", version, self._seen_version)
-        if self._policy is None and not self._overrides:
+        what = "missing" if marker is None else \
+            ("changed" if marker != self._marker else "kept, version went backwards")
+        if self._holds_state():
+            result = await self._write_back(
+                before=f"store lost (marker {what}, version {version})",
+                after=f"version {self._seen_version} written back")
+            if result[0]:
+                self.counters["restored"] += 1
+                log.error("the Redis store was lost (marker %s, version %d); this instance holds "
+                          "the highest version (%d): rebuilt from this instance's snapshot "
+                          "(Redis needs persistence: appendonly yes)",
+                          what, version, self._seen_version)
+                return self._seen_version
+            version, marker = int(result[1]), result[2].decode()
+        if marker is None:  # nothing to write back and nothing stored: wait for a writer
+            log.error("the Redis store was lost (marker missing, version %d) and this instance "
+                      "holds nothing to write back (Redis needs persistence: appendonly yes)",
+                      version)
+            self._marker, self._seen_version = None, 0
+            self.generation += 1
             return version
+        log.error("the Redis store was lost (marker %s); the store now holds version %d, not "
+                  "below this instance's %d: adopting it (Redis needs persistence: "
+                  "appendonly yes)", what, version, self._seen_version)
+        self._marker, self._seen_version = marker, version
+        self.generation += 1
+        return version
+
+    async def _write_back(self, *, before: str, after: str) -> list:
+        """The _RESTORE script with this instance's state: [1] when written, else [0, the stored
+        version, the stored marker]."""
         policy = self._policy
         entry = json.dumps(asdict(AuditEntry(
             at=time.time(), actor=f"classguard instance {self.instance}", action="store.restore",
-            before=f"store lost (version {version})", after=f"version {self._seen_version} written back")))
+            before=before, after=after)))
         now = time.time()
         overrides = [{"id": item.id, "until": item.until, "json": json.dumps(asdict(item))}
                      for item in self._overrides if item.until > now]
-        written = await self._run(lambda r: r.eval(
-            _RESTORE, 6, self.key("version"), self.key("policy"), self.key("overrides"),
-            self.key("marker"), self.key("audit"), self.key("changes"),
-            self._marker, self._seen_version,
+        users = [{"name": name, "json": json.dumps(asdict(user))}
+                 for name, user in sorted(self._users.items())]
+        tokens = [{"name": sha256, "json": json.dumps(asdict(token))}
+                  for sha256, token in sorted(self._tokens.items())]
+        marker = self._marker or secrets.token_hex(8)
+        result = await self._run(lambda r: r.eval(
+            _RESTORE, 8, self.key("version"), self.key("policy"), self.key("overrides"),
+            self.key("marker"), self.key("audit"), self.key("changes"), self.key("users"),
+            self.key("tokens"),
+            marker, self._seen_version,
             "" if policy is None else policy.text, 0 if policy is None else policy.version,
             0 if policy is None else repr(policy.updated_at), "" if policy is None else policy.updated_by,
-            json.dumps(overrides), entry, self.instance))
-        if written:
+            json.dumps(overrides), entry, self.instance, json.dumps(users),
+            json.dumps(tokens), self.prefix))
+        if result[0]:
+            self._marker = marker
+        return result
+
+    # -- this instance's copy of the store under state_dir, for a start on a lost store
+
+    async def remember(self) -> None:
+        """Read the accounts (users, tokens) into memory, and save what this instance holds
+        (marker, version, policy, overrides, accounts) under state_dir when it changed. The
+        server's watcher calls this after each change it applied; never the DNS path."""
+        users, tokens = await self.users(), await self.tokens()
+        marker = await self._run(lambda r: r.get(self.key("marker")))
+        if marker is None or marker.decode() != self._marker:
+            return  # lost meanwhile: keep what we hold for the rebuild the next look makes
+        self._users = {user.name: user for user in users}
+        self._tokens = {token.sha256: token for token in tokens}
+        if self.snapshot_path is None or self._marker is None:
+            return
+        text = json.dumps({
+            "format": SNAPSHOT_FORMAT, "marker": self._marker, "version": self._seen_version,
+            "policy": None if self._policy is None else asdict(self._policy),
+            "overrides": [asdict(item) for item in self._overrides],
+            "users": [asdict(user) for _, user in sorted(self._users.items())],
+            "tokens": [asdict(token) for _, token in sorted(self._tokens.items())],
+        }, ensure_ascii=False, indent=1) + "\n"
+        if text == self._snapshot_written:
+            return
+        path = self.snapshot_path
+        try:
+            await asyncio.to_thread(_save_snapshot, path, text)
+        except OSError as exc:
+            log.warning("cannot save this instance's copy of the store in %s: %s", path, exc)
+            return
+        self._snapshot_written = text
+
+    async def restore_saved(self) -> bool:
+        """At startup, when Redis holds no policy: write back the state this instance saved
+        under state_dir (SPEC §7: a lost store is never re-seeded from the policy file) when
+        its version is the highest. True when written; False when there is no saved state or
+        the store holds as much (the caller then uses what the store holds)."""
+        if self.snapshot_path is None:
+            return False
+        try:
+            text = await asyncio.to_thread(self.snapshot_path.read_text)
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            log.warning("cannot read this instance's copy of the store in %s: %s",
+                        self.snapshot_path, exc)
+            return False
+        try:
+            data = json.loads(text)
+            if data.get("format") != SNAPSHOT_FORMAT:
+                raise ValueError(f"format {data.get('format')!r}")
+            marker, version = str(data["marker"]), int(data["version"])
+            policy = None if data["policy"] is None else StoredPolicy(**data["policy"])
+            overrides = [Override(**item) for item in data["overrides"]]
+            users = {item["name"]: _user(json.dumps(item)) for item in data["users"]}
+            tokens = {item["sha256"]: ApiToken(**item) for item in data["tokens"]}
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            log.warning("%s is unreadable (%s): not used", self.snapshot_path, exc)
+            return False
+        self._marker, self._seen_version = marker, version
+        self._policy, self._overrides, self._users, self._tokens = policy, overrides, users, tokens
+        result = await self._write_back(before="store empty at startup",
+                                        after=f"version {version} written back from "
+                                              f"{self.snapshot_path}")
+        if result[0]:
+            self.counters["lost_store"] += 1
             self.counters["restored"] += 1
-            log.warning("the Redis store was rebuilt from this instance's snapshot (version %d)",
-                        self._seen_version)
-            return self._seen_version
-        return int(await self._run(lambda r: r.get(self.key("version"))) or 0)
+            log.error("the Redis store was lost (it holds no policy): rebuilt from this "
+                      "instance's copy in %s (version %d), not seeded from the policy file "
+                      "(Redis needs persistence: appendonly yes)", self.snapshot_path, version)
+            return True
+        # the store holds as much already (another instance wrote first): start from it
+        self._marker, self._seen_version = None, 0
+        self._policy, self._overrides, self._users, self._tokens = None, [], {}, {}
+        return False
 
     def _markers(self) -> tuple[str, str]:
         """(the marker a write must find, or '' when this client has seen none; a new one)."""
@@ -568,8 +731,9 @@ class RedisStore:
     # -- dashboard accounts: users, API tokens, sessions (SPEC §7: every instance accepts the
     # same login and the same token). One record a key: `user:NAME` and `token:SHA256` (JSON)
     # with the sets `users` and `tokens` naming them, `session:SHA256` expiring with the session.
-    # These writes do not move `version` (nothing on the DNS path reads them) and are not in an
-    # instance's snapshot: a Redis that comes back empty has lost them (hence AOF, docs/scaling.md).
+    # Writing a user or a token moves `version`: every instance's watcher then reads them again
+    # (remember()) and a rebuild of a lost store writes them back. Sessions are not kept: a
+    # Redis that comes back empty has lost them and users log in again (docs/scaling.md).
 
     async def get_user(self, name: str) -> User | None:
         raw = await self._run(lambda r: r.get(self.key(f"user:{name}")))
@@ -581,6 +745,7 @@ class RedisStore:
     async def put_user(self, user: User, *, actor: str, action: str) -> User:
         await self._put_record("users", "user", user.name, json.dumps(asdict(user)),
                                actor=actor, action=action, after=describe_user(user))
+        self._users[user.name] = user
         return user
 
     async def get_token(self, sha256: str) -> ApiToken | None:
@@ -593,6 +758,7 @@ class RedisStore:
     async def put_token(self, token: ApiToken, *, actor: str, action: str) -> ApiToken:
         await self._put_record("tokens", "token", token.sha256, json.dumps(asdict(token)),
                                actor=actor, action=action, after=describe_token(token))
+        self._tokens[token.sha256] = token
         return token
 
     async def get_session(self, sha256: str) -> Session | None:
@@ -620,17 +786,17 @@ class RedisStore:
 
     async def _put_record(self, index: str, kind: str, name: str, value: str, *, actor: str,
                           action: str, after: str) -> None:
-        """The record, its name in the index and the audit entry, in one transaction."""
+        """The record, its name in the index and the audit entry, in one script (_RECORD)."""
         entry = AuditEntry(at=time.time(), actor=actor, action=action, before="", after=after)
-
-        async def write(r: aioredis.Redis) -> None:
-            async with r.pipeline(transaction=True) as pipe:
-                pipe.set(self.key(f"{kind}:{name}"), value)
-                pipe.sadd(self.key(index), name)
-                pipe.lpush(self.key("audit"), json.dumps(asdict(entry)))
-                pipe.ltrim(self.key("audit"), 0, AUDIT_KEPT - 1)
-                await pipe.execute()
-        await self._run(write)
+        known, new = self._markers()
+        result = await self._run(lambda r: r.eval(
+            _RECORD, 6, self.key("marker"), self.key(f"{kind}:{name}"), self.key(index),
+            self.key("audit"), self.key("version"), self.key("changes"),
+            known, new, value, name, json.dumps(asdict(entry)), AUDIT_KEPT, self.instance))
+        if result[0].decode() == "lost":
+            raise StoreError("the Redis store was lost and is being rebuilt; try again in a second")
+        if self._marker is None:
+            self._marker = result[2].decode()
 
     async def close(self) -> None:
         """Stop the subscription and close the connections (the store can be used again)."""
@@ -644,7 +810,12 @@ class RedisStore:
                 await client.aclose()
 
 
-def _user(raw: bytes) -> User:
+def _save_snapshot(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(path, text)
+
+
+def _user(raw: bytes | str) -> User:
     data = json.loads(raw)
     return User(**{**data, "classes": tuple(data.get("classes", ()))})
 

@@ -558,7 +558,7 @@ def open_store(config: Config) -> Store:
         return EmbeddedStore(config.state_dir)
     from resolver.redis_store import RedisStore
 
-    return RedisStore(config.store)
+    return RedisStore(config.store, state_dir=config.state_dir)  # its copy, for a lost store
 
 
 async def _boot(store: Store, config: Config, **arguments):

@@ -5,19 +5,22 @@ back empty changes nothing they answer, and a new instance gets its lists from R
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 
+import aiohttp
 import pytest
 
 from policies.model import Override
 from resolver.redis_store import RedisStore
 from tests.conftest import ede
 from tests.redis_server import MISSING_REASON, REDIS_SERVER, RedisServer
-from tests.serving import SCHOOL_POLICY, addresses, ask, cli, start_server, write_school
+from tests.serving import SCHOOL_POLICY, addresses, ask, cli, free_port, start_server, write_school
 
 pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason=MISSING_REASON)
 
 PUPILS = "127.0.0.2"
+PASSWORD = "a long enough password"
 STRICTER = SCHOOL_POLICY.replace("deny: [denied.example]", "deny: [denied.example, example.com]")
 STRICTEST = SCHOOL_POLICY.replace("deny: [denied.example]",
                                   "deny: [denied.example, example.com, gambling.example]")
@@ -120,3 +123,113 @@ async def test_two_instances_one_redis(tmp_path, upstream):
         assert "is back after" in text, text
     # the first to look writes its snapshot back; the other then finds the store as it left it
     assert "store was lost" in a_log + b_log and "rebuilt from this instance" in a_log + b_log
+
+
+async def api_status(url: str, method: str = "GET", **kwargs) -> int:
+    async with aiohttp.ClientSession() as http:
+        for _ in range(100):  # the dashboard comes up after DNS
+            try:
+                async with http.request(method, url, **kwargs) as response:
+                    await response.read()
+                    return response.status
+            except aiohttp.ClientConnectionError:
+                await asyncio.sleep(0.1)
+    raise AssertionError(f"no dashboard at {url}")
+
+
+def with_dashboard(folder) -> str:
+    port = free_port()
+    with open(folder / "classguard.yaml", "a") as config:
+        config.write(f'dashboard: {{listen: "127.0.0.1:{port}"}}\n')
+    return f"http://127.0.0.1:{port}/api/v1"
+
+
+async def test_instances_on_a_redis_that_came_back_empty_converge_on_the_highest_version(
+        tmp_path, upstream):
+    """SPEC §7: A and B hold version N when Redis comes back empty, and C starts meanwhile on
+    the empty Redis with a different policy file (it seeds version 1): A or B writes its state
+    back (N > 1), C adopts it, and nobody flip-flops. Users and tokens survive; a later start on
+    an empty Redis with a copy of the store under state_dir writes that copy back."""
+    redis = RedisServer(tmp_path / "redis").start()
+    try:
+        await converge_then_restart_from_state_dir(tmp_path, upstream, redis)
+    finally:
+        redis.stop()
+
+
+async def converge_then_restart_from_state_dir(tmp_path, upstream, redis: RedisServer) -> None:
+    ports = {name: school(tmp_path / name, upstream.url, redis.url) for name in "abc"}
+    apis = {name: with_dashboard(tmp_path / name) for name in "abc"}
+    other_policy = SCHOOL_POLICY.replace("deny: [denied.example]",
+                                         "deny: [denied.example, gambling.example]")
+    (tmp_path / "c" / "policies.yaml").write_text(other_policy)
+    servers = {}
+    try:
+        servers["a"] = await start_server(tmp_path / "a", ports["a"])
+        servers["b"] = await start_server(tmp_path / "b", ports["b"])
+        added = await cli(tmp_path / "a", "user", "add", "alice", "--role", "admin",
+                          "--password-stdin", stdin=PASSWORD + "\n")
+        assert added.returncode == 0, added.stderr
+        created = await cli(tmp_path / "a", "token", "create", "ci")
+        assert created.returncode == 0, created.stderr
+        bearer = {"Authorization": f"Bearer {created.stdout.strip()}"}
+        (tmp_path / "a" / "stricter.yaml").write_text(STRICTER)
+        imported = await cli(tmp_path / "a", "policy", "import", "stricter.yaml")
+        assert imported.returncode == 0, imported.stderr
+        await until(lambda: denied(ports["b"], "example.com"), 10)
+
+        # A and B frozen while Redis comes back empty and C seeds it from its own file
+        for name in "ab":
+            servers[name].process.send_signal(signal.SIGSTOP)
+        redis.stop()
+        redis.start(wipe=True)
+        servers["c"] = await start_server(tmp_path / "c", ports["c"])
+        assert await denied(ports["c"], "gambling.example")  # C's seed, version 1
+        for name in "ab":
+            servers[name].process.send_signal(signal.SIGCONT)
+
+        async def converged() -> bool:
+            for port in ports.values():
+                if not await denied(port, "example.com") or await denied(port, "gambling.example"):
+                    return False
+            return True
+
+        await until(converged, 20)
+        stored = redis.command("HGET", "classguard:policy", "text").decode()
+        assert "example.com" in stored and "gambling.example" not in stored
+        marker = redis.command("GET", "classguard:marker")
+        await asyncio.sleep(2)  # settled: the store stays as it is
+        assert redis.command("GET", "classguard:marker") == marker
+        assert await converged()
+
+        # the token and the user made before the loss work on every instance, C included
+        for api in apis.values():
+            assert await api_status(api + "/classes", headers=bearer) == 200
+        assert await api_status(apis["c"] + "/login", "POST",
+                                json={"name": "alice", "password": PASSWORD}) == 200
+    finally:
+        for server in servers.values():
+            if server.process.returncode is None:
+                server.process.send_signal(signal.SIGCONT)
+        outputs = {name: await server.stop() for name, server in servers.items()}
+    # one event each (not thousands): C adopts; A or B writes back, the other finds it done
+    for name, text in outputs.items():
+        assert text.count("store was lost") <= 2, (name, text)
+    assert outputs["c"].count("store was lost") == 1 and "adopting it" in outputs["c"]
+    assert "rebuilt from this instance's snapshot" in outputs["a"] + outputs["b"]
+
+    # all stopped, Redis empty again: A starts with another policy file, and writes back the
+    # store it had (its copy under state_dir), not the file
+    redis.stop()
+    redis.start(wipe=True)
+    (tmp_path / "a" / "policies.yaml").write_text(other_policy)
+    server = await start_server(tmp_path / "a", ports["a"])
+    try:
+        assert await denied(ports["a"], "example.com")
+        assert not await denied(ports["a"], "gambling.example")
+        assert "gambling.example" not in redis.command("HGET", "classguard:policy", "text").decode()
+        assert await api_status(apis["a"] + "/classes", headers=bearer) == 200
+    finally:
+        text = await server.stop()
+    assert "not seeded from the policy file" in text, text
+    assert "seeded it with" not in text, text

@@ -11,7 +11,8 @@ import pytest
 
 from policies.model import Override
 from resolver.redis_store import LIST_CHUNK_BYTES, RedisStore, StoreUnavailable
-from resolver.store import EmbeddedStore, NotFound, StoreError, VersionConflict, new_override_id
+from resolver.store import ApiToken, EmbeddedStore, NotFound, StoreError, User, VersionConflict, \
+    new_override_id
 from tests.redis_server import MISSING_REASON, REDIS_SERVER, RedisServer
 
 needs_redis = pytest.mark.skipif(REDIS_SERVER is None, reason=MISSING_REASON)
@@ -273,3 +274,107 @@ async def test_a_new_client_writing_first_learns_the_existing_store(redis_server
         assert late.counters["lost_store"] == 0 and (await late.get_policy()).version == 3
     finally:
         await late.close()
+
+
+# --- a lost store: instances converge on the highest version, accounts included ------------------
+
+ALICE = User(name="alice", role="admin", password_hash="scrypt$x", created_at=1.0)
+CI_TOKEN = ApiToken(id="t1", name="ci", sha256="ab" * 32, created_at=1.0, created_by="test")
+
+
+async def watch(store: RedisStore) -> int:
+    """What a server's watcher does on each look (ControlPlane.sync)."""
+    version = await store.version()
+    await store.get_policy(), await store.overrides(), await store.remember()
+    return version
+
+
+@needs_redis
+async def test_a_newcomer_that_seeded_a_lost_store_adopts_the_highest_version(tmp_path):
+    server = RedisServer(tmp_path / "redis", persistence=False).start()
+    ahead = RedisStore(server.url)
+    newcomer = RedisStore(server.url)
+    try:
+        await ahead.put_policy("classes: {a: {}}\n", actor="a")
+        await ahead.put_user(ALICE, actor="test", action="user.add")
+        await ahead.put_token(CI_TOKEN, actor="test", action="token.create")
+        held = await watch(ahead)
+        assert held == 3  # a user or a token written moves the version
+        server.stop()
+        server.start()  # no persistence: empty
+        # the newcomer finds no store and seeds one (version 1, a new marker) from its own file
+        await newcomer.put_policy("classes: {n: {}}\n", actor="n", expected_version=0)
+        await watch(newcomer)
+        for _ in range(3):  # neither flip-flops: one event each, then a stable store
+            assert await watch(ahead) == held
+            assert await watch(newcomer) == held
+        assert ahead.counters["lost_store"] == 1 and ahead.counters["restored"] == 1
+        assert newcomer.counters["lost_store"] == 1 and newcomer.counters["restored"] == 0
+        assert newcomer.generation == 1  # its watcher reads everything again
+        assert (await newcomer.get_policy()).text == "classes: {a: {}}\n"
+        assert await newcomer.get_user("alice") == ALICE
+        assert await newcomer.get_token(CI_TOKEN.sha256) == CI_TOKEN
+        assert [user.name for user in await newcomer.users()] == ["alice"]
+        assert (await newcomer.audit(1))[0].action == "store.restore"
+        await newcomer.put_policy("classes: {c: {}}\n", actor="c")  # writes go on, from either
+        assert await watch(ahead) == held + 1 and ahead.counters["lost_store"] == 1
+    finally:
+        await ahead.close(), await newcomer.close()
+        server.stop()
+
+
+@needs_redis
+async def test_a_tie_between_two_stores_is_settled_by_the_one_stored(tmp_path):
+    server = RedisServer(tmp_path / "redis", persistence=False).start()
+    first, second = RedisStore(server.url), RedisStore(server.url)
+    try:
+        await first.put_policy("classes: {a: {}}\n", actor="a")
+        await watch(first)
+        server.stop()
+        server.start()
+        await second.put_policy("classes: {b: {}}\n", actor="b")  # version 1 too, its own marker
+        await watch(second)
+        for _ in range(3):
+            assert await watch(first) == 1 and await watch(second) == 1
+        assert first.counters["lost_store"] == 1 and first.counters["restored"] == 0
+        assert second.counters["lost_store"] == 0
+        assert (await first.get_policy()).text == "classes: {b: {}}\n"
+    finally:
+        await first.close(), await second.close()
+        server.stop()
+
+
+@needs_redis
+async def test_a_start_on_a_lost_store_writes_back_the_copy_under_state_dir(tmp_path):
+    server = RedisServer(tmp_path / "redis", persistence=False).start()
+    state_dir = tmp_path / "state"
+    before = RedisStore(server.url, state_dir=state_dir)
+    try:
+        await before.put_policy("classes: {a: {}}\n", actor="a")
+        await before.put_user(ALICE, actor="test", action="user.add")
+        await before.add_override(pause("a", 5), actor="t")
+        held = await watch(before)
+        assert (state_dir / "redis-snapshot.json").stat().st_mode & 0o777 == 0o600
+    finally:
+        await before.close()
+    server.stop()
+    server.start()
+    after = RedisStore(server.url, state_dir=state_dir)
+    other = RedisStore(server.url, state_dir=tmp_path / "other")  # no copy of its own
+    try:
+        assert not await other.restore_saved()
+        assert await after.restore_saved()
+        assert await after.version() == held
+        assert (await after.get_policy()).text == "classes: {a: {}}\n"
+        assert await after.get_user("alice") == ALICE
+        assert [item.class_id for item in await after.overrides()] == ["a"]
+        assert after.counters == {**after.counters, "lost_store": 1, "restored": 1}
+        # a second instance with an older copy finds the store ahead of it: nothing written
+        again = RedisStore(server.url, state_dir=state_dir)
+        await after.put_policy("classes: {b: {}}\n", actor="b")
+        assert not await again.restore_saved()
+        assert (await again.get_policy()).text == "classes: {b: {}}\n"
+        await again.close()
+    finally:
+        await after.close(), await other.close()
+        server.stop()
