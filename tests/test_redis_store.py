@@ -353,8 +353,13 @@ async def test_a_start_on_a_lost_store_writes_back_the_copy_under_state_dir(tmp_
         await before.put_policy("classes: {a: {}}\n", actor="a")
         await before.put_user(ALICE, actor="test", action="user.add")
         await before.add_override(pause("a", 5), actor="t")
+        await before.put_policy("classes: {gone: {}}\n", actor="a")
+        await watch(before)
+        copy = state_dir / "redis-snapshot.json"
+        assert "gone" in copy.read_text() and copy.stat().st_mode & 0o777 == 0o600
+        await before.put_policy("classes: {a: {}}\n", actor="a")
         held = await watch(before)
-        assert (state_dir / "redis-snapshot.json").stat().st_mode & 0o777 == 0o600
+        assert "gone" not in copy.read_text() and "alice" in copy.read_text()  # follows changes
     finally:
         await before.close()
     server.stop()
