@@ -4,7 +4,6 @@ log and the users."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 from typing import Any
 
@@ -14,6 +13,7 @@ from dashboard import auth, i18n
 from dashboard.pages import (View, ago, class_counts, error_text, page, redirect, require_admin,
                              state_text, table, today_aggregates, view_of)
 from dashboard.render import Html, html, join
+from resolver.store import NotFound, User
 
 routes = web.RouteTableDef()
 AUDIT_SHOWN = 200
@@ -128,6 +128,30 @@ async def users(request: web.Request) -> web.Response:
     return await _users_page(view, {})
 
 
+def account_message(view: View, exc: auth.AuthError) -> str:
+    """An account rule's refusal in the page's language (the English text otherwise)."""
+    key = f"account.{exc.key}" if isinstance(exc, auth.AccountError) else ""
+    return view.t(key, **exc.values) if key in i18n.catalogue(view.language) else str(exc)
+
+
+def _class_boxes(view: View, chosen: set[str]) -> Html:
+    return join(html('<label class="check"><input type="checkbox" name="classes" value="{}"{}> {}</label>',
+                     class_id, Html(" checked") if class_id in chosen else "", class_id)
+                for class_id in view.context.state.snapshot.policy.classes)
+
+
+def _role_options(view: View, chosen: str) -> Html:
+    return join(html('<option value="{}"{}>{}</option>', role, Html(" selected") if chosen == role else "",
+                     view.t("role." + role)) for role in auth.ROLES)
+
+
+def _language_options(view: View, chosen: str, *, default: bool) -> Html:
+    codes = ([""] if default else []) + list(i18n.LANGUAGES)
+    return join(html('<option value="{}"{}>{}</option>', code, Html(" selected") if chosen == code else "",
+                     i18n.NAMES[code] if code else view.t("users.language_default"))
+                for code in codes)
+
+
 async def _users_page(view: View, errors: dict[str, str], values: dict[str, Any] | None = None,
                       *, status: int = 200) -> web.Response:
     t = view.t
@@ -139,16 +163,11 @@ async def _users_page(view: View, errors: dict[str, str], values: dict[str, Any]
                      'aria-label="{}" placeholder="{}"><button class="small">{}</button></form>',
                      user.name, view.csrf, t("users.new_password"), t("users.new_password"),
                      t("users.reset"))
+        edit = html('<a href="/users/{}">{}</a>', user.name, t("users.edit"))
         rows.append([user.name, t("role." + user.role), ", ".join(user.classes) or "-",
-                     i18n.NAMES.get(i18n.choose(user.language), ""), reset])
-    policy = view.context.state.snapshot.policy
-    chosen = set(values.get("classes", ()))
-    class_boxes = join(html('<label class="check"><input type="checkbox" name="classes" value="{}"{}> {}</label>',
-                            class_id, Html(" checked") if class_id in chosen else "", class_id)
-                       for class_id in policy.classes)
-    roles = join(html('<option value="{}"{}>{}</option>', role, Html(" selected") if values.get("role") == role else "",
-                      t("role." + role)) for role in auth.ROLES)
-    languages = join(html('<option value="{}">{}</option>', code, i18n.NAMES[code]) for code in i18n.LANGUAGES)
+                     i18n.NAMES.get(i18n.choose(user.language), ""),
+                     t("users.state_disabled") if user.disabled else t("users.state_active"),
+                     edit, reset])
     form = html(
         '<section class="card"><h2>{title}</h2><form method="post" action="/users/add">{csrf}{error}'
         '<label>{name_label}<input name="name" value="{name}" required></label>'
@@ -158,11 +177,14 @@ async def _users_page(view: View, errors: dict[str, str], values: dict[str, Any]
         '<label>{password_label}<input type="password" name="password" autocomplete="new-password" '
         'required></label><button>{submit}</button></form></section>',
         title=t("users.add"), csrf=view.csrf, error=error_text(errors.get("add"), "add"),
-        name_label=t("users.name"), name=values.get("name", ""), role_label=t("users.role"), roles=roles,
-        classes_label=t("users.classes"), classes=class_boxes, language_label=t("nav.language"),
-        languages=languages, password_label=t("login.password"), submit=t("users.add_submit"))
-    listing = table([t("users.name"), t("users.role"), t("users.classes"), t("nav.language"), ""],
-                    rows, empty="")
+        name_label=t("users.name"), name=values.get("name", ""), role_label=t("users.role"),
+        roles=_role_options(view, values.get("role", "")),
+        classes_label=t("users.classes"), classes=_class_boxes(view, set(values.get("classes", ()))),
+        language_label=t("nav.language"),
+        languages=_language_options(view, values.get("language", ""), default=False),
+        password_label=t("login.password"), submit=t("users.add_submit"))
+    listing = table([t("users.name"), t("users.role"), t("users.classes"), t("nav.language"),
+                     t("users.state"), "", ""], rows, empty="")
     return page(view, t("users.title"), html('{}{}{}', error_text(errors.get("reset"), "reset"), listing, form),
                 status=status)
 
@@ -174,20 +196,19 @@ async def user_add(request: web.Request) -> web.Response:
     form = await request.post()
     store = view.context.store
     values = {"name": str(form.get("name", "")).strip(), "role": str(form.get("role", "")),
-              "classes": [str(item) for item in form.getall("classes", [])]}
+              "classes": [str(item) for item in form.getall("classes", [])],
+              "language": i18n.choose(str(form.get("language", "")))}
     try:
         if await store.get_user(values["name"]) is not None:
-            raise auth.AuthError(view.t("users.exists", name=values["name"]))
-        missing = [item for item in values["classes"]
-                   if item not in view.context.state.snapshot.policy.classes]
-        if missing:
-            raise auth.AuthError(view.t("error.no_class", id=missing[0]))
-        user = await asyncio.to_thread(auth.make_user, values["name"], values["role"],
-                                       tuple(values["classes"]), str(form.get("password", "")))
-        user = dataclasses.replace(user, language=i18n.choose(str(form.get("language", ""))))
+            return await _users_page(view, {"add": view.t("users.exists", name=values["name"])},
+                                     values, status=400)
+        user = await asyncio.to_thread(
+            auth.make_user, values["name"], values["role"], values["classes"],
+            str(form.get("password", "")), known_classes=tuple(view.context.state.snapshot.policy.classes),
+            language=values["language"])
         await store.put_user(user, actor=view.identity.actor, action="user.add")
     except auth.AuthError as exc:
-        return await _users_page(view, {"add": str(exc)}, values, status=400)
+        return await _users_page(view, {"add": account_message(view, exc)}, values, status=400)
     raise redirect("/users", "user_added")
 
 
@@ -196,16 +217,93 @@ async def user_password(request: web.Request) -> web.Response:
     view = await view_of(request)
     require_admin(view)
     form = await request.post()
-    store = view.context.store
-    user = await store.get_user(request.match_info["name"])
-    if user is None:
-        raise web.HTTPNotFound(reason=view.t("users.none", name=request.match_info["name"]))
-    password = str(form.get("password", ""))
+    name = request.match_info["name"]
     try:
-        auth.check_password_rules(password)
+        await auth.change_user(view.context.store, name, actor=view.identity.actor,
+                               known_classes=None, password=str(form.get("password", "")))
+    except NotFound:
+        raise web.HTTPNotFound(reason=view.t("users.none", name=name)) from None
     except auth.AuthError as exc:
-        return await _users_page(view, {"reset": f"{user.name}: {exc}"}, status=400)
-    digest = await asyncio.to_thread(auth.hash_password, password)
-    await store.put_user(dataclasses.replace(user, password_hash=digest, sessions_after=time.time()),
-                         actor=view.identity.actor, action="user.reset")
+        return await _users_page(view, {"reset": f"{name}: {account_message(view, exc)}"}, status=400)
     raise redirect("/users", "password_set")
+
+
+# --- one account: role, classes, language, disabled; removal ----------------------------------
+
+
+async def _user_or_404(view: View, name: str) -> User:
+    user = await view.context.store.get_user(name)
+    if user is None:
+        raise web.HTTPNotFound(reason=view.t("users.none", name=name))
+    return user
+
+
+@routes.get("/users/{name}")
+async def user_page(request: web.Request) -> web.Response:
+    view = await view_of(request)
+    require_admin(view)
+    return _user_form(view, await _user_or_404(view, request.match_info["name"]), {})
+
+
+def _user_form(view: View, user: User, errors: dict[str, str], values: dict[str, Any] | None = None,
+               *, status: int = 200) -> web.Response:
+    """The account's form; `values` what was sent (shown again when it was refused)."""
+    t = view.t
+    values = values or {"role": user.role, "classes": user.classes, "language": user.language,
+                        "disabled": user.disabled}
+    form = html(
+        '<form method="post" action="/users/{name}/edit" class="card">{csrf}{form_error}'
+        '<label>{role_label}<select name="role" aria-describedby="error-role">{roles}</select></label>{role_error}'
+        '<fieldset aria-describedby="error-classes"><legend>{classes_label}</legend><p class="hint">{classes_hint}</p>'
+        '{classes}</fieldset>{classes_error}'
+        '<label>{language_label}<select name="language">{languages}</select></label>{language_error}'
+        '<label class="check"><input type="checkbox" name="disabled" value="1"{disabled}> {disabled_label}</label>'
+        '<button>{submit}</button></form>'
+        '<form method="post" action="/users/{name}/remove" class="card">{csrf}{remove_error}'
+        '<p>{remove_hint}</p><button class="danger">{remove}</button></form>'
+        '<p><a href="/users">{back}</a></p>',
+        name=user.name, csrf=view.csrf, form_error=error_text(errors.get("form")),
+        role_label=t("users.role"), roles=_role_options(view, values["role"]),
+        role_error=error_text(errors.get("role"), "role"), classes_label=t("users.classes"),
+        classes_hint=t("users.classes_hint"), classes=_class_boxes(view, set(values["classes"])),
+        classes_error=error_text(errors.get("classes"), "classes"), language_label=t("nav.language"),
+        languages=_language_options(view, values["language"], default=True),
+        language_error=error_text(errors.get("language"), "language"),
+        disabled=Html(" checked") if values["disabled"] else "", disabled_label=t("users.disabled"),
+        submit=t("users.save"), remove_error=error_text(errors.get("remove"), "remove"),
+        remove_hint=t("users.remove_hint"), remove=t("users.remove"), back=t("users.back"))
+    return page(view, t("users.edit_title", name=user.name), form, status=status)
+
+
+@routes.post("/users/{name}/edit")
+async def user_edit(request: web.Request) -> web.Response:
+    view = await view_of(request)
+    require_admin(view)
+    user = await _user_or_404(view, request.match_info["name"])
+    form = await request.post()
+    values = {"role": str(form.get("role", "")), "classes": [str(item) for item in form.getall("classes", [])],
+              "language": str(form.get("language", "")), "disabled": "disabled" in form}
+    try:
+        await auth.change_user(view.context.store, user.name, actor=view.identity.actor,
+                               known_classes=tuple(view.context.state.snapshot.policy.classes),
+                               **values)
+    except NotFound:
+        raise web.HTTPNotFound(reason=view.t("users.none", name=user.name)) from None
+    except auth.AuthError as exc:
+        field = exc.field if isinstance(exc, auth.AccountError) and exc.field in values else "form"
+        return _user_form(view, user, {field: account_message(view, exc)}, values, status=400)
+    raise redirect("/users", "user_saved")
+
+
+@routes.post("/users/{name}/remove")
+async def user_remove(request: web.Request) -> web.Response:
+    view = await view_of(request)
+    require_admin(view)
+    user = await _user_or_404(view, request.match_info["name"])
+    try:
+        await auth.remove_user(view.context.store, user.name, actor=view.identity.actor)
+    except NotFound:
+        raise web.HTTPNotFound(reason=view.t("users.none", name=user.name)) from None
+    except auth.AuthError as exc:
+        return _user_form(view, user, {"remove": account_message(view, exc)}, status=400)
+    raise redirect("/users", "user_removed")

@@ -185,15 +185,15 @@ async def login(request: web.Request) -> web.Response:
     if not isinstance(name, str) or not isinstance(password, str):
         raise _Refused(400, "name and password are strings", field="name")
     address = client_address(request)  # behind a trusted proxy, the client it names
-    wait = context.throttle.retry_after(name, address)
+    wait = await context.throttle.retry_after(name, address)
     if wait > 0:
         return json_error(429, f"too many failed logins; try again in {wait:.0f} s",
                           headers={"Retry-After": str(max(1, round(wait)))})
     user = await auth.authenticate(context.store, name, password)
     if user is None:
-        context.throttle.failed(name, address)
+        await context.throttle.failed(name, address)
         return json_error(401, "wrong name or password")
-    context.throttle.succeeded(name, address)
+    await context.throttle.succeeded(name, address)
     value, session = await auth.new_session(context.store, user)
     response = web.json_response({"name": user.name, "role": user.role,
                                   "classes": list(user.classes), "csrf_token": session.csrf})
@@ -223,6 +223,117 @@ async def session(request: web.Request) -> web.Response:
         "name": identity.name, "role": identity.role, "classes": list(identity.classes),
         "via": identity.via,
         "csrf_token": identity.session.csrf if identity.session is not None else None})
+
+
+# --- users (admin) -------------------------------------------------------------------------------
+# The same rules as `classguard user add` and the Users page (dashboard.auth): a role, a teacher's
+# classes among the policy's, a language the dashboard speaks; never a password hash in an answer.
+
+USER_KEYS = frozenset({"role", "classes", "language", "disabled", "password"})
+
+
+def user_json(user) -> dict[str, Any]:
+    return {"name": user.name, "role": user.role, "classes": list(user.classes),
+            "language": user.language, "disabled": user.disabled, "created_at": user.created_at}
+
+
+def _account_error(exc: auth.AuthError) -> _Refused:
+    return _Refused(400, str(exc), **({"field": exc.field} if isinstance(exc, auth.AccountError)
+                                      else {}))
+
+
+def _known_classes(request: web.Request) -> tuple[str, ...]:
+    return tuple(_context(request).state.snapshot.policy.classes)
+
+
+@routes.get(PREFIX + "/users")
+@_handle_errors
+async def users_list(request: web.Request) -> web.Response:
+    _admin(request)
+    users = sorted(await _context(request).store.users(), key=lambda user: user.name)
+    return web.json_response({"users": [user_json(user) for user in users]})
+
+
+@routes.post(PREFIX + "/users")
+@_handle_errors
+async def user_create(request: web.Request) -> web.Response:
+    identity = _admin(request)
+    data = await _body(request)
+    unknown = sorted(set(data) - (USER_KEYS - {"disabled"}) - {"name"})
+    if unknown:
+        raise _Refused(400, f"unknown key {unknown[0]!r}", field=unknown[0])
+    name, password = data.get("name"), data.get("password")
+    if not isinstance(name, str):
+        raise _Refused(400, "name is a string", field="name")
+    if not isinstance(password, str):
+        raise _Refused(400, "password is a string", field="password")
+    classes = data.get("classes", [])
+    if not isinstance(classes, list):
+        raise _Refused(400, "classes is a list of class ids", field="classes")
+    store = _context(request).store
+    if await store.get_user(name) is not None:
+        raise _Refused(409, f"user {name!r} exists already", field="name")
+    try:
+        user = await asyncio.to_thread(auth.make_user, name, data.get("role"), classes, password,
+                                       known_classes=_known_classes(request),
+                                       language=data.get("language", ""))
+    except auth.AuthError as exc:
+        raise _account_error(exc) from None
+    await store.put_user(user, actor=identity.actor, action="user.add")
+    return web.json_response(user_json(user), status=201)
+
+
+async def _user_named(request: web.Request):
+    user = await _context(request).store.get_user(request.match_info["name"])
+    if user is None:
+        raise _Refused(404, f"no user {request.match_info['name']!r}")
+    return user
+
+
+@routes.get(PREFIX + "/users/{name}")
+@_handle_errors
+async def user_get(request: web.Request) -> web.Response:
+    _admin(request)
+    return web.json_response(user_json(await _user_named(request)))
+
+
+@routes.patch(PREFIX + "/users/{name}")
+@_handle_errors
+async def user_change(request: web.Request) -> web.Response:
+    """Change what the body names: role, classes, language, disabled, password."""
+    identity = _admin(request)
+    data = await _body(request)
+    unknown = sorted(set(data) - USER_KEYS)
+    if unknown:
+        raise _Refused(400, f"unknown key {unknown[0]!r}", field=unknown[0])
+    for key, kind, text in (("classes", list, "a list of class ids"), ("password", str, "a string"),
+                            ("disabled", bool, "true or false")):
+        if key in data and not isinstance(data[key], kind):
+            raise _Refused(400, f"{key} is {text}", field=key)
+    await _user_named(request)
+    try:
+        user = await auth.change_user(
+            _context(request).store, request.match_info["name"], actor=identity.actor,
+            known_classes=_known_classes(request), role=data.get("role"),
+            classes=data.get("classes"), language=data.get("language"),
+            disabled=data.get("disabled"), password=data.get("password"))
+    except auth.AuthError as exc:
+        raise _account_error(exc) from None
+    return web.json_response(user_json(user))
+
+
+@routes.delete(PREFIX + "/users/{name}")
+@_handle_errors
+async def user_remove(request: web.Request) -> web.Response:
+    """Remove an account: its sessions stop working at once, on every instance."""
+    identity = _admin(request)
+    await _user_named(request)
+    try:
+        await auth.remove_user(_context(request).store, request.match_info["name"],
+                               actor=identity.actor)
+    except auth.AuthError as exc:
+        raise _account_error(exc) from None
+    return web.Response(status=204)
 
 
 # --- classes -----------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ class Context:
     state_dir: Path
     secure_cookies: bool = False
     query_log: Any = None  # resolver.querylog.QueryLog of the server, for `stats`
-    throttle: auth.Throttle = field(default_factory=auth.Throttle)
+    throttle: auth.Throttle | auth.StoreThrottle = field(default_factory=auth.Throttle)
     config: Any = None  # resolver.config.Config: a new device's DoH URL, its data and erasure
     refresh_lists: Callable[[], Any] | None = None  # Service.request_list_refresh
     trusted_proxies: tuple = ()  # ip_network: whose X-Forwarded-For names the client
@@ -103,8 +103,9 @@ async def auth_middleware(request: web.Request, handler):
     elif COOKIE in request.cookies:
         session = await context.store.get_session(auth.sha256(request.cookies[COOKIE]))
         user = None if session is None else await context.store.get_user(session.user)
-        if user is not None and session.expires - auth.SESSION_SECONDS < user.sessions_after:
-            user = None  # opened before the password was reset
+        if user is not None and (user.disabled
+                                 or session.expires - auth.SESSION_SECONDS < user.sessions_after):
+            user = None  # a disabled account, or a session opened before a password reset
         if user is not None:
             identity = Identity(user.name, user.role, user.classes, "session", session=session)
     request[IDENTITY] = identity
@@ -146,7 +147,8 @@ def _read_json_body_limit() -> int:
     return 1024 * 1024
 
 
-def init_app(service: Any, *, throttle: auth.Throttle | None = None) -> web.Application:
+def init_app(service: Any, *, throttle: auth.Throttle | auth.StoreThrottle | None = None
+             ) -> web.Application:
     """The dashboard application for a running `resolver.service.Service`."""
     from dashboard import api, pages
 
@@ -159,8 +161,7 @@ def init_app(service: Any, *, throttle: auth.Throttle | None = None) -> web.Appl
                       refresh_lists=getattr(service, "request_list_refresh", None),
                       trusted_proxies=tuple(ipaddress.ip_network(network, strict=False)
                                             for network in dashboard.get("trusted_proxies", ())))
-    if throttle is not None:
-        context.throttle = throttle
+    context.throttle = throttle if throttle is not None else auth.throttle_for(service.store)
     app = web.Application(middlewares=[error_middleware, auth_middleware, csrf_middleware],
                           client_max_size=_read_json_body_limit())
     app[CONTEXT] = context
@@ -169,8 +170,8 @@ def init_app(service: Any, *, throttle: auth.Throttle | None = None) -> web.Appl
     return app
 
 
-ACCOUNT_METHODS = ("get_user", "users", "put_user", "get_token", "tokens", "put_token",
-                   "get_session", "put_session", "delete_session")
+ACCOUNT_METHODS = ("get_user", "users", "put_user", "delete_user", "get_token", "tokens",
+                   "put_token", "get_session", "put_session", "delete_session")
 
 
 def require_accounts(store: Store) -> None:

@@ -33,6 +33,7 @@ def _responses(*statuses: int, ok: dict | None = None, etag: bool = False) -> di
 
 
 CLASS_ID = {"name": "class_id", "in": "path", "required": True, "schema": {"type": "string"}}
+USER_NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
 DEVICE_ID = {"name": "device_id", "in": "path", "required": True, "schema": {"type": "string"}}
 ID_PATTERN = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"  # policies.loader.ID_PATTERN
 IF_MATCH = {"name": "If-Match", "in": "header", "required": False, "schema": {"type": "string"},
@@ -51,6 +52,12 @@ def document() -> dict[str, Any]:
     override = {"type": "object", "properties": {"override": {"$ref": "#/components/schemas/Override"}}}
     device = {"$ref": "#/components/schemas/Device"}
     issued = {"$ref": "#/components/schemas/IssuedToken"}
+    user = {"$ref": "#/components/schemas/User"}
+    user_fields = {"role": {"enum": ["admin", "teacher"]},
+                   "classes": {"type": "array", "items": {"type": "string"},
+                               "description": "a teacher's classes (at least one); none for an admin"},
+                   "language": {"enum": ["", "fr", "en"], "description": '"" is the default, fr'},
+                   "password": {"type": "string", "minLength": 10}}
     return {
         "openapi": "3.1.0",
         "info": {"title": "classguard REST API", "version": "1",
@@ -72,6 +79,30 @@ def document() -> dict[str, Any]:
             "/api/v1/session": {"get": {"summary": "Who is logged in; the session's CSRF token",
                                         "responses": _responses(200, 401, ok={
                                             "$ref": "#/components/schemas/Session"})}},
+            "/api/v1/users": {
+                "get": {"summary": "The dashboard accounts (admin); never a password hash",
+                        "responses": _responses(200, *AUTHED, ok={
+                            "type": "object", "properties": {"users": {
+                                "type": "array", "items": user}}})},
+                "post": {"summary": "Add an account (admin), checked like `classguard user add`",
+                         "requestBody": _json_body({
+                             "type": "object", "required": ["name", "role", "password"],
+                             "properties": {"name": {"type": "string"}, **user_fields}}),
+                         "responses": _responses(201, 400, *AUTHED, 409, ok=user)}},
+            "/api/v1/users/{name}": {
+                "parameters": [USER_NAME],
+                "get": {"summary": "An account (admin)",
+                        "responses": _responses(200, *AUTHED, 404, ok=user)},
+                "patch": {"summary": "Change what the body names (admin): role, classes, "
+                                     "language, disabled, password. Disabling or a new password "
+                                     "ends the account's sessions at once; the last enabled "
+                                     "admin cannot be disabled or made a teacher",
+                          "requestBody": _json_body({"type": "object", "properties": {
+                              **user_fields, "disabled": {"type": "boolean"}}}),
+                          "responses": _responses(200, 400, *AUTHED, 404, ok=user)},
+                "delete": {"summary": "Remove an account (admin); its sessions stop working at "
+                                      "once. Not the last enabled admin",
+                           "responses": _responses(204, 400, *AUTHED, 404)}},
             "/api/v1/classes": {
                 "get": {"summary": "The classes the caller may see",
                         "responses": _responses(200, 401, etag=True)},
@@ -202,6 +233,11 @@ def document() -> dict[str, Any]:
                     "target": {"type": ["string", "null"]},
                     "target_kind": {"enum": ["domain", "service", None]},
                     "created_at": {"type": "number"}, "created_by": {"type": "string"}}},
+                "User": {"type": "object", "properties": {
+                    "name": {"type": "string"}, "role": {"enum": ["admin", "teacher"]},
+                    "classes": {"type": "array", "items": {"type": "string"}},
+                    "language": {"type": "string"}, "disabled": {"type": "boolean"},
+                    "created_at": {"type": "number"}}},
                 "Device": {"type": "object", "properties": {
                     "id": {"type": "string"}, "class": {"type": "string"},
                     "token": {"type": "boolean", "description": "whether it has one (never the token)"},

@@ -29,6 +29,7 @@ from dashboard import api, auth, i18n
 from dashboard.app import COOKIE, CONTEXT, CSRF_FIELD, IDENTITY, Context, Identity, client_address
 from dashboard.render import Html, html, join
 from resolver.stats import RESULTS
+from resolver.store import describe_user
 
 routes = web.RouteTableDef()
 SERVICE = web.AppKey("pages_service", object)  # the resolver Service: config, lists, health
@@ -235,7 +236,7 @@ async def login_submit(request: web.Request) -> web.Response:
     form = await request.post()
     name, password = str(form.get("name", "")), str(form.get("password", ""))
     address = client_address(request)  # behind a trusted proxy, the client it names
-    wait = context.throttle.retry_after(name, address)
+    wait = await context.throttle.retry_after(name, address)
     if wait > 0:
         response = _login_form(view, name, view.t("login.throttled", seconds=math.ceil(wait)),
                                status=429)
@@ -243,9 +244,9 @@ async def login_submit(request: web.Request) -> web.Response:
         return response
     user = await auth.authenticate(context.store, name, password)
     if user is None:
-        context.throttle.failed(name, address)
+        await context.throttle.failed(name, address)
         return _login_form(view, name, view.t("login.wrong"), status=401)
-    context.throttle.succeeded(name, address)
+    await context.throttle.succeeded(name, address)
     value, _session = await auth.new_session(context.store, user)
     response = web.HTTPSeeOther(_safe_next(request.query.get("next", "/")))
     response.set_cookie(COOKIE, value, httponly=True, samesite="Strict", path="/",
@@ -273,8 +274,8 @@ async def language(request: web.Request) -> web.Response:
         store = request.app[CONTEXT].store
         user = await store.get_user(identity.name)
         if user is not None and user.language != chosen:
-            await store.put_user(dataclasses.replace(user, language=chosen),
-                                 actor=identity.actor, action="user.language")
+            await store.put_user(dataclasses.replace(user, language=chosen), actor=identity.actor,
+                                 action="user.language", before=describe_user(user))
     response = web.HTTPSeeOther(_safe_next(str(form.get("next", "/"))))
     response.set_cookie(LANGUAGE_COOKIE, chosen, samesite="Strict", path="/",
                         max_age=365 * 86400, httponly=True)

@@ -25,7 +25,7 @@ from resolver.control import ControlError, local_commands, os_user, stored_or_se
 from resolver.control import request as control_request
 from resolver.service import StartupError, fetch_missing_lists, known_categories, own_names, \
     policy_path
-from resolver.store import Store, StoreError, StoreUnavailable
+from resolver.store import Store, StoreError, StoreUnavailable, describe_user
 
 log = logging.getLogger("classguard")
 
@@ -225,7 +225,8 @@ def _accounts(config, args) -> int:
                 if existing is not None:
                     raise StartupError(f"user {args.name!r} exists already; "
                                        "`classguard user reset` sets a new password")
-                user = auth.make_user(args.name, args.role, tuple(args.classes), _read_password(args))
+                user = auth.make_user(args.name, args.role, args.classes, _read_password(args),
+                                      known_classes=known_classes)
                 await store.put_user(user, actor=actor, action="user.add")
                 return f"user {user.name} added ({user.role})"
             if existing is None:
@@ -234,19 +235,22 @@ def _accounts(config, args) -> int:
             auth.check_password_rules(password)
             user = dataclasses.replace(existing, password_hash=auth.hash_password(password),
                                        sessions_after=time.time())  # logs it out everywhere
-            await store.put_user(user, actor=actor, action="user.reset")
+            await store.put_user(user, actor=actor, action="user.reset",
+                                 before=describe_user(existing))
             return f"user {user.name}: password set"
+        except auth.AccountError as exc:
+            hint = f" (classes: {', '.join(known_classes) or 'none'})" \
+                if exc.key == "no_class" and known_classes is not None else ""
+            raise StartupError(str(exc).replace("a class", "a --class") + hint) from None
         except auth.AuthError as exc:
             raise StartupError(str(exc)) from None
         finally:
             await store.close()
 
-    if args.command == "user" and args.user_command == "add" and args.classes:
-        known = _stored_policy(config, load_bundled()).classes
-        missing = [class_id for class_id in args.classes if class_id not in known]
-        if missing:
-            raise StartupError(f"no class {missing[0]!r} in the policy "
-                               f"(classes: {', '.join(known) or 'none'})")
+    # the classes a teacher may be given: the stored policy's (checked by auth.make_user, as the
+    # API and the pages check theirs)
+    known_classes = tuple(_stored_policy(config, load_bundled()).classes) \
+        if args.command == "user" and args.user_command == "add" and args.classes else None
     print(asyncio.run(run()))
     return 0
 

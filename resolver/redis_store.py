@@ -31,6 +31,7 @@ import logging
 import math
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -173,6 +174,22 @@ local g = redis.call('INCR', KEYS[5])
 if not marker then redis.call('SET', KEYS[1], ARGV[2]) end
 redis.call('PUBLISH', KEYS[6], ARGV[7] .. ' ' .. g)
 return {'ok', g, redis.call('GET', KEYS[1])}
+"""
+
+# removing a user: only the record read (ARGV[2]) goes, with its name in the index and the audit
+# entry; moves `version` like _RECORD. ARGV = known marker, record json read, name, audit json,
+# audit cap, instance id
+_REMOVE_RECORD = """
+local marker = redis.call('GET', KEYS[1])
+if ARGV[1] ~= '' and marker ~= ARGV[1] then return {'lost'} end
+if redis.call('GET', KEYS[2]) ~= ARGV[2] then return {'changed'} end
+redis.call('DEL', KEYS[2])
+redis.call('SREM', KEYS[3], ARGV[3])
+redis.call('LPUSH', KEYS[4], ARGV[4])
+redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[5]) - 1)
+local g = redis.call('INCR', KEYS[5])
+redis.call('PUBLISH', KEYS[6], ARGV[6] .. ' ' .. g)
+return {'ok', g}
 """
 
 SNAPSHOT_FILE = "redis-snapshot.json"  # under state_dir: what this instance last read from Redis
@@ -742,11 +759,63 @@ class RedisStore:
     async def users(self) -> list[User]:
         return [_user(raw) for raw in await self._records("users", "user")]
 
-    async def put_user(self, user: User, *, actor: str, action: str) -> User:
+    async def put_user(self, user: User, *, actor: str, action: str, before: str = "") -> User:
         await self._put_record("users", "user", user.name, json.dumps(asdict(user)),
-                               actor=actor, action=action, after=describe_user(user))
+                               actor=actor, action=action, before=before,
+                               after=describe_user(user))
         self._users[user.name] = user
         return user
+
+    async def delete_user(self, name: str, *, actor: str) -> None:
+        """The record and its name in the index go with the audit entry in one script
+        (_REMOVE_RECORD), which moves `version` like any account write; every instance's next
+        request with one of the account's sessions finds no account."""
+        key = self.key(f"user:{name}")
+        while True:
+            raw = await self._run(lambda r: r.get(key))
+            if raw is None:
+                self._users.pop(name, None)
+                return
+            entry = AuditEntry(at=time.time(), actor=actor, action="user.remove",
+                               before=describe_user(_user(raw)), after="")
+            known, _new = self._markers()
+            result = await self._run(lambda r: r.eval(
+                _REMOVE_RECORD, 6, self.key("marker"), key, self.key("users"), self.key("audit"),
+                self.key("version"), self.key("changes"), known, raw, name,
+                json.dumps(asdict(entry)), AUDIT_KEPT, self.instance))
+            outcome = result[0].decode()
+            if outcome == "lost":
+                raise StoreError("the Redis store was lost and is being rebuilt; try again in a second")
+            if outcome == "ok":
+                self._users.pop(name, None)
+                return
+            # "changed": written meanwhile; read it again for the audit's "before"
+
+    # -- failed logins (dashboard.auth.StoreThrottle): one counter a (account, address) pair,
+    # shared by every instance, expiring on its own
+
+    async def count_failure(self, name: str, window_ms: Callable[[int], int]) -> int:
+        """Add one to the counter `name` and set its time to live to `window_ms(new count)`, in
+        one call (a script: INCR and PEXPIRE together, so no instance sees one without the
+        other). The script gets the windows of the counts 1 to FAILURE_WINDOWS, computed here."""
+        key = self.key(f"failures:{name}")
+        windows = [max(1, int(window_ms(count))) for count in range(1, FAILURE_WINDOWS + 1)]
+        return int(await self._run(lambda r: r.eval(_COUNT_FAILURE, 1, key, *windows)))
+
+    async def failures(self, name: str) -> tuple[int, int]:
+        """(count, milliseconds it has left to live); (0, 0) when there is none."""
+        key = self.key(f"failures:{name}")
+
+        async def read(r: aioredis.Redis) -> tuple[int, int]:
+            async with r.pipeline(transaction=False) as pipe:
+                pipe.get(key)
+                pipe.pttl(key)
+                raw, ttl = await pipe.execute()
+            return (0, 0) if raw is None or ttl < 0 else (int(raw), int(ttl))
+        return await self._run(read)
+
+    async def forget_failures(self, name: str) -> None:
+        await self._run(lambda r: r.delete(self.key(f"failures:{name}")))
 
     async def get_token(self, sha256: str) -> ApiToken | None:
         raw = await self._run(lambda r: r.get(self.key(f"token:{sha256}")))
@@ -785,9 +854,9 @@ class RedisStore:
         return await self._run(read)
 
     async def _put_record(self, index: str, kind: str, name: str, value: str, *, actor: str,
-                          action: str, after: str) -> None:
+                          action: str, after: str, before: str = "") -> None:
         """The record, its name in the index and the audit entry, in one script (_RECORD)."""
-        entry = AuditEntry(at=time.time(), actor=actor, action=action, before="", after=after)
+        entry = AuditEntry(at=time.time(), actor=actor, action=action, before=before, after=after)
         known, new = self._markers()
         result = await self._run(lambda r: r.eval(
             _RECORD, 6, self.key("marker"), self.key(f"{kind}:{name}"), self.key(index),
@@ -816,8 +885,17 @@ def _save_snapshot(path: Path, text: str) -> None:
 
 
 def _user(raw: bytes | str) -> User:
-    data = json.loads(raw)
-    return User(**{**data, "classes": tuple(data.get("classes", ()))})
+    return User.from_record(json.loads(raw))
+
+
+# INCR and PEXPIRE in one call. ARGV[n] is the time to live after the n-th failure; past the
+# last one given, the last one holds (the delays stop growing at their cap).
+FAILURE_WINDOWS = 16
+_COUNT_FAILURE = """
+local count = redis.call('INCR', KEYS[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[math.min(count, #ARGV)])
+return count
+"""
 
 
 def _still_cancelled(task: asyncio.Task | None, cancelling: int) -> None:

@@ -13,8 +13,8 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Protocol
 
@@ -96,6 +96,14 @@ class User:
     created_at: float = 0.0
     sessions_after: float = 0.0  # sessions opened before this (a password reset) are void
     language: str = ""  # the dashboard's language for this user (fr, en); "" is the default, fr
+    disabled: bool = False  # an admin switched the account off: no login, no session
+
+    @classmethod
+    def from_record(cls, data: dict) -> User:
+        """A stored record (JSON), keys this version does not know left aside."""
+        known = {item.name for item in fields(cls)}
+        return cls(**{**{key: value for key, value in data.items() if key in known},
+                      "classes": tuple(data.get("classes", ()))})
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,8 +171,12 @@ class Store(Protocol):
 
     async def users(self) -> list[User]: ...
 
-    async def put_user(self, user: User, *, actor: str, action: str) -> User:
-        """Create or replace an account; audited (`action`: user.add, user.reset), no hash in it."""
+    async def put_user(self, user: User, *, actor: str, action: str, before: str = "") -> User:
+        """Create or replace an account; audited (`action`: user.add, user.reset, user.change,
+        user.language; `before`: describe_user of what it replaces), no hash in it."""
+
+    async def delete_user(self, name: str, *, actor: str) -> None:
+        """Remove an account (audited as user.remove); nothing happens when there is none."""
 
     async def get_token(self, sha256: str) -> ApiToken | None: ...
 
@@ -195,7 +207,9 @@ def describe_override(override: Override) -> str:
 def describe_user(user: User) -> str:
     """The audit log's line for an account (never its password hash)."""
     return f"user {user.name}, role {user.role}" + (
-        f", classes {', '.join(user.classes)}" if user.classes else "")
+        f", classes {', '.join(user.classes)}" if user.classes else "") + (
+        f", language {user.language}" if user.language else "") + (
+        ", disabled" if user.disabled else "")
 
 
 def describe_token(token: ApiToken) -> str:
@@ -312,8 +326,12 @@ class EmbeddedStore:
     async def users(self) -> list[User]:
         return list((await asyncio.to_thread(self.read_auth))["users"].values())
 
-    async def put_user(self, user: User, *, actor: str, action: str) -> User:
-        return await asyncio.to_thread(self.put_user_now, user, actor=actor, action=action)
+    async def put_user(self, user: User, *, actor: str, action: str, before: str = "") -> User:
+        return await asyncio.to_thread(self.put_user_now, user, actor=actor, action=action,
+                                       before=before)
+
+    async def delete_user(self, name: str, *, actor: str) -> None:
+        await asyncio.to_thread(self.delete_user_now, name, actor=actor)
 
     async def get_token(self, sha256: str) -> ApiToken | None:
         return (await asyncio.to_thread(self.read_auth))["tokens"].get(sha256)
@@ -359,12 +377,25 @@ class EmbeddedStore:
 
     # -- the same, blocking (for threads and the command line)
 
-    def put_user_now(self, user: User, *, actor: str, action: str) -> User:
+    def put_user_now(self, user: User, *, actor: str, action: str, before: str = "") -> User:
         def change(auth: dict) -> None:
             auth["users"][user.name] = user
-        self._auth_change(change, AuditEntry(at=time.time(), actor=actor, action=action, before="",
-                                             after=describe_user(user)))
+        self._auth_change(change, AuditEntry(at=time.time(), actor=actor, action=action,
+                                             before=before, after=describe_user(user)))
         return user
+
+    def delete_user_now(self, name: str, *, actor: str) -> None:
+        removed: list[User] = []
+
+        def change(auth: dict) -> None:
+            user = auth["users"].pop(name, None)
+            if user is not None:
+                removed.append(user)
+                auth["sessions"] = {key: item for key, item in auth["sessions"].items()
+                                    if item.user != name}
+        self._auth_change(change, lambda: AuditEntry(  # only when there was someone to remove
+            at=time.time(), actor=actor, action="user.remove", before=describe_user(removed[0]),
+            after="") if removed else None)
 
     def put_token_now(self, token: ApiToken, *, actor: str, action: str) -> ApiToken:
         def change(auth: dict) -> None:
@@ -382,13 +413,14 @@ class EmbeddedStore:
         except ValueError as exc:
             raise StoreError(f"{path}: unreadable ({exc})") from None
         return {
-            "users": {name: User(**{**item, "classes": tuple(item.get("classes", ()))})
-                      for name, item in data.get("users", {}).items()},
+            "users": {name: User.from_record(item) for name, item in data.get("users", {}).items()},
             "tokens": {key: ApiToken(**item) for key, item in data.get("tokens", {}).items()},
             "sessions": {key: Session(**item) for key, item in data.get("sessions", {}).items()},
         }
 
-    def _auth_change(self, change, audit: AuditEntry | None = None) -> None:
+    def _auth_change(self, change, audit: AuditEntry | Callable[[], AuditEntry | None] | None = None
+                     ) -> None:
+        """`change(auth)` under the lock; `audit` may be a function of what the change did."""
         with self._locked():
             auth = self.read_auth()
             change(auth)
@@ -398,6 +430,8 @@ class EmbeddedStore:
             write_atomically(self.state_dir / AUTH_FILE, json.dumps(
                 {kind: {key: asdict(item) for key, item in records.items()}
                  for kind, records in auth.items()}, ensure_ascii=False, indent=1) + "\n")
+            if callable(audit):
+                audit = audit()
             if audit is not None:
                 self._append_audit(audit)
 

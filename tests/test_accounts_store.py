@@ -77,3 +77,52 @@ async def test_redis_accounts_are_one_key_each_and_their_writes_move_the_version
     finally:
         await first.close()
         await second.close()
+
+
+async def test_changed_and_removed_users_keep_their_language_and_are_audited(store):
+    tom = dataclasses.replace(quick_user("tom", "teacher", ("cm2-a",)), language="en")
+    await store.put_user(tom, actor="alice", action="user.add")
+    await store.put_user(quick_user("alice", "admin"), actor="t", action="user.add")
+    changed = await auth.change_user(store, "tom", actor="alice (dashboard)", known_classes=None,
+                                     classes=["cm2-b"], disabled=True)
+    assert await store.get_user("tom") == changed
+    assert changed.language == "en" and changed.disabled and changed.classes == ("cm2-b",)
+    [entry] = await store.audit(1)
+    assert (entry.action, entry.actor) == ("user.change", "alice (dashboard)")
+    assert entry.before == "user tom, role teacher, classes cm2-a, language en"
+    assert entry.after == "user tom, role teacher, classes cm2-b, language en, disabled"
+    await auth.remove_user(store, "tom", actor="alice (dashboard)")
+    assert await store.get_user("tom") is None
+    assert [user.name for user in await store.users()] == ["alice"]
+    [entry] = await store.audit(1)
+    assert (entry.action, entry.after) == ("user.remove", "")
+    assert entry.before.startswith("user tom, role teacher, classes cm2-b")
+    await store.delete_user("tom", actor="alice")  # nobody there: nothing audited
+    assert (await store.audit(1))[0].action == "user.remove"
+    assert len(await store.audit(10)) == 4
+
+
+@needs_redis
+async def test_redis_throttle_is_shared_by_instances_and_expires(redis_server):
+    redis_server.command("FLUSHALL")
+    first, second = RedisStore(redis_server.url), RedisStore(redis_server.url)
+    try:
+        one, other = auth.throttle_for(first), auth.throttle_for(second)
+        assert isinstance(one, auth.StoreThrottle)
+        for _ in range(3):
+            await one.failed("Tom", "192.0.2.1")
+        # the fourth attempt, through the other instance, waits about base * 2^0 = 1 s
+        assert 0.5 < await other.retry_after("tom", "192.0.2.1") <= 1.0
+        assert await other.retry_after("tom", "192.0.2.2") == 0  # another address: free
+        assert await other.retry_after("alice", "192.0.2.1") == 0  # another account: free
+        await other.failed("tom", "192.0.2.1")
+        assert 1.5 < await one.retry_after("tom", "192.0.2.1") <= 2.0  # it grows
+        [key] = [item for item in redis_server.command("KEYS", "classguard:failures:*").split()
+                 if item.startswith(b"classguard:")]
+        ttl = int(redis_server.command("PTTL", key.decode())[1:].strip())
+        assert (one.forget + 1.5) * 1000 < ttl <= (one.forget + 2) * 1000  # the key ends itself
+        await one.succeeded("tom", "192.0.2.1")
+        assert await other.retry_after("tom", "192.0.2.1") == 0
+    finally:
+        await first.close()
+        await second.close()

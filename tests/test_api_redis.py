@@ -102,6 +102,30 @@ async def test_cli_accounts_live_in_redis_and_every_instance_accepts_them(tmp_pa
                     await asyncio.sleep(0.02)
             assert await status(http, "GET", b_api + "/classes/staff", headers=cookie) == 403
 
+            # failed logins counted through A delay the next attempt through B (Redis keeps them)
+            for _ in range(3):
+                assert await status(http, "POST", a_api + "/login",
+                                    json={"name": "alice", "password": "a guess"}) == 401
+            async with http.post(b_api + "/login", json={"name": "alice", "password": PASSWORD}) as late:
+                assert late.status == 429 and int(late.headers["Retry-After"]) >= 1
+            assert await status(http, "POST", b_api + "/login",
+                                json={"name": "tom", "password": PASSWORD}) == 200  # another account
+            http.cookie_jar.clear()
+
+            # an account disabled through B: its session made on A stops on both at once
+            async with http.post(a_api + "/login", json={"name": "tom", "password": PASSWORD}) as login:
+                other = {"Cookie": f"classguard_session={login.cookies['classguard_session'].value}"}
+            http.cookie_jar.clear()
+            assert await status(http, "GET", a_api + "/session", headers=other) == 200
+            assert await status(http, "PATCH", b_api + "/users/tom", headers=bearer,
+                                json={"disabled": True, "language": "en"}) == 200
+            for api in (a_api, b_api):
+                assert await status(http, "GET", api + "/session", headers=other) == 401
+            async with http.get(a_api + "/users/tom", headers=bearer) as read:
+                assert (await read.json())["language"] == "en"
+            assert await status(http, "PATCH", a_api + "/users/tom", headers=bearer,
+                                json={"disabled": False}) == 200
+
             users = await cli(tmp_path / "b", "user", "list")
             assert users.stdout.splitlines()[1:] == ["alice\tadmin\t-", "tom\tteacher\tpupils"]
             # revoked through the CLI: refused by both at once

@@ -1,7 +1,7 @@
 """The dashboard in a real headless Chromium (Playwright driving Debian's `chromium`) against a
 real `classguard serve`: a teacher pauses the class and a DNS query from it is blocked, allows a
-site and sees it resolve, resumes; an admin sees a class form's error by its field; both
-languages render. Playwright's own waiting, no sleeps."""
+site and sees it resolve, resumes; an admin sees a class form's error by its field, and gives a
+teacher another class on the Users page; both languages render. Playwright's own waiting, no sleeps."""
 
 from __future__ import annotations
 
@@ -108,3 +108,11 @@ async def test_admin_sees_an_invalid_network_next_to_the_field_in_both_languages
         await page.goto(base + path)
         await expect(page.locator("h1")).to_have_text(heading)
     await expect(page.locator("table")).to_contain_text(re.compile("alice"))
+
+    # the Users page: the admin gives tom a second class (plain form, redirect, notice)
+    await page.click("a[href='/users/tom']")
+    await expect(page.locator("h1")).to_have_text("User tom")
+    await page.check("input[name=classes][value=staff]")
+    await page.click("form.card button:has-text('Save')")
+    await expect(page.locator(".notice")).to_have_text("User saved.")
+    await expect(page.locator("tr", has_text="tom")).to_contain_text("pupils, staff")

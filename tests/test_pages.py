@@ -213,13 +213,75 @@ async def test_users_page_adds_a_teacher(dashboard):
     response = await client.post("/users/add", data={"csrf_token": csrf, "name": "lea", "role": "teacher",
                                                       "classes": "staff", "password": "short",
                                                       "language": "en"})
-    assert response.status == 400 and "at least 10 characters" in await response.text()
+    assert response.status == 400 and "au moins 10 caractères" in await response.text()
     response = await client.post("/users/add", data={"csrf_token": csrf, "name": "lea", "role": "teacher",
                                                       "classes": "staff", "password": PASSWORD,
                                                       "language": "en"}, allow_redirects=False)
     assert response.status == 303
     user = await dashboard.resolver.service.store.get_user("lea")
     assert user.classes == ("staff",) and user.language == "en"
+
+
+async def test_users_page_changes_a_teachers_classes_language_and_state(dashboard):
+    client, store = dashboard.client, dashboard.resolver.service.store
+    csrf = await _login(dashboard, "alice")
+    listing = await (await client.get("/users")).text()
+    assert '<a href="/users/tom">Modifier</a>' in listing
+    form = await (await client.get("/users/tom")).text()
+    assert 'name="classes" value="pupils" checked' in form and 'action="/users/tom/edit"' in form
+
+    # refused: the message by the field at fault, what was sent kept, what was typed escaped
+    response = await client.post("/users/tom/edit", data={"csrf_token": csrf, "role": "teacher",
+                                                          "language": ""})
+    page = await response.text()
+    assert response.status == 400
+    assert re.search(r'</fieldset><p class="error" id="error-classes" role="alert">'
+                     r'Un enseignant a au moins une classe\.</p>', page)
+    response = await client.post("/users/tom/edit", data={"csrf_token": csrf, "role": "teacher",
+                                                          "classes": "<script>x</script>"})
+    page = await response.text()
+    assert response.status == 400 and "<script>x" not in page
+    assert "Pas de classe « &lt;script&gt;x&lt;/script&gt; »" in page
+    assert (await store.get_user("tom")).classes == ("pupils",)
+
+    response = await client.post("/users/tom/edit", allow_redirects=False, data=[
+        ("csrf_token", csrf), ("role", "teacher"), ("classes", "pupils"), ("classes", "staff"),
+        ("language", "en")])
+    assert response.status == 303 and response.headers["Location"] == "/users?done=user_saved"
+    tom = await store.get_user("tom")
+    assert tom.classes == ("pupils", "staff") and tom.language == "en" and not tom.disabled
+    [entry] = await store.audit(1)
+    assert (entry.actor, entry.action) == ("alice (dashboard)", "user.change")
+    assert (entry.before, entry.after) == ("user tom, role teacher, classes pupils",
+                                           "user tom, role teacher, classes pupils, staff, language en")
+
+    # without the CSRF token nothing changes
+    response = await client.post("/users/tom/edit", data={"role": "admin"})
+    assert response.status == 403 and (await store.get_user("tom")).role == "teacher"
+
+    # disabled from the page (the box ticked), then removed
+    response = await client.post("/users/sam/edit", allow_redirects=False, data={
+        "csrf_token": csrf, "role": "teacher", "classes": "staff", "disabled": "1"})
+    assert response.status == 303 and (await store.get_user("sam")).disabled
+    assert "désactivé" in await (await client.get("/users")).text()
+    response = await client.post("/users/sam/remove", data={"csrf_token": csrf}, allow_redirects=False)
+    assert response.status == 303 and response.headers["Location"] == "/users?done=user_removed"
+    assert await store.get_user("sam") is None
+    assert (await client.get("/users/sam")).status == 404
+
+    # the last enabled admin cannot go: said next to the button
+    response = await client.post("/users/alice/remove", data={"csrf_token": csrf})
+    assert response.status == 400
+    assert 'id="error-remove" role="alert">alice est le dernier administrateur actif' in await response.text()
+
+
+async def test_a_teacher_does_not_reach_the_users_pages(dashboard):
+    client = dashboard.client
+    csrf = await _login(dashboard, "tom")
+    assert (await client.get("/users/sam")).status == 403
+    response = await client.post("/users/sam/remove", data={"csrf_token": csrf})
+    assert response.status == 403
+    assert await dashboard.resolver.service.store.get_user("sam") is not None
 
 
 def test_every_key_the_pages_use_is_in_every_catalogue():
