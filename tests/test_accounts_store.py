@@ -91,8 +91,11 @@ async def test_changed_and_removed_users_keep_their_language_and_are_audited(sto
     assert (entry.action, entry.actor) == ("user.change", "alice (dashboard)")
     assert entry.before == "user tom, role teacher, classes cm2-a, language en"
     assert entry.after == "user tom, role teacher, classes cm2-b, language en, disabled"
+    version = await store.version()
     await auth.remove_user(store, "tom", actor="alice (dashboard)")
     assert await store.get_user("tom") is None
+    if isinstance(store, RedisStore):  # every watcher re-reads the accounts; no rebuild revives tom
+        assert await store.version() > version and "tom" not in store._users
     assert [user.name for user in await store.users()] == ["alice"]
     [entry] = await store.audit(1)
     assert (entry.action, entry.after) == ("user.remove", "")
