@@ -168,15 +168,19 @@ async def _users_page(view: View, errors: dict[str, str], values: dict[str, Any]
                      i18n.NAMES.get(i18n.choose(user.language), ""),
                      t("users.state_disabled") if user.disabled else t("users.state_active"),
                      edit, reset])
+    added = {field: error_text(errors.get(field), field)
+             for field in ("name", "role", "classes", "language", "password")}
     form = html(
         '<section class="card"><h2>{title}</h2><form method="post" action="/users/add">{csrf}{error}'
-        '<label>{name_label}<input name="name" value="{name}" required></label>'
-        '<label>{role_label}<select name="role">{roles}</select></label>'
-        '<fieldset><legend>{classes_label}</legend>{classes}</fieldset>'
-        '<label>{language_label}<select name="language">{languages}</select></label>'
+        '<label>{name_label}<input name="name" value="{name}" required></label>{name_error}'
+        '<label>{role_label}<select name="role">{roles}</select></label>{role_error}'
+        '<fieldset><legend>{classes_label}</legend>{classes}</fieldset>{classes_error}'
+        '<label>{language_label}<select name="language">{languages}</select></label>{language_error}'
         '<label>{password_label}<input type="password" name="password" autocomplete="new-password" '
-        'required></label><button>{submit}</button></form></section>',
+        'required></label>{password_error}<button>{submit}</button></form></section>',
         title=t("users.add"), csrf=view.csrf, error=error_text(errors.get("add"), "add"),
+        name_error=added["name"], role_error=added["role"], classes_error=added["classes"],
+        language_error=added["language"], password_error=added["password"],
         name_label=t("users.name"), name=values.get("name", ""), role_label=t("users.role"),
         roles=_role_options(view, values.get("role", "")),
         classes_label=t("users.classes"), classes=_class_boxes(view, set(values.get("classes", ()))),
@@ -200,15 +204,16 @@ async def user_add(request: web.Request) -> web.Response:
               "language": i18n.choose(str(form.get("language", "")))}
     try:
         if await store.get_user(values["name"]) is not None:
-            return await _users_page(view, {"add": view.t("users.exists", name=values["name"])},
+            return await _users_page(view, {"name": view.t("users.exists", name=values["name"])},
                                      values, status=400)
         user = await asyncio.to_thread(
             auth.make_user, values["name"], values["role"], values["classes"],
             str(form.get("password", "")), known_classes=tuple(view.context.state.snapshot.policy.classes),
             language=values["language"])
         await store.put_user(user, actor=view.identity.actor, action="user.add")
-    except auth.AuthError as exc:
-        return await _users_page(view, {"add": account_message(view, exc)}, values, status=400)
+    except auth.AuthError as exc:  # said next to the field at fault
+        field = exc.field if isinstance(exc, auth.AccountError) else "add"
+        return await _users_page(view, {field: account_message(view, exc)}, values, status=400)
     raise redirect("/users", "user_added")
 
 

@@ -216,6 +216,7 @@ def _accounts(config, args) -> int:
             if args.command == "user" and args.user_command == "list":
                 return "\n".join(["name\trole\tclasses"] + [
                     f"{item.name}\t{item.role}\t{', '.join(item.classes) or '-'}"
+                    + ("\tdisabled" if item.disabled else "")
                     for item in sorted(await store.users(), key=lambda item: item.name)])
             if args.command == "token":
                 record = await auth.revoke_token(store, args.id, actor=actor)

@@ -121,6 +121,8 @@ async def test_cli_accounts_live_in_redis_and_every_instance_accepts_them(tmp_pa
                                 json={"disabled": True, "language": "en"}) == 200
             for api in (a_api, b_api):
                 assert await status(http, "GET", api + "/session", headers=other) == 401
+            listed = await cli(tmp_path / "a", "user", "list")
+            assert "tom\tteacher\tpupils\tdisabled" in listed.stdout.splitlines(), listed.stdout
             async with http.get(a_api + "/users/tom", headers=bearer) as read:
                 assert (await read.json())["language"] == "en"
             assert await status(http, "PATCH", a_api + "/users/tom", headers=bearer,
