@@ -740,16 +740,13 @@ async def device_data(request: web.Request) -> web.Response:
 async def device_erase(request: web.Request) -> web.Response:
     """Delete everything classguard holds about one device (GDPR art. 17), its record in the
     policy included: what `classguard device erase` does."""
-    from resolver import querylog
-
     identity = _admin(request)
     device_id, context = _subject(request), _context(request)
-    await _flush_query_log(context)
-    erased = await querylog.erase_device(context.config, device_id, store=context.store,
-                                         actor=identity.actor)
-    if context.commands.after_write is not None:
-        await context.commands.after_write()  # the record's removal applies at once
-    return web.json_response(erased)
+    # The control operation: this process's buffers written first, then every process on the
+    # store (other workers and instances) drops what it buffers of the device (resolver.gdpr).
+    erased = await context.commands.run("device.erase", {"id": device_id}, identity.actor)
+    return web.json_response({key: erased[key] for key in ("device", "query_log_entries",
+                                                           "store")})
 
 
 STATS_TOP = 20  # most blocked registrable domains shown per class

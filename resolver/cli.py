@@ -161,6 +161,9 @@ def _serve(config, args) -> int:
     configure(config, args.log_level, args.log_format)
     if args.workers < 1:
         raise StartupError("--workers takes a number of processes, 1 or more")
+    from resolver.metrics import clear_shares
+
+    clear_shares(config.state_dir)  # once per start, before the workers: never a worker's restart
     if args.workers > 1:
         from resolver.workers import supervise
 
@@ -267,9 +270,9 @@ def _device_data(config, args) -> int:
 
 
 def _device_erase(config, args) -> int:
-    from resolver.querylog import erase_device
-
-    erased = asyncio.run(erase_device(config, args.id, actor=os_user()))  # who, for the audit
+    # Through the running server when there is one (SPEC §3): it writes what it buffers first,
+    # and every server on the store drops what it buffers of the device (resolver.gdpr).
+    erased = _state_request(config, {"op": "device.erase", "id": args.id})
     store = erased.get("store") or {}
     extra = ""
     if store.get("device_record"):

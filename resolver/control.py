@@ -488,6 +488,12 @@ class ControlPlane:
         self._task: asyncio.Task | None = None
         self._sync_lock: asyncio.Lock | None = None
         self._connections: set[asyncio.StreamWriter] = set()
+        # Erasing a device (SPEC §8) reaches every process: devices removed from the policy wait
+        # here until this process has dropped its buffers of the erased ones (resolver.gdpr).
+        self.query_log = None  # the service's, when it has one
+        self._removed: set[str] = set()
+        self._removed_since = time.time()  # the previous policy's time: erasures are newer
+        self.commands.flush_buffers = self._flush_buffers
 
     async def _policy(self) -> Policy:
         return self.state.snapshot.policy
@@ -645,6 +651,7 @@ class ControlPlane:
             version = await self.store.version()
             generation = getattr(self.store, "generation", 0)  # after version(): it may move it
             if version == self.applied_version and generation == self.applied_generation:
+                await self._forget_erased()  # one that failed is tried again at each look
                 return
             stored = await self.store.get_policy()
             if stored is not None and (stored.version != self.policy_version
@@ -660,6 +667,7 @@ class ControlPlane:
             if remember is not None:
                 await remember()
             self.applied_version, self.applied_generation = version, generation
+            await self._forget_erased()
 
     async def _apply_policy(self, stored: StoredPolicy) -> None:
         self.policy_version = stored.version  # a policy that fails is reported once, not each poll
@@ -671,12 +679,46 @@ class ControlPlane:
             log.error("stored policy version %d does not validate, the running policy stays: %s",
                       stored.version, exc.errors[0])
             return
-        self.state.replace_policy(policy)
+        previous = self.state.snapshot.policy
+        self.state.replace_policy(policy)  # from here on no answer is counted for removed devices
+        self._removed |= set(previous.devices) - set(policy.devices)
         log.info("policy version %d applied (%s, by %s)", stored.version, summarize(policy),
                  stored.updated_by)
         if self.seed_configured:
             self.drift = await asyncio.to_thread(seed_drift, self.seed, stored,
                                                  self.known_categories, self.known_services)
+
+
+    async def _forget_erased(self) -> None:
+        """Of the devices removed from the policy, the erased ones: this process drops what it
+        buffers of them and erases the store again (resolver.gdpr.forget_erased). A store that
+        cannot answer now keeps them for the next look."""
+        if not self._removed:
+            return
+        from resolver import gdpr
+
+        removed, since = set(self._removed), self._removed_since
+        try:
+            erased = await gdpr.erased_among(self.store, removed, since)
+            if erased:
+                await gdpr.forget_erased(self.store, erased, query_log=self.query_log,
+                                         screen_time=self.state.screen_time)
+                log.info("erased device(s) %s: their buffered data dropped, the store erased "
+                         "again", ", ".join(sorted(erased)))
+        except (StoreError, OSError) as exc:
+            log.warning("erasing the removed devices' buffered data waits for the store: %s", exc)
+            return
+        self._removed -= removed
+        self._removed_since = time.time() - 1.0
+
+    async def _flush_buffers(self) -> None:
+        """What this process holds of the last answers, written (before an erasure, so that
+        its counts include them)."""
+        if self.query_log is not None:
+            await self.query_log.flush()
+        tracker = self.state.screen_time
+        if tracker.store is not None:
+            await tracker.flush(self.state.clock())
 
 
 def _describe(override: Override) -> str:

@@ -174,6 +174,12 @@ def _is_address(text: str) -> bool:
 # --- the control operations (run by resolver.control.Commands) -------------------------------------
 
 
+async def device_erase(commands, request: dict, actor: str) -> dict[str, Any]:
+    from resolver.gdpr import device_erase as erase  # GDPR art. 17: see there
+
+    return await erase(commands, request, actor)
+
+
 def operations(commands) -> dict[str, Callable]:
     """The device operations of a `Commands`, by op name."""
 
@@ -185,7 +191,7 @@ def operations(commands) -> dict[str, Callable]:
     return {"device.add": bind(device_add), "device.import": bind(device_import),
             "device.rotate": bind(device_rotate), "device.revoke": bind(device_revoke),
             "device.list": bind(device_list), "device.update": bind(device_update),
-            "device.remove": bind(device_remove)}
+            "device.remove": bind(device_remove), "device.erase": bind(device_erase)}
 
 
 async def device_list(commands, request: dict, actor: str) -> dict[str, Any]:

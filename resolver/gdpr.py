@@ -19,6 +19,7 @@ or erased a device (its id), as the controller's record of the processing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import yaml
@@ -161,3 +162,59 @@ async def redis_erase_device(store, device_id: str, actor: str) -> dict[str, Any
         raise StoreError("the policy kept changing while the device's record was removed; "
                          "run device erase again")
     return erased
+
+
+# --- an erasure reaches every running process (its buffers too) ---------------------------------
+
+ERASE_AUDIT_LOOK = 200  # newest audit entries searched for the erasure behind a device's removal
+CLOCK_SKEW = 300.0  # seconds: an erasure audited on another host may carry a slightly older time
+
+
+async def device_erase(commands, request: dict, actor: str) -> dict[str, Any]:
+    """The `device.erase` control operation (CLI through the control socket, REST API): what
+    this process has buffered is written first, so that the counts include it; then the store's
+    erase (record, screen-time minutes, query-log entries). Every process that follows the store
+    (this one included, at `after_write`) sees the record go, drops what it buffers of the
+    device and erases again: see `forget_erased`."""
+    from policies.loader import ID_PATTERN
+    from resolver.control import ControlError
+    from resolver.querylog import subject_of
+
+    device_id = request.get("id")
+    if not isinstance(device_id, str) or not (
+            ID_PATTERN.fullmatch(device_id) or subject_of(device_id).startswith("ip:")):
+        raise ControlError(f"{device_id!r} is neither a device id nor an IP address")
+    flush = getattr(commands, "flush_buffers", None)
+    if flush is not None:
+        await flush()
+    erased = await commands.store.erase_device(device_id, actor=actor)
+    if commands.after_write is not None:
+        await commands.after_write()  # the record's removal applies here at once
+    return {"device": device_id, "query_log_entries": erased.pop("query_log_entries"),
+            "store": erased}
+
+
+async def erased_among(store, removed: set[str], since: float) -> set[str]:
+    """Those of the devices just removed from the policy whose removal was an erasure (the
+    audit says `device.erase`), not a plain `device remove` (which keeps their data)."""
+    wanted = {f"device {device_id}": device_id for device_id in removed}
+    return {wanted[entry.before] for entry in await store.audit(ERASE_AUDIT_LOOK)
+            if entry.action == "device.erase" and entry.before in wanted
+            and entry.at >= since - CLOCK_SKEW}
+
+
+async def forget_erased(store, device_ids: set[str], *, query_log, screen_time) -> None:
+    """In one process, once the policy it runs no longer has these erased devices (so no new
+    answer is counted for them): drop what it buffers of them, then erase what is stored.
+
+    Under the query log's and the screen tracker's locks, no write of theirs is under way, so
+    nothing held before this point can be written after it: once every process has done this,
+    nothing of the device is left anywhere, whichever process wrote last."""
+    async with contextlib.AsyncExitStack() as locks:
+        if query_log is not None:
+            await locks.enter_async_context(query_log.lock)
+            query_log.forget(device_ids)
+        await locks.enter_async_context(screen_time.lock)
+        screen_time.forget(device_ids)
+        for device_id in sorted(device_ids):
+            await store.erase_device(device_id, actor="device.erase")

@@ -226,6 +226,14 @@ def share_path(state_dir: Path, worker: int) -> Path:
     return Path(state_dir) / SHARE_FOLDER / f"worker-{worker}.json"
 
 
+def clear_shares(state_dir: Path) -> None:
+    """At `serve`, before any worker starts: the counters a previous run's workers left, gone,
+    so that a restart within SHARE_STALE does not add them to the new run's totals."""
+    folder = Path(state_dir) / SHARE_FOLDER
+    for path in folder.glob("*worker-*.json*"):  # worker-N.json and its .tmp
+        path.unlink(missing_ok=True)
+
+
 def write_share(service) -> None:
     """A worker other than 0: its counters where worker 0 reads them (replaced whole)."""
     path = share_path(service.config.state_dir, service.worker_index)

@@ -372,6 +372,30 @@ class QueryLog:
             else:
                 self.dropped += 1
 
+    @property
+    def lock(self) -> asyncio.Lock:
+        """Held by every drain, flush and purge: while a caller holds it, nothing is written."""
+        return self._lock
+
+    def forget(self, device_ids) -> int:
+        """Drop the entries of erased devices not written yet (call it holding `lock`); how many
+        went. The counts per class stay: they name no device."""
+        erased = set(device_ids)
+        dropped = len(self._buffer)
+        self._buffer = [event for event in self._buffer
+                        if event[1] is None or event[1].device_id not in erased]
+        dropped -= len(self._buffer)
+        for day, entries in self._unwritten.items():
+            key = self._day_keys.get(day)
+            names = {pseudonym(key, subject_of(device)) for device in erased} if key else set()
+            kept = [entry for entry in entries if entry.get("subject") not in erased
+                    and entry.get("device") not in names]
+            dropped += len(entries) - len(kept)
+            entries[:] = kept
+        self._pseudonyms = {item: value for item, value in self._pseudonyms.items()
+                            if item[1] not in erased}
+        return dropped
+
     async def start(self) -> None:
         now = self.clock()
         self._next_flush = now + self.flush_interval
@@ -654,19 +678,3 @@ async def device_data(config: Config, device: str, *, store=None) -> dict:
         "query_log": {"mode": settings.mode, "retention_days": settings.retention_days,
                       **held["query_log"]},
     }
-
-
-async def erase_device(config: Config, device: str, *, store=None,
-                       actor: str = "device.erase") -> dict:
-    """Delete everything classguard holds about one device (GDPR art. 17); what was deleted:
-    {"device", "query_log_entries", "store": {"device_record", "screen_time_days"}}. `actor`:
-    who, as the audit log names the removal of its record (the REST API's caller)."""
-    own = store is None
-    store = _open_store(config) if own else store
-    try:
-        erased = await store.erase_device(device, actor=actor)
-    finally:
-        if own:
-            await store.close()
-    return {"device": device, "query_log_entries": erased.pop("query_log_entries"),
-            "store": erased}

@@ -10,6 +10,7 @@ time zone; a device whose budget is spent is closed until the next local midnigh
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 from typing import Protocol
@@ -39,6 +40,7 @@ class ScreenTime:
         self._bitmaps: dict[str, bytearray] = {}
         self._counts: dict[str, int] = {}
         self._pending: dict[str, bytearray] = {}
+        self.lock = asyncio.Lock()  # one flush at a time; an erasure waits for the one under way
 
     def _roll(self, now: float) -> None:
         local = dt.datetime.fromtimestamp(now, self.tz)
@@ -76,10 +78,20 @@ class ScreenTime:
         bitmap = self._bitmaps.get(device_id, b"")
         return [index * 8 + bit for index, byte in enumerate(bitmap) for bit in range(8) if byte >> bit & 1]
 
+    def forget(self, device_ids) -> None:
+        """Drop what is held of erased devices (their minutes, marked or waiting to be written)."""
+        for device_id in device_ids:
+            for held in (self._bitmaps, self._counts, self._pending):
+                held.pop(device_id, None)
+
     async def flush(self, now: float) -> None:
         """Merge the new minutes into the store and take in what other workers and instances saw."""
         if self.store is None:
             return
+        async with self.lock:
+            await self._flush(now)
+
+    async def _flush(self, now: float) -> None:
         if not self.day_start <= now < self.day_end:
             self._roll(now)
         day, pending = self.day, self._pending

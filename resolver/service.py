@@ -228,6 +228,8 @@ class Service:
             if self.fast_path is not None:
                 self.fast_path.query_log = self.query_log
         await self.query_log.start()
+        if self.control is not None:  # an erased device's buffered entries are dropped here too
+            self.control.query_log = self.query_log
         if self.config.doh is not None:  # its TLS files are read now, before anything is bound
             from resolver.doh import DohServer  # aiohttp's server: loaded only when DoH is on
 

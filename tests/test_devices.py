@@ -242,4 +242,4 @@ async def test_an_import_with_a_bad_row_enrols_nobody(tmp_path, upstream):
 def test_operations_are_registered_on_the_control_commands():
     assert set(devices.operations(object())) == {"device.add", "device.import", "device.rotate",
                                                  "device.revoke", "device.list", "device.update",
-                                                 "device.remove"}
+                                                 "device.remove", "device.erase"}
