@@ -688,7 +688,6 @@ class ControlPlane:
             self.drift = await asyncio.to_thread(seed_drift, self.seed, stored,
                                                  self.known_categories, self.known_services)
 
-
     async def _forget_erased(self) -> None:
         """Of the devices removed from the policy, the erased ones: this process drops what it
         buffers of them and erases the store again (resolver.gdpr.forget_erased). A store that

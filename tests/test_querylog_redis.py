@@ -282,3 +282,32 @@ async def test_a_backlog_after_an_outage_is_written_in_chunks(tmp_path):
     finally:
         await store.close()
         redis.stop()
+
+
+async def test_entries_waiting_for_redis_are_dropped_when_their_device_is_erased(make_resolver,
+                                                                                 tmp_path):
+    """What a process holds while Redis is away (entries already under the day's pseudonym)
+    goes when it learns of the erasure: written when Redis is back, it would bring them back."""
+    redis = RedisServer(tmp_path / "redis-erase").start()
+    try:
+        resolver = await redis_resolver(make_resolver, redis)
+        log = resolver.service.query_log
+        log.clock, log.drain_interval = Clock(BASE), 0.02
+        await resolver.query("example.com", source=DEVICE_ADDRESS)
+        await wait_for(lambda: log.entries_written == 1)  # the day's key is known from here on
+        redis.stop()
+        await resolver.query("www.example.com", source=DEVICE_ADDRESS, timeout=2)
+        await resolver.query("gambling.example", source=PUPILS, timeout=2)
+        await wait_for(lambda: sum(map(len, log._unwritten.values())) == 2)
+        async with log.lock:
+            assert log.forget({DEVICE_ID}) == 1
+        redis.start()  # with its data (append-only)
+        await wait_for(lambda: log.entries_written == 2, seconds=10)
+        day = day_of(BASE)
+        key = (await log.store.keys())[day]
+        kept = await log.store.find({day: pseudonym(key, DEVICE_ID)})
+        assert [entry["name"] for entry in kept] == ["example.com"]
+        pupil = await log.store.find({day: pseudonym(key, subject_of(PUPILS))})
+        assert [entry["name"] for entry in pupil] == ["gambling.example"]
+    finally:
+        redis.stop()
