@@ -103,9 +103,12 @@ async def auth_middleware(request: web.Request, handler):
     elif COOKIE in request.cookies:
         session = await context.store.get_session(auth.sha256(request.cookies[COOKIE]))
         user = None if session is None else await context.store.get_user(session.user)
+        opened = session.expires - auth.SESSION_SECONDS if session is not None else 0.0
         if user is not None and (user.disabled
-                                 or session.expires - auth.SESSION_SECONDS < user.sessions_after):
-            user = None  # a disabled account, or a session opened before a password reset
+                                 or opened < max(user.sessions_after, user.created_at)):
+            # a disabled account, a session opened before a password reset, or one of an
+            # account removed since and made again under the same name
+            user = None
         if user is not None:
             identity = Identity(user.name, user.role, user.classes, "session", session=session)
     request[IDENTITY] = identity

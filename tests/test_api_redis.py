@@ -127,6 +127,17 @@ async def test_cli_accounts_live_in_redis_and_every_instance_accepts_them(tmp_pa
                 assert (await read.json())["language"] == "en"
             assert await status(http, "PATCH", a_api + "/users/tom", headers=bearer,
                                 json={"disabled": False}) == 200
+            # removed through A and made again: a session of the removed account stays dead
+            async with http.post(b_api + "/login", json={"name": "tom", "password": PASSWORD}) as login:
+                fresh = {"Cookie": f"classguard_session={login.cookies['classguard_session'].value}"}
+            http.cookie_jar.clear()
+            assert await status(http, "GET", a_api + "/session", headers=fresh) == 200
+            assert await status(http, "DELETE", a_api + "/users/tom", headers=bearer) == 204
+            assert await status(http, "GET", b_api + "/session", headers=fresh) == 401
+            assert await status(http, "POST", b_api + "/users", headers=bearer, json={
+                "name": "tom", "role": "teacher", "classes": ["pupils"], "password": PASSWORD}) == 201
+            for api in (a_api, b_api):
+                assert await status(http, "GET", api + "/session", headers=fresh) == 401
 
             users = await cli(tmp_path / "b", "user", "list")
             assert users.stdout.splitlines()[1:] == ["alice\tadmin\t-", "tom\tteacher\tpupils"]

@@ -111,6 +111,10 @@ async def test_disabling_or_removing_ends_the_sessions_at_once(dashboard):
     assert await _status(dashboard, "GET", "/api/v1/classes", sam) == 200
     assert (await client.delete("/api/v1/users/sam", headers=admin)).status == 204
     assert await _status(dashboard, "GET", "/api/v1/classes", sam) == 401
+    # made again under the same name: the removed account's session does not come back to life
+    assert (await client.post("/api/v1/users", headers=admin, json={
+        "name": "sam", "role": "admin", "password": PASSWORD})).status == 201
+    assert await _status(dashboard, "GET", "/api/v1/classes", sam) == 401
 
 
 async def test_the_last_enabled_admin_stays(dashboard):
