@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import signal
 import socket
 import sys
@@ -45,9 +46,20 @@ async def get_ready(service) -> bool:
 
 
 def dead_upstream() -> str:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return f"udp://127.0.0.1:{probe.getsockname()[1]}"
+    """An upstream nothing answers on, whose port a test may bind later (UDP and TCP): taken
+    below the kernel's ephemeral range, so that no socket bound to port 0 meanwhile (ours, the
+    other tests', an outgoing connection's) can be given it."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for port in random.sample(range(max(1024, low - 12000), low), 200):
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp, \
+                    socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+                udp.bind(("127.0.0.1", port))
+                tcp.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return f"udp://127.0.0.1:{port}"
+    raise AssertionError("no free port below the ephemeral range")
 
 
 async def test_alive_and_ready(make_resolver, upstream):
