@@ -242,10 +242,12 @@ def _accounts(config, args) -> int:
             await store.put_user(user, actor=actor, action="user.reset",
                                  before=describe_user(existing))
             return f"user {user.name}: password set"
-        except auth.AccountError as exc:
+        except auth.AccountError as exc:  # the shared rule's words, with the option to use
+            if exc.key == "teacher_needs_class":
+                raise StartupError("a teacher needs at least one --class") from None
             hint = f" (classes: {', '.join(known_classes) or 'none'})" \
                 if exc.key == "no_class" and known_classes is not None else ""
-            raise StartupError(str(exc).replace("a class", "a --class") + hint) from None
+            raise StartupError(str(exc) + hint) from None
         except auth.AuthError as exc:
             raise StartupError(str(exc)) from None
         finally:

@@ -201,7 +201,10 @@ def test_cli_user_and_token(tmp_path):
     assert again.returncode == 1 and "exists already" in again.stderr
     teacher = _cli(tmp_path, "user", "add", "tom", "--role", "teacher", "--class", "nope",
                    "--password-stdin", stdin="a very long password\n")
-    assert teacher.returncode == 1 and "no class 'nope'" in teacher.stderr
+    assert teacher.returncode == 1 and "no class 'nope' in the policy (classes: " in teacher.stderr
+    teacher = _cli(tmp_path, "user", "add", "tom", "--role", "teacher", "--password-stdin",
+                   stdin="a very long password\n")
+    assert teacher.returncode == 1 and "a teacher needs at least one --class" in teacher.stderr
     teacher = _cli(tmp_path, "user", "add", "tom", "--role", "teacher", "--class", "local",
                    "--password-stdin", stdin="a very long password\n")
     assert teacher.returncode == 0, teacher.stderr
