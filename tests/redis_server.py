@@ -9,15 +9,11 @@ import subprocess
 import time
 from pathlib import Path
 
+from tests.ports import reusable_port
+
 REDIS_SERVER = shutil.which("redis-server")
 MISSING_REASON = ("redis-server is not installed (`make test` installs it with apt-get: "
                   "apt-get install -y redis-server)")
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class RedisServer:
@@ -25,7 +21,7 @@ class RedisServer:
         assert REDIS_SERVER, MISSING_REASON
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.port = port or _free_port()
+        self.port = port or reusable_port()  # restarted on the same port after an outage
         self.persistence = persistence
         self.process: subprocess.Popen | None = None
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import random
 import signal
 import socket
 import sys
@@ -25,6 +24,7 @@ from resolver.logsetup import config_summary, mask_url, masked_config
 from resolver.upstream import Upstream, UpstreamGroup, upstream_query
 from tests.conftest import PUPILS, STAFF, ede, until
 from tests.nameserver import FakeNameserver
+from tests.ports import reusable_port
 from tests.redis_server import MISSING_REASON, REDIS_SERVER, RedisServer
 from tests.test_metrics import METRICS, samples, scrape, value
 
@@ -46,20 +46,8 @@ async def get_ready(service) -> bool:
 
 
 def dead_upstream() -> str:
-    """An upstream nothing answers on, whose port a test may bind later (UDP and TCP): taken
-    below the kernel's ephemeral range, so that no socket bound to port 0 meanwhile (ours, the
-    other tests', an outgoing connection's) can be given it."""
-    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    for port in random.sample(range(max(1024, low - 12000), low), 200):
-        try:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp, \
-                    socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                udp.bind(("127.0.0.1", port))
-                tcp.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return f"udp://127.0.0.1:{port}"
-    raise AssertionError("no free port below the ephemeral range")
+    """An upstream nothing answers on, whose port a test may start a nameserver on later."""
+    return f"udp://127.0.0.1:{reusable_port()}"
 
 
 async def test_alive_and_ready(make_resolver, upstream):
