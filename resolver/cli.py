@@ -161,7 +161,7 @@ def _serve(config, args) -> int:
     configure(config, args.log_level, args.log_format)
     if args.workers < 1:
         raise StartupError("--workers takes a number of processes, 1 or more")
-    from resolver.metrics import clear_shares
+    from resolver.metric_shares import clear_shares  # not resolver.metrics: aiohttp stays unloaded
 
     clear_shares(config.state_dir)  # once per start, before the workers: never a worker's restart
     if args.workers > 1:

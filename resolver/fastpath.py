@@ -23,7 +23,7 @@ from resolver.wire import RawQuery, read_query, wire_name_to_text
 
 QTYPE_ANY = 255
 DECISION_MEMO_LIMIT = 200_000
-QUERY_MEMO_LIMIT = 100_000
+QUERY_MEMO_LIMIT = 20_000  # distinct queries read once and kept (all forgotten when full): ~6 MB
 _SLOW = object()  # memo value: this name always takes the chain (a local zone)
 
 

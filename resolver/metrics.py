@@ -34,13 +34,13 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from resolver.config import parse_listen
+from resolver.metric_shares import SHARE_FOLDER, share_path  # noqa: F401 (SHARE_FOLDER: re-exported)
 from resolver.stats import LATENCY_BUCKETS, QueryStats
 
 log = logging.getLogger("classguard.metrics")
 
 PREFIX = "classguard_"
 STORE_PROBE_TIMEOUT = 2.0  # seconds a readiness probe waits for the store
-SHARE_FOLDER = "metrics"  # under state_dir: the counters of workers other than 0
 SHARE_INTERVAL = 2.0  # seconds between two writes of a worker's counters
 SHARE_STALE = 30.0  # a worker whose file is older than this has stopped: left out
 _SEP = "\x1f"  # joins label values in the shared files' keys
@@ -220,18 +220,6 @@ def _add(total, more):
     if isinstance(more, list):
         return [_add(a, b) for a, b in zip(total, more)]
     return total + more
-
-
-def share_path(state_dir: Path, worker: int) -> Path:
-    return Path(state_dir) / SHARE_FOLDER / f"worker-{worker}.json"
-
-
-def clear_shares(state_dir: Path) -> None:
-    """At `serve`, before any worker starts: the counters a previous run's workers left, gone,
-    so that a restart within SHARE_STALE does not add them to the new run's totals."""
-    folder = Path(state_dir) / SHARE_FOLDER
-    for path in folder.glob("*worker-*.json*"):  # worker-N.json and its .tmp
-        path.unlink(missing_ok=True)
 
 
 def write_share(service) -> None:
