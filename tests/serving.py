@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sys
 import textwrap
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ import dns.exception
 import dns.message
 
 from tests.conftest import ede
+from tests.ports import free_port
 
 CLASSGUARD = str(Path(sys.executable).with_name("classguard"))
 
@@ -31,12 +31,6 @@ classes:
   staff:
     networks: ["127.0.0.3/32"]
 """
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def write_school(folder: Path, upstream_url: str, policy: str = SCHOOL_POLICY) -> int:

@@ -24,7 +24,7 @@ from resolver.logsetup import config_summary, mask_url, masked_config
 from resolver.upstream import Upstream, UpstreamGroup, upstream_query
 from tests.conftest import PUPILS, STAFF, ede, until
 from tests.nameserver import FakeNameserver
-from tests.ports import reusable_port
+from tests.ports import free_port, reusable_port
 from tests.redis_server import MISSING_REASON, REDIS_SERVER, RedisServer
 from tests.test_metrics import METRICS, samples, scrape, value
 
@@ -227,12 +227,6 @@ def test_secrets_are_masked_in_the_startup_configuration():
     assert masked_config(config)["dashboard"]["listen"] == "127.0.0.1:8080"
     assert mask_url("redis://s3cret@redis:6379") == "redis://***@redis:6379"
     assert mask_url("https://x.example/q?token=abc&page=2") == "https://x.example/q?token=***&page=2"
-
-
-def free_port(kind=socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 async def test_serve_logs_one_json_line_per_event_and_none_per_query(tmp_path, upstream):

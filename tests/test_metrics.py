@@ -25,6 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import POLICY, PUPILS, STAFF, UNKNOWN, until
+from tests.ports import free_port
 from tests.redis_server import MISSING_REASON, REDIS_SERVER, RedisServer
 
 DEVICE_ADDRESS = "127.0.0.4"
@@ -241,11 +242,6 @@ async def test_docs_alerts_and_dashboard_use_the_metrics_served(make_resolver, t
 
 async def test_counters_add_up_across_workers(tmp_path, upstream):
     """`serve --workers 2`: worker 0 serves /metrics with the other worker's counters added."""
-    def free_port(kind) -> int:
-        with socket.socket(socket.AF_INET, kind) as probe:
-            probe.bind(("127.0.0.1", 0))
-            return probe.getsockname()[1]
-
     dns_port, metrics_port = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_STREAM)
     (tmp_path / "policies.yaml").write_text("classes:\n  staff: {networks: [\"127.0.0.3/32\"]}\n")
     (tmp_path / "classguard.yaml").write_text(textwrap.dedent(f"""\
