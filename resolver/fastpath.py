@@ -89,14 +89,16 @@ class FastPath:
             if client is None:
                 return None
         now = self.state.clock()
-        class_state = snapshot.engine.class_state(client.class_id, client.scope, now)
+        engine = snapshot.engine
+        class_state = engine.class_state(client.class_id, client.scope, now)
         if class_state is None:
             return None
         ttl_cap = class_state.ttl_cap(now, self.filtering.policy_ttl) if class_state.timed else None
         tail = data[2:]  # clients repeat the same bytes but for the id
-        if class_state.screen_time is not None:  # every query counts a device's minutes
-            return self._render(data, tail, client, class_state, now, ttl_cap, protocol)
         cache_now = self.cache.clock()
+        if class_state.screen_time is not None:  # every query counts a device's minutes
+            return self._render(data, tail, client, engine, class_state, now, cache_now, ttl_cap,
+                                protocol)
         if cache_now >= self._rendered_until:  # the replies of the second before are forgotten
             self._rendered.clear()
             self._rendered_until = cache_now + 1.0
@@ -110,14 +112,15 @@ class FastPath:
             if result == "cached":
                 self.cache.hits += 1
             return data[0:2] + reply
-        wire = self._render(data, tail, client, class_state, now, ttl_cap, protocol)
+        wire = self._render(data, tail, client, engine, class_state, now, cache_now, ttl_cap,
+                            protocol)
         if wire is not None:
             self._rendered[tail] = (class_state, ttl_cap, protocol, self._rendered_true_until,
                                     wire[2:], self._qname, self._result, self._reason)
         return wire
 
-    def _render(self, data: bytes, tail: bytes, client: Client, class_state, now: float,
-                ttl_cap: int | None, protocol: str) -> bytes | None:
+    def _render(self, data: bytes, tail: bytes, client: Client, engine, class_state, now: float,
+                cache_now: float, ttl_cap: int | None, protocol: str) -> bytes | None:
         """The reply made from the memoised query, decision and cache entry; notes in
         _rendered_true_until when its bytes stop being true (an entry's TTL ticks)."""
         raw = self._queries.get(tail)
@@ -128,7 +131,6 @@ class FastPath:
             if len(self._queries) >= QUERY_MEMO_LIMIT:
                 self._queries.clear()
             self._queries[tail] = raw
-        engine = self.state.snapshot.engine
         decision = self._decision(engine, class_state, raw.qname, False)
         if decision is _SLOW:
             return None
@@ -142,7 +144,6 @@ class FastPath:
         self._class_id = client.class_id
         self._client, self._qname = client, raw.qname
         cache = self.cache
-        cache_now = cache.clock()
         self._rendered_true_until = math.inf  # a block's bytes do not age
         if action is Action.BLOCK:
             self._result, self._reason = "blocked", decision.reason
