@@ -449,8 +449,9 @@ class QueryLog:
     async def _drain(self) -> None:
         if self._tally or self._blocked:
             tally, blocked, self._tally, self._blocked = self._tally, self._blocked, {}, []
-            day = self.day(self.clock())
-            self._add_tally(tally, day)
+            now = self.clock()
+            day = self.day(now)
+            self._add_tally(tally, now, day)
             top = self._top.setdefault(day, {})
             for start in range(0, len(blocked), ACCOUNT_SLICE):  # see below: a slice at a time
                 for class_id, qname in blocked[start:start + ACCOUNT_SLICE]:
@@ -600,9 +601,10 @@ class QueryLog:
         self.logged += len(batch)
         return entries
 
-    def _add_tally(self, tally: dict[tuple, int], day: str) -> None:
-        """Fold the counts made on the DNS path since the last drain into the day's hour."""
-        hour = f"{dt.datetime.fromtimestamp(self.clock(), self.zone).hour:02d}"
+    def _add_tally(self, tally: dict[tuple, int], now: float, day: str) -> None:
+        """Fold the counts made on the DNS path since the last drain into the hour of `now`
+        (one reading of the clock for the day and the hour, as _account)."""
+        hour = f"{dt.datetime.fromtimestamp(now, self.zone).hour:02d}"
         counts = self._counts.setdefault(day, {})
         for (class_id, result, reason), count in tally.items():
             slot = counts.setdefault(class_id or "unknown", {}).setdefault(hour, {})
