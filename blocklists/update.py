@@ -242,14 +242,7 @@ def status_path(state_dir: Path) -> Path:
 
 def load_compiled(state_dir: Path) -> CompiledLists | None:
     """The lists compiled by the last update, so that a restart filters at once; None if none."""
-    path = artifact_path(state_dir)
-    if not path.exists():
-        return None
-    try:
-        return load(path)
-    except ArtifactError as exc:
-        log.warning("%s; the lists will be compiled again", exc)
-        return None
+    return _read_artifact(artifact_path(state_dir), load)
 
 
 def read_status(state_dir: Path) -> UpdateReport | None:
@@ -444,7 +437,7 @@ async def _update(config: Config, bundled: Bundled, *, scheduled: bool,
 
     report = UpdateReport(checked_at=now)
     path = artifact_path(state_dir)
-    header = _header_or_none(path)
+    header = _read_artifact(path, read_header)
     lists = None
     if header is not None and header.get("inputs", {}).get("fingerprint") == fingerprint(inputs):
         lists = _same_or_load(current, path, header)
@@ -573,11 +566,12 @@ def _path_identity(path: Path) -> str:
         return f"unreadable:{exc.errno}"
 
 
-def _header_or_none(path: Path) -> dict | None:
+def _read_artifact(path: Path, read):
+    """`read(path)` of the compiled lists' file; None when there is none or it is damaged."""
     if not path.exists():
         return None
     try:
-        return read_header(path)
+        return read(path)
     except ArtifactError as exc:
         log.warning("%s; the lists will be compiled again", exc)
         return None
