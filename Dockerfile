@@ -8,9 +8,16 @@ RUN apt-get update \
 
 WORKDIR /opt/classguard
 COPY pyproject.toml README.md ./
+# Every package of pyproject.toml's [tool.setuptools] packages (docs/architecture.md).
+COPY classguard ./classguard
+COPY dashboard ./dashboard
+COPY admin ./admin
+COPY privacy ./privacy
 COPY resolver ./resolver
-COPY blocklists ./blocklists
+COPY store ./store
 COPY policies ./policies
+COPY blocklists ./blocklists
+COPY common ./common
 RUN pip install --no-cache-dir . \
  # Ports 53 and 853 without running as root: the capability on the interpreter only.
  && setcap cap_net_bind_service=+ep "$(readlink -f "$(command -v python3)")"
@@ -21,6 +28,6 @@ EXPOSE 53/udp 53/tcp 853/tcp 443/tcp
 # Without a config file classguard listens on 127.0.0.1:1053; mount a config and set
 # CLASSGUARD_CONFIG (with dns.listen: ["0.0.0.0:53"]) for a real deployment.
 ENV CLASSGUARD_CONFIG=""
-HEALTHCHECK --interval=30s --timeout=5s --start-period=20s CMD ["python3", "-m", "resolver.healthcheck"]
+HEALTHCHECK --interval=30s --timeout=5s --start-period=20s CMD ["python3", "-m", "classguard.healthcheck"]
 ENTRYPOINT ["classguard"]
 CMD ["serve"]

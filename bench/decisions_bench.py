@@ -56,7 +56,7 @@ def build_lists(count: int, folder: Path):
     """A compiled table of `count` listed names, through the same code as `lists update`."""
     from blocklists.build import SourceInput, build
     from blocklists.compiled import load
-    from resolver.config import ListSource
+    from blocklists.settings import ListSource
 
     rng = random.Random(7)
     names = tuple("".join(rng.choices(string.ascii_lowercase, k=10)) + ".example" for _ in range(count))

@@ -127,13 +127,14 @@ def compile_in_worker(archive: Path, out: Path, work: Path) -> dict:
 
 SERVER_SCRIPT = textwrap.dedent("""
     import asyncio, gc, json, os, statistics, sys, threading, time
-    import resolver.service  # noqa: F401 - what `classguard serve` imports (aiohttp, dnslib...)
+    import classguard.service  # noqa: F401 - what `classguard serve` imports (aiohttp, dnslib...)
     from pathlib import Path
     from blocklists.compiled import load
     from blocklists.bundled import load_bundled
     from blocklists import update
     from blocklists.update import update_lists
-    from resolver.config import BlocklistSettings, Config, ListSource
+    from blocklists.settings import BlocklistSettings, ListSource
+    from classguard.config import Config
 
     artifact, archive, state = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
 
@@ -221,7 +222,7 @@ SERVER_SCRIPT = textwrap.dedent("""
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     started = time.perf_counter()
-    fresh, report = asyncio.run(update_lists(config, load_bundled(), current=lists))
+    fresh, report = asyncio.run(update_lists(config.blocklists, config.state_dir, load_bundled(), current=lists))
     assert report.compiled, report.summary()
     lists = fresh  # the swap: the old table is dropped here
     del fresh

@@ -605,7 +605,7 @@ class Bench:
 
     # -- classguard ----------------------------------------------------------------------------
     def classguard_argv(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "resolver.cli", *args]
+        return [sys.executable, "-m", "classguard.cli", *args]
 
     def prepare_classguard(self, data: Data, upstream_port: int) -> tuple[Path, int]:
         folder = self.work / "classguard"
@@ -821,7 +821,7 @@ def versions(bench: Bench) -> dict:
                              "print(pathlib.Path(resolver.__file__).resolve().parent.parent)"], env=env)
     rev = bench.classguard_rev or command_output(["git", "-C", source, "rev-parse", "--short", "HEAD"])
     if rev and not bench.classguard_rev:
-        dirty = command_output(["git", "-C", source, "status", "--porcelain", "--", "resolver", "policies", "blocklists"])
+        dirty = command_output(["git", "-C", source, "status", "--porcelain", "--", "classguard", "dashboard", "admin", "privacy", "resolver", "store", "policies", "blocklists", "common"])
         if dirty:
             rev += " with uncommitted changes in resolver/, policies/ or blocklists/"
     packages = {}

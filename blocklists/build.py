@@ -44,7 +44,7 @@ from blocklists.formats import MAX_BAD_EXAMPLES, ParsedList
 from blocklists.sources import CategoryList, SourceError, read_inline, read_source_file
 
 if TYPE_CHECKING:
-    from resolver.config import ListSource
+    from blocklists.settings import ListSource
 
 SOURCE_FIELDS = ("name", "format", "url", "path", "domains", "category", "match", "usage")
 

@@ -27,9 +27,12 @@ import struct
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
 from typing import BinaryIO
 from zlib import crc32
+
+from common.errors import ClassguardError
 
 MAGIC = b"CGLISTS2"
 MAX_BITS = 32  # offsets are u32, and a bucket comes from the high CRC-32 alone
@@ -92,7 +95,7 @@ class _Combo:
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-class ArtifactError(Exception):
+class ArtifactError(ClassguardError):
     """The compiled lists file is missing, truncated or not ours."""
 
 
@@ -382,7 +385,6 @@ def from_buffer(header: dict, buffer, path: Path | str = "<memory>") -> Compiled
 
 def empty() -> CompiledLists:
     """Lists with no entry (what an empty configuration compiles to)."""
-    from io import BytesIO
 
     bits = table_bits(0)
     arrays = [b"", bytes(4 * ((1 << bits) + 1)), b""]

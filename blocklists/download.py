@@ -26,7 +26,8 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from resolver.config import ListSource
+from blocklists.settings import ListSource
+from common.errors import ClassguardError
 
 log = logging.getLogger("classguard.lists")
 
@@ -40,7 +41,7 @@ _RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 DownloadProgress = Callable[[str, int, "int | None"], None]  # source name, bytes, total
 
 
-class DownloadError(Exception):
+class DownloadError(ClassguardError):
     """A download that failed; the message is one line naming the source."""
 
     def __init__(self, message: str, *, retry: bool = False) -> None:

@@ -16,11 +16,7 @@ from operator import not_
 from typing import Protocol
 
 from blocklists.names import (
-    MAX_NAME_LENGTH,
-    VALID_ASCII_NAME,
-    IPNetwork,
-    normalize_domain,
-    parse_ip_entry,
+    MAX_NAME_LENGTH, VALID_ASCII_NAME, IPNetwork, normalize_domain, parse_ip_entry,
 )
 
 FORMATS = ("domains", "hosts", "adblock", "ut1")

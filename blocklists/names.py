@@ -88,3 +88,14 @@ def parents(name: str) -> Iterator[str]:
         if dot < 0:
             return
         start = dot + 1
+
+
+def wire_name_to_text(qname: bytes) -> str:
+    """`\\x07example\\x03com\\x00` -> `example.com` (labels already checked by read_query)."""
+    labels = []
+    offset = 0
+    while qname[offset]:
+        length = qname[offset]
+        labels.append(qname[offset + 1:offset + 1 + length])
+        offset += 1 + length
+    return b".".join(labels).decode("ascii")

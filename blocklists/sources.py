@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 from blocklists.formats import FORMATS, MATCH_MODES, ParsedList, parse_lines, parse_text
+from common.errors import ClassguardError
 
 if TYPE_CHECKING:  # the compile worker reads sources without importing the config machinery
-    from resolver.config import ListSource
+    from blocklists.settings import ListSource
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ class CategoryList:
     parsed: ParsedList  # categories linked to another (UT1 porn -> adult) share its sets
 
 
-class SourceError(Exception):
+class SourceError(ClassguardError):
     """A list source that could not be read; the message is one line naming the source."""
 
 

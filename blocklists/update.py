@@ -36,10 +36,21 @@ from typing import TYPE_CHECKING, TextIO
 from blocklists.build import BuildResult, Progress, SourceInput, SourceOutcome, build, fingerprint
 from blocklists.bundled import STARTER_DIR, Bundled
 from blocklists.compiled import ArtifactError, CompiledLists, load, read_header
-from resolver.config import Config, ListSource
+from blocklists.settings import BlocklistSettings, ListSource
+from common.errors import ClassguardError
 
 if TYPE_CHECKING:
-    from blocklists import download
+    pass
+
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    """One refresh: the blocklists section and the state folder it works in."""
+
+    blocklists: BlocklistSettings
+    state_dir: Path
+
 
 log = logging.getLogger("classguard.lists")
 
@@ -54,7 +65,7 @@ DOWNLOADS_AT_ONCE = 4
 WORKER_COMMAND = (sys.executable, "-m", "blocklists.build")  # + the job file
 
 
-class UpdateError(Exception):
+class UpdateError(ClassguardError):
     """No lists could be built and none were there before."""
 
 
@@ -268,8 +279,7 @@ def starter_sources(bundled: Bundled) -> list[ListSource]:
             for path in sorted(STARTER_DIR.glob("*.txt"))]
 
 
-def configured_sources(config: Config, bundled: Bundled) -> list[ListSource]:
-    settings = config.blocklists
+def configured_sources(settings: BlocklistSettings, bundled: Bundled) -> list[ListSource]:
     return (starter_sources(bundled) if settings.bundled else []) + list(settings.sources)
 
 
@@ -305,15 +315,16 @@ def refresh_delay(report: UpdateReport | None, period: float, *, failures: int =
     return max(0.0, due - now)
 
 
-def first_refresh_delay(config: Config, bundled: Bundled, *, now: float | None = None) -> float:
+def first_refresh_delay(settings: BlocklistSettings, state_dir: Path, bundled: Bundled, *,
+                        now: float | None = None) -> float:
     """At startup with lists on disk: when the next refresh is due (at once if sources changed)."""
-    report = read_status(config.state_dir)
+    report = read_status(state_dir)
     if report is None:
         return 0.0
-    names = {source.name for source in configured_sources(config, bundled)}
+    names = {source.name for source in configured_sources(settings, bundled)}
     if names != {source.name for source in report.sources}:
         return 0.0
-    return refresh_delay(report, config.blocklists.refresh, now=now)
+    return refresh_delay(report, settings.refresh, now=now)
 
 
 # ---- progress on a terminal ----------------------------------------------------------------
@@ -391,7 +402,8 @@ async def _locked(state_dir: Path) -> AsyncIterator[None]:
 
 
 async def update_lists(
-    config: Config,
+    settings: BlocklistSettings,
+    state_dir: Path,
     bundled: Bundled,
     *,
     scheduled: bool = False,
@@ -406,10 +418,11 @@ async def update_lists(
     lists the caller serves; returned as they are when nothing changed, instead of a second copy.
     `now`: the wall clock (tests set it).
     """
-    state_dir = config.state_dir
+    job = _Job(settings, Path(state_dir))
+    state_dir = job.state_dir
     state_dir.mkdir(parents=True, exist_ok=True)
     async with _locked(state_dir):
-        return await _update(config, bundled, scheduled=scheduled, current=current,
+        return await _update(job, bundled, scheduled=scheduled, current=current,
                              progress=progress, now=time.time() if now is None else now)
 
 
@@ -423,14 +436,14 @@ class _Planned:
     input: SourceInput | None = None  # None: nothing to read (a download failed, none before)
 
 
-async def _update(config: Config, bundled: Bundled, *, scheduled: bool,
+async def _update(job: _Job, bundled: Bundled, *, scheduled: bool,
                   current: CompiledLists | None, progress: Progress | None, now: float
                   ) -> tuple[CompiledLists, UpdateReport]:
-    state_dir = config.state_dir
+    state_dir = job.state_dir
     previous = read_status(state_dir)
     planned = [_Planned(source, _start_status(source, previous, now))
-               for source in configured_sources(config, bundled)]
-    await _download_all(config, planned, scheduled=scheduled, now=now, progress=progress)
+               for source in configured_sources(job.blocklists, bundled)]
+    await _download_all(job, planned, scheduled=scheduled, now=now, progress=progress)
     for item in planned:
         _plan_input(item)
     inputs = [item.input for item in planned if item.input is not None]
@@ -448,7 +461,7 @@ async def _update(config: Config, bundled: Bundled, *, scheduled: bool,
         for status in report.sources:
             _carry_forward(status, previous)
     else:
-        lists = await _compile(config, planned, inputs, header, report, previous, current,
+        lists = await _compile(job, planned, inputs, header, report, previous, current,
                                progress)
     for status in report.sources:
         if status.failed:
@@ -483,15 +496,16 @@ def _find(report: UpdateReport | None, name: str) -> SourceStatus | None:
     return next((source for source in report.sources if source.name == name), None)
 
 
-async def _download_all(config: Config, planned: list[_Planned], *, scheduled: bool, now: float,
+async def _download_all(job: _Job, planned: list[_Planned], *, scheduled: bool, now: float,
                         progress: Progress | None) -> None:
-    settings = config.blocklists
+    settings = job.blocklists
     remote = [item for item in planned if item.source.url]
     if not remote:
         return
-    import aiohttp  # here: a server whose lists are all files never loads the HTTP client
+    import aiohttp  # lazy: a server whose lists are all files never loads the HTTP client
 
-    from blocklists import download
+    from blocklists import download  # lazy: it loads aiohttp
+
     limit = asyncio.Semaphore(DOWNLOADS_AT_ONCE)
 
     def on_bytes(name: str, done: int, total: int | None) -> None:
@@ -500,7 +514,7 @@ async def _download_all(config: Config, planned: list[_Planned], *, scheduled: b
 
     async def one(item: _Planned, session: aiohttp.ClientSession) -> None:
         source = item.source
-        folder = download.source_dir(config.state_dir, source)
+        folder = download.source_dir(job.state_dir, source)
         kept = download.kept_body(folder, source)
         until = quiet_until(now) if scheduled and download.is_ut1_home(source) else None
         if until is not None and kept is not None:
@@ -526,7 +540,7 @@ def _plan_input(item: _Planned) -> None:
         else:
             item.input = SourceInput(source, [], [_token(source, "inline")])
         return
-    from blocklists import download
+    from blocklists import download  # lazy: it loads aiohttp, only for a source with a URL
 
     fetched = item.download
     assert fetched is not None
@@ -600,15 +614,15 @@ def _carry_forward(status: SourceStatus, previous: UpdateReport | None) -> None:
         status.bad_examples = before.bad_examples
 
 
-async def _compile(config: Config, planned: list[_Planned], inputs: list[SourceInput],
+async def _compile(job: _Job, planned: list[_Planned], inputs: list[SourceInput],
                    header: dict | None, report: UpdateReport, previous: UpdateReport | None,
                    current: CompiledLists | None, progress: Progress | None) -> CompiledLists:
-    state_dir = config.state_dir
+    state_dir = job.state_dir
     work_dir = state_dir / BUILD_DIR_NAME
     shutil.rmtree(work_dir, ignore_errors=True)
     work_dir.mkdir(parents=True)
     fresh = state_dir / (ARTIFACT_NAME + ".new")
-    max_bytes = config.blocklists.max_download_bytes
+    max_bytes = job.blocklists.max_download_bytes
     try:
         if _input_bytes(inputs) <= IN_PROCESS_MAX_BYTES:
             result = await _build_in_thread(inputs, fresh, max_bytes, work_dir)
@@ -618,7 +632,7 @@ async def _compile(config: Config, planned: list[_Planned], inputs: list[SourceI
         for item in planned:
             _finish_download(item, used=None)
         report.sources = _merge_by_name([item.status for item in planned])
-        return _keep_previous(config, report, previous, current, header, str(exc))
+        return _keep_previous(job, report, previous, current, header, str(exc))
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
 
@@ -632,7 +646,7 @@ async def _compile(config: Config, planned: list[_Planned], inputs: list[SourceI
                    and item.source.name in had_lists})
     if lost and header is not None:
         fresh.unlink(missing_ok=True)
-        return _keep_previous(config, report, previous, current, header,
+        return _keep_previous(job, report, previous, current, header,
                               f"{', '.join(lost)} gave nothing this time")
     if planned and header is None and all(item.status.failed for item in planned):
         fresh.unlink(missing_ok=True)
@@ -646,16 +660,16 @@ async def _compile(config: Config, planned: list[_Planned], inputs: list[SourceI
     return load(artifact_path(state_dir))
 
 
-def _keep_previous(config: Config, report: UpdateReport, previous: UpdateReport | None,
+def _keep_previous(job: _Job, report: UpdateReport, previous: UpdateReport | None,
                    current: CompiledLists | None, header: dict | None, why: str
                    ) -> CompiledLists:
     """The refresh cannot give complete lists: those in force stay, and the status says so."""
     report.kept_previous = True
     report.error = f"{why}; the previous lists stay in force"
     log.error("list refresh: %s", report.error)
-    lists = _same_or_load(current, artifact_path(config.state_dir), header) if header else None
+    lists = _same_or_load(current, artifact_path(job.state_dir), header) if header else None
     if lists is None:
-        _write_status(config.state_dir, report)
+        _write_status(job.state_dir, report)
         raise UpdateError(why)
     for status in report.sources:
         _carry_forward(status, previous)
@@ -700,7 +714,7 @@ def _finish_download(item: _Planned, used: int | None) -> None:
     folder = next((path.parent for path in (fetched.kept, fetched.new) if path), None)
     if folder is None:
         return
-    from blocklists import download
+    from blocklists import download  # lazy: it loads aiohttp, only for a source with a URL
 
     if fetched.new is not None and used == 0:
         download.promote(folder, fetched)
@@ -744,7 +758,7 @@ def _input_bytes(inputs: list[SourceInput]) -> int:
     return total
 
 
-class BuildFailed(Exception):
+class BuildFailed(ClassguardError):
     """The compile itself failed (the worker crashed or was killed, or a file could not be
     written); no source is to blame."""
 

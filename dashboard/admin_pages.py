@@ -9,11 +9,14 @@ from typing import Any
 
 from aiohttp import web
 
+from blocklists.update import read_status
 from dashboard import auth, i18n
-from dashboard.pages import (View, ago, class_counts, error_text, page, redirect, require_admin,
-                             state_text, table, today_aggregates, view_of)
+from dashboard.pages import (
+    View, ago, class_counts, error_text, page, redirect, require_admin, state_text, table,
+    today_aggregates, view_of,
+)
 from dashboard.render import Html, html, join
-from resolver.store import NotFound, User
+from store.records import NotFound, User
 
 routes = web.RouteTableDef()
 AUDIT_SHOWN = 200
@@ -40,10 +43,7 @@ async def overview(request: web.Request) -> web.Response:
 
 
 async def _health(view: View) -> Html:
-    from blocklists.update import read_status
-    from resolver.metrics import ReadinessProbe, upstream_groups
-
-    t, service = view.t, view.service
+    t = view.t
     report = await asyncio.to_thread(read_status, view.context.state_dir)
     lists = view.context.state.snapshot.lists
     now = time.time()
@@ -55,16 +55,17 @@ async def _health(view: View) -> Html:
     failed = [source.name for source in report.failed] if report is not None else []
     rows = [[t("health.lists_label"), freshness + (" · " + t("health.lists_failed", names=", ".join(failed))
                                                     if failed else "")]]
-    for zone, group in upstream_groups(service):
-        for upstream in group.upstreams:
+    health = await view.context.health() if view.context.health is not None else None
+    if health is not None:
+        for upstream in health.upstreams:
             state = t("health.up") if upstream.healthy else t("health.unknown") \
                 if upstream.healthy is None else t("health.down", error=upstream.last_error or "?")
-            rows.append([t("health.upstream", name=upstream.name) + (f" ({zone})" if zone else ""), state])
-    probe = ReadinessProbe(service)  # what /readyz says: a Redis away is a note, not a reason
-    store_problem = await probe.store_reason()
-    rows.append([t("health.store", kind=type(view.context.store).__name__),
-                 store_problem or (t("health.up") if probe.store_up else t("health.snapshot"))])
-    rows.extend([t("health.note"), note] for note in probe.notes())
+            rows.append([t("health.upstream", name=upstream.name)
+                         + (f" ({upstream.zone})" if upstream.zone else ""), state])
+        # what /readyz says: a Redis away is a note, not a reason
+        rows.append([t("health.store", kind=health.store_kind),
+                     health.store_problem or (t("health.up") if health.store_up else t("health.snapshot"))])
+        rows.extend([t("health.note"), note] for note in health.notes)
     ages = [source.age(now) for source in report.sources] if report is not None else []
     oldest = max((age for age in ages if age is not None), default=None)
     if oldest is not None:
@@ -75,7 +76,6 @@ async def _health(view: View) -> Html:
 
 @routes.get("/lists")
 async def lists(request: web.Request) -> web.Response:
-    from blocklists.update import read_status
 
     view = await view_of(request)
     require_admin(view)
@@ -104,7 +104,7 @@ async def lists(request: web.Request) -> web.Response:
 async def lists_refresh(request: web.Request) -> web.Response:
     view = await view_of(request)
     require_admin(view)
-    view.service.refresh_lists_now()
+    view.context.refresh_lists_now()
     raise redirect("/lists", "refresh_started")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import re
 from typing import Any
@@ -10,22 +11,28 @@ from typing import Any
 import yaml
 from aiohttp import web
 
+from admin import devices
+from admin.control import override_json
+from admin.devices import device_json
+from admin.errors import ControlError
 from blocklists.names import normalize_domain
+from blocklists.update import read_status
+from common.errors import ClassguardError
 from dashboard import auth
-from dashboard.app import COOKIE, CONTEXT, IDENTITY, Context, Identity, client_address, json_error
+from dashboard.context import (
+    CONTEXT, COOKIE, IDENTITY, Context, Identity, client_address, json_error,
+)
+from dashboard.openapi import document
 from policies.export import export_policy
-from policies.loader import PolicyError
+from policies.loader import ID_PATTERN, PolicyError
 from policies.model import Policy
-from resolver.control import ControlError, override_json
-from resolver.store import NotFound, StoreError, VersionConflict
+from privacy import gdpr
+from privacy.querylog import QueryLogSettings, subject_of
+from store.records import NotFound, StoreError, VersionConflict
 
 PREFIX = "/api/v1"
 routes = web.RouteTableDef()
 POLICY_TEXT = web.RequestKey("policy_text", str)  # what a class write submitted, for `field`
-
-
-def add_routes(app: web.Application) -> None:
-    app.add_routes(routes)
 
 
 # --- helpers -----------------------------------------------------------------------------------
@@ -56,7 +63,7 @@ def _class_of(request: web.Request) -> str:
     return class_id
 
 
-class _Refused(Exception):
+class _Refused(ClassguardError):
     def __init__(self, status: int, message: str, **extra: Any) -> None:
         super().__init__(message)
         self.status, self.extra = status, extra
@@ -518,7 +525,6 @@ async def audit(request: web.Request) -> web.Response:
 @_handle_errors
 async def lists(request: web.Request) -> web.Response:
     _admin(request)
-    from blocklists.update import read_status
 
     context = _context(request)
     report = await asyncio.to_thread(read_status, context.state_dir)
@@ -541,7 +547,7 @@ async def lists_refresh(request: web.Request) -> web.Response:
     return web.json_response({"requested": True}, status=202)
 
 
-# --- devices (the operations of `classguard device`, resolver/devices.py) ----------------------
+# --- devices (the operations of `classguard device`, admin/devices.py) ----------------------
 
 
 def _device_of(request: web.Request):
@@ -558,7 +564,6 @@ def _device_of(request: web.Request):
 
 def _device_fields(data: dict, *, creating: bool) -> dict[str, Any]:
     """{id, class, addresses} from a body, each checked for shape (400 naming the field)."""
-    from policies.loader import ID_PATTERN
 
     fields: dict[str, Any] = {}
     if creating:
@@ -595,7 +600,6 @@ def _device_refusal(exc: ControlError) -> _Refused:
 
 def _issued(context: Context, device_id: str, token: str, version: int) -> dict[str, Any]:
     """What a new token's answer holds: shown this once, classguard keeps only its SHA-256."""
-    from resolver import devices
 
     return {"id": device_id, "version": version, "token": token,
             "doh_url": devices.doh_url(context.config, token),
@@ -621,7 +625,6 @@ async def devices_list(request: web.Request) -> web.Response:
 async def device_create(request: web.Request) -> web.Response:
     """Enrol a device: its token is made here and shown in this answer only (in its DoH URL and
     DoT hostname); the store keeps the SHA-256."""
-    from resolver import devices
 
     identity, context = _admin(request), _context(request)
     fields = _device_fields(await _body(request), creating=True)
@@ -642,7 +645,6 @@ async def device_create(request: web.Request) -> web.Response:
 @routes.get(PREFIX + "/devices/{device_id}")
 @_handle_errors
 async def device_get(request: web.Request) -> web.Response:
-    from resolver.devices import device_json
 
     return web.json_response(device_json(_device_of(request)))
 
@@ -678,7 +680,6 @@ async def device_delete(request: web.Request) -> web.Response:
 @_handle_errors
 async def device_rotate(request: web.Request) -> web.Response:
     """A new token, shown in this answer only; the old one stops working at once."""
-    from resolver import devices
 
     identity, context = _admin(request), _context(request)
     device = _device_of(request)
@@ -704,8 +705,6 @@ async def device_revoke(request: web.Request) -> web.Response:
 def _subject(request: web.Request) -> str:
     """The device of a data or erase request: an id, or the address of a client known by its
     network, as `classguard device data|erase` take (it need not be in the policy any more)."""
-    from policies.loader import ID_PATTERN
-    from resolver.querylog import subject_of
 
     device_id = request.match_info["device_id"]
     if not ID_PATTERN.fullmatch(device_id) and not subject_of(device_id).startswith("ip:"):
@@ -726,13 +725,11 @@ async def _flush_query_log(context: Context) -> None:
 async def device_data(request: web.Request) -> web.Response:
     """Everything classguard holds about one device (GDPR art. 15): what `classguard device
     data` prints."""
-    from resolver import querylog
-
     _admin(request)
     device_id, context = _subject(request), _context(request)
     await _flush_query_log(context)
-    return web.json_response(await querylog.device_data(context.config, device_id,
-                                                        store=context.store))
+    settings = QueryLogSettings.from_section(context.config.query_log)
+    return web.json_response(await gdpr.device_report(context.store, settings, device_id))
 
 
 @routes.post(PREFIX + "/devices/{device_id}/erase")
@@ -743,7 +740,7 @@ async def device_erase(request: web.Request) -> web.Response:
     identity = _admin(request)
     device_id, context = _subject(request), _context(request)
     # The control operation: this process's buffers written first, then every process on the
-    # store (other workers and instances) drops what it buffers of the device (resolver.gdpr).
+    # store (other workers and instances) drops what it buffers of the device (privacy.gdpr).
     erased = await context.commands.run("device.erase", {"id": device_id}, identity.actor)
     return web.json_response({key: erased[key] for key in ("device", "query_log_entries",
                                                            "store")})
@@ -757,7 +754,6 @@ STATS_TOP = 20  # most blocked registrable domains shown per class
 async def stats(request: web.Request) -> web.Response:
     """Answers per class and hour (by outcome) and the most blocked domains, for one local day,
     from the aggregate query log (query_log.mode aggregate or full): nothing per device."""
-    import datetime as dt
 
     identity, context = _identity(request), _context(request)
     class_id = request.query.get("class")
@@ -789,6 +785,4 @@ async def stats(request: web.Request) -> web.Response:
 
 @routes.get(PREFIX + "/openapi.json")
 async def openapi(request: web.Request) -> web.Response:
-    from dashboard.openapi import document
-
     return web.json_response(document())

@@ -3,73 +3,20 @@
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import json
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from dashboard import auth
-from resolver.clients import forwarded_client
-from resolver.store import Session, Store, StoreError
+from common.addresses import parse_listen
+from dashboard import auth, routes
+from dashboard.context import (
+    CONTEXT, COOKIE, CSRF_FIELD, CSRF_HEADER, IDENTITY, PUBLIC_PATHS, PUBLIC_PREFIXES, SAFE_METHODS,
+    Context, Identity, json_error,
+)
 
 log = logging.getLogger("classguard.dashboard")
-
-COOKIE = "classguard_session"
-CSRF_HEADER = "X-CSRF-Token"
-CSRF_FIELD = "csrf_token"
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-PUBLIC_PATHS = frozenset({"/api/v1/login", "/api/v1/openapi.json", "/login", "/language"})
-PUBLIC_PREFIXES = ("/static/",)  # the pages' style sheet, also on the login page
-
-
-@dataclass
-class Context:
-    """What the handlers work with: the server's store, its commands, its running state."""
-
-    store: Store
-    commands: Any  # resolver.control.Commands: the same validation and audit as the CLI
-    state: Any  # resolver.state.RuntimeState: decisions for `check`
-    state_dir: Path
-    secure_cookies: bool = False
-    query_log: Any = None  # resolver.querylog.QueryLog of the server, for `stats`
-    throttle: auth.Throttle | auth.StoreThrottle = field(default_factory=auth.Throttle)
-    config: Any = None  # resolver.config.Config: a new device's DoH URL, its data and erasure
-    refresh_lists: Callable[[], Any] | None = None  # Service.request_list_refresh
-    trusted_proxies: tuple = ()  # ip_network: whose X-Forwarded-For names the client
-
-
-@dataclass(frozen=True, slots=True)
-class Identity:
-    name: str
-    role: str  # admin | teacher
-    classes: tuple[str, ...]
-    via: str  # session | token
-    session: Session | None = None
-    token_id: str | None = None
-
-    @property
-    def actor(self) -> str:
-        """As the audit log names who made a change."""
-        return f"{self.name} (dashboard)" if self.via == "session" else \
-            f"API token {self.token_id} ({self.name})"
-
-    def may_see(self, class_id: str) -> bool:
-        return self.role == "admin" or class_id in self.classes
-
-
-CONTEXT = web.AppKey("context", Context)
-IDENTITY = web.RequestKey("identity", Identity)
-
-
-def json_error(status: int, message: str, *, headers: dict[str, str] | None = None,
-               **extra: Any) -> web.Response:
-    return web.json_response({"error": message, **extra}, status=status, headers=headers)
-
 
 @web.middleware
 async def error_middleware(request: web.Request, handler):
@@ -138,68 +85,31 @@ async def csrf_middleware(request: web.Request, handler):
     return await handler(request)
 
 
-def client_address(request: web.Request) -> str:
-    """Who sent the request, for login throttling: the peer, or behind a proxy listed in
-    `dashboard.trusted_proxies` the client it names in X-Forwarded-For (from anyone else the
-    header is ignored: it would let a guesser pick the address the throttle counts)."""
-    return forwarded_client(request.remote or "unknown", request.headers.getall("X-Forwarded-For", []),
-                            request.app[CONTEXT].trusted_proxies)
-
-
 def _read_json_body_limit() -> int:
     return 1024 * 1024
 
 
-def init_app(service: Any, *, throttle: auth.Throttle | auth.StoreThrottle | None = None
-             ) -> web.Application:
-    """The dashboard application for a running `resolver.service.Service`."""
-    from dashboard import api, pages
-
-    dashboard = service.config.dashboard or {}
-    public_url = str(dashboard.get("public_url") or "")
-    context = Context(store=service.store, commands=service.control.commands, state=service.state,
-                      state_dir=Path(service.config.state_dir),
-                      secure_cookies=public_url.startswith("https://"),
-                      query_log=getattr(service, "query_log", None), config=service.config,
-                      refresh_lists=getattr(service, "request_list_refresh", None),
-                      trusted_proxies=tuple(ipaddress.ip_network(network, strict=False)
-                                            for network in dashboard.get("trusted_proxies", ())))
-    context.throttle = throttle if throttle is not None else auth.throttle_for(service.store)
+def init_app(context: Context) -> web.Application:
+    """The dashboard application on a context the composition root made."""
     app = web.Application(middlewares=[error_middleware, auth_middleware, csrf_middleware],
                           client_max_size=_read_json_body_limit())
     app[CONTEXT] = context
-    api.add_routes(app)
-    pages.add_routes(app, service)
+    routes.add_routes(app)
     return app
-
-
-ACCOUNT_METHODS = ("get_user", "users", "put_user", "delete_user", "get_token", "tokens",
-                   "put_token", "get_session", "put_session", "delete_session")
-
-
-def require_accounts(store: Store) -> None:
-    """A clear refusal, at startup, for a store that keeps no dashboard accounts."""
-    missing = [name for name in ACCOUNT_METHODS if not hasattr(store, name)]
-    if missing:
-        raise StoreError(f"{type(store).__name__} keeps no dashboard accounts yet (no "
-                         f"{', '.join(missing)}); the dashboard needs them")
 
 
 class DashboardServer:
     """The dashboard's listener (`dashboard.listen`), started and stopped by the service."""
 
-    def __init__(self, service: Any) -> None:
-        self.service = service
+    def __init__(self, context: Context, listen: str) -> None:
+        self.context = context
+        self.listen = listen
         self.runner: web.AppRunner | None = None
         self.address: tuple[str, int] | None = None
 
     async def start(self) -> None:
-        from resolver.config import parse_listen
-
-        require_accounts(self.service.store)
-        listen = (self.service.config.dashboard or {}).get("listen", "127.0.0.1:8080")
-        host, port = parse_listen(listen)
-        self.runner = web.AppRunner(init_app(self.service), access_log=None)
+        host, port = parse_listen(self.listen)
+        self.runner = web.AppRunner(init_app(self.context), access_log=None)
         await self.runner.setup()
         site = web.TCPSite(self.runner, host, port)
         await site.start()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import dataclasses
 import hashlib
 import hmac
 import secrets
@@ -10,7 +12,10 @@ import time
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 
-from resolver.store import ApiToken, Session, Store, User
+from common.errors import ClassguardError
+from dashboard.i18n import LANGUAGES
+from store.protocol import Store
+from store.records import ApiToken, NotFound, Session, User, describe_user
 
 ROLES = ("admin", "teacher")
 SESSION_SECONDS = 12 * 3600  # a school day, then log in again
@@ -22,7 +27,7 @@ SCRYPT_N, SCRYPT_R, SCRYPT_P = 2 ** 15, 8, 1
 SCRYPT_MAXMEM = 64 * 1024 * 1024
 
 
-class AuthError(Exception):
+class AuthError(ClassguardError):
     """A credential was refused; the message is safe to show."""
 
 
@@ -97,8 +102,6 @@ def check_role_and_classes(role: object, classes: Iterable[object],
 
 def check_language(language: object) -> str:
     """"" (the default, French) or a language the dashboard speaks."""
-    from dashboard.i18n import LANGUAGES
-
     if language != "" and language not in LANGUAGES:
         raise AccountError(f"language must be {' or '.join(LANGUAGES)} (or \"\" for the default)",
                            field="language", key="language")
@@ -140,10 +143,6 @@ async def change_user(store: Store, name: str, *, actor: str,
     checked like `make_user` and audited with the before and after (never a hash). Disabling
     or a new password ends the account's sessions on every instance at once: the session
     check reads the account on each request (`sessions_after`)."""
-    import asyncio
-    import dataclasses
-
-    from resolver.store import NotFound, describe_user
 
     before = await store.get_user(name)
     if before is None:
@@ -177,7 +176,6 @@ async def change_user(store: Store, name: str, *, actor: str,
 
 async def remove_user(store: Store, name: str, *, actor: str) -> User:
     """Delete an account (audited); its sessions stop working at once (no account, no session)."""
-    from resolver.store import NotFound
 
     before = await store.get_user(name)
     if before is None:
@@ -188,7 +186,6 @@ async def remove_user(store: Store, name: str, *, actor: str) -> User:
 
 
 async def authenticate(store: Store, name: str, password: str) -> User | None:
-    import asyncio
 
     user = await store.get_user(name)
     stored = user.password_hash if user is not None else _DUMMY_HASH
@@ -231,9 +228,6 @@ async def token_user(store: Store, text: str) -> ApiToken | None:
 
 
 async def revoke_token(store: Store, token_id: str, *, actor: str) -> ApiToken:
-    import dataclasses
-
-    from resolver.store import NotFound
 
     for record in await store.tokens():
         if record.id == token_id and not record.revoked:
@@ -302,7 +296,7 @@ class StoreThrottle(_Delays):
     minus `forget`. Failures counted through one instance delay the next attempt on every other
     one, and a restart forgets nothing."""
 
-    store: object = None  # resolver.redis_store.RedisStore: count_failure, failures, forget_failures
+    store: object = None  # store.redis_backend.RedisStore: count_failure, failures, forget_failures
 
     def _pair(self, account: str, address: str) -> str:
         # hashed: an account name or an address holds no character a key could stumble on

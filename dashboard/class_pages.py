@@ -12,16 +12,18 @@ from zoneinfo import ZoneInfo
 
 from aiohttp import web
 
+from admin.errors import ControlError
 from blocklists.names import normalize_domain
-from dashboard.i18n import policy_errors
 from dashboard import api, class_form
-from dashboard.pages import (View, error_text, page, redirect, require_admin, state_text, table,
-                             today_aggregates, view_of, visible_class)
+from dashboard.i18n import policy_errors
+from dashboard.pages import (
+    View, error_text, page, redirect, require_admin, state_text, table, today_aggregates, view_of,
+    visible_class,
+)
 from dashboard.render import Html, html, join
 from policies.loader import PolicyError
 from policies.model import WEEKDAYS, Policy
-from resolver.control import ControlError
-from resolver.store import StoreError, VersionConflict
+from store.records import StoreError, VersionConflict
 
 routes = web.RouteTableDef()
 TOP_SHOWN = 10

@@ -8,11 +8,13 @@ from typing import Any
 
 from aiohttp import web
 
+from admin.devices import doh_url, dot_hostname, new_token, parse_csv, token_sha256, urls_csv
+from admin.errors import ControlError
+from admin.mobileconfig import profile
 from dashboard import class_form
 from dashboard.pages import View, error_text, page, redirect, require_admin, table, view_of
 from dashboard.render import Html, html, join
 from policies.loader import PolicyError
-from resolver.control import ControlError
 
 routes = web.RouteTableDef()
 
@@ -82,19 +84,16 @@ async def _devices_page(view: View, errors: dict[str, str], values: dict[str, st
 
 
 def _need_addresses(view: View) -> None:
-    config = view.service.config
+    config = view.context.config
     if config.doh is None and not (config.dot or {}).get("hostname"):
         raise ControlError(view.t("devices.no_addresses"))
 
 
 def _issued_page(view: View, device_id: str, class_id: str, token: str, title: str) -> web.Response:
     """The DoH URL, DoT hostname, QR code and Apple profile of a new token: shown this once."""
-    import segno
+    import segno  # lazy: the QR code library, only when a code is drawn
 
-    from resolver.devices import doh_url, dot_hostname
-    from resolver.mobileconfig import profile
-
-    t, config = view.t, view.service.config
+    t, config = view.t, view.context.config
     url, hostname = doh_url(config, token), dot_hostname(config, token)
     data = profile(device_id, doh_url=url) if url else profile(device_id, dot_server=hostname)
     download = "data:application/x-apple-aspen-config;base64," + base64.b64encode(data).decode()
@@ -113,7 +112,6 @@ def _issued_page(view: View, device_id: str, class_id: str, token: str, title: s
 
 @routes.post("/devices/enrol")
 async def device_enrol(request: web.Request) -> web.Response:
-    from resolver.devices import new_token, token_sha256
 
     view = await view_of(request)
     require_admin(view)
@@ -133,7 +131,6 @@ async def device_enrol(request: web.Request) -> web.Response:
 
 @routes.post("/devices/{device_id}/rotate")
 async def device_rotate(request: web.Request) -> web.Response:
-    from resolver.devices import new_token, token_sha256
 
     view = await view_of(request)
     require_admin(view)
@@ -162,7 +159,6 @@ async def device_revoke(request: web.Request) -> web.Response:
 
 @routes.post("/devices/import")
 async def device_import(request: web.Request) -> web.Response:
-    from resolver.devices import new_token, parse_csv, token_sha256, urls_csv
 
     view = await view_of(request)
     require_admin(view)
@@ -185,7 +181,7 @@ async def device_import(request: web.Request) -> web.Response:
         return await _devices_page(view, {"import": "; ".join(exc.errors[:10])}, status=400)
     except (ControlError, UnicodeDecodeError) as exc:
         return await _devices_page(view, {"import": str(exc)}, status=400)
-    urls = urls_csv(view.service.config, issued)
+    urls = urls_csv(view.context.config, issued)
     download = "data:text/csv;charset=utf-8;base64," + base64.b64encode(urls.encode()).decode()
     table_rows = [line.split(",", 2) for line in urls.splitlines()[1:]]
     body = html('<section class="card wide"><p class="notice">{}</p><p><a class="button" download="{}" '

@@ -25,26 +25,17 @@ from zoneinfo import ZoneInfo
 
 from aiohttp import web
 
+from common.results import RESULTS
 from dashboard import api, auth, i18n
-from dashboard.app import COOKIE, CONTEXT, CSRF_FIELD, IDENTITY, Context, Identity, client_address
+from dashboard.context import (
+    CONTEXT, COOKIE, CSRF_FIELD, IDENTITY, Context, Identity, client_address,
+)
 from dashboard.render import Html, html, join
-from resolver.stats import RESULTS
-from resolver.store import describe_user
+from store.records import describe_user
 
 routes = web.RouteTableDef()
-SERVICE = web.AppKey("pages_service", object)  # the resolver Service: config, lists, health
 LANGUAGE_COOKIE = "classguard_language"  # the login page's language, before anyone is known
 STATIC = Path(__file__).with_name("static")
-
-
-def add_routes(app: web.Application, service: Any) -> None:
-    from dashboard import admin_pages, class_pages, device_pages  # they build on this module
-
-    app[SERVICE] = service
-    for module_routes in (routes, admin_pages.routes, class_pages.routes, device_pages.routes):
-        app.add_routes(module_routes)
-    app.router.add_static("/static", STATIC)
-    app.middlewares.insert(0, html_errors)  # outermost: it sees what the other middlewares answer
 
 
 @dataclass
@@ -57,10 +48,6 @@ class View:
     @property
     def context(self) -> Context:
         return self.request.app[CONTEXT]
-
-    @property
-    def service(self) -> Any:
-        return self.request.app[SERVICE]
 
     @property
     def admin(self) -> bool:

@@ -16,19 +16,14 @@ from typing import Any
 import publicsuffix2
 
 from blocklists.names import normalize_domain
+from common.errors import ClassguardError
 from policies.model import (
-    SAFE_SEARCH_MODES,
-    WEEKDAYS,
-    ClassPolicy,
-    Device,
-    Exception_,
-    IPAddress,
-    IPNetwork,
-    Policy,
-    Rules,
-    Window,
+    SAFE_SEARCH_MODES, WEEKDAYS, ClassPolicy, Device, Exception_, IPAddress, IPNetwork, Policy,
+    Rules, Window,
 )
-from policies.yaml_lines import describe_value as _describe, YamlError, item_line, key_line, load_yaml
+from policies.yaml_lines import YamlError
+from policies.yaml_lines import describe_value as _describe
+from policies.yaml_lines import item_line, key_line, load_yaml
 
 __all__ = ["PolicyError", "load_policy", "parse_policy", "public_suffix_kind", "ID_PATTERN"]
 
@@ -55,7 +50,7 @@ CATEGORY_HINT = "known: see docs/categories or classguard lists"
 SERVICE_HINT = "known: see docs/services"
 
 
-class PolicyError(Exception):
+class PolicyError(ClassguardError):
     """The policy file has mistakes; `errors` holds one `FILE:LINE: message` each."""
 
     def __init__(self, errors: list[str]) -> None:

@@ -9,6 +9,8 @@ from typing import Any
 import yaml
 from yaml.constructor import ConstructorError
 
+from common.errors import ClassguardError
+
 __all__ = [
     "LineDict",
     "LineList",
@@ -21,7 +23,7 @@ __all__ = [
 ]
 
 
-class YamlError(Exception):
+class YamlError(ClassguardError):
     """A file that is not valid YAML (or has a duplicate key); str() is `FILE:LINE: message`."""
 
     def __init__(self, source: str, line: int, message: str) -> None:

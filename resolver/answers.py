@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import struct
 
-from dnslib import AAAA, CNAME, EDNS0, QTYPE, RCODE, RR, RD, A, DNSBuffer, DNSRecord, EDNSOption
+from dnslib import AAAA, CNAME, EDNS0, QTYPE, RCODE, RD, RR, A, DNSBuffer, DNSRecord, EDNSOption
 
 # RFC 6891 §6.2.5 and the DNS flag day 2020: never advertise or send more than this over UDP.
 MAX_UDP_PAYLOAD = 1232

@@ -5,11 +5,11 @@ from __future__ import annotations
 from resolver.cache import CacheLink
 from resolver.chain import Resolver, chain, find_link
 from resolver.clients import IdentifyLink
-from resolver.config import DnsSettings
 from resolver.fastpath import FastPath
 from resolver.filtering import FilteringLink
 from resolver.forwarding import ForwardingResolver
 from resolver.local_zones import LocalZonesLink
+from resolver.settings import DnsSettings
 from resolver.state import RuntimeState
 from resolver.upstream import UpstreamGroup
 

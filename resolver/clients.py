@@ -2,50 +2,14 @@
 
 from __future__ import annotations
 
-import ipaddress
+from dnslib import RCODE
 
+from common.addresses import client_ip
 from policies.model import Policy
 from resolver.answers import EDE_PROHIBITED, empty_reply
 from resolver.chain import Client, Link, Request, Response
 
-from dnslib import RCODE
-
 MEMO_LIMIT = 100_000
-
-
-def client_ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """A client's address as an IP: a zone (`%eth0`) dropped, an IPv4-mapped IPv6 unwrapped."""
-    try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-    except ValueError:
-        return None
-    if ip.version == 6 and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
-
-
-def address_in(address: str, networks) -> bool:
-    """Whether a client's address is in one of `networks`."""
-    ip = client_ip(address)
-    return ip is not None and any(ip.version == net.version and ip in net for net in networks)
-
-
-def forwarded_client(peer: str, forwarded_for: list[str], trusted_proxies) -> str:
-    """Who is behind an HTTP request: `peer` itself, unless it is one of `trusted_proxies`; then
-    the rightmost `X-Forwarded-For` hop (`forwarded_for`: each header's value) that is not a
-    trusted proxy. Hops left of it were written by the client and prove nothing; a hop that is
-    not an address ends the walk at the last proxy believed."""
-    if not trusted_proxies or not address_in(peer, trusted_proxies):
-        return peer
-    address = peer
-    hops = [hop.strip() for header in forwarded_for for hop in header.split(",")]
-    for hop in reversed(hops):
-        if client_ip(hop) is None:
-            break
-        address = hop
-        if not address_in(hop, trusted_proxies):
-            break
-    return address
 
 
 class ClientIndex:

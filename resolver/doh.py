@@ -20,9 +20,13 @@ import struct
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
+from common.addresses import forwarded_client, parse_listen
+from common.errors import StartupError
 from resolver.chain import Client
-from resolver.clients import forwarded_client, scope_for
-from resolver.device_tokens import TOKEN, DeviceTokens, token_digest  # noqa: F401 (token_digest: re-exported)
+from resolver.clients import scope_for
+from resolver.device_tokens import (  # noqa: F401 (token_digest: re-exported)
+    TOKEN, DeviceTokens, token_digest,
+)
 from resolver.server import HEADER_SIZE, QueryHandler
 from resolver.state import RuntimeState
 
@@ -140,7 +144,6 @@ class DohServer:
         return app
 
     async def start(self) -> None:
-        from resolver.config import parse_listen
 
         host, port = parse_listen(self.listen)
         runner = web.AppRunner(self.app(), handle_signals=False, access_log=access_log,
@@ -166,7 +169,6 @@ class DohServer:
             self._runner = None
 
     def _tls_context(self) -> ssl.SSLContext:
-        from resolver.service import StartupError
 
         cert, key = self.tls.get("cert"), self.tls.get("key")
         if not cert or not key:

@@ -12,9 +12,9 @@ import asyncio
 import logging
 import ssl
 
+from common.addresses import parse_listen
 from resolver.chain import Client
 from resolver.clients import scope_for
-from resolver.config import parse_listen
 from resolver.device_tokens import TOKEN, DeviceTokens
 from resolver.server import QueryHandler, TcpListener
 from resolver.state import RuntimeState

@@ -11,15 +11,16 @@ from __future__ import annotations
 import math
 from time import perf_counter
 
+from blocklists.names import wire_name_to_text
 from policies.engine import Action
 from resolver.answers import udp_limit
 from resolver.cache import CacheLink
+from resolver.chain import Client
 from resolver.filtering import FilteringLink
 from resolver.local_zones import LocalZonesLink
 from resolver.state import RuntimeState
-from resolver.chain import Client
 from resolver.stats import QueryStats
-from resolver.wire import RawQuery, read_query, wire_name_to_text
+from resolver.wire import RawQuery, read_query
 
 QTYPE_ANY = 255
 DECISION_MEMO_LIMIT = 200_000
@@ -48,7 +49,7 @@ class FastPath:
         self._reason: str | None = None
         self._client: Client | None = None
         self._qname = b""
-        self.query_log = None  # resolver.querylog.QueryLog, set by the service: offer() only
+        self.query_log = None  # privacy.querylog.QueryLog, set by the service: offer() only
 
     def answer(self, data: bytes, client_ip: str, protocol: str = "udp", client: Client | None = None) -> bytes | None:
         started = perf_counter()

@@ -8,7 +8,9 @@ import struct
 from dnslib import QTYPE, RCODE, DNSQuestion, DNSRecord
 
 from policies.engine import Action, Decision, PolicyEngine
-from resolver.answers import EDE_BLOCKED, answer_addresses, block_address, block_answer, cname_answer, empty_reply
+from resolver.answers import (
+    EDE_BLOCKED, answer_addresses, block_address, block_answer, cname_answer, empty_reply,
+)
 from resolver.chain import Link, Request, Response
 from resolver.wire import CD_BIT, QR, RA, RD_BIT, RawQuery, opt_record
 

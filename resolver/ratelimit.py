@@ -6,8 +6,8 @@ import ipaddress
 import time
 from collections.abc import Callable, Iterable
 
+from common.addresses import address_in
 from resolver.chain import Client
-from resolver.clients import address_in
 
 MAX_BUCKETS = 100_000  # clients tracked at once; beyond it idle buckets go, then the oldest
 EXEMPT_MEMO_LIMIT = 100_000

@@ -11,10 +11,13 @@ import time
 
 from dnslib import EDNS0, RCODE, DNSRecord
 
-from resolver.answers import EDE_PROHIBITED, MAX_UDP_PAYLOAD, OPT, cap_ttls, empty_reply, finish, udp_limit
+from common.addresses import address_in
+from common.results import RESULTS
+from resolver.answers import (
+    EDE_PROHIBITED, MAX_UDP_PAYLOAD, OPT, cap_ttls, empty_reply, finish, udp_limit,
+)
 from resolver.chain import Client, Request, Resolver, Response
-from resolver.clients import address_in
-from resolver.stats import RESULTS, QueryStats
+from resolver.stats import QueryStats
 
 log = logging.getLogger("classguard.server")
 
@@ -103,7 +106,7 @@ class QueryHandler:
         self.trusted_forwarders = tuple(ipaddress.ip_network(net, strict=False) for net in trusted_forwarders)
         self.fast_path = fast_path  # resolver.fastpath.FastPath, or None to always take the chain
         self._cache = cache
-        self.query_log = None  # resolver.querylog.QueryLog, set by the service: offer() only
+        self.query_log = None  # privacy.querylog.QueryLog, set by the service: offer() only
 
     def now(self) -> float:
         return self._cache.clock() if self._cache is not None else time.monotonic()

@@ -11,12 +11,6 @@ from bisect import bisect_left
 # Seconds; the answer latency histogram's upper bounds (the last bucket is +Inf).
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
-# Response.source -> the `result` label.
-RESULTS = {
-    "upstream": "forwarded", "cache": "cached", "stale": "stale", "blocked": "blocked",
-    "rewrite": "rewritten", "fixed": "blocked", "local": "local", "refused": "refused",
-    "servfail": "servfail",
-}
 
 
 class QueryStats:

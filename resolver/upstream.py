@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING
 
 from dnslib import EDNS0, QTYPE, DNSLabel, DNSQuestion, DNSRecord
 
+from common.errors import ClassguardError
 from resolver.answers import MAX_UDP_PAYLOAD
-from resolver.config import parse_upstream
+from resolver.settings import parse_upstream
 
 if TYPE_CHECKING:
     import aiohttp
@@ -29,7 +30,7 @@ DOWN_BACKOFF_MAX = 30.0
 PROBE_INTERVAL = 10.0
 
 
-class UpstreamError(Exception):
+class UpstreamError(ClassguardError):
     """No usable answer from an upstream."""
 
 
@@ -192,7 +193,7 @@ class Upstream:
 
     async def _https(self, query: DNSRecord, deadline: float) -> DNSRecord:
         """DNS over HTTPS (RFC 8484) POST, on a kept-alive session; the id is 0 as §4.1 advises."""
-        import aiohttp  # here: a server without https upstreams does not load the HTTP client
+        import aiohttp  # lazy: a server without https upstreams does not load the HTTP client
 
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(

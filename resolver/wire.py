@@ -92,15 +92,6 @@ def read_query(data: bytes) -> RawQuery | None:
                     bool(flags & CD_BIT), edns_payload, dnssec_ok)
 
 
-def wire_name_to_text(qname: bytes) -> str:
-    """`\\x07example\\x03com\\x00` -> `example.com` (labels already checked by read_query)."""
-    labels = []
-    offset = 0
-    while qname[offset]:
-        length = qname[offset]
-        labels.append(qname[offset + 1:offset + 1 + length])
-        offset += 1 + length
-    return b".".join(labels).decode("ascii")
 
 
 def skip_name(data: bytes, offset: int) -> int:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import aiohttp
 
-from resolver.store import EmbeddedStore
+from store.embedded import EmbeddedStore
 from tests.dashboard_fixtures import PASSWORD, quick_user
 from tests.serving import SCHOOL_POLICY, Server, free_port, start_server, write_school
 

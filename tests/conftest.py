@@ -13,8 +13,10 @@ import dns.edns
 import dns.message
 import pytest
 
-from resolver.config import BlocklistSettings, Config, DnsSettings, ListSource
-from resolver.service import Service, prepare
+from blocklists.settings import BlocklistSettings, ListSource
+from classguard.config import Config
+from classguard.service import Service, prepare
+from resolver.settings import DnsSettings
 from tests.nameserver import FakeNameserver
 
 # Loopback source addresses stand for different classes (Linux routes all of 127/8 to lo).

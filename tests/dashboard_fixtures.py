@@ -9,9 +9,10 @@ from dataclasses import dataclass
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from classguard.web import dashboard_context
 from dashboard import auth
 from dashboard.app import init_app
-from resolver.store import User
+from store.records import User
 
 PASSWORD = "correct horse battery"
 
@@ -58,7 +59,7 @@ async def open_dashboard(make_resolver, **arguments):
     now = [0.0]
     throttle = auth.Throttle(free=3, base=1.0, clock=lambda: now[0])
     throttle.now = now  # tests move the throttle's clock
-    app = init_app(resolver.service, throttle=throttle)
+    app = init_app(dashboard_context(resolver.service, throttle=throttle))
     seen: list[tuple[str, str, int]] = []
 
     async def record(request, response) -> None:

@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from resolver.redis_store import RedisStore
+from store.redis_backend import RedisStore
 from tests.conftest import FakeNameserver, ede
 from tests.redis_server import RedisServer
 from tests.serving import SCHOOL_POLICY, ask, start_server, write_school

@@ -8,8 +8,8 @@ import json
 import time
 
 from dashboard import auth
-from resolver.redis_store import RedisStore
-from resolver.store import Session
+from store.records import Session
+from store.redis_backend import RedisStore
 from tests.dashboard_fixtures import quick_user
 from tests.test_redis_store import needs_redis, redis_server, store  # noqa: F401 (fixtures)
 

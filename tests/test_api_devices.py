@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from resolver.config import ListSource
+from blocklists.settings import ListSource
 from tests.conftest import ede
 from tests.dashboard_fixtures import dashboard, open_dashboard  # noqa: F401 (a fixture)
 

@@ -12,7 +12,7 @@ import dns.asyncquery
 import dns.message
 import pytest
 
-from resolver.config import DOH_DEFAULTS
+from classguard.config import DOH_DEFAULTS
 from tests.conftest import ede
 from tests.redis_server import MISSING_REASON, REDIS_SERVER, RedisServer
 from tests.serving import ask, cli, free_port, start_server, write_school

@@ -16,11 +16,8 @@ import requests
 import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import (
-    content_type_conformance,
-    not_a_server_error,
-    response_headers_conformance,
-    response_schema_conformance,
-    status_code_conformance,
+    content_type_conformance, not_a_server_error, response_headers_conformance,
+    response_schema_conformance, status_code_conformance,
 )
 
 from dashboard.openapi import document

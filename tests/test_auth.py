@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
+from classguard.config import ConfigError, parse_config
 from dashboard import auth
-from resolver.config import ConfigError, parse_config
 from tests.dashboard_fixtures import PASSWORD, dashboard  # noqa: F401 (a fixture)
 
 
@@ -188,7 +188,7 @@ async def test_api_token_needs_no_csrf_and_can_be_revoked(dashboard):
 
 
 def _cli(tmp_path, *args, stdin=""):
-    return subprocess.run([sys.executable, "-m", "resolver.cli", *args], input=stdin, text=True,
+    return subprocess.run([sys.executable, "-m", "classguard.cli", *args], input=stdin, text=True,
                           capture_output=True, cwd=tmp_path, timeout=60)
 
 
@@ -220,19 +220,6 @@ def test_cli_user_and_token(tmp_path):
     token_id = json.loads(stored)["tokens"][auth.sha256(token.stdout.strip())]["id"]
     revoked = _cli(tmp_path, "token", "revoke", token_id)
     assert revoked.returncode == 0 and "revoked" in revoked.stdout
-
-
-def test_a_store_without_accounts_is_refused_clearly():
-    import pytest
-
-    from dashboard.app import require_accounts
-    from resolver.store import StoreError
-
-    class Bare:
-        pass
-
-    with pytest.raises(StoreError, match="Bare keeps no dashboard accounts yet"):
-        require_accounts(Bare())
 
 
 async def test_a_password_reset_ends_the_sessions_opened_before(dashboard):

@@ -18,7 +18,6 @@ import pytest
 from tests.conftest import ede
 from tests.serving import CLASSGUARD, free_port
 
-
 TWO_CLASSES = """\
 always_allow: [apple.com]
 classes:

@@ -7,17 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from resolver.config import (
-    Config,
-    ConfigError,
-    DnsSettings,
-    ListSource,
-    RateLimit,
-    load_config,
-    parse_duration,
-    parse_listen,
-    parse_upstream,
-)
+from blocklists.settings import ListSource
+from classguard.config import Config, ConfigError, load_config, parse_duration
+from common.addresses import parse_listen
+from resolver.settings import DnsSettings, RateLimit, parse_upstream
 
 SPEC_CONFIG = """\
 timezone: Europe/Paris            # schedules are evaluated in this zone

@@ -8,12 +8,14 @@ import os
 import stat
 import time
 
+from admin import control
+from admin.control import os_user
+from blocklists.settings import BlocklistSettings
+from classguard.config import Config
+from classguard.service import prepare
 from policies.model import Override
-from resolver import control
-from resolver.config import BlocklistSettings, Config, DnsSettings
-from resolver.control import os_user
-from resolver.service import prepare
-from resolver.store import EmbeddedStore
+from resolver.settings import DnsSettings
+from store.embedded import EmbeddedStore
 from tests.conftest import PUPILS, STAFF, TEST_LISTS, ede
 from tests.serving import addresses, ask, cli, start_server, write_school
 

@@ -9,9 +9,10 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
-
-from resolver.config import Config, DnsSettings
-from resolver.service import StartupError, make_upstreams
+from classguard.config import Config
+from classguard.service import make_upstreams
+from common.errors import StartupError
+from resolver.settings import DnsSettings
 from tests.conftest import PUPILS, STAFF, ede
 
 FORWARDER = "127.0.0.5"

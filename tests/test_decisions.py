@@ -9,7 +9,7 @@ import dns.rdatatype
 import pytest
 from aiohttp import web
 
-from resolver.config import ListSource
+from blocklists.settings import ListSource
 from tests.conftest import POLICY, PUPILS, STAFF, TEST_LISTS, UNKNOWN, ede
 
 POLICY_ALLOWING_CANARY = POLICY.replace("allow: [allowed.gambling.example]",

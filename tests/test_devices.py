@@ -16,11 +16,11 @@ import aiohttp
 import dns.message
 import pytest
 
+from admin import devices
+from admin.devices import doh_url, dot_hostname, new_token, read_csv, token_sha256
+from classguard.config import DOH_DEFAULTS, Config
 from policies.loader import PolicyError
-from resolver import devices
-from resolver.config import DOH_DEFAULTS, Config
-from resolver.devices import doh_url, dot_hostname, new_token, read_csv, token_sha256
-from resolver.store import EmbeddedStore
+from store.embedded import EmbeddedStore
 from tests.serving import addresses, cli, free_port, start_server, write_school
 
 HOME = "127.0.0.1"  # no class network in the school policy

@@ -19,11 +19,13 @@ import dns.rcode
 import pytest
 import trustme
 
+from blocklists.settings import BlocklistSettings
+from classguard.config import DOH_DEFAULTS, Config
+from classguard.service import Service, prepare
 from policies.loader import parse_policy
 from policies.yaml_lines import parse_yaml
-from resolver.config import DOH_DEFAULTS, BlocklistSettings, Config, DnsSettings, RateLimit
 from resolver.doh import decode_dns_param, masked_path, min_ttl, token_digest
-from resolver.service import Service, prepare
+from resolver.settings import DnsSettings, RateLimit
 from tests.conftest import TEST_LISTS, ede
 
 HOME = "127.0.0.1"  # no class network: a family's router, as far as classguard can tell
@@ -384,7 +386,7 @@ def test_the_policy_stores_a_token_only_as_its_hash():
 
 
 def _load(tmp_path: Path, text: str):
-    from resolver.config import load_config
+    from classguard.config import load_config
 
     path = tmp_path / "classguard.yaml"
     path.write_text(textwrap.dedent(text))
@@ -408,7 +410,7 @@ def test_the_doh_section_has_defaults(tmp_path):
 
 
 def test_mistakes_in_the_doh_section_are_named_with_their_line(tmp_path):
-    from resolver.config import ConfigError
+    from classguard.config import ConfigError
 
     with pytest.raises(ConfigError) as caught:
         _load(tmp_path, """\
@@ -428,7 +430,7 @@ def test_mistakes_in_the_doh_section_are_named_with_their_line(tmp_path):
 
 
 async def test_a_tls_section_without_a_usable_key_stops_the_start(make_doh, tmp_path):
-    from resolver.service import StartupError
+    from common.errors import StartupError
 
     with pytest.raises(StartupError, match="tls needs both cert: and key:"):
         await make_doh(tls={"cert": str(tmp_path / "cert.pem")})

@@ -20,13 +20,14 @@ import dns.exception
 import dns.rcode
 import pytest
 
-from resolver.control import POLL_INTERVAL
-from resolver.querylog import DRAIN_INTERVAL, pseudonym
-from resolver.service import SCREEN_TIME_FLUSH_INTERVAL
+from admin.control import POLL_INTERVAL
+from classguard.service import SCREEN_TIME_FLUSH_INTERVAL
+from privacy.querylog import DRAIN_INTERVAL, pseudonym
 from tests.conftest import ede
 from tests.redis_server import MISSING_REASON, REDIS_SERVER, RedisServer
-from tests.serving import (CLASSGUARD, SCHOOL_POLICY, Server, ask, cli, free_port, start_server,
-                           write_school)
+from tests.serving import (
+    CLASSGUARD, SCHOOL_POLICY, Server, ask, cli, free_port, start_server, write_school,
+)
 from tests.test_metrics import samples
 from tests.test_querylog_redis import every_key, every_value
 from tests.test_workers import answers_from_many_ports

@@ -19,8 +19,9 @@ import dns.message
 import dns.rcode
 import pytest
 
-from resolver.config import Config, ListSource
-from resolver.logsetup import config_summary, mask_url, masked_config
+from blocklists.settings import ListSource
+from classguard.config import Config
+from classguard.logsetup import config_summary, mask_url, masked_config
 from resolver.upstream import Upstream, UpstreamGroup, upstream_query
 from tests.conftest import PUPILS, STAFF, ede, until
 from tests.nameserver import FakeNameserver

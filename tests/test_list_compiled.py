@@ -13,7 +13,7 @@ from blocklists.build import KeyStore, SourceInput, build, fingerprint
 from blocklists.compiled import ArtifactError, CompiledLists, empty, load, name_key, read_header
 from blocklists.formats import parse_lines
 from blocklists.names import parents
-from resolver.config import ListSource
+from blocklists.settings import ListSource
 from tests.test_list_formats import FORMAT_CASES
 
 MAX_BYTES = 10 * 1024 * 1024

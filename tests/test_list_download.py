@@ -15,7 +15,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from blocklists import download
-from resolver.config import ListSource
+from blocklists.settings import ListSource
 
 BODY = b"ads.example\n10.9.0.0/16\n"
 LAST_MODIFIED = "Wed, 21 Oct 2026 07:28:00 GMT"

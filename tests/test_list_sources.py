@@ -13,14 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from blocklists.settings import ListSource
 from blocklists.sources import (
-    CategoryList,
-    SourceError,
-    check_source,
-    read_inline,
-    read_source_file,
+    CategoryList, SourceError, check_source, read_inline, read_source_file,
 )
-from resolver.config import ListSource
 
 MAX_BYTES = 10 * 1024 * 1024
 

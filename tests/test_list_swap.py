@@ -13,8 +13,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from blocklists import update
-from resolver.config import BlocklistSettings, Config, DnsSettings, ListSource
-from resolver.service import prepare
+from blocklists.settings import BlocklistSettings, ListSource
+from classguard.config import Config
+from classguard.service import prepare
+from resolver.settings import DnsSettings
 from tests.conftest import POLICY, PUPILS, RunningResolver
 
 FILLER = "".join(f"filler-{number}.example\n" for number in range(50_000))

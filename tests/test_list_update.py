@@ -18,14 +18,20 @@ from aiohttp.test_utils import TestServer
 
 from blocklists import download, update
 from blocklists.bundled import load_bundled
+from blocklists.settings import BlocklistSettings, ListSource
 from blocklists.update import (
     UpdateError, UpdateReport, quiet_until, read_status, refresh_delay, update_lists,
 )
-from resolver import cli
-from resolver.config import BlocklistSettings, Config, ListSource
+from classguard import cli
+from classguard.config import Config
 from tests.test_list_sources import add_file, add_link
 
 BUNDLED = load_bundled()
+
+
+def _where(config):
+    """update_lists' first two arguments, from a whole configuration."""
+    return config.blocklists, config.state_dir
 
 
 def ut1_archive(adult: list[str], *, extra: dict[str, str] | None = None) -> bytes:
@@ -113,7 +119,7 @@ def status_of(report: UpdateReport, name: str):
 async def test_first_fill_then_a_second_update_downloads_nothing(site, tmp_path: Path) -> None:
     state, server = site
     config = make_config(tmp_path, *sources_of(server))
-    lists, report = await update_lists(config, BUNDLED)
+    lists, report = await update_lists(config.blocklists, config.state_dir, BUNDLED)
     assert report.compiled and not report.failed
     assert lists.categories_of("www.porn.example") == {"adult": "porn.example",
                                                        "porn": "porn.example"}
@@ -125,7 +131,7 @@ async def test_first_fill_then_a_second_update_downloads_nothing(site, tmp_path:
     assert ut1.categories["adult"].entries == 2 and ut1.categories["adult"].skipped == 1
     assert set(ut1.categories) == {"adult", "porn", "child"}
 
-    again, second = await update_lists(config, BUNDLED, current=lists)
+    again, second = await update_lists(config.blocklists, config.state_dir, BUNDLED, current=lists)
     assert state.archive_bodies == 1  # the second request got a 304
     assert again is lists  # nothing changed: the same table, no second copy
     assert not second.compiled
@@ -136,9 +142,9 @@ async def test_first_fill_then_a_second_update_downloads_nothing(site, tmp_path:
 async def test_a_changed_archive_is_compiled_in(site, tmp_path: Path) -> None:
     state, server = site
     config = make_config(tmp_path, *sources_of(server))
-    await update_lists(config, BUNDLED)
+    await update_lists(config.blocklists, config.state_dir, BUNDLED)
     state.archive = ut1_archive(["porn.example", "new.example"])
-    lists, report = await update_lists(config, BUNDLED)
+    lists, report = await update_lists(config.blocklists, config.state_dir, BUNDLED)
     assert report.compiled
     assert lists.categories_of("new.example")
     assert not lists.categories_of("www.xxx.example")
@@ -148,12 +154,12 @@ async def test_a_failing_server_keeps_that_source_while_others_refresh(site, tmp
                                                                        caplog) -> None:
     state, server = site
     config = make_config(tmp_path, *sources_of(server))
-    await update_lists(config, BUNDLED)
+    await update_lists(config.blocklists, config.state_dir, BUNDLED)
     state.archive_status = 500
     state.ads = b"||ads.example^\n||more-ads.example^\n"
     before = state.archive_requests
     with caplog.at_level(logging.ERROR, "classguard.lists"):
-        lists, report = await update_lists(config, BUNDLED)
+        lists, report = await update_lists(config.blocklists, config.state_dir, BUNDLED)
     assert state.archive_requests - before == download.ATTEMPTS  # retried, then given up
     assert lists.categories_of("porn.example")  # the previous download of ut1, compiled again
     assert lists.categories_of("more-ads.example") == {"ads": "more-ads.example"}
@@ -170,7 +176,7 @@ async def test_a_failing_server_on_the_first_fill_is_an_error(site, tmp_path: Pa
     state.archive_status = 503
     config = make_config(tmp_path, sources_of(server)[0])
     with pytest.raises(UpdateError, match="no list source could be read.*HTTP 503"):
-        await update_lists(config, BUNDLED)
+        await update_lists(config.blocklists, config.state_dir, BUNDLED)
     status = read_status(config.state_dir)
     assert status is not None and status.failed[0].name == "ut1"
     assert not (config.state_dir / "lists.bin").exists()
@@ -183,14 +189,14 @@ async def test_a_bad_download_keeps_the_previous_content(site, tmp_path: Path,
                                                          breakage: str) -> None:
     state, server = site
     config = make_config(tmp_path, *sources_of(server))
-    await update_lists(config, BUNDLED)
+    await update_lists(config.blocklists, config.state_dir, BUNDLED)
     kept = (config.state_dir / "sources" / "ut1" / "body").read_bytes()
     if breakage == "corrupt":
         state.archive = b"\x1f\x8b\x08\x00" + b"not really gzip" * 100  # its MD5 is published
     else:
         state.archive = ut1_archive(["other.example"])
         state.md5 = "0123456789abcdef0123456789abcdef"
-    lists, report = await update_lists(config, BUNDLED)
+    lists, report = await update_lists(config.blocklists, config.state_dir, BUNDLED)
     ut1 = status_of(report, "ut1")
     assert ut1.failed and ut1.using_previous
     assert ("cannot read" if breakage == "corrupt" else "MD5 mismatch") in (ut1.error or "")
@@ -203,7 +209,7 @@ async def test_a_bad_download_keeps_the_previous_content(site, tmp_path: Path,
 async def test_the_md5_may_be_unpublished(site, tmp_path: Path) -> None:
     state, server = site
     state.md5 = None
-    lists, report = await update_lists(make_config(tmp_path, sources_of(server)[0]), BUNDLED)
+    lists, report = await update_lists(*_where(make_config(tmp_path, sources_of(server)[0])), BUNDLED)
     assert not report.failed and lists.categories_of("porn.example")
 
 
@@ -215,7 +221,7 @@ async def test_archive_links_resolve_inside_and_escapes_are_skipped(site, tmp_pa
         "/abs/blacklists/x/domains": "absolute.example\n",
     })
     with caplog.at_level(logging.WARNING, "classguard.lists"):
-        lists, _ = await update_lists(make_config(tmp_path, sources_of(server)[0]), BUNDLED)
+        lists, _ = await update_lists(*_where(make_config(tmp_path, sources_of(server)[0])), BUNDLED)
     assert lists.categories_of("porn.example") == {"adult": "porn.example", "porn": "porn.example"}
     for name in ("evil.example", "outside.example", "absolute.example"):
         assert lists.categories_of(name) == {}
@@ -229,9 +235,9 @@ async def test_a_local_file_that_vanishes_keeps_the_previous_lists_whole(tmp_pat
                                               path=str(listed)),
                          ListSource(name="chat", format="domains", category="chat",
                                     domains=("chat.example",)))
-    lists, _ = await update_lists(config, BUNDLED)
+    lists, _ = await update_lists(config.blocklists, config.state_dir, BUNDLED)
     listed.unlink()
-    again, report = await update_lists(config, BUNDLED, current=lists)
+    again, report = await update_lists(config.blocklists, config.state_dir, BUNDLED, current=lists)
     assert report.kept_previous and "games gave nothing" in (report.error or "")
     assert again is lists and again.categories_of("game.example")
     assert status_of(report, "games").failed
@@ -243,17 +249,17 @@ async def test_a_local_file_edit_is_seen(tmp_path: Path) -> None:
     listed.write_text("game.example\n")
     config = make_config(tmp_path, ListSource(name="games", format="domains", category="games",
                                               path=str(listed)))
-    lists, _ = await update_lists(config, BUNDLED)
-    _, unchanged = await update_lists(config, BUNDLED, current=lists)
+    lists, _ = await update_lists(config.blocklists, config.state_dir, BUNDLED)
+    _, unchanged = await update_lists(config.blocklists, config.state_dir, BUNDLED, current=lists)
     assert not unchanged.compiled
     listed.write_text("game.example\nother-game.example\n")
-    again, changed = await update_lists(config, BUNDLED, current=lists)
+    again, changed = await update_lists(config.blocklists, config.state_dir, BUNDLED, current=lists)
     assert changed.compiled and again.categories_of("other-game.example")
 
 
 async def test_bundled_starter_lists_report_as_one_source(tmp_path: Path) -> None:
     config = Config(state_dir=tmp_path / "state")
-    lists, report = await update_lists(config, BUNDLED)
+    lists, report = await update_lists(config.blocklists, config.state_dir, BUNDLED)
     [starter] = report.sources
     assert starter.name == "starter" and starter.kind == "bundled"
     assert "adult" in starter.categories and lists.categories_of("www.pornhub.com")
@@ -284,16 +290,16 @@ async def test_a_scheduled_refresh_from_ut1_home_waits_for_the_evening(
     config = make_config(tmp_path, *sources_of(server))
     noon = datetime(2026, 11, 2, 12, tzinfo=timezone.utc).timestamp()
     evening = datetime(2026, 11, 2, 19, tzinfo=timezone.utc).timestamp()
-    await update_lists(config, BUNDLED, scheduled=True, now=noon)  # first fill: at once
+    await update_lists(config.blocklists, config.state_dir, BUNDLED, scheduled=True, now=noon)  # first fill: at once
     assert state.archive_bodies == 1
     state.archive = ut1_archive(["later.example"])
-    lists, report = await update_lists(config, BUNDLED, scheduled=True, now=noon + 60)
+    lists, report = await update_lists(config.blocklists, config.state_dir, BUNDLED, scheduled=True, now=noon + 60)
     assert state.archive_requests == 1  # not asked
     ut1 = status_of(report, "ut1")
     assert ut1.outcome == "deferred" and ut1.deferred_until == evening
     assert refresh_delay(report, 86400, now=noon + 60) == evening - noon - 60
     assert lists.categories_of("porn.example")
-    lists, _ = await update_lists(config, BUNDLED, now=noon + 120)  # `lists update`: at once
+    lists, _ = await update_lists(config.blocklists, config.state_dir, BUNDLED, now=noon + 120)  # `lists update`: at once
     assert lists.categories_of("later.example")
 
 
@@ -312,7 +318,7 @@ async def test_a_large_compile_runs_in_a_worker_process(site, tmp_path: Path,
     _, server = site
     monkeypatch.setattr(update, "IN_PROCESS_MAX_BYTES", 0)
     seen: list[str] = []
-    lists, report = await update_lists(make_config(tmp_path, *sources_of(server)), BUNDLED,
+    lists, report = await update_lists(*_where(make_config(tmp_path, *sources_of(server))), BUNDLED,
                                        progress=lambda phase, *rest: seen.append(phase))
     assert report.compiled
     assert lists.categories_of("www.porn.example") == {"adult": "porn.example",
@@ -325,13 +331,13 @@ async def test_a_worker_that_dies_keeps_the_previous_lists(site, tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     state, server = site
     config = make_config(tmp_path, *sources_of(server))
-    lists, _ = await update_lists(config, BUNDLED)
+    lists, _ = await update_lists(config.blocklists, config.state_dir, BUNDLED)
     monkeypatch.setattr(update, "IN_PROCESS_MAX_BYTES", 0)
     monkeypatch.setattr(update, "WORKER_COMMAND",
                         (sys.executable, "-c", "import sys; print('killed', file=sys.stderr); "
                                                "sys.exit(9)"))
     state.archive = ut1_archive(["new.example"])
-    again, report = await update_lists(config, BUNDLED, current=lists)
+    again, report = await update_lists(config.blocklists, config.state_dir, BUNDLED, current=lists)
     assert report.kept_previous and "exit status 9): killed" in (report.error or "")
     assert again is lists
     # The new download was not kept, so the next refresh asks for it again.
@@ -353,9 +359,9 @@ async def test_lists_status_command(site, tmp_path: Path, capsys) -> None:
     config_file = str(tmp_path / "classguard.yaml")
     assert cli.main(["lists", "status", "-c", config_file]) == 1
     assert "no list refresh recorded" in capsys.readouterr().err
-    await update_lists(cli.load_config(Path(config_file)), BUNDLED)
+    await update_lists(*_where(cli.load_config(Path(config_file))), BUNDLED)
     state.archive_status = 404
-    await update_lists(cli.load_config(Path(config_file)), BUNDLED)
+    await update_lists(*_where(cli.load_config(Path(config_file))), BUNDLED)
     assert cli.main(["lists", "status", "-c", config_file]) == 0
     out = capsys.readouterr().out
     rows = [line.split("\t") for line in out.splitlines()]

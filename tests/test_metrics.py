@@ -208,7 +208,7 @@ async def test_docs_alerts_and_dashboard_use_the_metrics_served(make_resolver, t
     served |= {_base(name) for name in samples(text)}
     served.add("classguard_rate_limited_queries")  # served once dns.rate_limit is set
     if redis is None:  # what a Redis store adds, by the table that serves it
-        from resolver.metrics import PREFIX, STORE_COUNTERS
+        from classguard.metrics import PREFIX, STORE_COUNTERS
 
         served |= {_base(PREFIX + name) for _, name, _, _ in STORE_COUNTERS}
         served.add("classguard_store_dropped_writes")

@@ -6,7 +6,7 @@ import plistlib
 
 import pytest
 
-from resolver.mobileconfig import profile
+from admin.mobileconfig import profile
 
 URL = "https://dns.school.example/dns-query/k7q2m9x4v8w1z6r3t5y0p2a9"
 

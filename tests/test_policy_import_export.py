@@ -11,12 +11,14 @@ from pathlib import Path
 
 import dns.exception
 
+from blocklists.settings import BlocklistSettings
+from classguard.config import Config
+from classguard.service import prepare
 from policies.export import export_policy
 from policies.loader import parse_policy
 from policies.yaml_lines import parse_yaml
-from resolver.config import BlocklistSettings, Config, DnsSettings
-from resolver.service import prepare
-from resolver.store import EmbeddedStore
+from resolver.settings import DnsSettings
+from store.embedded import EmbeddedStore
 from tests.conftest import PUPILS, STAFF, ede
 from tests.serving import SCHOOL_POLICY, addresses, ask, cli, start_server, write_school
 

@@ -12,14 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from resolver.chain import Client
-from resolver.config import ConfigError, ListSource, load_config
-from resolver.querylog import (
+from blocklists.settings import ListSource
+from classguard.config import ConfigError, load_config
+from privacy.querylog import (
     EmbeddedQueryLogStore, QueryLog, QueryLogSettings, pseudonym, subject_of,
 )
+from resolver.chain import Client
 from tests.conftest import PUPILS, STAFF, TEST_LISTS
-from tests.test_metrics import DEVICE_ADDRESS, DEVICE_ID, METRICS, POLICY_WITH_DEVICE, samples, scrape, value
 from tests.serving import CLASSGUARD
+from tests.test_metrics import (
+    DEVICE_ADDRESS, DEVICE_ID, METRICS, POLICY_WITH_DEVICE, samples, scrape, value,
+)
 
 DAY = 86400.0
 BASE = 1_796_034_000.0  # 2026-11-30 10:20 UTC: a Monday morning
@@ -291,7 +294,7 @@ async def test_device_data_then_erase_leaves_nothing_behind(make_resolver, tmp_p
     audit = (tmp_path / "state" / "audit.jsonl").read_text().splitlines()
     assert [line for line in audit if DEVICE_ID in line] == \
         [line for line in audit if '"device.erase"' in line]
-    from resolver.control import os_user
+    from admin.control import os_user
 
     assert {json.loads(line)["actor"] for line in audit if '"device.erase"' in line} == {os_user()}
     # Another pupil's entries stay; a client known by its network is found by its address.
@@ -305,7 +308,7 @@ def test_config_checks_query_log_metrics_and_logging(tmp_path):
     config = load_config(path)
     assert config.query_log == {"mode": "off", "retention_days": 7, "scope": "school"}
     assert config.logging == {"format": "json", "level": "info"}
-    assert QueryLogSettings.from_config(load_config(None)).mode == "aggregate"
+    assert QueryLogSettings.from_section(load_config(None).query_log).mode == "aggregate"
     path.write_text(textwrap.dedent("""\
         query_log: {mode: everything, retention_days: 0, scope: home, keep: forever}
         metrics: {port: 9153}

@@ -14,8 +14,9 @@ import time
 
 import pytest
 
-from resolver.querylog import pseudonym, subject_of
-from resolver.redis_store import RedisStore
+from privacy import gdpr
+from privacy.querylog import pseudonym, subject_of
+from store.redis_backend import RedisStore
 from tests.conftest import PUPILS, STAFF
 from tests.redis_server import MISSING_REASON, REDIS_SERVER, RedisServer
 from tests.test_metrics import DEVICE_ADDRESS, DEVICE_ID, POLICY_WITH_DEVICE
@@ -228,21 +229,21 @@ async def test_device_data_then_erase_leaves_nothing_in_redis(make_resolver, red
 
 
 async def test_the_running_servers_store_answers_the_same(make_resolver, redis):
-    """What the REST API calls: the server's own store's device_data / erase_device."""
+    """What the REST API calls: privacy.gdpr's device_data / erase_device on the server's own store."""
     resolver = await redis_resolver(make_resolver, redis)
     log = resolver.service.query_log
     log.clock = Clock(BASE)
     await resolver.query("example.com", source=DEVICE_ADDRESS)
     await log.flush()
     store = resolver.service.store
-    data = await store.device_data(DEVICE_ID)
+    data = await gdpr.device_data(store, DEVICE_ID)
     assert [entry["name"] for entry in data["query_log"]["entries"]] == ["example.com"]
     # a day's index of devices that outlived the device's bitmap is cleaned too
     redis.command("SADD", "classguard:minutes:2026-11-28", DEVICE_ID)
-    assert await store.erase_device(DEVICE_ID) == {
+    assert await gdpr.erase_device(store, DEVICE_ID) == {
         "device_record": True, "screen_time_days": 0, "query_log_entries": 1}
     assert redis.command("SISMEMBER", "classguard:minutes:2026-11-28", DEVICE_ID) == b":0\r\n"
-    assert (await store.device_data(DEVICE_ID))["query_log"]["entries"] == []
+    assert (await gdpr.device_data(store, DEVICE_ID))["query_log"]["entries"] == []
     other = RedisStore(redis.url)  # and another instance finds nothing either
     try:
         assert (await other.device_data(DEVICE_ID))["device_record"] is None
@@ -253,13 +254,13 @@ async def test_the_running_servers_store_answers_the_same(make_resolver, redis):
 async def test_a_backlog_after_an_outage_is_written_in_chunks(tmp_path):
     """12,000 entries gathered while Redis was away (their day key unknown, so they wait with
     the device id, in memory): pseudonymised with the day's one key and written when it returns."""
+    from privacy.querylog import WRITE_CHUNK, QueryLog, QueryLogSettings
     from resolver.chain import Client
-    from resolver.querylog import WRITE_CHUNK, QueryLog, QueryLogSettings
-    from resolver.store import StoreError
+    from store.records import StoreError
 
     redis = RedisServer(tmp_path / "redis")
     store = RedisStore(redis.url)
-    log = QueryLog(QueryLogSettings("full", 7, "school"), store.query_log_store(),
+    log = QueryLog(QueryLogSettings("full", 7, "school"), gdpr.query_log_store_for(store),
                    clock=Clock(BASE))
     tablet = Client("pupils", DEVICE_ID, "school", "device address")
     count = 2 * WRITE_CHUNK + 2000

@@ -13,14 +13,15 @@ import dns.message
 import dns.rcode
 import pytest
 
+from classguard.config import Config
+from classguard.service import refuse_open_resolver
+from common.errors import StartupError
 from resolver.chain import Client
-from resolver.config import Config, DnsSettings, RateLimit
 from resolver.ratelimit import RateLimiter
 from resolver.server import refused_reply
-from resolver.service import StartupError, refuse_open_resolver
+from resolver.settings import DnsSettings, RateLimit
 from tests.conftest import PUPILS, STAFF
 from tests.serving import CLASSGUARD, free_port
-
 
 
 class Clock:
@@ -190,7 +191,7 @@ async def test_dot_is_limited_per_device_whatever_the_connection(make_resolver, 
 
     import trustme
 
-    from resolver.devices import token_sha256
+    from admin.devices import token_sha256
     from tests.conftest import POLICY
 
     token, hostname = "k7q2m9x4v8w1z6r3t5y0p2a9", "dot.school.example"

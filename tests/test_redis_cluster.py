@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 
 from policies.model import Override
-from resolver.redis_store import RedisStore
+from store.redis_backend import RedisStore
 from tests.conftest import ede
 from tests.redis_server import MISSING_REASON, REDIS_SERVER, RedisServer
 from tests.serving import SCHOOL_POLICY, addresses, ask, cli, free_port, start_server, write_school

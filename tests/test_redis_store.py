@@ -10,9 +10,9 @@ import time
 import pytest
 
 from policies.model import Override
-from resolver.redis_store import LIST_CHUNK_BYTES, RedisStore, StoreUnavailable
-from resolver.store import ApiToken, EmbeddedStore, NotFound, StoreError, User, VersionConflict, \
-    new_override_id
+from store.embedded import EmbeddedStore
+from store.records import ApiToken, NotFound, StoreError, User, VersionConflict, new_override_id
+from store.redis_backend import LIST_CHUNK_BYTES, RedisStore, StoreUnavailable
 from tests.redis_server import MISSING_REASON, REDIS_SERVER, RedisServer
 
 needs_redis = pytest.mark.skipif(REDIS_SERVER is None, reason=MISSING_REASON)
@@ -177,7 +177,7 @@ async def test_redis_away_fails_fast_then_resynchronises(tmp_path, caplog):
 
 @needs_redis
 async def test_minutes_buffer_is_bounded_and_drops_are_counted(tmp_path, monkeypatch):
-    import resolver.redis_store as module
+    import store.redis_backend as module
 
     monkeypatch.setattr(module, "MINUTES_BUFFER_MAX", 2)
     store = RedisStore(f"redis://127.0.0.1:{RedisServer(tmp_path).port}/0")  # nobody listens there

@@ -83,7 +83,7 @@ async def test_minutes_seen_by_two_processes_count_once_and_survive_a_restart(tm
     import sys
     import textwrap
 
-    from resolver.store import EmbeddedStore
+    from store.embedded import EmbeddedStore
 
     here = ScreenTime("Europe/Paris", EmbeddedStore(tmp_path))
     for moment in (at(9, 0, 1), at(9, 1, 1)):
@@ -93,7 +93,7 @@ async def test_minutes_seen_by_two_processes_count_once_and_survive_a_restart(tm
         import asyncio, sys
         sys.path.insert(0, {str(__import__('pathlib').Path(__file__).resolve().parent.parent)!r})
         from resolver.screentime import ScreenTime
-        from resolver.store import EmbeddedStore
+        from store.embedded import EmbeddedStore
         tracker = ScreenTime("Europe/Paris", EmbeddedStore({str(tmp_path)!r}))
         for moment in ({at(9, 1, 30)}, {at(9, 2, 5)}):
             tracker.observe("tablet-1", moment)
@@ -112,7 +112,7 @@ async def test_minutes_seen_by_two_processes_count_once_and_survive_a_restart(tm
 
 
 async def test_a_devices_minutes_are_in_its_data_export_and_gone_after_erasure(tmp_path):
-    from resolver.store import EmbeddedStore
+    from store.embedded import EmbeddedStore
 
     store = EmbeddedStore(tmp_path)
     tracker = ScreenTime("Europe/Paris", store)

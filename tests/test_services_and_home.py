@@ -53,11 +53,12 @@ def test_strict_safe_search_blocks_engines_without_an_enforced_mode():
 
     names = [line.strip() for line in (STARTER_DIR / "nosafesearch.txt").read_text().splitlines()
              if line.strip() and not line.startswith("#")]
-    from blocklists.build import SourceInput, build
-    from blocklists.compiled import load
-    from resolver.config import ListSource
     import tempfile
     from pathlib import Path
+
+    from blocklists.build import SourceInput, build
+    from blocklists.compiled import load
+    from blocklists.settings import ListSource
 
     folder = Path(tempfile.mkdtemp())
     build([SourceInput(ListSource(name="starter", format="domains", domains=tuple(names),

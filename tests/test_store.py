@@ -14,13 +14,8 @@ from pathlib import Path
 import pytest
 
 from policies.model import Override
-from resolver.store import (
-    EmbeddedStore,
-    NotFound,
-    StoreError,
-    VersionConflict,
-    new_override_id,
-)
+from store.embedded import EmbeddedStore
+from store.records import NotFound, StoreError, VersionConflict, new_override_id
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -120,7 +115,7 @@ async def test_a_damaged_state_file_is_an_error_not_an_empty_store(tmp_path):
 WRITER = """\
 import sys, time
 from policies.model import Override
-from resolver.store import EmbeddedStore
+from store.embedded import EmbeddedStore
 store = EmbeddedStore(sys.argv[1] if len(sys.argv) > 1 else {state!r})
 for i in range(100000):
     now = time.time()
@@ -161,7 +156,7 @@ def test_kill_9_in_a_burst_of_writes_loses_nothing_acknowledged(tmp_path):
 
 LOCK_HOLDER = """\
 import sys, time
-from resolver.store import EmbeddedStore
+from store.embedded import EmbeddedStore
 store = EmbeddedStore({state!r})
 with store._locked():
     print("locked", flush=True)
@@ -171,7 +166,7 @@ with store._locked():
 ADDER = """\
 import time
 from policies.model import Override
-from resolver.store import EmbeddedStore
+from store.embedded import EmbeddedStore
 store = EmbeddedStore({state!r})
 for i in range(25):
     now = time.time()

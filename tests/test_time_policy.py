@@ -7,10 +7,10 @@ import os
 import subprocess
 from zoneinfo import ZoneInfo
 
+from blocklists.settings import ListSource
 from policies.model import Override
 from tests.conftest import STAFF, ede
 from tests.serving import CLASSGUARD
-from resolver.config import ListSource
 
 PARIS = ZoneInfo("Europe/Paris")
 

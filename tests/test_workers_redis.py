@@ -142,7 +142,7 @@ async def test_a_cancellation_swallowed_inside_a_redis_call_still_ends_the_calle
     """redis-py can swallow a cancellation that arrives while it connects again after Redis
     restarted; the store raises it all the same, so a server's stop never waits forever on the
     watcher it cancelled (what made the test above hang at its end, now and then)."""
-    from resolver.redis_store import RedisStore
+    from store.redis_backend import RedisStore
 
     store = RedisStore("redis://127.0.0.1:1/0")  # never connected to: the call below is ours
     entered = asyncio.Event()
@@ -155,7 +155,7 @@ async def test_a_cancellation_swallowed_inside_a_redis_call_still_ends_the_calle
             return "swallowed"
         return "slept"
 
-    call = asyncio.create_task(store._run(swallowing))
+    call = asyncio.create_task(store.run(swallowing))
     await entered.wait()
     call.cancel()
     with pytest.raises(asyncio.CancelledError):

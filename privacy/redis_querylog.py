@@ -1,4 +1,4 @@
-"""The query log in Redis (SPEC §7, §8): what `resolver.querylog.EmbeddedQueryLogStore` keeps in
+"""The query log in Redis (SPEC §7, §8): what `privacy.querylog.EmbeddedQueryLogStore` keeps in
 files, kept in the Redis store every instance shares, each key expiring when its day leaves the
 retention period.
 
@@ -18,7 +18,7 @@ also deletes, on its own clock, the days before the first kept one and the entri
 older than exactly retention_days, as the embedded store does.
 
 Only the query log's background task, `device data` and `device erase` call this; never the
-DNS path. While Redis is away each call raises StoreUnavailable at once (resolver.redis_store).
+DNS path. While Redis is away each call raises StoreUnavailable at once (store.redis_backend).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import json
 import secrets
 from zoneinfo import ZoneInfo
 
-from resolver.querylog import TOP_KEPT
+from privacy.querylog import TOP_KEPT
 
 SEP = "\x1f"
 DAY_SECONDS = 86400
@@ -63,7 +63,7 @@ return n
 
 
 class RedisQueryLogStore:
-    """`resolver.querylog.QueryLogStore` on a `resolver.redis_store.RedisStore` (its connection,
+    """`privacy.querylog.QueryLogStore` on a `store.redis_backend.RedisStore` (its connection,
     prefix and outage handling). `retention_days` and `timezone` set each day's expiry."""
 
     def __init__(self, store, *, retention_days: int = 7, timezone: str = "UTC") -> None:
@@ -90,7 +90,7 @@ class RedisQueryLogStore:
         pipe.eval(_EXPIRE_NOT_SOONER, 1, self.key("days"), until)
 
     async def _run(self, operation):
-        return await self.store._run(operation)
+        return await self.store.run(operation)
 
     # -- the QueryLogStore interface
 

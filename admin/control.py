@@ -17,6 +17,7 @@ import dataclasses
 import datetime as dt
 import difflib
 import fcntl
+import ipaddress
 import json
 import logging
 import os
@@ -29,6 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from admin.devices import operations as device_operations
+from admin.errors import ControlError
+from admin.stored import parse_stored
 from blocklists.bundled import Bundled
 from blocklists.compiled import CompiledLists
 from blocklists.names import normalize_domain
@@ -36,14 +40,10 @@ from policies.export import export_policy
 from policies.loader import PolicyError, load_policy, parse_policy, public_suffix_kind
 from policies.model import Override, Policy
 from policies.yaml_lines import YamlError, parse_yaml
-from resolver.store import (
-    NotFound,
-    Store,
-    StoredPolicy,
-    StoreError,
-    StoreUnavailable,
-    VersionConflict,
-    new_override_id,
+from privacy import gdpr
+from store.protocol import Store
+from store.records import (
+    NotFound, StoredPolicy, StoreError, StoreUnavailable, VersionConflict, new_override_id,
 )
 
 log = logging.getLogger("classguard.control")
@@ -56,12 +56,6 @@ MAX_OVERRIDE_MINUTES = 1440
 SEED_ACTOR = "classguard serve"
 
 
-class ControlError(Exception):
-    """A command was refused or could not be carried; the message says why, in one line."""
-
-    def __init__(self, message: str, errors: list[str] | None = None) -> None:
-        super().__init__(message)
-        self.errors = errors or []
 
 
 def socket_path(state_dir: Path) -> Path:
@@ -80,16 +74,6 @@ def _user_name(uid: int) -> str:
         return f"uid {uid}"
 
 
-def parse_stored(stored: StoredPolicy, *, known_categories: Collection[str] | None,
-                 known_services: Collection[str] | None) -> Policy:
-    """The stored policy text as a Policy, validated like a file; errors name `stored policy vN`."""
-    source = f"stored policy v{stored.version}"
-    try:
-        data = parse_yaml(stored.text, source)
-    except YamlError as exc:
-        raise PolicyError([str(exc)]) from None
-    return parse_policy(data, source=source, known_categories=known_categories,
-                        known_services=known_services)
 
 
 def summarize(policy: Policy, previous: Policy | None = None) -> str:
@@ -229,7 +213,6 @@ class Commands:
             "override.cancel": self.override_cancel,
             "audit": self.audit,
         }
-        from resolver.devices import operations as device_operations  # it imports this module
 
         self._ops.update(device_operations(self))
 
@@ -387,7 +370,6 @@ class Commands:
 
 
 def _is_address(name: str) -> bool:
-    import ipaddress
 
     try:
         ipaddress.ip_address(name)
@@ -489,7 +471,7 @@ class ControlPlane:
         self._sync_lock: asyncio.Lock | None = None
         self._connections: set[asyncio.StreamWriter] = set()
         # Erasing a device (SPEC §8) reaches every process: devices removed from the policy wait
-        # here until this process has dropped its buffers of the erased ones (resolver.gdpr).
+        # here until this process has dropped its buffers of the erased ones (privacy.gdpr).
         self.query_log = None  # the service's, when it has one
         self._removed: set[str] = set()
         self._removed_since = time.time()  # the previous policy's time: erasures are newer
@@ -690,11 +672,10 @@ class ControlPlane:
 
     async def _forget_erased(self) -> None:
         """Of the devices removed from the policy, the erased ones: this process drops what it
-        buffers of them and erases the store again (resolver.gdpr.forget_erased). A store that
+        buffers of them and erases the store again (privacy.gdpr.forget_erased). A store that
         cannot answer now keeps them for the next look."""
         if not self._removed:
             return
-        from resolver import gdpr
 
         removed, since = set(self._removed), self._removed_since
         try:

@@ -14,30 +14,40 @@ import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
+from admin.control import ControlPlane, load_or_seed
+from admin.errors import ControlError
 from blocklists.bundled import Bundled, load_bundled
 from blocklists.compiled import CompiledLists
-from blocklists.update import UpdateError, artifact_path, load_compiled, status_path, update_lists
+from blocklists.update import (
+    UpdateError, artifact_path, first_refresh_delay, load_compiled, refresh_delay, retry_delay,
+    status_path, update_lists,
+)
+from classguard.config import Config
+from classguard.logsetup import config_summary
+from common.addresses import parse_listen
+from common.errors import StartupError
 from policies.loader import load_policy
 from policies.model import Policy
+from privacy import gdpr
+from privacy.querylog import EmbeddedQueryLogStore, QueryLog, QueryLogSettings
 from resolver.build import build_chain, build_fast_path
 from resolver.cache import CacheLink
 from resolver.chain import Resolver, find_link
-from resolver.config import Config, parse_listen
-from resolver.control import ControlPlane, load_or_seed
 from resolver.dot import DotListener
 from resolver.fastpath import FastPath
-from resolver.logsetup import config_summary
-from resolver.querylog import EmbeddedQueryLogStore, QueryLog, QueryLogSettings
 from resolver.ratelimit import RateLimiter
 from resolver.server import QueryHandler, TcpListener, UdpListener
 from resolver.state import RuntimeState
-from resolver.store import EmbeddedStore, Store, StoreError
 from resolver.upstream import Upstream, UpstreamGroup, probe_upstreams
+from store.embedded import EmbeddedStore
+from store.protocol import Store
+from store.records import StoreError
 
 if TYPE_CHECKING:  # loaded when configured: aiohttp costs ~14 MB of every worker's memory
+    from classguard.metrics import MetricsServer
     from resolver.doh import DohServer
-    from resolver.metrics import MetricsServer
 
 log = logging.getLogger("classguard.service")
 
@@ -45,8 +55,6 @@ EXAMPLE_POLICY = Path(__file__).resolve().parent.parent / "policies" / "example.
 RESOLV_CONF = Path("/etc/resolv.conf")
 
 
-class StartupError(Exception):
-    """classguard cannot start with this configuration; the message says why."""
 
 
 def known_categories(config: Config, bundled: Bundled) -> set[str]:
@@ -115,7 +123,6 @@ def make_upstreams(config: Config) -> tuple[UpstreamGroup, dict[str, UpstreamGro
 
 
 def own_names(config: Config) -> frozenset[str]:
-    from urllib.parse import urlsplit
 
     names = set()
     for section in (config.doh, config.dashboard):
@@ -221,7 +228,7 @@ class Service:
         handler = QueryHandler(self.chain, self.fast_path, self.link(CacheLink), dns.trusted_forwarders,
                                rate_limiter=self.rate_limiter)
         self.handler = handler
-        self.query_log = QueryLog(QueryLogSettings.from_config(self.config),
+        self.query_log = QueryLog(QueryLogSettings.from_section(self.config.query_log),
                                   self._query_log_store(), timezone=self.config.timezone)
         if self.query_log.enabled:  # the DNS path hands events over with a list append
             handler.query_log = self.query_log
@@ -231,7 +238,7 @@ class Service:
         if self.control is not None:  # an erased device's buffered entries are dropped here too
             self.control.query_log = self.query_log
         if self.config.doh is not None:  # its TLS files are read now, before anything is bound
-            from resolver.doh import DohServer  # aiohttp's server: loaded only when DoH is on
+            from resolver.doh import DohServer  # lazy: aiohttp's server, loaded only when DoH is on
 
             self.doh = DohServer(handler, self.state, self.config.doh, self.config.tls)
         tcp = TcpListener(handler, dns.tcp_idle_timeout, dns.tcp_max_connections)
@@ -257,12 +264,12 @@ class Service:
         else:
             self.tasks.append(asyncio.create_task(self._refresh_lists(first=False)))
         if self.config.metrics is not None and self.worker_index == 0:
-            from resolver.metrics import MetricsServer
+            from classguard.metrics import MetricsServer  # lazy: aiohttp, only with metrics on
 
             self.metrics = MetricsServer(self, self.config.metrics["listen"])
             await self.metrics.start()
         elif self.config.metrics is not None:  # worker 0 serves the totals, these included
-            from resolver.metrics import share_counters
+            from classguard.metrics import share_counters  # lazy: aiohttp, only with metrics on
 
             self.tasks.append(asyncio.create_task(share_counters(self)))
         if self.worker_index == 0 and hasattr(self.store, "publish_lists"):  # with Redis
@@ -274,9 +281,12 @@ class Service:
         if self.config.dashboard is not None and self.control is not None and self.worker_index == 0:
             # One dashboard per server (with --workers N, worker 0's): its writes go through
             # the store, which every worker follows.
-            from dashboard.app import DashboardServer  # the REST API works through the control plane
+            # lazy: aiohttp's server, loaded only when the dashboard is on
+            from classguard.web import dashboard_context  # lazy: aiohttp, only with the dashboard
+            from dashboard.app import DashboardServer  # lazy: aiohttp, only with the dashboard
 
-            self.dashboard = DashboardServer(self)
+            self.dashboard = DashboardServer(dashboard_context(self),
+                                             (self.config.dashboard or {}).get("listen", "127.0.0.1:8080"))
             await self.dashboard.start()
         if self.store is not None:
             self.state.screen_time.store = self.store
@@ -285,11 +295,11 @@ class Service:
     def _query_log_store(self):
         """The query log lives with the state: files under state_dir, or the Redis store's
         keys (expiring with retention_days) that every instance shares."""
-        in_store = getattr(self.store, "query_log_store", None)
-        if in_store is None:
+        if self.store is None:
             return EmbeddedQueryLogStore(self.config.state_dir)
-        settings = QueryLogSettings.from_config(self.config)
-        return in_store(retention_days=settings.retention_days, timezone=self.config.timezone)
+        settings = QueryLogSettings.from_section(self.config.query_log)
+        return gdpr.query_log_store_for(self.store, retention_days=settings.retention_days,
+                                        timezone=self.config.timezone)
 
     async def _start_dot(self, handler: QueryHandler) -> None:
         dot, tls = self.config.dot, self.config.tls or {}
@@ -376,7 +386,7 @@ class Service:
             return None
         mark = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
         if self._artifact_digest is None or self._artifact_digest[0] != mark:
-            from resolver.redis_store import artifact_sha256
+            from store.redis_backend import artifact_sha256  # lazy: it loads redis
 
             self._artifact_digest = (mark, await asyncio.to_thread(artifact_sha256, path))
         return self._artifact_digest[1]
@@ -435,11 +445,11 @@ class Service:
         19:00 UTC. The new lists are swapped in whole; the old table goes with the old snapshot.
         `refresh_lists_now` cuts a wait short.
         """
-        from blocklists.update import first_refresh_delay, refresh_delay, retry_delay
 
         period = self.config.blocklists.refresh
         failures = 0
-        delay = 0.0 if first else first_refresh_delay(self.config, self.bundled)
+        delay = 0.0 if first else first_refresh_delay(self.config.blocklists, self.config.state_dir,
+                                                      self.bundled)
         while True:
             if delay > 0:
                 # asyncio.timeout, not wait_for: 3.11's wait_for can lose a cancellation (a stop)
@@ -451,8 +461,8 @@ class Service:
             self.lists_wanted.clear()
             waiters, self._refresh_waiters = self._refresh_waiters, []
             try:
-                lists, report = await update_lists(self.config, self.bundled,
-                                                   scheduled=not first and not asked,
+                lists, report = await update_lists(self.config.blocklists, self.config.state_dir,
+                                                   self.bundled, scheduled=not first and not asked,
                                                    current=self.state.snapshot.lists)
             except Exception as exc:  # an UpdateError, or a bug: neither may end the refreshes
                 _settle(waiters, exc)
@@ -486,7 +496,6 @@ class Service:
     async def _lists_refresh_operation(self, request: dict, actor: str) -> dict:
         """The control operation `lists.refresh`: `classguard lists update` made by this server
         (which then serves and publishes the result); answers with the refresh's report."""
-        from resolver.control import ControlError
 
         done = self.request_list_refresh()
         if done is None:
@@ -558,7 +567,7 @@ def open_store(config: Config) -> Store:
     redis+sentinel://: the Redis store shared by every instance (SPEC §7)."""
     if config.store == "embedded":
         return EmbeddedStore(config.state_dir)
-    from resolver.redis_store import RedisStore
+    from store.redis_backend import RedisStore  # lazy: redis, loaded only for a Redis store
 
     return RedisStore(config.store, state_dir=config.state_dir)  # its copy, for a lost store
 

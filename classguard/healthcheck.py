@@ -8,7 +8,8 @@ import struct
 import sys
 from pathlib import Path
 
-from resolver.config import load_config, parse_listen
+from classguard.config import load_config
+from common.addresses import parse_listen
 
 LOCALHOST_QUERY_ID = 0x4348
 

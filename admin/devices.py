@@ -4,7 +4,7 @@ The command line makes every token itself and sends only its hash, so a plain to
 crosses the control socket, never reaches a server's memory and is never stored: it is printed
 once, in the device's DoH URL and DoT hostname. The changes themselves are control operations
 (`device.add`, `device.import`, `device.rotate`, `device.revoke`, `device.list`) run by
-`resolver.control.Commands`: by the running server through its control socket, or by the CLI
+`admin.control.Commands`: by the running server through its control socket, or by the CLI
 on the store under its lock; each one is one audited policy version.
 """
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import dataclasses
+import difflib
 import hashlib
 import io
 import ipaddress
@@ -24,15 +25,18 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+from admin.errors import ControlError
+from admin.stored import parse_stored
+from common.addresses import parse_listen
 from policies.export import export_policy
 from policies.loader import ID_PATTERN, PolicyError, parse_policy
 from policies.model import Device, Policy
 from policies.yaml_lines import parse_yaml
-from resolver.config import Config, parse_listen
-from resolver.control import ControlError, parse_stored
-from resolver.store import VersionConflict
+from privacy import gdpr
+from privacy.querylog import subject_of
+from store.records import VersionConflict
 
 TOKEN_ALPHABET = string.ascii_lowercase + string.digits
 TOKEN_LENGTH = 26  # 26 * log2(36) = 134 random bits (SPEC §5: 22 to 63 characters, 128 bits or more)
@@ -41,6 +45,14 @@ SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")
 CSV_HEADER = ("id", "doh_url", "dot_hostname")
 COMMANDS = ("add", "import", "export-urls", "rotate", "revoke")  # `classguard device ...`
 MAX_RETRIES = 5  # a change that races another write is made again on the newer policy
+
+
+class ServedAddresses(Protocol):
+    """Where devices reach this server: the configuration's doh, dot and tls sections."""
+
+    doh: dict | None
+    dot: dict | None
+    tls: dict | None
 
 
 def new_token() -> str:
@@ -56,7 +68,7 @@ def token_sha256(token: str) -> str:
 # --- the addresses a device is given --------------------------------------------------------------
 
 
-def doh_base(config: Config) -> str | None:
+def doh_base(config: ServedAddresses) -> str | None:
     """The DoH URL without the token: `doh.public_url`, else the one `doh.listen` makes; None
     when there is no `doh` section."""
     doh = config.doh
@@ -70,12 +82,12 @@ def doh_base(config: Config) -> str | None:
     return f"{scheme}://{host}:{port}{doh.get('path', '/dns-query')}"
 
 
-def doh_url(config: Config, token: str) -> str | None:
+def doh_url(config: ServedAddresses, token: str) -> str | None:
     base = doh_base(config)
     return None if base is None else f"{base}/{token}"
 
 
-def dot_hostname(config: Config, token: str) -> str | None:
+def dot_hostname(config: ServedAddresses, token: str) -> str | None:
     hostname = (config.dot or {}).get("hostname")
     return f"{token}.{str(hostname).strip().rstrip('.').lower()}" if hostname else None
 
@@ -153,7 +165,7 @@ def open_secret_file(path: Path):
     return open(fd, "w", encoding="utf-8", newline="")
 
 
-def urls_csv(config: Config, issued: list[tuple[str, str]]) -> str:
+def urls_csv(config: ServedAddresses, issued: list[tuple[str, str]]) -> str:
     """`id,doh_url,dot_hostname` for (device id, token) pairs, header first."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
@@ -171,13 +183,27 @@ def _is_address(text: str) -> bool:
     return True
 
 
-# --- the control operations (run by resolver.control.Commands) -------------------------------------
+# --- the control operations (run by admin.control.Commands) -------------------------------------
 
 
 async def device_erase(commands, request: dict, actor: str) -> dict[str, Any]:
-    from resolver.gdpr import device_erase as erase  # GDPR art. 17: see there
-
-    return await erase(commands, request, actor)
+    """The `device.erase` operation (GDPR art. 17; CLI through the control socket, REST API):
+    what this process has buffered is written first, so that the counts include it; then the
+    erase of the record, screen-time minutes and query-log entries (privacy.gdpr). Every process
+    that follows the store (this one included, at `after_write`) sees the record go, drops what
+    it buffers of the device and erases again: see privacy.gdpr.forget_erased."""
+    device_id = request.get("id")
+    if not isinstance(device_id, str) or not (
+            ID_PATTERN.fullmatch(device_id) or subject_of(device_id).startswith("ip:")):
+        raise ControlError(f"{device_id!r} is neither a device id nor an IP address")
+    flush = getattr(commands, "flush_buffers", None)
+    if flush is not None:
+        await flush()
+    erased = await gdpr.erase_device(commands.store, device_id, actor=actor)
+    if commands.after_write is not None:
+        await commands.after_write()  # the record's removal applies here at once
+    return {"device": device_id, "query_log_entries": erased.pop("query_log_entries"),
+            "store": erased}
 
 
 def operations(commands) -> dict[str, Callable]:
@@ -451,7 +477,6 @@ def _describe(device: Device) -> str:
 
 
 def _no_class(class_id: Any, policy: Policy) -> str:
-    import difflib
 
     close = difflib.get_close_matches(str(class_id), list(policy.classes), n=1)
     hint = f"did you mean {close[0]!r}? " if close else ""
@@ -459,7 +484,6 @@ def _no_class(class_id: Any, policy: Policy) -> str:
 
 
 def _no_device(device_id: Any, policy: Policy) -> str:
-    import difflib
 
     close = difflib.get_close_matches(str(device_id), list(policy.devices), n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -468,188 +492,19 @@ def _no_device(device_id: Any, policy: Policy) -> str:
 
 # --- the command line: `classguard device ...` ----------------------------------------------------
 
-EXPORT_HELP = """\
-classguard keeps only the SHA-256 of each device token, so the URLs given out when devices were
-enrolled (by `device add` and `device import`) cannot be shown again. `export-urls --rotate`
-gives every device (or those of --class) a new token and prints the new URLs as
-id,doh_url,dot_hostname for an MDM; the old tokens stop working at once, so push the new URLs
-right away. Without --rotate nothing is changed and the command explains this."""
 
 
-def add_parser(commands, common) -> None:
-    """`classguard device ...` on the CLI's subparsers."""
-    import argparse
-
-    device = commands.choices.get("device")
-    if device is None:
-        device = commands.add_parser("device", parents=[common],
-                                     help="devices: enrolment, tokens, DoH URLs, DoT hostnames")
-        sub = device.add_subparsers(dest="device_command", required=True)
-    else:  # `device data` and `device erase` are there already: add ours beside them
-        sub = next(action for action in device._actions
-                   if isinstance(action, argparse._SubParsersAction))
-    add = sub.add_parser("add", parents=[common], help="enrol a device; prints its DoH URL and DoT "
-                                                         "hostname (the token is shown only then)")
-    add.add_argument("id", metavar="ID")
-    add.add_argument("--class", dest="class_id", metavar="CLASS", required=True)
-    add.add_argument("--address", action="append", default=[], metavar="IP",
-                     help="a school address of the device (repeatable)")
-    add.add_argument("--mobileconfig", type=Path, metavar="FILE",
-                     help="also write an Apple configuration profile (DoH, else DoT) for an MDM")
-    enrol = sub.add_parser("import", parents=[common],
-                           help="enrol every device of a CSV (id,class[,address]) at once")
-    enrol.add_argument("csv", type=Path, metavar="CSV")
-    enrol.add_argument("--output", type=Path, metavar="FILE",
-                       help="write id,doh_url,dot_hostname to this new file (owner-only) "
-                            "instead of printing them")
-    export = sub.add_parser("export-urls", parents=[common], help="new tokens and their URLs for an "
-                                                                  "MDM (needs --rotate)",
-                            description=EXPORT_HELP)
-    export.add_argument("--rotate", action="store_true",
-                        help="give the devices new tokens (the old ones stop working) and print the URLs")
-    export.add_argument("--class", dest="class_id", metavar="CLASS", help="only the devices of this class")
-    export.add_argument("--output", type=Path, metavar="FILE", help="write the CSV to this new file")
-    rotate = sub.add_parser("rotate", parents=[common],
-                            help="a new token for a device; the old one stops working at once")
-    rotate.add_argument("id", metavar="ID")
-    revoke = sub.add_parser("revoke", parents=[common],
-                            help="the device's token stops working (its school addresses still count)")
-    revoke.add_argument("id", metavar="ID")
 
 
-def run(config: Config, args, send: Callable[[Config, dict], dict]) -> int:
-    """One `classguard device` command; `send` carries a request to the running server or the
-    store (and raises on a refusal)."""
-    import sys
-
-    command = args.device_command
-    if command == "revoke":
-        response = send(config, {"op": "device.revoke", "id": args.id})
-        print(f"device {args.id}: token revoked; its DoH URL and DoT hostname stop working "
-              f"{applied(config, response)}")
-        return 0
-    if command == "export-urls" and not args.rotate:
-        raise ControlError("nothing exported: " + " ".join(EXPORT_HELP.split()))
-    _need_addresses(config)
-    if command == "add":
-        token = new_token()
-        response = send(config, {"op": "device.add", "id": args.id, "class": args.class_id,
-                                 "token_sha256": token_sha256(token), "addresses": args.address})
-        print(f"device {args.id} enrolled in class {args.class_id} {applied(config, response)}")
-        _print_addresses(config, token)
-        if args.mobileconfig is not None:
-            _write_profile(config, args.id, token, args.mobileconfig)
-        return 0
-    if command == "rotate":
-        token = new_token()
-        response = send(config, {"op": "device.rotate", "tokens": {args.id: token_sha256(token)}})
-        print(f"device {args.id}: new token; the old one no longer works {applied(config, response)}")
-        _print_addresses(config, token)
-        return 0
-    if command == "import":
-        rows = read_csv(args.csv)
-        issued = [(row.id, new_token()) for row in rows]
-        devices = [{"id": row.id, "class": row.class_id, "token_sha256": token_sha256(token),
-                    "addresses": list(row.addresses)} for row, (_, token) in zip(rows, issued)]
-        with _Output(args.output) as output:
-            response = send(config, {"op": "device.import", "devices": devices,
-                                     "source": args.csv.name})
-            output.write(urls_csv(config, issued))
-        print(f"{len(rows)} devices enrolled from {args.csv} {applied(config, response)}"
-              + (f"; their URLs are in {args.output}" if args.output else ""), file=sys.stderr)
-        return 0
-    # export-urls --rotate
-    request: dict[str, Any] = {"op": "device.list"}
-    if args.class_id:
-        request["class"] = args.class_id
-    listed = send(config, request)["devices"]
-    if not listed:
-        raise ControlError("no device to export" + (f" in class {args.class_id}" if args.class_id else ""))
-    issued = [(item["id"], new_token()) for item in listed]
-    with _Output(args.output) as output:
-        response = send(config, {"op": "device.rotate", "tokens": {
-            device_id: token_sha256(token) for device_id, token in issued}})
-        output.write(urls_csv(config, issued))
-    print(f"{len(issued)} devices have new tokens, the old ones no longer work "
-          f"{applied(config, response)}" + (f"; their URLs are in {args.output}" if args.output else ""),
-          file=sys.stderr)
-    return 0
 
 
-def _write_profile(config: Config, device_id: str, token: str, path: Path) -> None:
-    """The device's Apple profile, owner-only like everything that holds a token."""
-    from resolver.mobileconfig import profile
-
-    url, server = doh_url(config, token), dot_hostname(config, token)
-    data = profile(device_id, doh_url=url) if url else profile(device_id, dot_server=server)
-    with open_secret_file(path) as out:
-        out.write(data.decode("utf-8"))
-    print(f"Apple configuration profile written to {path} (it holds the token: keep it private)")
 
 
-def _need_addresses(config: Config) -> None:
-    """A token is shown only in the URLs: without a doh or dot section there would be none."""
-    import sys
-
-    if config.doh is None and not (config.dot or {}).get("hostname"):
-        raise ControlError("the configuration has no doh section and no dot.hostname, so a "
-                           "device's URL cannot be printed; add doh: {public_url: "
-                           "\"https://YOUR-HOST/dns-query\"} first")
-    if config.doh is not None and not config.doh.get("public_url"):
-        print(f"note: doh.public_url is not set; the URLs use {doh_base(config)}, which tablets "
-              "at home cannot reach", file=sys.stderr)
 
 
-def _print_addresses(config: Config, token: str) -> None:
-    url, hostname = doh_url(config, token), dot_hostname(config, token)
-    print(f"  DoH URL:      {url or '- (no doh section)'}")
-    print(f"  DoT hostname: {hostname or '- (no dot.hostname)'}")
-    print("  shown only now: classguard keeps just the token's SHA-256")
 
 
-def applied(config: Config, response: dict) -> str:
-    """Where a change went, for the CLI's message: "(policy version 7; ...)"."""
-    version = response.get("version")
-    if response.get("via") == "server":
-        return f"(policy version {version}; the running server applied it)"
-    if config.store != "embedded":
-        return (f"(policy version {version}, written {store_place(config)}; every server on it "
-                "applies it within a second)")
-    return f"(policy version {version}; no server runs on {config.state_dir}, the next one uses it)"
 
 
-def store_place(config: Config) -> str:
-    """"under ./state" or "in Redis (redis://host:6379/0)": where the configured store is."""
-    if config.store == "embedded":
-        return f"under {config.state_dir}"
-    from resolver.redis_store import redacted_url
-
-    return f"in Redis ({redacted_url(config.store)})"
 
 
-class _Output:
-    """Where the URLs go: stdout, or a new owner-only file created before anything changes (so
-    that tokens are never issued with nowhere to write them) and removed if nothing was."""
-
-    def __init__(self, path: Path | None) -> None:
-        self.path = path
-        self.file = None
-        self.written = False
-
-    def __enter__(self) -> _Output:
-        if self.path is not None:
-            self.file = open_secret_file(self.path)
-        return self
-
-    def write(self, text: str) -> None:
-        import sys
-
-        (self.file or sys.stdout).write(text)
-        self.written = True
-
-    def __exit__(self, kind, error, traceback) -> None:
-        if self.file is None:
-            return
-        self.file.close()
-        if not self.written:
-            self.path.unlink(missing_ok=True)

@@ -31,9 +31,9 @@ from pathlib import Path
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
-from resolver.config import QUERY_LOG_DEFAULTS, Config
-from resolver.store import StoreError
-from resolver.wire import wire_name_to_text
+from blocklists.names import wire_name_to_text
+from policies.loader import _load_suffix_lists
+from store.records import StoreError
 
 log = logging.getLogger("classguard.querylog")
 
@@ -51,6 +51,9 @@ PSEUDONYM_HEX = 32  # 128 bits of the HMAC-SHA256
 WRITE_CHUNK = 5000  # entries per write to the store (one file append, one Redis pipeline)
 
 
+QUERY_LOG_DEFAULTS = {"mode": "aggregate", "retention_days": 7, "scope": "school"}
+
+
 @dataclass(frozen=True, slots=True)
 class QueryLogSettings:
     mode: str = QUERY_LOG_DEFAULTS["mode"]  # off | aggregate | full
@@ -58,8 +61,9 @@ class QueryLogSettings:
     scope: str = QUERY_LOG_DEFAULTS["scope"]  # school | all
 
     @classmethod
-    def from_config(cls, config: Config) -> QueryLogSettings:
-        return cls(**{**QUERY_LOG_DEFAULTS, **(config.query_log or {})})
+    def from_section(cls, section: dict | None) -> QueryLogSettings:
+        """From the configuration's `query_log` section (None: every default)."""
+        return cls(**{**QUERY_LOG_DEFAULTS, **(section or {})})
 
 
 def subject_of(device: str) -> str:
@@ -635,7 +639,6 @@ class QueryLog:
         bytes, so that an entry costs a dict slot, and a hit no conversion to text."""
         known = self._registrable.get(qname)
         if known is None:
-            from policies.loader import _load_suffix_lists
 
             name = text_name(qname)
             if not name:  # the root
@@ -651,32 +654,3 @@ class QueryLog:
                 self._domains.clear()
             known = self._registrable[qname] = self._domains.setdefault(known, known)
         return known
-
-
-# --- a device's data: `classguard device data ID` and `device erase ID` ------------------------
-
-
-def _open_store(config: Config):
-    from resolver.service import open_store
-
-    return open_store(config)
-
-
-async def device_data(config: Config, device: str, *, store=None) -> dict:
-    """Everything classguard holds about one device, as JSON-ready data (GDPR art. 15), from
-    `store` (a running server's) or the configured one: resolver.gdpr says what is in it."""
-    own = store is None
-    store = _open_store(config) if own else store
-    try:
-        held = await store.device_data(device)
-    finally:
-        if own:
-            await store.close()
-    settings = QueryLogSettings.from_config(config)
-    return {
-        "device": device,
-        "generated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        **held,
-        "query_log": {"mode": settings.mode, "retention_days": settings.retention_days,
-                      **held["query_log"]},
-    }

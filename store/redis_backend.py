@@ -42,9 +42,12 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from policies.model import Override
-from resolver.store import ApiToken, AuditEntry, NotFound, Session, StoreError, StoredPolicy, \
-    StoreUnavailable, User, VersionConflict, describe_override, describe_token, describe_user, \
-    write_atomically
+from store.embedded import write_atomically
+from store.records import (
+    ApiToken, AuditEntry, NotFound, Session, StoredPolicy, StoreError, StoreUnavailable, User,
+    VersionConflict, describe_override, describe_token, describe_user, device_record, minutes_of,
+    policy_without,
+)
 
 log = logging.getLogger("classguard.store.redis")
 
@@ -55,6 +58,7 @@ AUDIT_KEPT = 10_000  # entries; older ones are trimmed away
 MINUTES_TTL = 2 * 86400  # seconds: today and yesterday, as the embedded store keeps
 MINUTES_BUFFER_MAX = 200_000  # device-days of minutes held while Redis is away; more are dropped
 LIST_CHUNK_BYTES = 1 << 20  # SPEC §7: no key above 1 MB
+ERASE_RETRIES = 5  # times a record's removal is tried again when the policy changed meanwhile
 CONNECT_TIMEOUT = 1.0  # seconds; the watcher is the one waiting, never a DNS answer
 # one immediate retry: a pooled connection to a Redis that restarted fails once, then reconnects
 COMMAND_TIMEOUT = 2.0
@@ -207,7 +211,7 @@ redacted_url = _redacted  # a store URL without its password, for messages outsi
 
 def _sentinel_client(url: str, **options) -> aioredis.Redis:
     """redis+sentinel://[:PASSWORD@]HOST:PORT[,HOST:PORT...]/SERVICE[/DB]"""
-    from redis.asyncio.sentinel import Sentinel
+    from redis.asyncio.sentinel import Sentinel  # lazy: only for a redis+sentinel:// store
 
     parts = urlsplit(url)
     netloc = parts.netloc
@@ -265,7 +269,7 @@ class RedisStore:
         self._minutes_buffer: dict[str, dict[str, bytes]] = {}
         self._subscriber: asyncio.Task | None = None
         self.changed: asyncio.Event | None = None
-        # exported by resolver.metrics (STORE_COUNTERS) as classguard_store_*_total
+        # exported by classguard.metrics (STORE_COUNTERS) as classguard_store_*_total
         self.counters = {"outages": 0, "reconnects": 0, "lost_store": 0, "restored": 0,
                          "minutes_dropped": 0, "lists_published": 0, "lists_fetched": 0}
 
@@ -289,7 +293,7 @@ class RedisStore:
             self._loop = loop
         return self._client
 
-    async def _run(self, operation):
+    async def run(self, operation):
         """`operation(client)`, with Redis being away turned into StoreUnavailable, said once."""
         now = time.monotonic()
         if self._down_since is not None and now < self._next_try:
@@ -329,7 +333,7 @@ class RedisStore:
         return self._down_since is None
 
     async def version(self) -> int:
-        version, marker = await self._run(lambda r: r.mget(self.key("version"), self.key("marker")))
+        version, marker = await self.run(lambda r: r.mget(self.key("version"), self.key("marker")))
         version = int(version or 0)
         marker = marker.decode() if marker is not None else None
         if self._marker is None:
@@ -392,7 +396,7 @@ class RedisStore:
         tokens = [{"name": sha256, "json": json.dumps(asdict(token))}
                   for sha256, token in sorted(self._tokens.items())]
         marker = self._marker or secrets.token_hex(8)
-        result = await self._run(lambda r: r.eval(
+        result = await self.run(lambda r: r.eval(
             _RESTORE, 8, self.key("version"), self.key("policy"), self.key("overrides"),
             self.key("marker"), self.key("audit"), self.key("changes"), self.key("users"),
             self.key("tokens"),
@@ -412,7 +416,7 @@ class RedisStore:
         (marker, version, policy, overrides, accounts) under state_dir when it changed. The
         server's watcher calls this after each change it applied; never the DNS path."""
         users, tokens = await self.users(), await self.tokens()
-        marker = await self._run(lambda r: r.get(self.key("marker")))
+        marker = await self.run(lambda r: r.get(self.key("marker")))
         if marker is None or marker.decode() != self._marker:
             return  # lost meanwhile: keep what we hold for the rebuild the next look makes
         self._users = {user.name: user for user in users}
@@ -487,7 +491,7 @@ class RedisStore:
     # -- the Store interface
 
     async def get_policy(self) -> StoredPolicy | None:
-        fields = await self._run(lambda r: r.hgetall(self.key("policy")))
+        fields = await self.run(lambda r: r.hgetall(self.key("policy")))
         if not fields:
             policy = None
         else:
@@ -503,7 +507,7 @@ class RedisStore:
                          after: str = "") -> StoredPolicy:
         known, new = self._markers()
         now = time.time()
-        result = await self._run(lambda r: r.eval(
+        result = await self.run(lambda r: r.eval(
             _PUT_POLICY, 5, self.key("version"), self.key("policy"), self.key("audit"),
             self.key("marker"), self.key("changes"),
             text, actor, "" if expected_version is None else expected_version, repr(now), action,
@@ -521,7 +525,7 @@ class RedisStore:
         return stored
 
     async def overrides(self) -> list[Override]:
-        fields = await self._run(lambda r: r.hgetall(self.key("overrides")))
+        fields = await self.run(lambda r: r.hgetall(self.key("overrides")))
         now = time.time()
         items = sorted((Override(**json.loads(value)) for value in fields.values()),
                        key=lambda item: (item.created_at, item.id))
@@ -530,7 +534,7 @@ class RedisStore:
 
     async def _override_op(self, op: str, override_id: str, payload: str, entry: str) -> list:
         known, new = self._markers()
-        result = await self._run(lambda r: r.eval(
+        result = await self.run(lambda r: r.eval(
             _OVERRIDE, 5, self.key("version"), self.key("overrides"), self.key("audit"),
             self.key("marker"), self.key("changes"),
             op, override_id, payload, repr(time.time()), entry, AUDIT_KEPT, known, new,
@@ -563,7 +567,7 @@ class RedisStore:
         return found
 
     async def audit(self, limit: int = 100) -> list[AuditEntry]:
-        lines = await self._run(lambda r: r.lrange(self.key("audit"), 0, limit - 1))
+        lines = await self.run(lambda r: r.lrange(self.key("audit"), 0, limit - 1))
         entries = []
         for line in lines:
             try:
@@ -581,7 +585,7 @@ class RedisStore:
         for old_day in [d for d in self._minutes_buffer if d < day]:
             del self._minutes_buffer[old_day]  # a past day's minutes no longer count
         try:
-            return await self._run(lambda r: self._merge(r, day, waiting))
+            return await self.run(lambda r: self._merge(r, day, waiting))
         except StoreUnavailable:
             held = sum(len(devices) for devices in self._minutes_buffer.values())
             kept: dict[str, bytes] = {}
@@ -654,7 +658,7 @@ class RedisStore:
     # -- compiled lists, chunked (SPEC §7: keys of at most 1 MB, a manifest with a checksum)
 
     async def lists_manifest(self) -> dict | None:
-        raw = await self._run(lambda r: r.get(self.key("lists:manifest")))
+        raw = await self.run(lambda r: r.get(self.key("lists:manifest")))
         return None if raw is None else json.loads(raw)
 
     async def publish_lists(self, path: Path, built_at: float | None = None,
@@ -684,7 +688,7 @@ class RedisStore:
                     await r.delete(*[self.key(f"lists:{previous['sha256']}:{index}")
                                      for index in range(previous.get("chunks", 0))] or ["-"])
 
-        await self._run(write)
+        await self.run(write)
         self.counters["lists_published"] += 1
         return manifest
 
@@ -698,7 +702,7 @@ class RedisStore:
         if await asyncio.to_thread(_file_sha256, Path(path)) == manifest["sha256"]:
             return manifest
         keys = [self.key(f"lists:{manifest['sha256']}:{index}") for index in range(manifest["chunks"])]
-        chunks = await self._run(lambda r: r.mget(keys))
+        chunks = await self.run(lambda r: r.mget(keys))
         if any(chunk is None for chunk in chunks):
             raise StoreError("the lists in Redis changed while being read; try again")
         data = b"".join(chunks)
@@ -711,39 +715,80 @@ class RedisStore:
         self.counters["lists_fetched"] += 1
         return manifest
 
-    # -- health, for /readyz (resolver.metrics.ReadinessProbe)
+    # -- health, for /readyz (classguard.metrics.ReadinessProbe)
 
     async def health(self) -> str | None:
         """None while Redis answers; else that it is away and for how long: the server answers
         from its snapshot meanwhile, which /readyz reports as a note, not as a reason."""
         try:
-            await self._run(lambda r: r.ping())
+            await self.run(lambda r: r.ping())
         except StoreUnavailable:
             away = time.monotonic() - self._down_since if self._down_since is not None else 0.0
             return (f"Redis ({_redacted(self.url)}) unreachable for {away:.0f} s; answering from "
                     "this instance's snapshot")
         return None
 
-    # -- a device's data (GDPR art. 15 and 17; the shape and the work are resolver.gdpr's)
+    # -- a device's data as this store holds it (GDPR art. 15 and 17; privacy.gdpr adds the
+    # query log's part, kept under this store's keys too)
 
     async def device_data(self, device_id: str) -> dict:
-        """Everything held about one device in Redis: its policy record (no token), its
-        screen-time minutes, its query-log entries under every kept day's pseudonym."""
-        from resolver.gdpr import redis_device_data
-
-        return await redis_device_data(self, device_id)
+        """The device's policy record (no token) and its screen-time minutes per day."""
+        policy = await self.get_policy()
+        minutes = await self._device_minutes(device_id)
+        return {
+            "device_record": device_record(None if policy is None else policy.text, device_id),
+            "screen_time_minutes": {day: minutes_of(bits) for day, bits in sorted(minutes.items())},
+        }
 
     async def erase_device(self, device_id: str, *, actor: str = "device.erase") -> dict:
-        """Delete all of it: query-log entries, screen-time keys, the policy record."""
-        from resolver.gdpr import redis_erase_device
+        """Delete the device's screen-time keys and its record in the policy (audited)."""
+        erased: dict = {"device_record": False, "screen_time_days": 0}
+        days = await self._device_minutes(device_id)
 
-        return await redis_erase_device(self, device_id, actor)
+        async def erase_minutes(r) -> None:
+            # every day's index of devices too, even one whose bitmap key has already expired
+            indexes = {key async for key in r.scan_iter(match=self.key("minutes:????-??-??"),
+                                                         count=1000)}
+            async with r.pipeline(transaction=True) as pipe:
+                for day in days:
+                    pipe.delete(self.key(f"minutes:{day}:{device_id}"))
+                for index in indexes:
+                    pipe.srem(index, device_id)
+                await pipe.execute()
 
-    def query_log_store(self, *, retention_days: int = 7, timezone: str = "UTC"):
-        """Where the query log goes with this store: Redis keys expiring with retention."""
-        from resolver.redis_querylog import RedisQueryLogStore
+        await self.run(erase_minutes)
+        erased["screen_time_days"] = len(days)
+        for _ in range(ERASE_RETRIES):
+            policy = await self.get_policy()
+            text = None if policy is None else policy_without(policy.text, device_id)
+            if text is None:
+                return erased
+            try:
+                await self.put_policy(text, actor=actor, expected_version=policy.version,
+                                      action="device.erase", before=f"device {device_id}",
+                                      after="erased")
+            except VersionConflict:
+                await asyncio.sleep(0.05)
+                continue
+            erased["device_record"] = True
+            return erased
+        raise StoreError("the policy kept changing while the device's record was removed; "
+                         "run device erase again")
 
-        return RedisQueryLogStore(self, retention_days=retention_days, timezone=timezone)
+    async def _device_minutes(self, device_id: str) -> dict[str, bytes]:
+        """The device's screen-time bitmaps (keys minutes:DAY:DEVICE) by day."""
+        # SCAN pattern: glob characters of the id escaped
+        pattern = self.key("minutes:") + "????-??-??:" + "".join(
+            f"\\{char}" if char in "*?[]\\" else char for char in device_id)
+
+        async def read(r) -> dict[str, bytes]:
+            keys = sorted({key async for key in r.scan_iter(match=pattern, count=1000)})
+            values = await r.mget(keys) if keys else []
+            prefix = len(self.key("minutes:"))
+            return {key.decode()[prefix:prefix + 10]: value
+                    for key, value in zip(keys, values) if value is not None}
+
+        return await self.run(read)
 
     # -- dashboard accounts: users, API tokens, sessions (SPEC §7: every instance accepts the
     # same login and the same token). One record a key: `user:NAME` and `token:SHA256` (JSON)
@@ -753,7 +798,7 @@ class RedisStore:
     # Redis that comes back empty has lost them and users log in again (docs/scaling.md).
 
     async def get_user(self, name: str) -> User | None:
-        raw = await self._run(lambda r: r.get(self.key(f"user:{name}")))
+        raw = await self.run(lambda r: r.get(self.key(f"user:{name}")))
         return None if raw is None else _user(raw)
 
     async def users(self) -> list[User]:
@@ -772,14 +817,14 @@ class RedisStore:
         request with one of the account's sessions finds no account."""
         key = self.key(f"user:{name}")
         while True:
-            raw = await self._run(lambda r: r.get(key))
+            raw = await self.run(lambda r: r.get(key))
             if raw is None:
                 self._users.pop(name, None)
                 return
             entry = AuditEntry(at=time.time(), actor=actor, action="user.remove",
                                before=describe_user(_user(raw)), after="")
             known, _new = self._markers()
-            result = await self._run(lambda r: r.eval(
+            result = await self.run(lambda r: r.eval(
                 _REMOVE_RECORD, 6, self.key("marker"), key, self.key("users"), self.key("audit"),
                 self.key("version"), self.key("changes"), known, raw, name,
                 json.dumps(asdict(entry)), AUDIT_KEPT, self.instance))
@@ -800,7 +845,7 @@ class RedisStore:
         other). The script gets the windows of the counts 1 to FAILURE_WINDOWS, computed here."""
         key = self.key(f"failures:{name}")
         windows = [max(1, int(window_ms(count))) for count in range(1, FAILURE_WINDOWS + 1)]
-        return int(await self._run(lambda r: r.eval(_COUNT_FAILURE, 1, key, *windows)))
+        return int(await self.run(lambda r: r.eval(_COUNT_FAILURE, 1, key, *windows)))
 
     async def failures(self, name: str) -> tuple[int, int]:
         """(count, milliseconds it has left to live); (0, 0) when there is none."""
@@ -812,13 +857,13 @@ class RedisStore:
                 pipe.pttl(key)
                 raw, ttl = await pipe.execute()
             return (0, 0) if raw is None or ttl < 0 else (int(raw), int(ttl))
-        return await self._run(read)
+        return await self.run(read)
 
     async def forget_failures(self, name: str) -> None:
-        await self._run(lambda r: r.delete(self.key(f"failures:{name}")))
+        await self.run(lambda r: r.delete(self.key(f"failures:{name}")))
 
     async def get_token(self, sha256: str) -> ApiToken | None:
-        raw = await self._run(lambda r: r.get(self.key(f"token:{sha256}")))
+        raw = await self.run(lambda r: r.get(self.key(f"token:{sha256}")))
         return None if raw is None else ApiToken(**json.loads(raw))
 
     async def tokens(self) -> list[ApiToken]:
@@ -831,7 +876,7 @@ class RedisStore:
         return token
 
     async def get_session(self, sha256: str) -> Session | None:
-        raw = await self._run(lambda r: r.get(self.key(f"session:{sha256}")))
+        raw = await self.run(lambda r: r.get(self.key(f"session:{sha256}")))
         if raw is None:
             return None
         session = Session(**json.loads(raw))
@@ -839,10 +884,10 @@ class RedisStore:
 
     async def put_session(self, session: Session) -> None:
         key, value = self.key(f"session:{session.sha256}"), json.dumps(asdict(session))
-        await self._run(lambda r: r.set(key, value, pxat=math.ceil(session.expires * 1000)))
+        await self.run(lambda r: r.set(key, value, pxat=math.ceil(session.expires * 1000)))
 
     async def delete_session(self, sha256: str) -> None:
-        await self._run(lambda r: r.delete(self.key(f"session:{sha256}")))
+        await self.run(lambda r: r.delete(self.key(f"session:{sha256}")))
 
     async def _records(self, index: str, kind: str) -> list[bytes]:
         async def read(r: aioredis.Redis) -> list[bytes]:
@@ -851,14 +896,14 @@ class RedisStore:
                 return []
             return [raw for raw in await r.mget([self.key(f"{kind}:{name}") for name in names])
                     if raw is not None]
-        return await self._run(read)
+        return await self.run(read)
 
     async def _put_record(self, index: str, kind: str, name: str, value: str, *, actor: str,
                           action: str, after: str, before: str = "") -> None:
         """The record, its name in the index and the audit entry, in one script (_RECORD)."""
         entry = AuditEntry(at=time.time(), actor=actor, action=action, before=before, after=after)
         known, new = self._markers()
-        result = await self._run(lambda r: r.eval(
+        result = await self.run(lambda r: r.eval(
             _RECORD, 6, self.key("marker"), self.key(f"{kind}:{name}"), self.key(index),
             self.key("audit"), self.key("version"), self.key("changes"),
             known, new, value, name, json.dumps(asdict(entry)), AUDIT_KEPT, self.instance))

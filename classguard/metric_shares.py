@@ -1,5 +1,5 @@
 """Where the workers of `serve --workers N` other than 0 leave their counters for worker 0's
-/metrics: one file each under state_dir. Apart from resolver.metrics so that `serve` can clear
+/metrics: one file each under state_dir. Apart from classguard.metrics so that `serve` can clear
 them at start without loading the HTTP server and the Prometheus client."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ def share_path(state_dir: Path, worker: int) -> Path:
 
 def clear_shares(state_dir: Path) -> None:
     """At `serve`, before any worker starts: the counters a previous run's workers left, gone,
-    so that a restart within resolver.metrics.SHARE_STALE does not add them to the new run's
+    so that a restart within classguard.metrics.SHARE_STALE does not add them to the new run's
     totals."""
     folder = Path(state_dir) / SHARE_FOLDER
     for path in folder.glob("*worker-*.json*"):  # worker-N.json and its .tmp

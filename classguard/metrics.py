@@ -24,17 +24,20 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST, CollectorRegistry, ProcessCollector, generate_latest,
+)
 from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
+    CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric,
 )
 from prometheus_client.registry import Collector
 
-from resolver.config import parse_listen
-from resolver.metric_shares import SHARE_FOLDER, share_path  # noqa: F401 (SHARE_FOLDER: re-exported)
+from blocklists import update
+from classguard.metric_shares import (  # noqa: F401 (SHARE_FOLDER: re-exported)
+    SHARE_FOLDER, share_path,
+)
+from common.addresses import parse_listen
+from resolver.forwarding import ForwardingResolver
 from resolver.stats import LATENCY_BUCKETS, QueryStats
 
 log = logging.getLogger("classguard.metrics")
@@ -405,7 +408,6 @@ class ServiceCollector(Collector):
 
     def _list_status(self, service):
         """The last refresh's report (state_dir/lists status), re-read only when it changed."""
-        from blocklists import update
 
         read_status = getattr(update, "read_status", None)
         status_path = getattr(update, "status_path", None)
@@ -451,7 +453,6 @@ class ServiceCollector(Collector):
 
 def upstream_groups(service) -> list[tuple[str, object]]:
     """[(zone, UpstreamGroup)]: the default group (zone "") and each forward zone's."""
-    from resolver.forwarding import ForwardingResolver
 
     forwarding = service.link(ForwardingResolver) if service.chain is not None else None
     if forwarding is None:

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from resolver.config import LOGGING_DEFAULTS, QUERY_LOG_DEFAULTS, Config
+from classguard.config import LOGGING_DEFAULTS, Config
+from privacy.querylog import QUERY_LOG_DEFAULTS
 
 MASK = "***"
 # A key whose name says it holds a secret: its value is never logged.

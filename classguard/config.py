@@ -12,55 +12,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from blocklists.names import normalize_domain
-from policies.yaml_lines import describe_value as _describe, LineDict, YamlError, item_line, key_line, load_yaml
-
-
-@dataclass(frozen=True, slots=True)
-class RateLimit:
-    qps: float = 50.0
-    burst: int = 100
-
-
-@dataclass(frozen=True, slots=True)
-class DnsSettings:
-    listen: tuple[str, ...] = ("127.0.0.1:1053",)  # "H:P" or "[v6]:P"; UDP and TCP on each
-    upstreams: tuple[str, ...] = ()  # empty: the nameservers of /etc/resolv.conf
-    forward_zones: dict[str, str] = field(default_factory=dict)  # zone -> upstream URL
-    block_response: str = "null"  # null | nxdomain | refused | ip:A[,AAAA]
-    block_ttl: int = 60
-    policy_ttl: int = 60
-    unknown_clients: str = "refuse"  # refuse | default
-    allow_open: bool = False
-    trusted_forwarders: tuple[str, ...] = ()  # networks
-    rate_limit: RateLimit | None = None
-    upstream_timeout: float = 2.0  # one deadline for a whole upstream exchange, seconds
-    upstream_probe_interval: float = 10.0  # an idle group asks `. NS` of upstreams not known up
-    cache_size: int = 100_000  # entries
-    tcp_idle_timeout: float = 10.0
-    tcp_max_connections: int = 1000
-    fast_path: bool = True  # answer cache hits and blocks from raw bytes; off only to compare
-    upstream_ca_file: str | None = None  # PEM CAs for tls:// and https:// upstreams (default: system)
-
-
-@dataclass(frozen=True, slots=True)
-class ListSource:
-    name: str
-    format: str  # domains | hosts | adblock | ut1
-    url: str | None = None
-    path: str | None = None  # resolved against the config file's folder
-    domains: tuple[str, ...] = ()  # inline entries
-    category: str | None = None  # required except for ut1
-    match: str = "default"  # default | suffix
-    usage: str | None = None  # black | white, for a single-category source
-
-
-@dataclass(frozen=True, slots=True)
-class BlocklistSettings:
-    refresh: float = 86400.0  # seconds
-    sources: tuple[ListSource, ...] = ()
-    bundled: bool = True  # the starter lists shipped under blocklists/data/starter
-    download_timeout: float = 120.0
-    max_download_bytes: int = 512 * 1024 * 1024
+from blocklists.settings import LIST_FORMATS, BlocklistSettings, ListSource
+from common.addresses import parse_listen
+from common.errors import ClassguardError
+from policies.yaml_lines import LineDict, YamlError
+from policies.yaml_lines import describe_value as _describe
+from policies.yaml_lines import item_line, key_line, load_yaml
+from privacy.querylog import QUERY_LOG_DEFAULTS
+from resolver.settings import DnsSettings, RateLimit, parse_upstream
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,25 +66,19 @@ SECTIONS = ("doh", "dot", "tls", "dashboard", "metrics", "query_log", "logging")
 # Sections whose keys are checked here (the others are read by the server that uses them).
 METRICS_KEYS = ("listen",)
 QUERY_LOG_KEYS = ("mode", "retention_days", "scope")
-QUERY_LOG_DEFAULTS = {"mode": "aggregate", "retention_days": 7, "scope": "school"}
 LOGGING_KEYS = ("format", "level")
 LOGGING_DEFAULTS = {"format": "text", "level": "info"}
 
-LIST_FORMATS = ("domains", "hosts", "adblock", "ut1")
-UPSTREAM_SCHEMES = ("udp", "tcp", "tls", "https")
-DEFAULT_PORTS = {"udp": 53, "tcp": 53, "tls": 853, "https": 443}  # RFC 1035, RFC 7858, RFC 8484
 STORE_SCHEMES = ("redis", "rediss", "redis+sentinel")
 MAX_TTL = 86400
 
 _NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-_HOSTNAME = re.compile(r"(?=.{1,253}$)(?:[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\.)*"
-                       r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _DURATION = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|s|m|h|d))+")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
-class ConfigError(Exception):
+class ConfigError(ClassguardError):
     """The configuration file has mistakes; `errors` holds one `FILE:LINE: message` each."""
 
     def __init__(self, errors: list[str]) -> None:
@@ -157,86 +110,6 @@ def parse_config(data: Any, *, path: Path) -> Config:
     return config
 
 
-def parse_listen(text: str) -> tuple[str, int]:
-    """`"H:P"` or `"[v6]:P"` (H an IP address, P 0..65535) as (host, port); ValueError if not."""
-    if not isinstance(text, str):
-        raise ValueError(f"a listen address is text like \"127.0.0.1:1053\", not {text!r}")
-    value = text.strip()
-    if value.startswith("["):
-        host, sep, port = value[1:].partition("]:")
-        if not sep:
-            raise ValueError(f"{text!r}: write an IPv6 listen address as [ADDRESS]:PORT, "
-                             "e.g. [::1]:1053")
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise ValueError(f"{text!r}: {host!r} is not an IPv6 address") from None
-    else:
-        host, sep, port = value.rpartition(":")
-        if not sep or not host:
-            raise ValueError(f"{text!r}: write a listen address as ADDRESS:PORT, "
-                             "e.g. 127.0.0.1:1053")
-        if ":" in host:
-            raise ValueError(f"{text!r}: put an IPv6 address in brackets, e.g. [{host}]:{port}")
-        try:
-            ipaddress.IPv4Address(host)
-        except ValueError:
-            raise ValueError(f"{text!r}: {host!r} is not an IP address (listen on an address, "
-                             "e.g. 127.0.0.1 or 0.0.0.0)") from None
-    return str(ipaddress.ip_address(host)), _port(port, text)
-
-
-def parse_upstream(url: str) -> tuple[str, str, int, str | None]:
-    """An upstream URL as (scheme, host, port, sni); ValueError with the reason if invalid.
-
-    `udp://H[:P]` and `tcp://H[:P]` (port 53), `tls://H[:P][#SNI]` (port 853; SNI defaults to H
-    when H is a name, none for an address), `https://H[:P]/path` (port 443; SNI is H; the caller
-    keeps the URL itself for the path). IPv6 hosts in brackets: `udp://[2001:db8::1]:53`.
-    """
-    if not isinstance(url, str):
-        raise ValueError(f"an upstream is a URL like \"udp://9.9.9.9:53\", not {url!r}")
-    text = url.strip()
-    scheme, sep, _ = text.partition("://")
-    scheme = scheme.lower()
-    if not sep or scheme not in UPSTREAM_SCHEMES:
-        raise ValueError(f"{url!r}: an upstream starts with udp://, tcp://, tls:// or https:// "
-                         "(e.g. udp://9.9.9.9:53)")
-    try:
-        parts = urlsplit(text)
-        port = parts.port
-    except ValueError as exc:
-        raise ValueError(f"{url!r}: {exc}") from None
-    if parts.username is not None or parts.password is not None:
-        raise ValueError(f"{url!r}: user names and passwords are not supported in upstream URLs")
-    host = parts.hostname or ""
-    if not host:
-        raise ValueError(f"{url!r}: the upstream has no host")
-    if not _is_ip(host) and not _HOSTNAME.fullmatch(host):
-        raise ValueError(f"{url!r}: {host!r} is neither an IP address nor a host name")
-    if "[" in parts.netloc and not _is_ip(host):
-        raise ValueError(f"{url!r}: {host!r} in brackets is not an IPv6 address")
-    if port == 0:
-        raise ValueError(f"{url!r}: port 0 is not a server port")
-    port = port if port is not None else DEFAULT_PORTS[scheme]
-    if _is_ip(host):
-        host = str(ipaddress.ip_address(host))  # one spelling, so comparisons with listen work
-    if scheme == "https":
-        if parts.fragment:
-            raise ValueError(f"{url!r}: an https upstream takes no #fragment")
-        return scheme, host, port, host
-    if parts.path not in ("", "/") or parts.query:
-        raise ValueError(f"{url!r}: a {scheme} upstream has no path or query; "
-                         f"write {scheme}://HOST:PORT")
-    if scheme != "tls":
-        if parts.fragment:
-            raise ValueError(f"{url!r}: #SNI is only for tls:// upstreams")
-        return scheme, host, port, None
-    sni = parts.fragment.strip().lower().rstrip(".") or (None if _is_ip(host) else host)
-    if sni is not None and not _HOSTNAME.fullmatch(sni):
-        raise ValueError(f"{url!r}: {sni!r} is not a valid TLS server name")
-    return scheme, host, port, sni
-
-
 def parse_duration(value: Any) -> float:
     """Seconds from `90`, `90s`, `30m`, `24h`, `1d`, `1h30m` or `500ms`; ValueError if invalid."""
     if isinstance(value, bool):
@@ -253,20 +126,6 @@ def parse_duration(value: Any) -> float:
     if seconds != seconds or seconds in (float("inf"), float("-inf")) or seconds < 0:
         raise ValueError(f"{value!r} is not a duration")
     return seconds
-
-
-def _port(text: str, whole: str) -> int:
-    if not text.isdigit() or not 0 <= int(text) <= 65535:
-        raise ValueError(f"{whole!r}: port {text!r} is not a number from 0 to 65535")
-    return int(text)
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 class _ConfigParser:

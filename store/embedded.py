@@ -1,4 +1,4 @@
-"""Where state lives between restarts: the Store interface and the embedded store under state_dir."""
+"""The embedded store: state under state_dir in files, for one server (or several on one machine)."""
 
 from __future__ import annotations
 
@@ -14,27 +14,16 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Protocol
 
 from policies.model import Override
+from store.records import (
+    ApiToken, AuditEntry, NotFound, Session, StoredPolicy, StoreError, User, VersionConflict,
+    describe_override, describe_token, describe_user, device_record, minutes_of, policy_without,
+)
 
 log = logging.getLogger("classguard.store")
-
-__all__ = [
-    "ApiToken",
-    "AuditEntry",
-    "EmbeddedStore",
-    "NotFound",
-    "Session",
-    "Store",
-    "StoreError",
-    "StoredPolicy",
-    "User",
-    "VersionConflict",
-    "new_override_id",
-]
 
 STATE_FILE = "store.json"  # policy, overrides, versions: one file, replaced whole
 AUDIT_FILE = "audit.jsonl"  # one JSON object a line, appended
@@ -42,179 +31,6 @@ AUTH_FILE = "auth.json"  # dashboard users, API tokens (hashed) and sessions (ha
 LOCK_FILE = "store.lock"  # fcntl.flock around every read-modify-write
 FORMAT = 1
 LOCK_TIMEOUT = 10.0  # seconds a writer waits for another one before giving up
-
-
-class StoreError(Exception):
-    """The store cannot do what was asked; the message says why."""
-
-
-class StoreUnavailable(StoreError):
-    """A shared store (Redis) cannot be reached; the running state stays until it can."""
-
-
-class VersionConflict(StoreError):
-    """The policy changed since it was read: reload it and apply the change again."""
-
-    def __init__(self, expected: int, actual: int) -> None:
-        super().__init__(f"the policy changed meanwhile (version {actual}, expected {expected}); "
-                         "reload it and try again")
-        self.expected = expected
-        self.actual = actual
-
-
-class NotFound(StoreError):
-    """No such record."""
-
-
-@dataclass(frozen=True, slots=True)
-class StoredPolicy:
-    """The policy as stored: YAML text (as policies.export writes it) and its metadata."""
-
-    text: str
-    version: int  # 1 for the first policy, +1 on every change; 0 means none stored
-    updated_at: float  # POSIX time
-    updated_by: str
-
-
-@dataclass(frozen=True, slots=True)
-class AuditEntry:
-    at: float  # POSIX time
-    actor: str  # an OS user, a dashboard user, or "classguard serve" for the seed
-    action: str  # policy.import, policy.seed, override.add, override.cancel, ...
-    before: str  # a one-line summary of what was there ("" for nothing)
-    after: str
-
-
-@dataclass(frozen=True, slots=True)
-class User:
-    """A dashboard account. `password_hash` is an scrypt string (dashboard.auth); never shown."""
-
-    name: str
-    role: str  # admin | teacher
-    classes: tuple[str, ...] = ()  # a teacher's classes
-    password_hash: str = ""
-    created_at: float = 0.0
-    sessions_after: float = 0.0  # sessions opened before this (a password reset) are void
-    language: str = ""  # the dashboard's language for this user (fr, en); "" is the default, fr
-    disabled: bool = False  # an admin switched the account off: no login, no session
-
-    @classmethod
-    def from_record(cls, data: dict) -> User:
-        """A stored record (JSON), keys this version does not know left aside."""
-        known = {item.name for item in fields(cls)}
-        return cls(**{**{key: value for key, value in data.items() if key in known},
-                      "classes": tuple(data.get("classes", ()))})
-
-
-@dataclass(frozen=True, slots=True)
-class ApiToken:
-    """An API token, known by the SHA-256 of its text alone (the text is shown once)."""
-
-    id: str
-    name: str
-    sha256: str
-    role: str = "admin"
-    created_at: float = 0.0
-    created_by: str = ""
-    revoked: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Session:
-    """A dashboard session, known by the SHA-256 of its cookie value."""
-
-    sha256: str
-    user: str
-    csrf: str
-    expires: float
-
-
-class Store(Protocol):
-    """What every store offers (embedded today, Redis next): small, async, whole values.
-
-    The DNS path never calls a store: a server answers from its in-memory snapshot and only its
-    watcher reads the store (`version()` every poll, the rest when the version moved).
-    """
-
-    async def version(self) -> int:
-        """A number that changes on every write of any kind (cheap: the watcher polls it)."""
-
-    async def get_policy(self) -> StoredPolicy | None: ...
-
-    async def put_policy(self, text: str, *, actor: str, expected_version: int | None = None,
-                         action: str = "policy.import", before: str = "",
-                         after: str = "") -> StoredPolicy:
-        """Replace the policy. `expected_version` (0: none stored yet) refuses a stale write with
-        VersionConflict. The same text again is no change: no new version, nothing audited."""
-
-    async def overrides(self) -> list[Override]:
-        """The overrides that have not ended, oldest first."""
-
-    async def add_override(self, override: Override, *, actor: str) -> Override: ...
-
-    async def cancel_override(self, override_id: str, *, actor: str) -> Override:
-        """End an override now; NotFound when there is no such override (or it has ended)."""
-
-    async def audit(self, limit: int = 100) -> list[AuditEntry]:
-        """The newest `limit` entries, newest first."""
-
-    async def close(self) -> None: ...
-
-    async def merge_active_minutes(self, day: str, minutes: dict[str, bytes]) -> dict[str, bytes]:
-        """Screen time: OR these minute bitmaps into `day`'s; every device's merged bitmap."""
-
-    # Dashboard accounts (SPEC §3, §6). One record a key, so each maps to one Redis key
-    # (user:NAME, token:SHA256, session:SHA256 with the session's TTL). These writes do not move
-    # `version()`: nothing on the DNS path depends on them.
-
-    async def get_user(self, name: str) -> User | None: ...
-
-    async def users(self) -> list[User]: ...
-
-    async def put_user(self, user: User, *, actor: str, action: str, before: str = "") -> User:
-        """Create or replace an account; audited (`action`: user.add, user.reset, user.change,
-        user.language; `before`: describe_user of what it replaces), no hash in it."""
-
-    async def delete_user(self, name: str, *, actor: str) -> None:
-        """Remove an account (audited as user.remove); nothing happens when there is none."""
-
-    async def get_token(self, sha256: str) -> ApiToken | None: ...
-
-    async def tokens(self) -> list[ApiToken]: ...
-
-    async def put_token(self, token: ApiToken, *, actor: str, action: str) -> ApiToken:
-        """Create a token or store its revocation; audited."""
-
-    async def get_session(self, sha256: str) -> Session | None:
-        """The session, or None when there is none or it has expired."""
-
-    async def put_session(self, session: Session) -> None: ...
-
-    async def delete_session(self, sha256: str) -> None: ...
-
-
-def new_override_id() -> str:
-    return secrets.token_hex(4)
-
-
-def describe_override(override: Override) -> str:
-    """One line for the audit log: "pause for cm2-a until 2026-12-01T13:30:00+00:00 (id 1a2b3c4d)"."""
-    what = override.kind if override.target is None else f"{override.kind} {override.target}"
-    until = dt.datetime.fromtimestamp(override.until, dt.timezone.utc).isoformat(timespec="seconds")
-    return f"{what} for {override.class_id} until {until} (id {override.id})"
-
-
-def describe_user(user: User) -> str:
-    """The audit log's line for an account (never its password hash)."""
-    return f"user {user.name}, role {user.role}" + (
-        f", classes {', '.join(user.classes)}" if user.classes else "") + (
-        f", language {user.language}" if user.language else "") + (
-        ", disabled" if user.disabled else "")
-
-
-def describe_token(token: ApiToken) -> str:
-    """The audit log's line for an API token (never its hash)."""
-    return f"token {token.id} ({token.name}, {token.role})" + (" revoked" if token.revoked else "")
 
 
 # --- the embedded store -----------------------------------------------------------------------
@@ -353,27 +169,14 @@ class EmbeddedStore:
     async def delete_session(self, sha256: str) -> None:
         await asyncio.to_thread(self._auth_change, lambda auth: auth["sessions"].pop(sha256, None))
 
-    # -- a device's data (GDPR art. 15 and 17; the shape is resolver.gdpr's)
+    # -- a device's data as this store holds it (GDPR art. 15 and 17; privacy.gdpr adds the
+    # query log's part)
 
     async def device_data(self, device_id: str) -> dict:
-        """Everything held about one device: its policy record (no token), its screen-time
-        minutes per day, and its query-log entries under state_dir/querylog."""
-        from resolver.gdpr import query_log_data
-        from resolver.querylog import EmbeddedQueryLogStore
-
-        data = await asyncio.to_thread(self.device_data_now, device_id)
-        data.update(await query_log_data(EmbeddedQueryLogStore(self.state_dir), device_id))
-        return data
+        return await asyncio.to_thread(self.device_data_now, device_id)
 
     async def erase_device(self, device_id: str, *, actor: str = "device.erase") -> dict:
-        """Delete the device's query-log entries, its screen-time minutes and its record in
-        the stored policy (an audited policy change)."""
-        from resolver.gdpr import erase_query_log
-        from resolver.querylog import EmbeddedQueryLogStore
-
-        entries = await erase_query_log(EmbeddedQueryLogStore(self.state_dir), device_id)
-        erased = await asyncio.to_thread(self.erase_device_now, device_id, actor)
-        return {**erased, "query_log_entries": entries}
+        return await asyncio.to_thread(self.erase_device_now, device_id, actor)
 
     # -- the same, blocking (for threads and the command line)
 
@@ -437,25 +240,16 @@ class EmbeddedStore:
 
 
     def device_data_now(self, device_id: str) -> dict:
-        import yaml
-
-        record = None
         policy = self.read_state().policy
-        if policy is not None:
-            found = ((yaml.safe_load(policy.text) or {}).get("devices") or {}).get(device_id)
-            if isinstance(found, dict):
-                record = {key: ("***" if "token" in key else value) for key, value in found.items()}
         minutes = {}
         for path in sorted((self.state_dir / SCREEN_TIME_DIR).glob("*.json")):
             bits = json.loads(path.read_text()).get(device_id)
             if bits:
-                value = int.from_bytes(bytes.fromhex(bits), "little")
-                minutes[path.stem] = [minute for minute in range(value.bit_length()) if value >> minute & 1]
-        return {"device_record": record, "screen_time_minutes": minutes}
+                minutes[path.stem] = minutes_of(bytes.fromhex(bits))
+        return {"device_record": device_record(None if policy is None else policy.text, device_id),
+                "screen_time_minutes": minutes}
 
     def erase_device_now(self, device_id: str, actor: str) -> dict:
-        import yaml
-
         erased = {"device_record": False, "screen_time_days": 0}
         with self._locked() as state:
             for path in sorted((self.state_dir / SCREEN_TIME_DIR).glob("*.json")):
@@ -464,13 +258,8 @@ class EmbeddedStore:
                     write_atomically(path, json.dumps(stored, sort_keys=True))
                     erased["screen_time_days"] += 1
             policy = state.policy
-            data = yaml.safe_load(policy.text) if policy is not None else None
-            devices = (data or {}).get("devices") or {}
-            if device_id in devices:
-                del devices[device_id]
-                if not devices:
-                    data.pop("devices", None)
-                text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+            text = None if policy is None else policy_without(policy.text, device_id)
+            if text is not None:
                 stored_policy = StoredPolicy(text=text, version=policy.version + 1, updated_at=time.time(),
                                              updated_by=actor)
                 self._commit(state, policy=stored_policy)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import datetime as dt
+import getpass
+import json
 import logging
 import os
 import sys
@@ -12,20 +15,35 @@ import time
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+from admin.control import local_commands, os_user
+from admin.control import request as control_request
+from admin.control import stored_or_seed_policy
+from admin.devices import COMMANDS as DEVICE_COMMANDS
+from admin.errors import ControlError
 from blocklists.bundled import load_bundled
 from blocklists.names import normalize_domain
-from blocklists.update import UpdateError, load_compiled, update_lists
+from blocklists.update import (
+    TerminalProgress, UpdateError, UpdateReport, artifact_path, load_compiled, read_status,
+    update_lists,
+)
+from classguard import device_cli
+from classguard.config import ConfigError, load_config
+from classguard.logsetup import configure
+from classguard.metric_shares import clear_shares
+from classguard.service import fetch_missing_lists, known_categories
+from classguard.service import open_store as service_store
+from classguard.service import own_names, policy_path, publish_lists, run
+from classguard.workers import supervise
+from common.errors import StartupError
+from dashboard import auth
 from policies.engine import PolicyEngine
 from policies.export import export_policy
 from policies.loader import PolicyError, load_policy
+from privacy import gdpr
+from privacy.querylog import QueryLogSettings
 from resolver.clients import ClientIndex
-from resolver.config import ConfigError, load_config
-from resolver import devices
-from resolver.control import ControlError, local_commands, os_user, stored_or_seed_policy
-from resolver.control import request as control_request
-from resolver.service import StartupError, fetch_missing_lists, known_categories, own_names, \
-    policy_path
-from resolver.store import Store, StoreError, StoreUnavailable, describe_user
+from store.protocol import Store
+from store.records import StoreError, StoreUnavailable, describe_user
 
 log = logging.getLogger("classguard")
 
@@ -90,7 +108,7 @@ def _parser() -> argparse.ArgumentParser:
         command = device_commands.add_parser(name, parents=[common], help=text)
         command.add_argument("id", metavar="ID",
                              help="a device id, or the address of a client known by its network")
-    devices.add_parser(commands, common)  # device add, import, export-urls, rotate, revoke
+    device_cli.add_parser(commands, common)  # device add, import, export-urls, rotate, revoke
     _add_account_parsers(commands, common)  # user add, user reset, token create, token revoke
     return parser
 
@@ -132,8 +150,8 @@ def main(argv: list[str] | None = None) -> int:
             return _POLICY_COMMANDS[args.policy_command](config, args)
         if args.command == "override":
             return _override(config, args)
-        if args.command == "device" and args.device_command in devices.COMMANDS:
-            return devices.run(config, args, _state_request)
+        if args.command == "device" and args.device_command in DEVICE_COMMANDS:
+            return device_cli.run(config, args, _state_request)
         if args.command == "device":
             return _DEVICE_COMMANDS[args.device_command](config, args)
         if args.command in ("user", "token"):
@@ -156,26 +174,22 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve(config, args) -> int:
-    from resolver.logsetup import configure
 
     configure(config, args.log_level, args.log_format)
     if args.workers < 1:
         raise StartupError("--workers takes a number of processes, 1 or more")
-    from resolver.metric_shares import clear_shares  # not resolver.metrics: aiohttp stays unloaded
 
     clear_shares(config.state_dir)  # once per start, before the workers: never a worker's restart
     if args.workers > 1:
-        from resolver.workers import supervise
 
         return supervise(config, args.workers, _run_worker)
     return _run_worker(config, 0, 1)
 
 
 def _run_worker(config, index: int, workers: int) -> int:
-    from resolver.service import run
 
     try:
-        import uvloop
+        import uvloop  # lazy: optional, and a faster loop is for serving only
     except ImportError:  # pragma: no cover - uvloop is a dependency; its absence only costs speed
         asyncio.run(run(config, index, workers))
     else:
@@ -186,7 +200,6 @@ def _run_worker(config, index: int, workers: int) -> int:
 def _read_password(args) -> str:
     if args.password_stdin:
         return sys.stdin.readline().rstrip("\r\n")
-    import getpass
 
     password = getpass.getpass("password: ")
     if getpass.getpass("again: ") != password:
@@ -196,16 +209,9 @@ def _read_password(args) -> str:
 
 def _accounts(config, args) -> int:
     """`user add|reset`, `token create|revoke`: written to the store, audited."""
-    import dataclasses
-
-    from dashboard import auth
-
     async def run() -> str:
         store = open_store(config)
         try:
-            from dashboard.app import require_accounts
-
-            require_accounts(store)
             actor = os_user()
             if args.command == "token" and args.token_command == "create":
                 text, record = await auth.create_token(store, args.name, actor=actor)
@@ -263,17 +269,21 @@ def _accounts(config, args) -> int:
 
 def _device_data(config, args) -> int:
     """Everything held about one device (query log entries, stats, its stored record), as JSON."""
-    import json
+    async def report() -> dict:
+        store = service_store(config)
+        try:
+            return await gdpr.device_report(store, QueryLogSettings.from_section(config.query_log),
+                                            args.id)
+        finally:
+            await store.close()
 
-    from resolver.querylog import device_data
-
-    print(json.dumps(asyncio.run(device_data(config, args.id)), indent=1, ensure_ascii=False))
+    print(json.dumps(asyncio.run(report()), indent=1, ensure_ascii=False))
     return 0
 
 
 def _device_erase(config, args) -> int:
     # Through the running server when there is one (SPEC §3): it writes what it buffers first,
-    # and every server on the store drops what it buffers of the device (resolver.gdpr).
+    # and every server on the store drops what it buffers of the device (privacy.gdpr).
     erased = _state_request(config, {"op": "device.erase", "id": args.id})
     store = erased.get("store") or {}
     extra = ""
@@ -302,7 +312,6 @@ def _lists_update(config) -> int:
     """A server running on this state_dir makes the refresh itself (it serves the new lists at
     once and, with Redis, publishes them); otherwise this process compiles them and, with Redis,
     publishes them, and every instance on that Redis loads them."""
-    from blocklists.update import TerminalProgress, UpdateReport, artifact_path
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     response = asyncio.run(control_request(config.state_dir, {"op": "lists.refresh"},
@@ -316,25 +325,23 @@ def _lists_update(config) -> int:
     else:
         progress = TerminalProgress(sys.stderr) if sys.stderr.isatty() else None
         try:
-            lists, report = asyncio.run(update_lists(config, load_bundled(), progress=progress))
+            lists, report = asyncio.run(update_lists(config.blocklists, config.state_dir, load_bundled(), progress=progress))
         finally:
             if progress is not None:
                 progress.close()
         del lists
         if config.store != "embedded":
-            from resolver.redis_store import artifact_sha256
-            from resolver.service import publish_lists
+            from store.redis_backend import artifact_sha256  # lazy: it loads redis
 
             digest = artifact_sha256(artifact_path(config.state_dir))
             if _with_store(config, lambda store: publish_lists(store, config.state_dir, digest)):
-                print(f"lists published {devices.store_place(config)}: every instance on it "
+                print(f"lists published {device_cli.store_place(config)}: every instance on it "
                       "loads them", file=sys.stderr)
     print(report.table())
     return 0 if not report.failed and not report.kept_previous else 1
 
 
 def _lists_status(config) -> int:
-    from blocklists.update import read_status
 
     report = read_status(config.state_dir)
     if report is None:
@@ -371,7 +378,7 @@ def _check(config, args) -> int:
     lists = load_compiled(config.state_dir)
     if lists is None:
         print("note: no compiled lists under state_dir yet; compiling them now", file=sys.stderr)
-        lists, _report = asyncio.run(update_lists(config, bundled))
+        lists, _report = asyncio.run(update_lists(config.blocklists, config.state_dir, bundled))
     engine = PolicyEngine(policy, lists, bundled, own_names(config), check_overrides(config),
                           config.timezone)
     at = _moment(args.at, config.timezone)
@@ -418,7 +425,6 @@ def check_overrides(config) -> tuple:
 def open_store(config) -> Store:
     """The store the config names (SPEC §7): files under state_dir, or Redis. Every command
     reads and writes this one, so that a Redis-backed deployment sees what the CLI did."""
-    from resolver.service import open_store as service_store
 
     if config.store != "embedded":
         # The CLI says a failure itself, in one line; the store's own log line (with its
@@ -491,7 +497,7 @@ def _policy_import(config, args) -> int:
     elif response["via"] == "server":
         print(f"{args.file}: imported as policy version {version}; the running server applied it")
     elif config.store != "embedded":
-        print(f"{args.file}: imported as policy version {version} {devices.store_place(config)}; "
+        print(f"{args.file}: imported as policy version {version} {device_cli.store_place(config)}; "
               "every server on it applies it within a second")
     else:
         print(f"{args.file}: imported as policy version {version}; no server runs on "
@@ -508,7 +514,7 @@ def _policy_export(config, args) -> int:
     seed = policy_path(config)
     policy = load_policy(seed, known_categories=known_categories(config, bundled),
                          known_services=set(bundled.services))
-    print(f"note: nothing is stored {devices.store_place(config)} yet; this is the seed file "
+    print(f"note: nothing is stored {device_cli.store_place(config)} yet; this is the seed file "
           f"{seed}", file=sys.stderr)
     sys.stdout.write(export_policy(policy))
     return 0

@@ -1,0 +1,14 @@
+"""How an admin operation fails: refused, with the reason said in one line."""
+
+from __future__ import annotations
+
+from common.errors import ClassguardError
+
+
+class ControlError(ClassguardError):
+    """A command was refused or could not be carried; the message says why, in one line."""
+
+    def __init__(self, message: str, errors: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.errors = errors or []
+

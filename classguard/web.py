@@ -1,0 +1,38 @@
+"""The dashboard and the REST API wired to the running service: their typed context.
+
+Loaded only when `dashboard` is configured (aiohttp's server comes with it)."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+from classguard.metrics import ReadinessProbe, upstream_groups
+from dashboard import auth
+from dashboard.context import Context, Health, UpstreamHealth
+
+
+def dashboard_context(service, *, throttle: auth.Throttle | auth.StoreThrottle | None = None
+                      ) -> Context:
+    """What the dashboard's handlers work with, taken from a running `Service`."""
+    settings = service.config.dashboard or {}
+    public_url = str(settings.get("public_url") or "")
+
+    async def health() -> Health:
+        probe = ReadinessProbe(service)  # what /readyz says: a Redis away is a note, not a reason
+        problem = await probe.store_reason()
+        return Health(
+            upstreams=[UpstreamHealth(zone, upstream.name, upstream.healthy, upstream.last_error)
+                       for zone, group in upstream_groups(service) for upstream in group.upstreams],
+            store_kind=type(service.store).__name__, store_problem=problem,
+            store_up=probe.store_up, notes=probe.notes())
+
+    return Context(
+        store=service.store, commands=service.control.commands, state=service.state,
+        state_dir=Path(service.config.state_dir), config=service.config,
+        secure_cookies=public_url.startswith("https://"), query_log=service.query_log,
+        throttle=throttle if throttle is not None else auth.throttle_for(service.store),
+        refresh_lists=service.request_list_refresh, refresh_lists_now=service.refresh_lists_now,
+        health=health,
+        trusted_proxies=tuple(ipaddress.ip_network(network, strict=False)
+                              for network in settings.get("trusted_proxies", ())))

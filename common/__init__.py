@@ -1,0 +1,1 @@
+"""What every package shares and nothing above it owns: the exception root and address helpers."""

@@ -1,0 +1,103 @@
+"""The Store protocol: what every backend offers, and the abilities only some backends have."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from policies.model import Override
+from store.records import ApiToken, AuditEntry, Session, StoredPolicy, User
+
+
+class Store(Protocol):
+    """What every store offers (embedded today, Redis next): small, async, whole values.
+
+    The DNS path never calls a store: a server answers from its in-memory snapshot and only its
+    watcher reads the store (`version()` every poll, the rest when the version moved).
+    """
+
+    async def version(self) -> int:
+        """A number that changes on every write of any kind (cheap: the watcher polls it)."""
+
+    async def get_policy(self) -> StoredPolicy | None: ...
+
+    async def put_policy(self, text: str, *, actor: str, expected_version: int | None = None,
+                         action: str = "policy.import", before: str = "",
+                         after: str = "") -> StoredPolicy:
+        """Replace the policy. `expected_version` (0: none stored yet) refuses a stale write with
+        VersionConflict. The same text again is no change: no new version, nothing audited."""
+
+    async def overrides(self) -> list[Override]:
+        """The overrides that have not ended, oldest first."""
+
+    async def add_override(self, override: Override, *, actor: str) -> Override: ...
+
+    async def cancel_override(self, override_id: str, *, actor: str) -> Override:
+        """End an override now; NotFound when there is no such override (or it has ended)."""
+
+    async def audit(self, limit: int = 100) -> list[AuditEntry]:
+        """The newest `limit` entries, newest first."""
+
+    async def close(self) -> None: ...
+
+    async def merge_active_minutes(self, day: str, minutes: dict[str, bytes]) -> dict[str, bytes]:
+        """Screen time: OR these minute bitmaps into `day`'s; every device's merged bitmap."""
+
+    # Dashboard accounts (SPEC §3, §6). One record a key, so each maps to one Redis key
+    # (user:NAME, token:SHA256, session:SHA256 with the session's TTL). These writes do not move
+    # `version()`: nothing on the DNS path depends on them.
+
+    async def get_user(self, name: str) -> User | None: ...
+
+    async def users(self) -> list[User]: ...
+
+    async def put_user(self, user: User, *, actor: str, action: str, before: str = "") -> User:
+        """Create or replace an account; audited (`action`: user.add, user.reset, user.change,
+        user.language; `before`: describe_user of what it replaces), no hash in it."""
+
+    async def delete_user(self, name: str, *, actor: str) -> None:
+        """Remove an account (audited as user.remove); nothing happens when there is none."""
+
+    async def get_token(self, sha256: str) -> ApiToken | None: ...
+
+    async def tokens(self) -> list[ApiToken]: ...
+
+    async def put_token(self, token: ApiToken, *, actor: str, action: str) -> ApiToken:
+        """Create a token or store its revocation; audited."""
+
+    async def get_session(self, sha256: str) -> Session | None:
+        """The session, or None when there is none or it has expired."""
+
+    async def put_session(self, session: Session) -> None: ...
+
+    async def delete_session(self, sha256: str) -> None: ...
+
+    # A device's data as the store holds it (GDPR art. 15 and 17): privacy.gdpr adds the query
+    # log's part and says the shape.
+
+    async def device_data(self, device_id: str) -> dict:
+        """{"device_record": {...} | None, "screen_time_minutes": {DAY: [minute, ...]}}"""
+
+    async def erase_device(self, device_id: str, *, actor: str = "device.erase") -> dict:
+        """Delete its minutes and its record (an audited policy change):
+        {"device_record": bool, "screen_time_days": n}"""
+
+
+@runtime_checkable
+class RedisKeyspace(Protocol):
+    """A store that is a Redis server (store.redis_backend.RedisStore): the query log keeps its
+    entries under the same keys, with the same connection."""
+
+    def key(self, name: str) -> str:
+        """The full key of `name`, under this store's prefix."""
+
+    async def run(self, operation: Callable[[Any], Awaitable[Any]]) -> Any:
+        """`operation(client)`, with the store's reconnection and its StoreUnavailable."""
+
+
+@runtime_checkable
+class FileBacked(Protocol):
+    """A store that keeps its state in files under `state_dir` (store.embedded.EmbeddedStore)."""
+
+    state_dir: Path

@@ -1,0 +1,152 @@
+"""What a store holds and how it fails: the records (policy, audit, accounts) and the store's errors."""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+from dataclasses import dataclass, fields
+
+import yaml
+
+from common.errors import ClassguardError
+from policies.model import Override
+
+
+class StoreError(ClassguardError):
+    """The store cannot do what was asked; the message says why."""
+
+
+class StoreUnavailable(StoreError):
+    """A shared store (Redis) cannot be reached; the running state stays until it can."""
+
+
+class VersionConflict(StoreError):
+    """The policy changed since it was read: reload it and apply the change again."""
+
+    def __init__(self, expected: int, actual: int) -> None:
+        super().__init__(f"the policy changed meanwhile (version {actual}, expected {expected}); "
+                         "reload it and try again")
+        self.expected = expected
+        self.actual = actual
+
+
+class NotFound(StoreError):
+    """No such record."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredPolicy:
+    """The policy as stored: YAML text (as policies.export writes it) and its metadata."""
+
+    text: str
+    version: int  # 1 for the first policy, +1 on every change; 0 means none stored
+    updated_at: float  # POSIX time
+    updated_by: str
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    at: float  # POSIX time
+    actor: str  # an OS user, a dashboard user, or "classguard serve" for the seed
+    action: str  # policy.import, policy.seed, override.add, override.cancel, ...
+    before: str  # a one-line summary of what was there ("" for nothing)
+    after: str
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    """A dashboard account. `password_hash` is an scrypt string (dashboard.auth); never shown."""
+
+    name: str
+    role: str  # admin | teacher
+    classes: tuple[str, ...] = ()  # a teacher's classes
+    password_hash: str = ""
+    created_at: float = 0.0
+    sessions_after: float = 0.0  # sessions opened before this (a password reset) are void
+    language: str = ""  # the dashboard's language for this user (fr, en); "" is the default, fr
+    disabled: bool = False  # an admin switched the account off: no login, no session
+
+    @classmethod
+    def from_record(cls, data: dict) -> User:
+        """A stored record (JSON), keys this version does not know left aside."""
+        known = {item.name for item in fields(cls)}
+        return cls(**{**{key: value for key, value in data.items() if key in known},
+                      "classes": tuple(data.get("classes", ()))})
+
+
+@dataclass(frozen=True, slots=True)
+class ApiToken:
+    """An API token, known by the SHA-256 of its text alone (the text is shown once)."""
+
+    id: str
+    name: str
+    sha256: str
+    role: str = "admin"
+    created_at: float = 0.0
+    created_by: str = ""
+    revoked: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """A dashboard session, known by the SHA-256 of its cookie value."""
+
+    sha256: str
+    user: str
+    csrf: str
+    expires: float
+
+
+def new_override_id() -> str:
+    return secrets.token_hex(4)
+
+
+def describe_override(override: Override) -> str:
+    """One line for the audit log: "pause for cm2-a until 2026-12-01T13:30:00+00:00 (id 1a2b3c4d)"."""
+    what = override.kind if override.target is None else f"{override.kind} {override.target}"
+    until = dt.datetime.fromtimestamp(override.until, dt.timezone.utc).isoformat(timespec="seconds")
+    return f"{what} for {override.class_id} until {until} (id {override.id})"
+
+
+def describe_user(user: User) -> str:
+    """The audit log's line for an account (never its password hash)."""
+    return f"user {user.name}, role {user.role}" + (
+        f", classes {', '.join(user.classes)}" if user.classes else "") + (
+        f", language {user.language}" if user.language else "") + (
+        ", disabled" if user.disabled else "")
+
+
+def describe_token(token: ApiToken) -> str:
+    """The audit log's line for an API token (never its hash)."""
+    return f"token {token.id} ({token.name}, {token.role})" + (" revoked" if token.revoked else "")
+
+
+# --- a device's data as a store holds it (GDPR art. 15 and 17; privacy.gdpr adds the query log)
+
+
+def device_record(policy_text: str | None, device_id: str) -> dict | None:
+    """The device's record in a stored policy, its token (or digest) shown as ***."""
+    if policy_text is None:
+        return None
+    found = ((yaml.safe_load(policy_text) or {}).get("devices") or {}).get(device_id)
+    if not isinstance(found, dict):
+        return None
+    return {key: ("***" if "token" in key else value) for key, value in found.items()}
+
+
+def policy_without(policy_text: str, device_id: str) -> str | None:
+    """The policy text with the device's record removed; None when it has none."""
+    data = yaml.safe_load(policy_text) or {}
+    devices = data.get("devices") or {}
+    if device_id not in devices:
+        return None
+    del devices[device_id]
+    if not devices:
+        data.pop("devices", None)
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+
+
+def minutes_of(bits: bytes) -> list[int]:
+    """A screen-time bitmap as the minutes after local midnight it marks."""
+    value = int.from_bytes(bits, "little")
+    return [minute for minute in range(value.bit_length()) if value >> minute & 1]
