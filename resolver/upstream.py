@@ -26,6 +26,9 @@ log = logging.getLogger("classguard.upstream")
 # Backoff for an upstream that failed: skipped (tried last) for this long, doubling to the cap.
 DOWN_BACKOFF_START = 1.0
 DOWN_BACKOFF_MAX = 30.0
+# Doublings past which the backoff is DOWN_BACKOFF_MAX anyway: the failure count of a long outage
+# grows without bound, and 2.0 ** 1024 no longer fits a float.
+DOWN_BACKOFF_DOUBLINGS = 16
 # How often an idle group asks its upstreams (dns.upstream_probe_interval's default), seconds.
 PROBE_INTERVAL = 10.0
 
@@ -286,7 +289,8 @@ class Upstream:
         if self.healthy is not False:  # once per outage, and once for one down from the start
             log.warning("upstream %s failed: %s", self.name, error)
         self.healthy = False
-        backoff = min(DOWN_BACKOFF_MAX, DOWN_BACKOFF_START * 2 ** (self.failures - 1))
+        doublings = min(self.failures - 1, DOWN_BACKOFF_DOUBLINGS)
+        backoff = min(DOWN_BACKOFF_MAX, DOWN_BACKOFF_START * 2 ** doublings)
         self.down_until = time.monotonic() + backoff
 
 

@@ -169,3 +169,25 @@ async def test_too_old_answer_is_not_served_stale(make_resolver, upstream):
     answer = await resolver.query("example.com", use_edns=0)
     assert answer.rcode() == dns.rcode.SERVFAIL
     assert [code for code, _text in ede(answer)] == [22]
+
+
+async def test_stale_answers_last_the_whole_outage_whatever_the_failure_count(make_resolver, upstream,
+                                                                              caplog):
+    """An outage long enough for the upstream's failure count to pass 1,100 (each query that finds
+    it down counts one): the down backoff once overflowed a float there, and from then on cached
+    names got SERVFAIL without EDE and every query logged a traceback (issue 24)."""
+    resolver, clock = await start(make_resolver, upstream_timeout=0.2)
+    await resolver.query("example.com")
+    clock.advance(301)
+    upstream.mode = "junk"  # fails at once, so the count grows as fast as queries come
+    first = resolver.service.upstream_groups[0].upstreams[0]
+    sent = 0
+    while first.failures <= 1100 and sent < 3000:
+        await asyncio.gather(*(resolver.query(f"n{sent + index}.example.net", timeout=2.0)
+                               for index in range(50)))
+        sent += 50
+    assert first.failures > 1100
+    stale = await resolver.query("example.com", use_edns=0)
+    assert addresses(stale) == ["93.184.215.14"]
+    assert [code for code, _text in ede(stale)] == [3]
+    assert not [record for record in caplog.records if record.exc_info]
