@@ -639,6 +639,8 @@ async def run(config: Config, worker_index: int = 0, workers: int = 1) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, service.stopping.set)
+    # A closed terminal must not stop DNS; changes come through the store, never a signal.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     log.info("classguard is serving (stored policy version %d, seeded from %s); Ctrl-C to stop",
              service.control.policy_version, policy_path(config))
     await service.stopping.wait()

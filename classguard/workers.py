@@ -4,10 +4,17 @@ Each worker is a whole resolver with its own snapshot and cache; they stay in st
 store (every worker follows its version) and through the compiled lists under state_dir, which
 worker 0 refreshes and the others load when the file changes. The supervisor only starts the
 workers, forwards SIGTERM/SIGINT to them, and starts again a worker that died.
+
+SIGHUP is ignored by the supervisor and the workers: a terminal that goes away must not stop
+DNS, and changes reach a running server through the store (`policy import`, the dashboard),
+never through a signal. A worker dies with its supervisor (PR_SET_PDEATHSIG), so that a
+supervisor killed with SIGKILL leaves no worker holding the ports.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import os
 import signal
@@ -19,6 +26,18 @@ log = logging.getLogger("classguard.workers")
 RESTART_DELAY = 1.0  # seconds before a worker that died is started again
 RESTART_LIMIT = 5  # deaths within RESTART_WINDOW after which the supervisor gives up
 RESTART_WINDOW = 60.0
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal this process gets when its parent dies
+
+
+def die_with_parent(parent: int) -> None:
+    """SIGTERM this process when `parent` dies (Linux); at once if it is already gone."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the supervisor's SIGTERM is all there is
+        return
+    if os.getppid() != parent:  # it died between the fork and the prctl
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def supervise(config, workers: int, run_worker) -> int:
@@ -27,11 +46,14 @@ def supervise(config, workers: int, run_worker) -> int:
     deaths: list[float] = []
     stopping = False
 
+    supervisor = os.getpid()
+
     def start(index: int) -> None:
         pid = os.fork()
         if pid == 0:  # the worker
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
+            die_with_parent(supervisor)
             code = 1
             try:
                 code = run_worker(config, index, workers) or 0
@@ -58,6 +80,7 @@ def supervise(config, workers: int, run_worker) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # inherited by the workers
     for index in range(workers):
         start(index)
     status = 0
@@ -83,6 +106,8 @@ def supervise(config, workers: int, run_worker) -> int:
             continue
         log.error("worker %d exited (%d); starting it again", index, code)
         time.sleep(RESTART_DELAY)
+        if stopping:  # a SIGTERM during the delay: the others are stopping, start none
+            continue
         start(index)
     sys.stdout.flush()
     return status

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from pathlib import Path
 
 import dns.exception
 
@@ -50,3 +51,77 @@ async def test_two_workers_share_the_port_and_both_apply_a_policy_change(tmp_pat
     text = output.decode()
     assert process.returncode == 0, text
     assert "Traceback" not in text and text.count("worker") >= 2
+
+
+async def _serving(port: int, process) -> list[int]:
+    """Wait until both workers answer; their pids."""
+    for _ in range(150):
+        try:
+            answers = await answers_from_many_ports(port, "adult.example", 10)
+            if all(ede(answer) == [(15, "category:adult")] for answer in answers):
+                break
+        except dns.exception.Timeout:
+            pass
+        await asyncio.sleep(0.1)
+    return await _children(process.pid)
+
+
+async def _children(pid: int) -> list[int]:
+    listing = await asyncio.create_subprocess_exec("pgrep", "-P", str(pid), stdout=asyncio.subprocess.PIPE)
+    return [int(child) for child in (await listing.communicate())[0].split()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.split(")")[-1].split()[0] != "Z"  # a zombie is gone, only not reaped yet
+
+
+async def _start_two_workers(tmp_path, upstream):
+    port = write_school(tmp_path, upstream.url)
+    process = await asyncio.create_subprocess_exec(
+        CLASSGUARD, "serve", "--workers", "2", cwd=tmp_path, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT, env={**os.environ, "CLASSGUARD_CONFIG": ""})
+    workers = await _serving(port, process)
+    assert len(workers) == 2
+    return port, process, workers
+
+
+async def test_a_sigterm_during_the_restart_delay_stops_everything(tmp_path, upstream):
+    """kill -9 of a worker, then SIGTERM 0.3 s later, inside the supervisor's restart delay:
+    it once started a new worker and never exited (issue 24)."""
+    port, process, workers = await _start_two_workers(tmp_path, upstream)
+    os.kill(workers[0], signal.SIGKILL)
+    await asyncio.sleep(0.3)
+    process.send_signal(signal.SIGTERM)
+    try:
+        await asyncio.wait_for(process.communicate(), 10)
+    finally:
+        if process.returncode is None:
+            process.kill()
+    assert not any(_alive(pid) for pid in workers)
+
+
+async def test_sighup_leaves_the_server_serving_and_a_killed_supervisor_takes_its_workers(
+        tmp_path, upstream):
+    """SIGHUP once killed the supervisor and left its workers serving as orphans, so that a
+    new `serve` crash-looped on the ports taken (issue 24)."""
+    port, process, workers = await _start_two_workers(tmp_path, upstream)
+    process.send_signal(signal.SIGHUP)
+    await asyncio.sleep(0.5)
+    assert process.returncode is None and all(_alive(pid) for pid in workers)
+    answers = await answers_from_many_ports(port, "example.com", 10)
+    assert all(addresses(answer) == ["93.184.215.14"] for answer in answers)
+    process.kill()  # SIGKILL: no chance to stop the workers itself
+    await process.wait()
+    for _ in range(50):
+        if not any(_alive(pid) for pid in workers):
+            break
+        await asyncio.sleep(0.1)
+    assert not any(_alive(pid) for pid in workers)
