@@ -556,11 +556,11 @@ class MetricsServer:
         app.router.add_get("/readyz", self.readyz)
         return app
 
-    async def start(self) -> None:
+    async def start(self, *, reuse_port: bool = False) -> None:
         host, port = parse_listen(self.listen)
         self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, reuse_address=True)
+        site = web.TCPSite(self._runner, host, port, reuse_address=True, reuse_port=reuse_port or None)
         await site.start()
         bound = self._runner.addresses[0]  # the port chosen when port was 0
         self.address = (bound[0], bound[1])

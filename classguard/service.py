@@ -251,7 +251,7 @@ class Service:
             self.udp_addresses.append((bound[0], bound[1]))
             log.info("DNS listening on %s port %d (UDP and TCP)", bound[0], bound[1])
         if self.doh is not None:
-            await self.doh.start()
+            await self.doh.start(reuse_port=self.workers > 1)
         if self.config.dot is not None:
             await self._start_dot(handler)
         log.info("upstreams: %s", ", ".join(u.name for u in upstreams.upstreams))
@@ -267,7 +267,7 @@ class Service:
             from classguard.metrics import MetricsServer  # lazy: aiohttp, only with metrics on
 
             self.metrics = MetricsServer(self, self.config.metrics["listen"])
-            await self.metrics.start()
+            await self.metrics.start(reuse_port=self.workers > 1)
         elif self.config.metrics is not None:  # worker 0 serves the totals, these included
             from classguard.metrics import share_counters  # lazy: aiohttp, only with metrics on
 
@@ -287,7 +287,7 @@ class Service:
 
             self.dashboard = DashboardServer(dashboard_context(self),
                                              (self.config.dashboard or {}).get("listen", "127.0.0.1:8080"))
-            await self.dashboard.start()
+            await self.dashboard.start(reuse_port=self.workers > 1)
         if self.store is not None:
             self.state.screen_time.store = self.store
             self.tasks.append(asyncio.create_task(self._flush_screen_time()))
@@ -309,7 +309,8 @@ class Service:
         dns = self.config.dns
         self.dot = DotListener(handler, self.state, dot["hostname"], dns.tcp_idle_timeout, dns.tcp_max_connections)
         try:
-            await self.dot.start(dot.get("listen", "127.0.0.1:8853"), str(tls["cert"]), str(tls["key"]))
+            await self.dot.start(dot.get("listen", "127.0.0.1:8853"), str(tls["cert"]), str(tls["key"]),
+                                 reuse_port=self.workers > 1)
         except (OSError, ssl.SSLError) as exc:
             raise StartupError(f"dot: cannot listen on {dot.get('listen', '127.0.0.1:8853')}: {exc}") from exc
 

@@ -107,11 +107,12 @@ class DashboardServer:
         self.runner: web.AppRunner | None = None
         self.address: tuple[str, int] | None = None
 
-    async def start(self) -> None:
+    async def start(self, *, reuse_port: bool = False) -> None:
+        """`reuse_port`: worker processes share the port (serve --workers)."""
         host, port = parse_listen(self.listen)
         self.runner = web.AppRunner(init_app(self.context), access_log=None)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, host, port)
+        site = web.TCPSite(self.runner, host, port, reuse_port=reuse_port or None)
         await site.start()
         self.address = self.runner.addresses[0][:2]
         log.info("dashboard and REST API on http://%s:%d/api/v1", *self.address)

@@ -143,15 +143,17 @@ class DohServer:
         app.router.add_route("*", self.path + "/{token}", self.serve)
         return app
 
-    async def start(self) -> None:
-
+    async def start(self, *, reuse_port: bool = False) -> None:
+        """`reuse_port`: worker processes share the port (serve --workers); the kernel spreads
+        the connections."""
         host, port = parse_listen(self.listen)
         runner = web.AppRunner(self.app(), handle_signals=False, access_log=access_log,
                                access_log_class=access_logger(self.path),
                                keepalive_timeout=KEEPALIVE_TIMEOUT,
                                shutdown_timeout=SHUTDOWN_TIMEOUT)
         await runner.setup()
-        site = web.TCPSite(runner, host, port, ssl_context=self.ssl_context, reuse_address=True)
+        site = web.TCPSite(runner, host, port, ssl_context=self.ssl_context, reuse_address=True,
+                           reuse_port=reuse_port or None)
         try:
             await site.start()
         except BaseException:

@@ -62,11 +62,11 @@ class DotListener(TcpListener):
             raise PermissionError("unknown device")
         return Client(device.class_id, device.id, scope_for(self.state, client_ip), "dot token")
 
-    async def start(self, listen: str, cert: str, key: str) -> None:
+    async def start(self, listen: str, cert: str, key: str, *, reuse_port: bool = False) -> None:
         host, port = parse_listen(listen)
         self.server = await asyncio.start_server(
             self.serve_connection, host, port, ssl=self.tls_context(cert, key),
-            ssl_handshake_timeout=HANDSHAKE_TIMEOUT, reuse_address=True)
+            ssl_handshake_timeout=HANDSHAKE_TIMEOUT, reuse_address=True, reuse_port=reuse_port or None)
         bound = self.server.sockets[0].getsockname()
         self.port = bound[1]
         log.info("DoT listening on %s port %d for *.%s", bound[0], bound[1], self.hostname)

@@ -125,3 +125,54 @@ async def test_sighup_leaves_the_server_serving_and_a_killed_supervisor_takes_it
             break
         await asyncio.sleep(0.1)
     assert not any(_alive(pid) for pid in workers)
+
+
+async def test_workers_share_every_listener(tmp_path, upstream):
+    """`serve --workers 2` with DoH, DoT, metrics and the dashboard configured: the DoH site once
+    bound without SO_REUSEPORT, the second worker crash-looped and the server exited 1
+    (issue 24). Every listener is now shared by the workers, and each answers."""
+    import ssl
+    import urllib.request
+
+    import trustme
+
+    from tests.ports import free_port
+
+    port = write_school(tmp_path, upstream.url)
+    cert = trustme.CA().issue_cert("dot.school.example", "*.dot.school.example")
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    doh, dot, metrics, board = (free_port() for _ in range(4))
+    with (tmp_path / "classguard.yaml").open("a") as config:
+        config.write(f"doh: {{listen: \"127.0.0.1:{doh}\"}}\n"
+                     f"dot: {{listen: \"127.0.0.1:{dot}\", hostname: dot.school.example}}\n"
+                     f"tls: {{cert: cert.pem, key: key.pem}}\n"
+                     f"metrics: {{listen: \"127.0.0.1:{metrics}\"}}\n"
+                     f"dashboard: {{listen: \"127.0.0.1:{board}\"}}\n")
+    process = await asyncio.create_subprocess_exec(
+        CLASSGUARD, "serve", "--workers", "2", cwd=tmp_path, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT, env={**os.environ, "CLASSGUARD_CONFIG": ""})
+    try:
+        workers = await _serving(port, process)
+        await asyncio.sleep(1.5)  # a worker that failed to bind would have died and restarted
+        assert process.returncode is None
+        assert workers == await _children(process.pid) and len(workers) == 2
+
+        def get(url: str) -> int:
+            context = ssl.create_default_context()
+            context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+            with urllib.request.urlopen(url, timeout=3, context=context) as answer:
+                return answer.status
+
+        assert await asyncio.to_thread(get, f"http://127.0.0.1:{metrics}/healthz") == 200
+        assert await asyncio.to_thread(get, f"http://127.0.0.1:{board}/login") == 200
+        reader, writer = await asyncio.open_connection("127.0.0.1", dot)  # TCP accepted
+        writer.close()
+        reader, writer = await asyncio.open_connection("127.0.0.1", doh)
+        writer.close()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = await asyncio.wait_for(process.communicate(), 20)
+    text = output.decode()
+    assert process.returncode == 0, text
+    assert "Address already in use" not in text and "exited" not in text, text
