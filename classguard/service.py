@@ -158,7 +158,7 @@ def refuse_open_resolver(config: Config) -> None:
 
 
 SCREEN_TIME_FLUSH_INTERVAL = 5.0  # seconds between merges of active minutes into the store
-LIST_FOLLOW_INTERVAL = 1.0  # seconds between looks at the compiled lists' file (workers > 0)
+LIST_FOLLOW_INTERVAL = 1.0  # seconds between looks at the compiled lists' file (every process)
 LIST_STORE_INTERVAL = 5.0  # seconds between looks at the lists' manifest in Redis (worker 0)
 
 # A burst of queries must wait in the kernel, not be dropped, while Python answers the ones
@@ -197,6 +197,8 @@ class Service:
     store: Store | None = None
     control: ControlPlane | None = None  # the control socket and the store watcher
     _artifact_digest: tuple | None = None  # (file signature, sha256) of the compiled lists
+    _lists_seen: tuple | None = None  # the compiled file's signature this process serves
+    _refreshing: bool = False  # worker 0 is compiling: the follower waits for it
     dashboard: object | None = None  # dashboard.app.DashboardServer when `dashboard` is set
     lists_wanted: asyncio.Event = field(default_factory=asyncio.Event)  # "refresh now" was asked
     # each waiter (request_list_refresh) gets the report of the refresh that starts after it
@@ -257,12 +259,14 @@ class Service:
         log.info("upstreams: %s", ", ".join(u.name for u in upstreams.upstreams))
         self.tasks.append(asyncio.create_task(  # /readyz: an upstream answers, not "none failed yet"
             probe_upstreams(self.upstream_groups, dns.upstream_probe_interval)))
-        if self.worker_index > 0:
-            self.tasks.append(asyncio.create_task(self._follow_lists()))
-        elif self.state.snapshot.lists is None:
-            self.tasks.append(asyncio.create_task(self._refresh_lists(first=True)))
-        else:
-            self.tasks.append(asyncio.create_task(self._refresh_lists(first=False)))
+        # Every process follows the compiled file: worker 0's own refreshes, but also a
+        # `classguard lists update` compiled by the CLI (when another worker holds the control
+        # socket) or by another server on the same state_dir.
+        self._lists_seen = self._lists_mark() if self.state.snapshot.lists is not None else None
+        self.tasks.append(asyncio.create_task(self._follow_lists()))
+        if self.worker_index == 0:
+            self.tasks.append(asyncio.create_task(
+                self._refresh_lists(first=self.state.snapshot.lists is None)))
         if self.config.metrics is not None and self.worker_index == 0:
             from classguard.metrics import MetricsServer  # lazy: aiohttp, only with metrics on
 
@@ -359,23 +363,27 @@ class Service:
                     log.warning("screen time: cannot write to the store: %s", exc)
             await asyncio.sleep(SCREEN_TIME_FLUSH_INTERVAL)
 
+    def _lists_mark(self) -> tuple | None:
+        """The compiled file's signature: it changes whenever a compile replaces the file."""
+        try:
+            stat = artifact_path(self.config.state_dir).stat()
+        except FileNotFoundError:
+            return None
+        return (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+
     async def _follow_lists(self) -> None:
-        """Workers other than 0 load the lists worker 0 compiles, once the file has changed."""
-        path = artifact_path(self.config.state_dir)
-        seen = None
+        """Load the compiled lists once the file has changed: written by worker 0, by the CLI,
+        or by another server on this state_dir. Worker 0's own compile is marked seen."""
         loop = asyncio.get_running_loop()
         while True:
-            try:
-                stat = path.stat()
-                mark = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
-            except FileNotFoundError:
-                mark = None
-            if mark is not None and mark != seen:
+            mark = self._lists_mark()
+            if mark is not None and mark != self._lists_seen and not self._refreshing:
                 lists = await loop.run_in_executor(None, load_compiled, self.config.state_dir)
                 if lists is not None:
-                    seen = mark
+                    self._lists_seen = mark
                     self.state.replace_lists(lists)
                     log.info("worker %d: lists loaded (%d entries)", self.worker_index, lists.entry_count)
+                del lists
             await asyncio.sleep(LIST_FOLLOW_INTERVAL)
 
     async def _artifact_sha256(self) -> str | None:
@@ -426,6 +434,7 @@ class Service:
                                                  status_path(self.config.state_dir))
                     lists = await asyncio.get_running_loop().run_in_executor(
                         None, load_compiled, self.config.state_dir)
+                    self._lists_seen = self._lists_mark()
                     if lists is not None:
                         self.state.replace_lists(lists)
                         log.info("lists: loaded those published in the store (%d entries)",
@@ -461,10 +470,12 @@ class Service:
             asked = self.lists_wanted.is_set()
             self.lists_wanted.clear()
             waiters, self._refresh_waiters = self._refresh_waiters, []
+            self._refreshing = True
             try:
                 lists, report = await update_lists(self.config.blocklists, self.config.state_dir,
                                                    self.bundled, scheduled=not first and not asked,
                                                    current=self.state.snapshot.lists)
+                self._lists_seen = self._lists_mark()  # this compile: not to be loaded again
             except Exception as exc:  # an UpdateError, or a bug: neither may end the refreshes
                 _settle(waiters, exc)
                 failures += 1
@@ -473,6 +484,8 @@ class Service:
                 log.error("list refresh failed, %s; next try in %.0f s: %s", kept, delay, exc,
                           exc_info=not isinstance(exc, UpdateError))
                 continue
+            finally:
+                self._refreshing = False
             first = False
             if lists is not self.state.snapshot.lists:
                 self.state.replace_lists(lists)

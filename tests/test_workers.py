@@ -176,3 +176,46 @@ async def test_workers_share_every_listener(tmp_path, upstream):
     text = output.decode()
     assert process.returncode == 0, text
     assert "Address already in use" not in text and "exited" not in text, text
+
+
+async def test_lists_update_reaches_every_process_of_every_server_on_the_state_dir(tmp_path, upstream):
+    """`classguard lists update` with `serve --workers 2` and a second server on the same
+    state_dir: when the control socket was not worker 0's, the CLI compiled the lists itself and
+    worker 0 (and the whole second server) kept the old ones (issue 24). Every process now
+    follows the compiled file."""
+    port = write_school(tmp_path, upstream.url)
+    second = tmp_path / "second"
+    second.mkdir()
+    other_port = write_school(second, upstream.url)
+    config = (second / "classguard.yaml").read_text()
+    (second / "classguard.yaml").write_text(config.replace("state_dir: state",
+                                                           f"state_dir: {tmp_path / 'state'}"))
+    (second / "adult.txt").unlink()
+    (second / "adult.txt").symlink_to(tmp_path / "adult.txt")
+    first = await asyncio.create_subprocess_exec(
+        CLASSGUARD, "serve", "--workers", "2", cwd=tmp_path, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT, env={**os.environ, "CLASSGUARD_CONFIG": ""})
+    other = None
+    try:
+        assert len(await _serving(port, first)) == 2
+        other = await asyncio.create_subprocess_exec(
+            CLASSGUARD, "serve", cwd=second, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT, env={**os.environ, "CLASSGUARD_CONFIG": ""})
+        await _serving(other_port, other)
+        new = [f"new{index}.example" for index in range(10)]
+        (tmp_path / "adult.txt").write_text("adult.example\n" + "".join(f"{name}\n" for name in new))
+        updated = await cli(tmp_path, "lists", "update")
+        assert updated.returncode == 0, updated.stderr
+        blocked: list = []
+        for _ in range(50):  # within a few seconds of `lists update` returning
+            blocked = [ede(answer) for server_port in (port, other_port) for name in new
+                       for answer in await answers_from_many_ports(server_port, name, 4)]
+            if all(codes == [(15, "category:adult")] for codes in blocked):
+                break
+            await asyncio.sleep(0.1)
+        assert all(codes == [(15, "category:adult")] for codes in blocked)
+    finally:
+        for process in (first, other):
+            if process is not None and process.returncode is None:
+                process.send_signal(signal.SIGTERM)
+                await asyncio.wait_for(process.communicate(), 20)
