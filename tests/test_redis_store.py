@@ -177,7 +177,7 @@ async def test_redis_away_fails_fast_then_resynchronises(tmp_path, caplog):
 
 @needs_redis
 async def test_minutes_buffer_is_bounded_and_drops_are_counted(tmp_path, monkeypatch):
-    import store.redis_backend as module
+    import store.redis_backend.minutes as module
 
     monkeypatch.setattr(module, "MINUTES_BUFFER_MAX", 2)
     store = RedisStore(f"redis://127.0.0.1:{RedisServer(tmp_path).port}/0")  # nobody listens there
