@@ -174,3 +174,16 @@ def test_the_embedded_store_has_none_of_the_shared_stores_abilities(tmp_path):
     redis_store = RedisStore("redis://127.0.0.1:1/0")
     abilities = StoreAbilities.of(redis_store)
     assert all(getattr(abilities, field) is redis_store for field in abilities.__slots__)
+
+
+def test_no_caller_probes_a_store_with_hasattr_or_getattr():
+    """What a store offers beyond Store is a named protocol (store.protocol), found once."""
+    probes = []
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) \
+                        and node.func.id in ("hasattr", "getattr") and node.args \
+                        and "store" in ast.unparse(node.args[0]).lower():
+                    probes.append(f"{path.relative_to(ROOT)}:{node.lineno}: {ast.unparse(node)}")
+    assert probes == []
