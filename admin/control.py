@@ -41,7 +41,7 @@ from policies.loader import PolicyError, load_policy, parse_policy, public_suffi
 from policies.model import Override, Policy
 from policies.yaml_lines import YamlError, parse_yaml
 from privacy import gdpr
-from store.protocol import Store
+from store.protocol import RecoversLostStore, Store, StoreAbilities
 from store.records import (
     NotFound, StoredPolicy, StoreError, StoreUnavailable, VersionConflict, new_override_id,
 )
@@ -111,18 +111,18 @@ class Boot:
     drift: str | None  # why the configured policy file is not what runs, or None
 
 
-async def load_or_seed(store: Store, *, seed: Path, seed_configured: bool,
-                       known_categories: Collection[str] | None,
+async def load_or_seed(store: Store, *, recovery: RecoversLostStore | None, seed: Path,
+                       seed_configured: bool, known_categories: Collection[str] | None,
                        known_services: Collection[str] | None) -> Boot:
     """An empty store gets the seed file's policy (SPEC §4: `policies:` is a seed); afterwards the
     stored policy is what runs, and a configured seed file that says otherwise is reported.
 
     A store that lost its state (SPEC §7: a Redis that came back empty) is not a new one: when
     this instance saved a copy of the store under state_dir (RedisStore.restore_saved), that copy
-    is written back instead of the seed file, unless the store holds a higher version already."""
+    is written back instead of the seed file, unless the store holds a higher version already.
+    `recovery` is that ability of `store` (a Redis store), or None."""
     seeded: Policy | None = None
-    restore_saved = getattr(store, "restore_saved", None)
-    if await store.get_policy() is None and (restore_saved is None or not await restore_saved()):
+    if await store.get_policy() is None and (recovery is None or not await recovery.restore_saved()):
         seeded = load_policy(seed, known_categories=known_categories, known_services=known_services)
         try:
             stored = await store.put_policy(export_policy(seeded), actor=SEED_ACTOR,
@@ -152,9 +152,8 @@ async def load_or_seed(store: Store, *, seed: Path, seed_configured: bool,
         if drift:
             log.warning("%s", drift)
     overrides = tuple(await store.overrides())
-    remember = getattr(store, "remember", None)  # the Redis store's copy, for a lost store
-    if remember is not None:
-        await remember()
+    if recovery is not None:  # the Redis store's copy, for a lost store
+        await recovery.remember()
     return Boot(policy, stored.version, overrides, version, drift)
 
 
@@ -442,8 +441,10 @@ class ControlPlane:
 
     def __init__(self, store: Store, state, boot: Boot, *, state_dir: Path, bundled: Bundled,
                  known_categories: Collection[str] | None, known_services: Collection[str] | None,
-                 seed: Path, seed_configured: bool, poll_interval: float = POLL_INTERVAL) -> None:
+                 seed: Path, seed_configured: bool, store_abilities: StoreAbilities,
+                 poll_interval: float = POLL_INTERVAL) -> None:
         self.store = store
+        self.store_abilities = store_abilities
         self.state = state
         self.state_dir = Path(state_dir)
         self.known_categories = known_categories
@@ -454,7 +455,7 @@ class ControlPlane:
         self.applied_version = boot.version
         # the store's generation (a Redis store adopting another instance's rebuild of a lost
         # store): a change of it means everything is read again, even at an equal version
-        self.applied_generation = getattr(store, "generation", 0)
+        self.applied_generation = self._store_generation()
         self.policy_version = boot.policy_version
         self.overrides = boot.overrides
         self.drift = boot.drift
@@ -486,12 +487,16 @@ class ControlPlane:
     async def _overrides(self) -> list[Override]:
         return list(self.state.snapshot.overrides)
 
+    def _store_generation(self) -> int:
+        recovery = self.store_abilities.recovery
+        return 0 if recovery is None else recovery.generation
+
     def _status(self) -> dict[str, Any]:
         status = {"pid": os.getpid(), "applied_version": self.applied_version,
                   "policy_drift": self.drift}
-        counters = getattr(self.store, "counters", None)  # the Redis store's outages, losses, drops
-        if counters is not None:
-            status["store"] = {"available": getattr(self.store, "available", True), **counters}
+        counted = self.store_abilities.counters  # the Redis store's outages, losses, drops
+        if counted is not None:
+            status["store"] = {"available": counted.available, **counted.counters}
         return status
 
     async def start(self) -> None:
@@ -604,8 +609,8 @@ class ControlPlane:
     async def _poll(self) -> None:
         # A store that publishes its changes (Redis) nudges the watcher at once; the poll is what
         # guarantees that a change arrives even when a notification is lost.
-        subscribe = getattr(self.store, "subscribe", None)
-        nudge: asyncio.Event | None = subscribe() if subscribe is not None else None
+        changes = self.store_abilities.changes
+        nudge: asyncio.Event | None = changes.subscribe() if changes is not None else None
         while True:
             if nudge is None:
                 await asyncio.sleep(self.poll_interval)
@@ -631,7 +636,7 @@ class ControlPlane:
         assert self._sync_lock is not None, "start() first"
         async with self._sync_lock:
             version = await self.store.version()
-            generation = getattr(self.store, "generation", 0)  # after version(): it may move it
+            generation = self._store_generation()  # after version(): it may move it
             if version == self.applied_version and generation == self.applied_generation:
                 await self._forget_erased()  # one that failed is tried again at each look
                 return
@@ -645,9 +650,8 @@ class ControlPlane:
                 self.overrides = overrides
                 log.info("overrides in force: %s",
                          ", ".join(_describe(item) for item in overrides) or "none")
-            remember = getattr(self.store, "remember", None)
-            if remember is not None:
-                await remember()
+            if self.store_abilities.recovery is not None:
+                await self.store_abilities.recovery.remember()
             self.applied_version, self.applied_generation = version, generation
             await self._forget_erased()
 

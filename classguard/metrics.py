@@ -148,18 +148,23 @@ STORE_COUNTERS: tuple[tuple[str, str, str, str], ...] = (
 # Writes held in memory while the store was away, dropped once their bounded buffer was full:
 # (what, reader of this process's count).
 STORE_DROPPED_WRITES: tuple[tuple[str, Callable], ...] = (
-    ("screen_time", lambda s: (getattr(getattr(s, "store", None), "counters", None) or {})
-     .get("minutes_dropped")),
+    ("screen_time", lambda s: _store_event_counts(s).get("minutes_dropped")),
     ("query_log", lambda s: getattr(_query_log(s), "store_dropped", None)),
 )
+
+
+def _store_event_counts(service) -> dict[str, int]:
+    """The store's own counts (a Redis store's outages, losses, drops), {} for a store without."""
+    counted = service.store_abilities.counters
+    return {} if counted is None else counted.counters
 
 
 def store_counters(service) -> dict[str, int]:
     """This process's store counters: {family name: n}, dropped writes as
     `store_dropped_writes_total<SEP>what`."""
-    counts = getattr(getattr(service, "store", None), "counters", None)
+    counts = _store_event_counts(service)
     found: dict[str, int] = {}
-    if isinstance(counts, dict):
+    if counts:
         for key, name, _, _ in STORE_COUNTERS:
             if key in counts:
                 found[name] = counts[key]
@@ -424,8 +429,7 @@ class ServiceCollector(Collector):
         return self._status_cache[1]
 
     def _store(self, service, counts: dict[str, int]) -> Iterable[Metric]:
-        store = getattr(service, "store", None)
-        if store is None:
+        if service.store is None:
             return
         kind = "embedded" if service.config.store == "embedded" else "redis"
         if self.probe is not None and self.probe.store_up is not None:
@@ -495,7 +499,7 @@ class ReadinessProbe:
     async def store_reason(self) -> str | None:
         """Why the store makes this instance not ready, or None; sets `store_up`.
 
-        A store shared by every instance (Redis) offers `async health() -> str | None`: a
+        A store shared by every instance (Redis) reports its health (`ReportsHealth`): a
         string says it is away and this instance answers from its snapshot. That is a note, not
         a reason (docs/observability.md): every instance shares that Redis, so taking them out
         of rotation would stop all DNS for a fault that does not stop any answer. Any other
@@ -503,15 +507,15 @@ class ReadinessProbe:
         an unreadable state_dir is this host's own fault, and another instance does better.
         """
         self._store_note = None
-        store = getattr(self.service, "store", None)
+        store = self.service.store
         if store is None:
             return None
-        health = getattr(store, "health", None)
+        health = self.service.store_abilities.health
         note = problem = None
         try:
             async with asyncio.timeout(STORE_PROBE_TIMEOUT):
                 if health is not None:
-                    note = await health()
+                    note = await health.health()
                 else:
                     await store.version()
         except TimeoutError:

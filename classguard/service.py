@@ -42,7 +42,7 @@ from resolver.server import QueryHandler, TcpListener, UdpListener
 from resolver.state import RuntimeState
 from resolver.upstream import Upstream, UpstreamGroup, probe_upstreams
 from store.embedded import EmbeddedStore
-from store.protocol import Store
+from store.protocol import SharesLists, Store, StoreAbilities
 from store.records import StoreError
 
 if TYPE_CHECKING:  # loaded when configured: aiohttp costs ~14 MB of every worker's memory
@@ -195,6 +195,8 @@ class Service:
     doh: DohServer | None = None  # the DoH listener, when `doh` is configured
     dot: DotListener | None = None  # the DoT listener, when `dot` is configured
     store: Store | None = None
+    # what the store offers beyond Store (Redis: shared lists, health, counters...), found once
+    store_abilities: StoreAbilities = field(default_factory=StoreAbilities)
     control: ControlPlane | None = None  # the control socket and the store watcher
     _artifact_digest: tuple | None = None  # (file signature, sha256) of the compiled lists
     _lists_seen: tuple | None = None  # the compiled file's signature this process serves
@@ -276,8 +278,9 @@ class Service:
             from classguard.metrics import share_counters  # lazy: aiohttp, only with metrics on
 
             self.tasks.append(asyncio.create_task(share_counters(self)))
-        if self.worker_index == 0 and hasattr(self.store, "publish_lists"):  # with Redis
-            self.tasks.append(asyncio.create_task(self._follow_store_lists()))
+        shared = self.store_abilities.shares_lists  # with Redis
+        if self.worker_index == 0 and shared is not None:
+            self.tasks.append(asyncio.create_task(self._follow_store_lists(shared)))
         if self.control is not None:
             if self.worker_index == 0:  # the one process that refreshes the lists
                 self.control.commands.add_operation("lists.refresh", self._lists_refresh_operation)
@@ -408,10 +411,11 @@ class Service:
 
     async def _publish_lists(self) -> None:
         """After a compile: the artifact goes to the store, for the other instances."""
-        if not hasattr(self.store, "publish_lists"):
+        shared = self.store_abilities.shares_lists
+        if shared is None:
             return
         try:
-            published = await publish_lists(self.store, self.config.state_dir,
+            published = await publish_lists(shared, self.config.state_dir,
                                             await self._artifact_sha256())
             if published is not None:
                 log.info("lists: published in the store (%d bytes in %d chunks)",
@@ -419,19 +423,19 @@ class Service:
         except StoreError as exc:
             log.warning("lists: not published in the store, the next change tries again: %s", exc)
 
-    async def _follow_store_lists(self) -> None:
+    async def _follow_store_lists(self, shared: SharesLists) -> None:
         """Worker 0 with a Redis store: lists another instance compiled replace ours (the other
         workers follow the file); lists compiled here before any were published go there."""
         while True:
             try:
-                manifest = await self.store.lists_manifest()
+                manifest = await shared.lists_manifest()
                 digest = await self._artifact_sha256()
                 if manifest is None and digest is not None:
                     await self._publish_lists()
                 elif manifest is not None and manifest["sha256"] != digest \
                         and manifest["built_at"] > self._artifact_mtime():  # not older than ours
-                    await self.store.fetch_lists(artifact_path(self.config.state_dir),
-                                                 status_path(self.config.state_dir))
+                    await shared.fetch_lists(artifact_path(self.config.state_dir),
+                                             status_path(self.config.state_dir))
                     lists = await asyncio.get_running_loop().run_in_executor(
                         None, load_compiled, self.config.state_dir)
                     self._lists_seen = self._lists_mark()
@@ -552,7 +556,7 @@ class Service:
                 await upstream.close()
 
 
-async def publish_lists(store, state_dir: Path, digest: str | None) -> dict | None:
+async def publish_lists(store: SharesLists, state_dir: Path, digest: str | None) -> dict | None:
     """The compiled lists under state_dir (whose sha256 is `digest`) into a store that shares
     them (Redis), unless it holds them already; the manifest written, or None."""
     manifest = await store.lists_manifest()
@@ -605,10 +609,9 @@ async def _boot(store: Store, config: Config, **arguments):
 async def fetch_missing_lists(store: Store, state_dir: Path) -> bool:
     """With a store that shares compiled lists (Redis) and none under state_dir: those published
     there, written under state_dir. True when some were fetched."""
-    fetch = getattr(store, "fetch_lists", None)
-    if fetch is None or artifact_path(state_dir).exists():
+    if not isinstance(store, SharesLists) or artifact_path(state_dir).exists():
         return False
-    return await fetch(artifact_path(state_dir), status_path(state_dir)) is not None
+    return await store.fetch_lists(artifact_path(state_dir), status_path(state_dir)) is not None
 
 
 def _blocking(coroutine):
@@ -623,11 +626,13 @@ def prepare(config: Config) -> Service:
     refuse_open_resolver(config)
     bundled = load_bundled()
     store = open_store(config)
+    abilities = StoreAbilities.of(store)  # the one place a store is asked what more it offers
     seed, seed_configured = policy_path(config), config.policies is not None
     categories, services = known_categories(config, bundled), set(bundled.services)
     try:
-        boot = _blocking(_boot(store, config, seed=seed, seed_configured=seed_configured,
-                               known_categories=categories, known_services=services))
+        boot = _blocking(_boot(store, config, recovery=abilities.recovery, seed=seed,
+                               seed_configured=seed_configured, known_categories=categories,
+                               known_services=services))
     except StoreError as exc:
         raise StartupError(str(exc)) from None
     lists: CompiledLists | None = load_compiled(config.state_dir)
@@ -635,8 +640,8 @@ def prepare(config: Config) -> Service:
                          overrides=boot.overrides, timezone=config.timezone)
     control = ControlPlane(store, state, boot, state_dir=config.state_dir, bundled=bundled,
                            known_categories=categories, known_services=services, seed=seed,
-                           seed_configured=seed_configured)
-    return Service(config, state, bundled, store=store, control=control)
+                           seed_configured=seed_configured, store_abilities=abilities)
+    return Service(config, state, bundled, store=store, store_abilities=abilities, control=control)
 
 
 async def run(config: Config, worker_index: int = 0, workers: int = 1) -> None:

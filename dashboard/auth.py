@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from common.errors import ClassguardError
 from dashboard.i18n import LANGUAGES
-from store.protocol import Store
+from store.protocol import CountsLoginFailures, Store
 from store.records import ApiToken, NotFound, Session, User, describe_user
 
 ROLES = ("admin", "teacher")
@@ -296,7 +296,7 @@ class StoreThrottle(_Delays):
     minus `forget`. Failures counted through one instance delay the next attempt on every other
     one, and a restart forgets nothing."""
 
-    store: object = None  # store.redis_backend.RedisStore: count_failure, failures, forget_failures
+    store: CountsLoginFailures | None = None  # a Redis store
 
     def _pair(self, account: str, address: str) -> str:
         # hashed: an account name or an address holds no character a key could stumble on
@@ -318,4 +318,4 @@ class StoreThrottle(_Delays):
 
 def throttle_for(store: Store) -> Throttle | StoreThrottle:
     """In the store when it is shared (Redis), else in this process."""
-    return StoreThrottle(store=store) if hasattr(store, "count_failure") else Throttle()
+    return StoreThrottle(store=store) if isinstance(store, CountsLoginFailures) else Throttle()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -101,3 +103,106 @@ class FileBacked(Protocol):
     """A store that keeps its state in files under `state_dir` (store.embedded.EmbeddedStore)."""
 
     state_dir: Path
+
+
+# What only a store shared by many instances (Redis) can do. Callers never probe a store for
+# these: the composition root (classguard.service) finds them once, as StoreAbilities, and
+# hands each part the abilities it uses.
+
+
+@runtime_checkable
+class SharesLists(Protocol):
+    """A store that carries the compiled lists between instances: one compiles and publishes,
+    the others fetch instead of compiling."""
+
+    async def lists_manifest(self) -> dict | None:
+        """What is published (sha256, size, chunks, built_at, by, status), or None."""
+
+    async def publish_lists(self, path: Path, built_at: float | None = None,
+                            status: str | None = None) -> dict:
+        """The artifact at `path` (with the refresh report `status`) for every instance; the
+        manifest."""
+
+    async def fetch_lists(self, path: Path, status_path: Path | None = None) -> dict | None:
+        """The published artifact written to `path` (its report to `status_path`) when it
+        differs; the manifest, or None when nothing is published."""
+
+
+@runtime_checkable
+class CountsLoginFailures(Protocol):
+    """A store that counts failed logins for every instance (dashboard.auth.StoreThrottle):
+    one counter a name, expiring on its own."""
+
+    async def count_failure(self, name: str, window_ms: Callable[[int], int]) -> int:
+        """One more failure; the counter then lives `window_ms(new count)` ms. The new count."""
+
+    async def failures(self, name: str) -> tuple[int, int]:
+        """(count, milliseconds it has left to live); (0, 0) when there is none."""
+
+    async def forget_failures(self, name: str) -> None: ...
+
+
+@runtime_checkable
+class ReportsHealth(Protocol):
+    """A store that can be away while the server answers from its snapshot: /readyz reports
+    that as a note rather than as a reason (classguard.metrics.ReadinessProbe)."""
+
+    async def health(self) -> str | None:
+        """None while the store answers; else that it is away, and for how long."""
+
+
+@runtime_checkable
+class KeepsCounters(Protocol):
+    """A store that counts its outages, losses and dropped writes (classguard_store_*_total)."""
+
+    counters: dict[str, int]
+
+    @property
+    def available(self) -> bool:
+        """False while the store is away."""
+
+
+@runtime_checkable
+class RecoversLostStore(Protocol):
+    """A store that can lose its state behind the server's back (a Redis that came back empty)
+    and be rebuilt from what an instance holds (SPEC §7)."""
+
+    generation: int  # moves when this instance adopted a store another instance rebuilt
+
+    async def remember(self) -> None:
+        """Hold (and save under state_dir) what was read, for a rebuild; after each change."""
+
+    async def restore_saved(self) -> bool:
+        """At startup on an empty store: write back this instance's saved copy when its version
+        is the highest. True when written."""
+
+
+@runtime_checkable
+class PublishesChanges(Protocol):
+    """A store that tells the other instances when it was written: the watcher reads at once
+    instead of at its next poll."""
+
+    def subscribe(self) -> asyncio.Event:
+        """An event set when another instance writes."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoreAbilities:
+    """What a store offers beyond `Store`, found once where the store is wired: each field is
+    the store itself when it has that ability, else None."""
+
+    shares_lists: SharesLists | None = None
+    login_failures: CountsLoginFailures | None = None
+    health: ReportsHealth | None = None
+    counters: KeepsCounters | None = None
+    recovery: RecoversLostStore | None = None
+    changes: PublishesChanges | None = None
+
+    @classmethod
+    def of(cls, store: Store | None) -> StoreAbilities:
+        def able(protocol: type) -> Any:
+            return store if isinstance(store, protocol) else None
+
+        return cls(shares_lists=able(SharesLists), login_failures=able(CountsLoginFailures),
+                   health=able(ReportsHealth), counters=able(KeepsCounters),
+                   recovery=able(RecoversLostStore), changes=able(PublishesChanges))

@@ -17,7 +17,10 @@ from pathlib import Path
 import grimp
 
 from store.embedded import EmbeddedStore
-from store.protocol import Store
+from store.protocol import (
+    CountsLoginFailures, FileBacked, KeepsCounters, PublishesChanges, RecoversLostStore,
+    RedisKeyspace, ReportsHealth, SharesLists, Store, StoreAbilities,
+)
 from store.redis_backend import RedisStore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -134,3 +137,53 @@ def test_both_stores_offer_the_whole_store_protocol():
         for name in wanted:
             assert inspect.iscoroutinefunction(getattr(backend, name)) == \
                 inspect.iscoroutinefunction(getattr(Store, name)), (backend.__name__, name)
+
+
+# The abilities beyond Store each backend claims (store.protocol): the composition root finds
+# them once with isinstance, which only sees names, so their signatures are compared here.
+CLAIMED = {
+    EmbeddedStore: (FileBacked,),
+    RedisStore: (RedisKeyspace, SharesLists, CountsLoginFailures, ReportsHealth, KeepsCounters,
+                 RecoversLostStore, PublishesChanges),
+}
+
+
+def _parameters(function) -> list[tuple[str, object]]:
+    return [(parameter.name, parameter.kind)
+            for parameter in inspect.signature(function).parameters.values()]
+
+
+def test_each_store_offers_what_it_claims_with_the_protocols_signatures(tmp_path):
+    instances = {EmbeddedStore: EmbeddedStore(tmp_path),
+                 RedisStore: RedisStore("redis://127.0.0.1:1/0")}
+    for backend, protocols in CLAIMED.items():
+        for protocol in (Store, *protocols):
+            for name, method in inspect.getmembers(protocol, inspect.isfunction):
+                if name.startswith("_"):
+                    continue
+                offered = getattr(backend, name)
+                assert inspect.iscoroutinefunction(offered) == inspect.iscoroutinefunction(method), \
+                    (backend.__name__, name)
+                assert _parameters(offered) == _parameters(method), (backend.__name__, name)
+            if protocol is not Store:
+                assert isinstance(instances[backend], protocol), (backend.__name__, protocol)
+
+
+def test_the_embedded_store_has_none_of_the_shared_stores_abilities(tmp_path):
+    assert StoreAbilities.of(EmbeddedStore(tmp_path)) == StoreAbilities()
+    redis_store = RedisStore("redis://127.0.0.1:1/0")
+    abilities = StoreAbilities.of(redis_store)
+    assert all(getattr(abilities, field) is redis_store for field in abilities.__slots__)
+
+
+def test_no_caller_probes_a_store_with_hasattr_or_getattr():
+    """What a store offers beyond Store is a named protocol (store.protocol), found once."""
+    probes = []
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) \
+                        and node.func.id in ("hasattr", "getattr") and node.args \
+                        and "store" in ast.unparse(node.args[0]).lower():
+                    probes.append(f"{path.relative_to(ROOT)}:{node.lineno}: {ast.unparse(node)}")
+    assert probes == []

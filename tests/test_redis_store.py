@@ -1,5 +1,6 @@
-"""The Store contract on both stores (embedded and Redis), then what only the Redis store does:
-outages, a Redis that comes back empty, buffered minutes, compiled lists in chunks."""
+"""What only the Redis store does: several instances on one store, outages, a Redis that comes
+back empty, buffered minutes, compiled lists in chunks. The Store contract, on both stores, is
+test_store_contract.py's."""
 
 from __future__ import annotations
 
@@ -9,28 +10,10 @@ import time
 
 import pytest
 
-from policies.model import Override
-from store.embedded import EmbeddedStore
-from store.records import ApiToken, NotFound, StoreError, User, VersionConflict, new_override_id
+from store.records import ApiToken, StoreError, User, VersionConflict
 from store.redis_backend import LIST_CHUNK_BYTES, RedisStore, StoreUnavailable
-from tests.redis_server import MISSING_REASON, REDIS_SERVER, RedisServer
-
-needs_redis = pytest.mark.skipif(REDIS_SERVER is None, reason=MISSING_REASON)
-
-
-def pause(class_id: str = "cm2-a", minutes: float = 60) -> Override:
-    now = time.time()
-    return Override(id=new_override_id(), class_id=class_id, kind="pause", until=now + minutes * 60,
-                    created_at=now, created_by="test")
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    if REDIS_SERVER is None:
-        pytest.skip(MISSING_REASON)
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    yield server
-    server.stop()
+from tests.redis_server import RedisServer
+from tests.store_fixtures import needs_redis, pause, redis_server  # noqa: F401 (fixtures)
 
 
 @pytest.fixture
@@ -39,90 +22,6 @@ async def redis_store(redis_server):
     store = RedisStore(redis_server.url)
     yield store
     await store.close()
-
-
-@pytest.fixture(params=["embedded", pytest.param("redis", marks=needs_redis)])
-async def store(request, tmp_path):
-    if request.param == "embedded":
-        yield EmbeddedStore(tmp_path / "state")
-        return
-    server = request.getfixturevalue("redis_server")
-    server.command("FLUSHALL")
-    redis = RedisStore(server.url)
-    yield redis
-    await redis.close()
-
-
-# --- the contract, on both stores --------------------------------------------------------------
-
-
-async def test_policy_versions_and_the_global_version(store):
-    assert await store.get_policy() is None and await store.version() == 0
-    first = await store.put_policy("classes: {}\n", actor="alice")
-    assert (first.version, first.updated_by, first.text) == (1, "alice", "classes: {}\n")
-    assert abs(first.updated_at - time.time()) < 5
-    after_first = await store.version()
-    assert after_first > 0
-    assert (await store.put_policy("classes: {}\n", actor="bob")).version == 1  # same text: no change
-    assert await store.version() == after_first
-    second = await store.put_policy("classes: {a: {}}\n", actor="bob", expected_version=1)
-    assert second.version == 2 and await store.version() > after_first
-    before = await store.version()
-    await store.add_override(pause(), actor="carol")
-    assert await store.version() > before and (await store.get_policy()).version == 2
-
-
-async def test_a_stale_versioned_write_is_refused(store):
-    with pytest.raises(VersionConflict):
-        await store.put_policy("classes: {}\n", actor="a", expected_version=3)
-    await store.put_policy("classes: {}\n", actor="a", expected_version=0)
-    with pytest.raises(VersionConflict) as conflict:
-        await store.put_policy("classes: {x: {}}\n", actor="b", expected_version=0)
-    assert (conflict.value.expected, conflict.value.actual) == (0, 1)
-    await store.put_policy("classes: {x: {}}\n", actor="b", expected_version=1)
-    with pytest.raises(VersionConflict, match="version 2, expected 1"):
-        await store.put_policy("classes: {y: {}}\n", actor="c", expected_version=1)
-    assert (await store.get_policy()).text == "classes: {x: {}}\n"
-
-
-async def test_overrides_add_list_cancel_and_audit(store):
-    short, long = pause("cm2-a", minutes=0.2 / 60), pause("cm2-b")
-    await store.add_override(short, actor="t1")
-    await store.add_override(long, actor="t1")
-    assert [item.id for item in await store.overrides()] == [short.id, long.id]
-    assert (await store.overrides())[1] == long  # every field back as written
-    with pytest.raises(StoreError, match="exists already"):
-        await store.add_override(long, actor="t1")
-    await asyncio.sleep(0.25)
-    assert [item.id for item in await store.overrides()] == [long.id]
-    with pytest.raises(NotFound):
-        await store.cancel_override(short.id, actor="t2")
-    assert await store.cancel_override(long.id, actor="t2") == long
-    assert await store.overrides() == []
-    entries = await store.audit(limit=2)
-    assert [(entry.actor, entry.action) for entry in entries] == [("t2", "override.cancel"),
-                                                                  ("t1", "override.add")]
-    assert long.id in entries[0].before and entries[0].after == "cancelled"
-    assert len(await store.audit()) == 3
-
-
-async def test_policy_writes_are_audited_newest_first(store):
-    await store.put_policy("classes: {}\n", actor="a")
-    await store.put_policy("classes: {b: {}}\n", actor="b", before="x", after="y")
-    entries = await store.audit()
-    assert [(e.actor, e.action, e.before, e.after) for e in entries] == [
-        ("b", "policy.import", "x", "y"), ("a", "policy.import", "", "version 1")]
-
-
-async def test_screen_time_minutes_merge_by_or(store):
-    merged = await store.merge_active_minutes("2026-03-02", {"tab-1": b"\x01\x00", "tab-2": b"\x80"})
-    assert merged == {"tab-1": b"\x01\x00", "tab-2": b"\x80"}
-    merged = await store.merge_active_minutes("2026-03-02", {"tab-1": b"\x02\x04"})
-    assert merged == {"tab-1": b"\x03\x04", "tab-2": b"\x80"}
-    assert await store.merge_active_minutes("2026-03-03", {}) == {}
-
-
-# --- the Redis store only ----------------------------------------------------------------------
 
 
 @needs_redis
@@ -177,7 +76,7 @@ async def test_redis_away_fails_fast_then_resynchronises(tmp_path, caplog):
 
 @needs_redis
 async def test_minutes_buffer_is_bounded_and_drops_are_counted(tmp_path, monkeypatch):
-    import store.redis_backend as module
+    import store.redis_backend.minutes as module
 
     monkeypatch.setattr(module, "MINUTES_BUFFER_MAX", 2)
     store = RedisStore(f"redis://127.0.0.1:{RedisServer(tmp_path).port}/0")  # nobody listens there
