@@ -16,6 +16,7 @@ from admin.devices import device_json
 from admin.errors import ControlError
 from blocklists.names import normalize_domain
 from blocklists.update import read_status
+from common.tokens import token_sha256
 from dashboard import auth
 from dashboard.context import (
     CONTEXT, COOKIE, IDENTITY, Context, Identity, client_address,
@@ -548,7 +549,7 @@ async def device_create(request: web.Request) -> web.Response:
     try:
         result = await context.commands.run("device.add", {
             **fields, "addresses": fields.get("addresses", []),
-            "token_sha256": devices.token_sha256(token)}, identity.actor)
+            "token_sha256": token_sha256(token)}, identity.actor)
     except ControlError as exc:
         raise _device_refusal(exc) from None
     return web.json_response({**_issued(context, fields["id"], token, result["version"]),
@@ -594,7 +595,7 @@ async def device_rotate(request: web.Request) -> web.Response:
     device = _device_of(request)
     token = devices.new_token()
     result = await context.commands.run(
-        "device.rotate", {"tokens": {device.id: devices.token_sha256(token)}}, identity.actor)
+        "device.rotate", {"tokens": {device.id: token_sha256(token)}}, identity.actor)
     return web.json_response(_issued(context, device.id, token, result["version"]))
 
 
