@@ -93,10 +93,6 @@ def override_json(override: Override) -> dict[str, Any]:
     return dataclasses.asdict(override)
 
 
-def override_from_json(data: dict[str, Any]) -> Override:
-    return Override(**data)
-
-
 # --- startup: seed an empty store, load what it holds, notice a seed file that changed -----------
 
 
