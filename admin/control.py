@@ -17,7 +17,6 @@ import dataclasses
 import datetime as dt
 import difflib
 import fcntl
-import ipaddress
 import json
 import logging
 import os
@@ -36,6 +35,7 @@ from admin.stored import parse_stored
 from blocklists.bundled import Bundled
 from blocklists.compiled import CompiledLists
 from blocklists.names import normalize_domain
+from common.addresses import is_ip
 from policies.export import export_policy
 from policies.loader import PolicyError, load_policy, parse_policy, public_suffix_kind
 from policies.model import Override, Policy
@@ -91,10 +91,6 @@ def summarize(policy: Policy, previous: Policy | None = None) -> str:
 
 def override_json(override: Override) -> dict[str, Any]:
     return dataclasses.asdict(override)
-
-
-def override_from_json(data: dict[str, Any]) -> Override:
-    return Override(**data)
 
 
 # --- startup: seed an empty store, load what it holds, notice a seed file that changed -----------
@@ -316,7 +312,7 @@ class Commands:
             domains, target, target_kind = service.domains, service.id, "service"
         else:
             domain = normalize_domain(text)
-            if domain is None or "." not in domain or _is_address(domain) or "/" in text:
+            if domain is None or "." not in domain or is_ip(domain) or "/" in text:
                 close = difflib.get_close_matches(text.lower(), list(self.bundled.services), n=1)
                 hint = f" (did you mean the service {close[0]!r}?)" if close else ""
                 raise ControlError(f"{text!r} is neither a domain name nor a bundled service id"
@@ -368,13 +364,6 @@ class Commands:
         return {"entries": [dataclasses.asdict(entry) for entry in entries]}
 
 
-def _is_address(name: str) -> bool:
-
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    return True
 
 
 # --- the client side ---------------------------------------------------------------------------

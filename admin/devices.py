@@ -14,7 +14,6 @@ import asyncio
 import csv
 import dataclasses
 import difflib
-import hashlib
 import io
 import ipaddress
 import os
@@ -29,7 +28,8 @@ from typing import Any, Protocol
 
 from admin.errors import ControlError
 from admin.stored import parse_stored
-from common.addresses import parse_listen
+from common.addresses import is_ip, parse_listen
+from common.tokens import SHA256
 from policies.export import export_policy
 from policies.loader import ID_PATTERN, PolicyError, parse_policy
 from policies.model import Device, Policy
@@ -40,8 +40,6 @@ from store.records import VersionConflict
 
 TOKEN_ALPHABET = string.ascii_lowercase + string.digits
 TOKEN_LENGTH = 26  # 26 * log2(36) = 134 random bits (SPEC §5: 22 to 63 characters, 128 bits or more)
-TOKEN_PATTERN = re.compile(r"[a-z0-9]{22,63}")
-SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")
 CSV_HEADER = ("id", "doh_url", "dot_hostname")
 COMMANDS = ("add", "import", "export-urls", "rotate", "revoke")  # `classguard device ...`
 MAX_RETRIES = 5  # a change that races another write is made again on the newer policy
@@ -58,11 +56,6 @@ class ServedAddresses(Protocol):
 def new_token() -> str:
     """A fresh device token: 26 characters of a-z0-9 from the OS's secure random source."""
     return "".join(secrets.choice(TOKEN_ALPHABET) for _ in range(TOKEN_LENGTH))
-
-
-def token_sha256(token: str) -> str:
-    """What the store keeps of a token."""
-    return hashlib.sha256(token.encode("ascii")).hexdigest()
 
 
 # --- the addresses a device is given --------------------------------------------------------------
@@ -140,7 +133,7 @@ def parse_csv(text: str, path: str) -> list[Enrolment]:
         seen[device_id] = number
         addresses = tuple(part for part in re.split(r"[\s;]+", cells[2]) if part) \
             if len(cells) == 3 else ()
-        bad = [address for address in addresses if not _is_address(address)]
+        bad = [address for address in addresses if not is_ip(address)]
         if bad:
             errors.append(f"{where}: {bad[0]!r} is not an IP address")
             continue
@@ -173,14 +166,6 @@ def urls_csv(config: ServedAddresses, issued: list[tuple[str, str]]) -> str:
     for device_id, token in issued:
         writer.writerow((device_id, doh_url(config, token) or "", dot_hostname(config, token) or ""))
     return out.getvalue()
-
-
-def _is_address(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 # --- the control operations (run by admin.control.Commands) -------------------------------------
@@ -286,7 +271,7 @@ async def device_rotate(commands, request: dict, actor: str) -> dict[str, Any]:
     if not isinstance(tokens, dict) or not tokens:
         raise ControlError('device.rotate needs "tokens": {device id: token_sha256}')
     for digest in tokens.values():
-        if not isinstance(digest, str) or not SHA256_PATTERN.fullmatch(digest):
+        if not isinstance(digest, str) or not SHA256.fullmatch(digest):
             raise ControlError("a token_sha256 is 64 lowercase hexadecimal digits")
     if len(set(tokens.values())) != len(tokens):
         raise ControlError("two devices cannot share a token")
@@ -421,7 +406,7 @@ def _entry(item: Any) -> dict[str, Any]:
                            "'_' or '-', starting with a letter or digit")
     if not isinstance(class_id, str) or not class_id:
         raise ControlError(f"device {device_id!r} needs a class")
-    if not isinstance(digest, str) or not SHA256_PATTERN.fullmatch(digest):
+    if not isinstance(digest, str) or not SHA256.fullmatch(digest):
         raise ControlError("a token_sha256 is 64 lowercase hexadecimal digits")
     if not isinstance(addresses, list) or not all(isinstance(a, str) for a in addresses):
         raise ControlError('"addresses" is a list of IP addresses')

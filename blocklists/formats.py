@@ -7,7 +7,6 @@ millions of names is never held as Python strings.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from typing import Protocol
 from blocklists.names import (
     MAX_NAME_LENGTH, VALID_ASCII_NAME, IPNetwork, normalize_domain, parse_ip_entry,
 )
+from common.addresses import is_ip
 
 FORMATS = ("domains", "hosts", "adblock", "ut1")
 CHUNK_LINES = 1 << 14  # lines parsed at once when given line by line
@@ -181,13 +181,8 @@ def _is_hosts_local_name(name: str) -> bool:
 
 
 def _is_address(text: str) -> bool:
-    if text in _HOSTS_NULL_ADDRESSES:
-        return True
-    try:
-        ipaddress.ip_address(text.partition("%")[0])  # "fe80::1%eth0" names its interface
-    except ValueError:
-        return False
-    return True
+    # "fe80::1%eth0" names its interface
+    return text in _HOSTS_NULL_ADDRESSES or is_ip(text.partition("%")[0])
 
 
 def _parse_hosts(lines: Iterable[str], parsed: ParsedList, target: NameTarget) -> None:

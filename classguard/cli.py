@@ -23,22 +23,23 @@ from admin.errors import ControlError
 from blocklists.bundled import load_bundled
 from blocklists.names import normalize_domain
 from blocklists.update import (
-    TerminalProgress, UpdateError, UpdateReport, artifact_path, load_compiled, read_status,
+    TerminalProgress, UpdateReport, artifact_path, load_compiled, read_status,
     update_lists,
 )
 from classguard import device_cli
-from classguard.config import ConfigError, load_config
+from classguard.config import load_config
 from classguard.logsetup import configure
 from classguard.metric_shares import clear_shares
 from classguard.service import fetch_missing_lists, known_categories
 from classguard.service import open_store as service_store
 from classguard.service import own_names, policy_path, publish_lists, run
 from classguard.workers import supervise
-from common.errors import StartupError
+from common.errors import ClassguardError, StartupError
 from dashboard import auth
 from policies.engine import PolicyEngine
 from policies.export import export_policy
 from policies.loader import PolicyError, load_policy
+from policies.yaml_lines import YamlError
 from privacy import gdpr
 from privacy.querylog import QueryLogSettings
 from resolver.clients import ClientIndex
@@ -158,19 +159,22 @@ def main(argv: list[str] | None = None) -> int:
             return _accounts(config, args)
         if args.command == "lists":
             return _lists_status(config) if args.lists_command == "status" else _lists_update(config)
-    except StoreUnavailable as exc:
-        print(f"classguard: {str(exc).rstrip('.')}; the configuration's `store:` names this "
-              "Redis: is it running and reachable from here?", file=sys.stderr)
-        return 1
-    except (ConfigError, StartupError, UpdateError, ControlError, StoreError) as exc:
-        print(f"classguard: {exc}", file=sys.stderr)
-        return 1
-    except PolicyError as exc:
-        print(str(exc), file=sys.stderr)
+    except ClassguardError as exc:
+        print(error_line(exc), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
     return 1
+
+
+def error_line(exc: ClassguardError) -> str:
+    """The one line on stderr for any error classguard raises on purpose (exit code 1)."""
+    if isinstance(exc, (PolicyError, YamlError)):
+        return str(exc)  # FILE:LINE: message, as an editor jumps to it
+    if isinstance(exc, StoreUnavailable):
+        return (f"classguard: {str(exc).rstrip('.')}; the configuration's `store:` names this "
+                "Redis: is it running and reachable from here?")
+    return f"classguard: {exc}"
 
 
 def _serve(config, args) -> int:

@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from admin.devices import (
-    doh_base, doh_url, dot_hostname, new_token, open_secret_file, read_csv, token_sha256, urls_csv,
+    doh_base, doh_url, dot_hostname, new_token, open_secret_file, read_csv, urls_csv,
 )
 from admin.errors import ControlError
 from admin.mobileconfig import profile
 from classguard.config import Config
+from common.tokens import token_sha256
 
 
 def add_parser(commands, common) -> None:

@@ -33,9 +33,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from blocklists import update
-from classguard.metric_shares import (  # noqa: F401 (SHARE_FOLDER: re-exported)
-    SHARE_FOLDER, share_path,
-)
+from classguard.metric_shares import share_path
 from common.addresses import parse_listen
 from resolver.forwarding import ForwardingResolver
 from resolver.stats import LATENCY_BUCKETS, QueryStats

@@ -28,8 +28,6 @@ from classguard.config import Config
 from classguard.logsetup import config_summary
 from common.addresses import parse_listen
 from common.errors import StartupError
-from policies.loader import load_policy
-from policies.model import Policy
 from privacy import gdpr
 from privacy.querylog import EmbeddedQueryLogStore, QueryLog, QueryLogSettings
 from resolver.build import build_chain, build_fast_path
@@ -65,11 +63,6 @@ def known_categories(config: Config, bundled: Bundled) -> set[str]:
 
 def policy_path(config: Config) -> Path:
     return config.policies or EXAMPLE_POLICY
-
-
-def read_policy(config: Config, bundled: Bundled) -> Policy:
-    return load_policy(policy_path(config), known_categories=known_categories(config, bundled),
-                       known_services=set(bundled.services))
 
 
 def resolv_conf_upstreams(path: Path = RESOLV_CONF) -> list[str]:

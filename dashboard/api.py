@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-import re
 from typing import Any
 
 import yaml
@@ -17,22 +16,22 @@ from admin.devices import device_json
 from admin.errors import ControlError
 from blocklists.names import normalize_domain
 from blocklists.update import read_status
-from common.errors import ClassguardError
+from common.tokens import token_sha256
 from dashboard import auth
 from dashboard.context import (
-    CONTEXT, COOKIE, IDENTITY, Context, Identity, client_address, json_error,
+    CONTEXT, COOKIE, IDENTITY, Context, Identity, client_address,
 )
+from dashboard.errors import POLICY_TEXT, Refused, etag
 from dashboard.openapi import document
 from policies.export import export_policy
-from policies.loader import ID_PATTERN, PolicyError
+from policies.loader import ID_PATTERN
 from policies.model import Policy
 from privacy import gdpr
 from privacy.querylog import QueryLogSettings, subject_of
-from store.records import NotFound, StoreError, VersionConflict
+from store.records import VersionConflict
 
 PREFIX = "/api/v1"
 routes = web.RouteTableDef()
-POLICY_TEXT = web.RequestKey("policy_text", str)  # what a class write submitted, for `field`
 
 
 # --- helpers -----------------------------------------------------------------------------------
@@ -49,7 +48,7 @@ def _identity(request: web.Request) -> Identity:
 def _admin(request: web.Request) -> Identity:
     identity = _identity(request)
     if identity.role != "admin":
-        raise _Refused(403, "only an admin may do this")
+        raise Refused(403, "only an admin may do this")
     return identity
 
 
@@ -57,25 +56,19 @@ def _class_of(request: web.Request) -> str:
     """The class in the path, which the caller may see (else 403; 404 when there is none)."""
     class_id = request.match_info["class_id"]
     if not _identity(request).may_see(class_id):
-        raise _Refused(403, f"class {class_id!r} is not one of yours")
+        raise Refused(403, f"class {class_id!r} is not one of yours")
     if class_id not in _context(request).state.snapshot.policy.classes:
-        raise _Refused(404, f"no class {class_id!r}")
+        raise Refused(404, f"no class {class_id!r}")
     return class_id
-
-
-class _Refused(ClassguardError):
-    def __init__(self, status: int, message: str, **extra: Any) -> None:
-        super().__init__(message)
-        self.status, self.extra = status, extra
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
     try:
         data = await request.json()
     except (ValueError, UnicodeDecodeError):
-        raise _Refused(400, "the body must be a JSON object") from None
+        raise Refused(400, "the body must be a JSON object") from None
     if not isinstance(data, dict):
-        raise _Refused(400, "the body must be a JSON object")
+        raise Refused(400, "the body must be a JSON object")
     return data
 
 
@@ -85,51 +78,8 @@ def _if_match(request: web.Request) -> int | None:
         return None
     text = header.strip().removeprefix("W/").strip('"')
     if not text.isdigit():
-        raise _Refused(400, 'If-Match takes the ETag of the policy, e.g. "7"', field="If-Match")
+        raise Refused(400, 'If-Match takes the ETag of the policy, e.g. "7"', field="If-Match")
     return int(text)
-
-
-def _etag(version: int) -> dict[str, str]:
-    return {"ETag": f'"{version}"'}
-
-
-def _handle_errors(handler):
-    """ControlError / PolicyError -> 400 naming the field, VersionConflict -> 409, NotFound -> 404."""
-    async def wrapped(request: web.Request) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except _Refused as exc:
-            return json_error(exc.status, str(exc), **exc.extra)
-        except VersionConflict as exc:
-            return json_error(409, str(exc), version=exc.actual, headers=_etag(exc.actual))
-        except PolicyError as exc:
-            return json_error(400, exc.errors[0], errors=exc.errors,
-                              **_field(exc.errors[0], request.get(POLICY_TEXT)))
-        except NotFound as exc:
-            return json_error(404, str(exc))
-        except (ControlError, StoreError) as exc:
-            return json_error(400, str(exc))
-    wrapped.__name__ = handler.__name__
-    wrapped.__doc__ = handler.__doc__
-    return wrapped
-
-
-_LINE = re.compile(r"^[^:]*:(\d+): ")
-_KEY = re.compile(r'^\s*"([^"]+)":')
-
-
-def _field(message: str, text: str | None) -> dict[str, str]:
-    """The JSON key an error's line falls under, e.g. {"field": "block"} for a list item."""
-    match = _LINE.match(message)
-    if match is None or text is None:
-        return {}
-    lines = text.splitlines()
-    number = min(int(match.group(1)), len(lines))
-    for line in reversed(lines[:max(number, 0)]):
-        key = _KEY.match(line)
-        if key:
-            return {"field": key.group(1)}
-    return {}
 
 
 def _class_json(policy: Policy, class_id: str) -> dict[str, Any]:
@@ -181,25 +131,24 @@ def _overrides_of(context: Context, class_id: str, kind: str | None = None) -> l
 
 
 @routes.post(PREFIX + "/login")
-@_handle_errors
 async def login(request: web.Request) -> web.Response:
     """Open a session: JSON {name, password}; throttled per (account, source address)."""
     context = _context(request)
     if request.content_type != "application/json":
-        raise _Refused(415, "send JSON: {\"name\": ..., \"password\": ...}")
+        raise Refused(415, "send JSON: {\"name\": ..., \"password\": ...}")
     data = await _body(request)
     name, password = data.get("name"), data.get("password")
     if not isinstance(name, str) or not isinstance(password, str):
-        raise _Refused(400, "name and password are strings", field="name")
+        raise Refused(400, "name and password are strings", field="name")
     address = client_address(request)  # behind a trusted proxy, the client it names
     wait = await context.throttle.retry_after(name, address)
     if wait > 0:
-        return json_error(429, f"too many failed logins; try again in {wait:.0f} s",
-                          headers={"Retry-After": str(max(1, round(wait)))})
+        raise Refused(429, f"too many failed logins; try again in {wait:.0f} s",
+                      headers={"Retry-After": str(max(1, round(wait)))})
     user = await auth.authenticate(context.store, name, password)
     if user is None:
         await context.throttle.failed(name, address)
-        return json_error(401, "wrong name or password")
+        raise Refused(401, "wrong name or password")
     await context.throttle.succeeded(name, address)
     value, session = await auth.new_session(context.store, user)
     response = web.json_response({"name": user.name, "role": user.role,
@@ -210,7 +159,6 @@ async def login(request: web.Request) -> web.Response:
 
 
 @routes.post(PREFIX + "/logout")
-@_handle_errors
 async def logout(request: web.Request) -> web.Response:
     """End the session (POST only, with the CSRF token)."""
     identity = _identity(request)
@@ -222,7 +170,6 @@ async def logout(request: web.Request) -> web.Response:
 
 
 @routes.get(PREFIX + "/session")
-@_handle_errors
 async def session(request: web.Request) -> web.Response:
     """Who is logged in, and the CSRF token of the session."""
     identity = _identity(request)
@@ -244,17 +191,11 @@ def user_json(user) -> dict[str, Any]:
             "language": user.language, "disabled": user.disabled, "created_at": user.created_at}
 
 
-def _account_error(exc: auth.AuthError) -> _Refused:
-    return _Refused(400, str(exc), **({"field": exc.field} if isinstance(exc, auth.AccountError)
-                                      else {}))
-
-
 def _known_classes(request: web.Request) -> tuple[str, ...]:
     return tuple(_context(request).state.snapshot.policy.classes)
 
 
 @routes.get(PREFIX + "/users")
-@_handle_errors
 async def users_list(request: web.Request) -> web.Response:
     _admin(request)
     users = sorted(await _context(request).store.users(), key=lambda user: user.name)
@@ -262,30 +203,26 @@ async def users_list(request: web.Request) -> web.Response:
 
 
 @routes.post(PREFIX + "/users")
-@_handle_errors
 async def user_create(request: web.Request) -> web.Response:
     identity = _admin(request)
     data = await _body(request)
     unknown = sorted(set(data) - (USER_KEYS - {"disabled"}) - {"name"})
     if unknown:
-        raise _Refused(400, f"unknown key {unknown[0]!r}", field=unknown[0])
+        raise Refused(400, f"unknown key {unknown[0]!r}", field=unknown[0])
     name, password = data.get("name"), data.get("password")
     if not isinstance(name, str):
-        raise _Refused(400, "name is a string", field="name")
+        raise Refused(400, "name is a string", field="name")
     if not isinstance(password, str):
-        raise _Refused(400, "password is a string", field="password")
+        raise Refused(400, "password is a string", field="password")
     classes = data.get("classes", [])
     if not isinstance(classes, list):
-        raise _Refused(400, "classes is a list of class ids", field="classes")
+        raise Refused(400, "classes is a list of class ids", field="classes")
     store = _context(request).store
     if await store.get_user(name) is not None:
-        raise _Refused(409, f"user {name!r} exists already", field="name")
-    try:
-        user = await asyncio.to_thread(auth.make_user, name, data.get("role"), classes, password,
-                                       known_classes=_known_classes(request),
-                                       language=data.get("language", ""))
-    except auth.AuthError as exc:
-        raise _account_error(exc) from None
+        raise Refused(409, f"user {name!r} exists already", field="name")
+    user = await asyncio.to_thread(auth.make_user, name, data.get("role"), classes, password,
+                                   known_classes=_known_classes(request),
+                                   language=data.get("language", ""))
     await store.put_user(user, actor=identity.actor, action="user.add")
     return web.json_response(user_json(user), status=201)
 
@@ -293,53 +230,44 @@ async def user_create(request: web.Request) -> web.Response:
 async def _user_named(request: web.Request):
     user = await _context(request).store.get_user(request.match_info["name"])
     if user is None:
-        raise _Refused(404, f"no user {request.match_info['name']!r}")
+        raise Refused(404, f"no user {request.match_info['name']!r}")
     return user
 
 
 @routes.get(PREFIX + "/users/{name}")
-@_handle_errors
 async def user_get(request: web.Request) -> web.Response:
     _admin(request)
     return web.json_response(user_json(await _user_named(request)))
 
 
 @routes.patch(PREFIX + "/users/{name}")
-@_handle_errors
 async def user_change(request: web.Request) -> web.Response:
     """Change what the body names: role, classes, language, disabled, password."""
     identity = _admin(request)
     data = await _body(request)
     unknown = sorted(set(data) - USER_KEYS)
     if unknown:
-        raise _Refused(400, f"unknown key {unknown[0]!r}", field=unknown[0])
+        raise Refused(400, f"unknown key {unknown[0]!r}", field=unknown[0])
     for key, kind, text in (("classes", list, "a list of class ids"), ("password", str, "a string"),
                             ("disabled", bool, "true or false")):
         if key in data and not isinstance(data[key], kind):
-            raise _Refused(400, f"{key} is {text}", field=key)
+            raise Refused(400, f"{key} is {text}", field=key)
     await _user_named(request)
-    try:
-        user = await auth.change_user(
-            _context(request).store, request.match_info["name"], actor=identity.actor,
-            known_classes=_known_classes(request), role=data.get("role"),
-            classes=data.get("classes"), language=data.get("language"),
-            disabled=data.get("disabled"), password=data.get("password"))
-    except auth.AuthError as exc:
-        raise _account_error(exc) from None
+    user = await auth.change_user(
+        _context(request).store, request.match_info["name"], actor=identity.actor,
+        known_classes=_known_classes(request), role=data.get("role"),
+        classes=data.get("classes"), language=data.get("language"),
+        disabled=data.get("disabled"), password=data.get("password"))
     return web.json_response(user_json(user))
 
 
 @routes.delete(PREFIX + "/users/{name}")
-@_handle_errors
 async def user_remove(request: web.Request) -> web.Response:
     """Remove an account: its sessions stop working at once, on every instance."""
     identity = _admin(request)
     await _user_named(request)
-    try:
-        await auth.remove_user(_context(request).store, request.match_info["name"],
-                               actor=identity.actor)
-    except auth.AuthError as exc:
-        raise _account_error(exc) from None
+    await auth.remove_user(_context(request).store, request.match_info["name"],
+                           actor=identity.actor)
     return web.Response(status=204)
 
 
@@ -347,18 +275,16 @@ async def user_remove(request: web.Request) -> web.Response:
 
 
 @routes.get(PREFIX + "/classes")
-@_handle_errors
 async def classes_list(request: web.Request) -> web.Response:
     identity, context = _identity(request), _context(request)
     version, _document = await _policy_document(context)
     policy = context.state.snapshot.policy
     return web.json_response({"version": version, "classes": [
         _summary(policy, class_id) for class_id in policy.classes if identity.may_see(class_id)]},
-        headers=_etag(version))
+        headers=etag(version))
 
 
 @routes.get(PREFIX + "/classes/{class_id}")
-@_handle_errors
 async def class_get(request: web.Request) -> web.Response:
     class_id = _class_of(request)
     context = _context(request)
@@ -367,30 +293,28 @@ async def class_get(request: web.Request) -> web.Response:
     return web.json_response({
         "id": class_id, "version": version, "class": _class_json(policy, class_id),
         "overrides": [override_json(item) for item in _overrides_of(context, class_id)]},
-        headers=_etag(version))
+        headers=etag(version))
 
 
 @routes.post(PREFIX + "/classes")
-@_handle_errors
 async def class_create(request: web.Request) -> web.Response:
     _admin(request)
     data = await _body(request)
     class_id = data.pop("id", None)
     if not isinstance(class_id, str) or not class_id:
-        raise _Refused(400, "a new class needs an \"id\"", field="id")
+        raise Refused(400, "a new class needs an \"id\"", field="id")
     body = data.get("class", data) if set(data) <= {"class"} and data else data
 
     def change(classes: dict) -> None:
         if class_id in classes:
-            raise _Refused(409, f"class {class_id!r} exists already; PUT it to change it")
+            raise Refused(409, f"class {class_id!r} exists already; PUT it to change it")
         classes[class_id] = body
     result = await _put_classes(request, change, _if_match(request))
     return web.json_response({"id": class_id, "version": result["version"]}, status=201,
-                             headers=_etag(result["version"]))
+                             headers=etag(result["version"]))
 
 
 @routes.put(PREFIX + "/classes/{class_id}")
-@_handle_errors
 async def class_update(request: web.Request) -> web.Response:
     _admin(request)
     class_id = _class_of(request)
@@ -401,11 +325,10 @@ async def class_update(request: web.Request) -> web.Response:
         classes[class_id] = body
     result = await _put_classes(request, change, _if_match(request))
     return web.json_response({"id": class_id, "version": result["version"],
-                              "changed": result["changed"]}, headers=_etag(result["version"]))
+                              "changed": result["changed"]}, headers=etag(result["version"]))
 
 
 @routes.delete(PREFIX + "/classes/{class_id}")
-@_handle_errors
 async def class_delete(request: web.Request) -> web.Response:
     _admin(request)
     class_id = _class_of(request)
@@ -414,7 +337,7 @@ async def class_delete(request: web.Request) -> web.Response:
         classes.pop(class_id, None)
     result = await _put_classes(request, change, _if_match(request))
     return web.json_response({"id": class_id, "version": result["version"]},
-                             headers=_etag(result["version"]))
+                             headers=etag(result["version"]))
 
 
 # --- a teacher's pause and temporary allow -----------------------------------------------------
@@ -423,12 +346,11 @@ async def class_delete(request: web.Request) -> web.Response:
 def _minutes(data: dict) -> Any:
     minutes = data.get("minutes")
     if isinstance(minutes, bool) or not isinstance(minutes, int) or not 1 <= minutes <= 1440:
-        raise _Refused(400, "minutes must be a whole number from 1 to 1440", field="minutes")
+        raise Refused(400, "minutes must be a whole number from 1 to 1440", field="minutes")
     return minutes
 
 
 @routes.post(PREFIX + "/classes/{class_id}/pause")
-@_handle_errors
 async def pause(request: web.Request) -> web.Response:
     class_id = _class_of(request)
     data = await _body(request)
@@ -438,7 +360,6 @@ async def pause(request: web.Request) -> web.Response:
 
 
 @routes.delete(PREFIX + "/classes/{class_id}/pause")
-@_handle_errors
 async def unpause(request: web.Request) -> web.Response:
     class_id = _class_of(request)
     context = _context(request)
@@ -450,31 +371,30 @@ async def unpause(request: web.Request) -> web.Response:
         except ControlError:
             continue  # it ended meanwhile
     if not cancelled:
-        raise _Refused(404, f"class {class_id!r} is not paused")
+        raise Refused(404, f"class {class_id!r} is not paused")
     return web.json_response({"cancelled": cancelled})
 
 
 @routes.post(PREFIX + "/classes/{class_id}/allow")
-@_handle_errors
 async def allow(request: web.Request) -> web.Response:
     class_id = _class_of(request)
     data = await _body(request)
     domain, service = data.get("domain"), data.get("service")
     if (domain is None) == (service is None):
-        raise _Refused(400, "give either \"domain\" or \"service\"", field="domain")
+        raise Refused(400, "give either \"domain\" or \"service\"", field="domain")
     target = domain if domain is not None else service
     if not isinstance(target, str) or not target.strip():
-        raise _Refused(400, "a domain name or a bundled service id",
+        raise Refused(400, "a domain name or a bundled service id",
                        field="domain" if domain is not None else "service")
     if service is not None and service.strip().lower() not in _context(request).commands.bundled.services:
-        raise _Refused(400, f"no bundled service {service!r}", field="service")
+        raise Refused(400, f"no bundled service {service!r}", field="service")
     minutes = _minutes(data)
     try:
         result = await _context(request).commands.override_add(
             {"class": class_id, "kind": "allow", "minutes": minutes, "target": target},
             _identity(request).actor)
     except ControlError as exc:
-        raise _Refused(400, str(exc), field="domain" if domain is not None else "service") from None
+        raise Refused(400, str(exc), field="domain" if domain is not None else "service") from None
     return web.json_response(result, status=201)
 
 
@@ -482,25 +402,24 @@ async def allow(request: web.Request) -> web.Response:
 
 
 @routes.get(PREFIX + "/check")
-@_handle_errors
 async def check(request: web.Request) -> web.Response:
     """The decision for a name in a class now: action, the step of SPEC §2.3, the rule."""
     name, class_id = request.query.get("name"), request.query.get("class")
     if not name:
-        raise _Refused(400, "check needs ?name=", field="name")
+        raise Refused(400, "check needs ?name=", field="name")
     if not class_id:
-        raise _Refused(400, "check needs &class=", field="class")
+        raise Refused(400, "check needs &class=", field="class")
     if not _identity(request).may_see(class_id):
-        raise _Refused(403, f"class {class_id!r} is not one of yours")
+        raise Refused(403, f"class {class_id!r} is not one of yours")
     state = _context(request).state
     if class_id not in state.snapshot.policy.classes:
-        raise _Refused(404, f"no class {class_id!r}")
+        raise Refused(404, f"no class {class_id!r}")
     normalized = normalize_domain(name)
     if normalized is None:
-        raise _Refused(400, f"{name!r} is not a valid domain name", field="name")
+        raise Refused(400, f"{name!r} is not a valid domain name", field="name")
     scope = request.query.get("scope", "school")
     if scope not in ("school", "home"):
-        raise _Refused(400, "scope is school or home", field="scope")
+        raise Refused(400, "scope is school or home", field="scope")
     decision = state.snapshot.engine.decide(normalized, class_id, scope, state.clock())
     return web.json_response({"name": normalized, "class": class_id, "scope": scope,
                               "decision": decision.action.value, "blocked": decision.blocked,
@@ -509,12 +428,11 @@ async def check(request: web.Request) -> web.Response:
 
 
 @routes.get(PREFIX + "/audit")
-@_handle_errors
 async def audit(request: web.Request) -> web.Response:
     _admin(request)
     text = request.query.get("limit", "100")
     if not text.isdigit() or not 1 <= int(text) <= 10000:
-        raise _Refused(400, "limit is a number from 1 to 10000", field="limit")
+        raise Refused(400, "limit is a number from 1 to 10000", field="limit")
     entries = await _context(request).store.audit(int(text))
     return web.json_response({"entries": [
         {"at": item.at, "actor": item.actor, "action": item.action, "before": item.before,
@@ -522,7 +440,6 @@ async def audit(request: web.Request) -> web.Response:
 
 
 @routes.get(PREFIX + "/lists")
-@_handle_errors
 async def lists(request: web.Request) -> web.Response:
     _admin(request)
 
@@ -536,14 +453,13 @@ async def lists(request: web.Request) -> web.Response:
 
 
 @routes.post(PREFIX + "/lists/refresh")
-@_handle_errors
 async def lists_refresh(request: web.Request) -> web.Response:
     """Download and compile the blocklists now, in the background of the running server (as
     `classguard lists update` does, never deferred); GET /lists shows when it has run."""
     _admin(request)
     refresh = _context(request).refresh_lists
     if refresh is None or refresh() is None:
-        raise _Refused(409, "this process does not refresh the lists (a worker other than 0)")
+        raise Refused(409, "this process does not refresh the lists (a worker other than 0)")
     return web.json_response({"requested": True}, status=202)
 
 
@@ -556,9 +472,9 @@ def _device_of(request: web.Request):
     device_id = request.match_info["device_id"]
     device = _context(request).state.snapshot.policy.devices.get(device_id)
     if device is None:
-        raise _Refused(404, f"no device {device_id!r}")
+        raise Refused(404, f"no device {device_id!r}")
     if not _identity(request).may_see(device.class_id):
-        raise _Refused(403, f"device {device_id!r} is not in one of your classes")
+        raise Refused(403, f"device {device_id!r} is not in one of your classes")
     return device
 
 
@@ -569,33 +485,33 @@ def _device_fields(data: dict, *, creating: bool) -> dict[str, Any]:
     if creating:
         device_id = data.get("id")
         if not isinstance(device_id, str) or not ID_PATTERN.fullmatch(device_id):
-            raise _Refused(400, "a device id is 1 to 64 letters, digits, '.', '_' or '-', "
+            raise Refused(400, "a device id is 1 to 64 letters, digits, '.', '_' or '-', "
                                 "starting with a letter or digit", field="id")
         fields["id"] = device_id
     if "class" in data or creating:
         if not isinstance(data.get("class"), str) or not data["class"]:
-            raise _Refused(400, "\"class\" is the id of a class", field="class")
+            raise Refused(400, "\"class\" is the id of a class", field="class")
         fields["class"] = data["class"]
     if "addresses" in data:
         addresses = data["addresses"]
         if not isinstance(addresses, list) or not all(isinstance(a, str) for a in addresses):
-            raise _Refused(400, "\"addresses\" is a list of IP addresses", field="addresses")
+            raise Refused(400, "\"addresses\" is a list of IP addresses", field="addresses")
         fields["addresses"] = addresses
     if not creating and "id" in data:
-        raise _Refused(400, "a device keeps its id (the one in the path)", field="id")
+        raise Refused(400, "a device keeps its id (the one in the path)", field="id")
     unknown = sorted(set(data) - {"id", "class", "addresses"})
     if unknown:
-        raise _Refused(400, f"unknown key {unknown[0]!r} (a device has id, class, addresses)",
+        raise Refused(400, f"unknown key {unknown[0]!r} (a device has id, class, addresses)",
                        field=unknown[0])
     return fields
 
 
-def _device_refusal(exc: ControlError) -> _Refused:
+def _device_refusal(exc: ControlError) -> Refused:
     """A refusal of the device operations, with the field it is about."""
     text = str(exc)
     field = "class" if text.startswith("no class") else \
         "addresses" if "address" in text else None
-    return _Refused(400, text, **({"field": field} if field else {}))
+    return Refused(400, text, **({"field": field} if field else {}))
 
 
 def _issued(context: Context, device_id: str, token: str, version: int) -> dict[str, Any]:
@@ -607,13 +523,12 @@ def _issued(context: Context, device_id: str, token: str, version: int) -> dict[
 
 
 @routes.get(PREFIX + "/devices")
-@_handle_errors
 async def devices_list(request: web.Request) -> web.Response:
     """Devices with their class and addresses; `token` says only whether one is set."""
     identity = _identity(request)
     class_id = request.query.get("class")
     if class_id is not None and not identity.may_see(class_id):
-        raise _Refused(403, f"class {class_id!r} is not one of yours")
+        raise Refused(403, f"class {class_id!r} is not one of yours")
     result = await _context(request).commands.run(
         "device.list", {"class": class_id} if class_id else {}, identity.actor)
     return web.json_response({"devices": [item for item in result["devices"]
@@ -621,7 +536,6 @@ async def devices_list(request: web.Request) -> web.Response:
 
 
 @routes.post(PREFIX + "/devices")
-@_handle_errors
 async def device_create(request: web.Request) -> web.Response:
     """Enrol a device: its token is made here and shown in this answer only (in its DoH URL and
     DoT hostname); the store keeps the SHA-256."""
@@ -629,13 +543,13 @@ async def device_create(request: web.Request) -> web.Response:
     identity, context = _admin(request), _context(request)
     fields = _device_fields(await _body(request), creating=True)
     if fields["id"] in context.state.snapshot.policy.devices:
-        raise _Refused(409, f"device {fields['id']!r} exists already; POST "
+        raise Refused(409, f"device {fields['id']!r} exists already; POST "
                             f"{PREFIX}/devices/{fields['id']}/rotate gives it a new token")
     token = devices.new_token()
     try:
         result = await context.commands.run("device.add", {
             **fields, "addresses": fields.get("addresses", []),
-            "token_sha256": devices.token_sha256(token)}, identity.actor)
+            "token_sha256": token_sha256(token)}, identity.actor)
     except ControlError as exc:
         raise _device_refusal(exc) from None
     return web.json_response({**_issued(context, fields["id"], token, result["version"]),
@@ -643,14 +557,12 @@ async def device_create(request: web.Request) -> web.Response:
 
 
 @routes.get(PREFIX + "/devices/{device_id}")
-@_handle_errors
 async def device_get(request: web.Request) -> web.Response:
 
     return web.json_response(device_json(_device_of(request)))
 
 
 @routes.put(PREFIX + "/devices/{device_id}")
-@_handle_errors
 async def device_update(request: web.Request) -> web.Response:
     """Move a device to another class and/or set its school addresses; the token stays."""
     identity = _admin(request)
@@ -665,7 +577,6 @@ async def device_update(request: web.Request) -> web.Response:
 
 
 @routes.delete(PREFIX + "/devices/{device_id}")
-@_handle_errors
 async def device_delete(request: web.Request) -> web.Response:
     """Take a device out of the policy (its token stops working); POST .../erase also deletes
     what the query log and screen time hold about it."""
@@ -677,7 +588,6 @@ async def device_delete(request: web.Request) -> web.Response:
 
 
 @routes.post(PREFIX + "/devices/{device_id}/rotate")
-@_handle_errors
 async def device_rotate(request: web.Request) -> web.Response:
     """A new token, shown in this answer only; the old one stops working at once."""
 
@@ -685,18 +595,17 @@ async def device_rotate(request: web.Request) -> web.Response:
     device = _device_of(request)
     token = devices.new_token()
     result = await context.commands.run(
-        "device.rotate", {"tokens": {device.id: devices.token_sha256(token)}}, identity.actor)
+        "device.rotate", {"tokens": {device.id: token_sha256(token)}}, identity.actor)
     return web.json_response(_issued(context, device.id, token, result["version"]))
 
 
 @routes.post(PREFIX + "/devices/{device_id}/revoke")
-@_handle_errors
 async def device_revoke(request: web.Request) -> web.Response:
     """The device's token stops working; its school addresses still count."""
     identity = _admin(request)
     device = _device_of(request)
     if device.token_sha256 is None:
-        raise _Refused(409, f"device {device.id!r} has no token to revoke")
+        raise Refused(409, f"device {device.id!r} has no token to revoke")
     result = await _context(request).commands.run("device.revoke", {"id": device.id},
                                                   identity.actor)
     return web.json_response({"id": device.id, "version": result["version"]})
@@ -708,7 +617,7 @@ def _subject(request: web.Request) -> str:
 
     device_id = request.match_info["device_id"]
     if not ID_PATTERN.fullmatch(device_id) and not subject_of(device_id).startswith("ip:"):
-        raise _Refused(400, f"{device_id!r} is neither a device id nor an IP address",
+        raise Refused(400, f"{device_id!r} is neither a device id nor an IP address",
                        field="device_id")
     return device_id
 
@@ -721,7 +630,6 @@ async def _flush_query_log(context: Context) -> None:
 
 
 @routes.get(PREFIX + "/devices/{device_id}/data")
-@_handle_errors
 async def device_data(request: web.Request) -> web.Response:
     """Everything classguard holds about one device (GDPR art. 15): what `classguard device
     data` prints."""
@@ -733,7 +641,6 @@ async def device_data(request: web.Request) -> web.Response:
 
 
 @routes.post(PREFIX + "/devices/{device_id}/erase")
-@_handle_errors
 async def device_erase(request: web.Request) -> web.Response:
     """Delete everything classguard holds about one device (GDPR art. 17), its record in the
     policy included: what `classguard device erase` does."""
@@ -750,7 +657,6 @@ STATS_TOP = 20  # most blocked registrable domains shown per class
 
 
 @routes.get(PREFIX + "/stats")
-@_handle_errors
 async def stats(request: web.Request) -> web.Response:
     """Answers per class and hour (by outcome) and the most blocked domains, for one local day,
     from the aggregate query log (query_log.mode aggregate or full): nothing per device."""
@@ -758,7 +664,7 @@ async def stats(request: web.Request) -> web.Response:
     identity, context = _identity(request), _context(request)
     class_id = request.query.get("class")
     if class_id is not None and not identity.may_see(class_id):
-        raise _Refused(403, f"class {class_id!r} is not one of yours")
+        raise Refused(403, f"class {class_id!r} is not one of yours")
     query_log = context.query_log
     mode = query_log.settings.mode if query_log is not None else "off"
     today = query_log.day(query_log.clock()) if query_log is not None else None
@@ -767,7 +673,7 @@ async def stats(request: web.Request) -> web.Response:
         try:
             day = dt.date.fromisoformat(day).isoformat()
         except ValueError:
-            raise _Refused(400, "day is a date, YYYY-MM-DD", field="day") from None
+            raise Refused(400, "day is a date, YYYY-MM-DD", field="day") from None
     data: dict[str, Any] = {}
     if query_log is not None and mode != "off":
         if day == today:

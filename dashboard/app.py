@@ -3,34 +3,33 @@
 from __future__ import annotations
 
 import hmac
-import json
 import logging
-from typing import Any
 
 from aiohttp import web
 
 from common.addresses import parse_listen
-from dashboard import auth, routes
+from dashboard import auth, pages, routes
 from dashboard.context import (
     CONTEXT, COOKIE, CSRF_FIELD, CSRF_HEADER, IDENTITY, PUBLIC_PATHS, PUBLIC_PREFIXES, SAFE_METHODS,
-    Context, Identity, json_error,
+    Context, Identity,
 )
+from dashboard.errors import Refused, answer_for, json_error
 
 log = logging.getLogger("classguard.dashboard")
 
 @web.middleware
 async def error_middleware(request: web.Request, handler):
-    """Errors become JSON answers at the edge, never a traceback on the wire."""
+    """Every error becomes an answer here, never a traceback on the wire: mapped once
+    (dashboard.errors), written as JSON for the API and as a page for the pages."""
     try:
         return await handler(request)
-    except web.HTTPException as exc:
-        if exc.status < 400 or exc.content_type == "application/json":
+    except Exception as exc:
+        answer = answer_for(exc, request)
+        if answer is None:
             raise
-        return json_error(exc.status, exc.reason, **({"allow": exc.headers.get("Allow")}
-                                                    if exc.status == 405 else {}))
-    except Exception:
-        log.exception("%s %s failed", request.method, request.path)
-        return json_error(500, "internal error; see the server's log")
+        if pages.is_page(request.path):
+            return await pages.error_page(request, answer)
+        return json_error(answer)
 
 
 @web.middleware
@@ -44,8 +43,8 @@ async def auth_middleware(request: web.Request, handler):
         record = await auth.token_user(context.store, value.strip()) \
             if scheme.lower() == "bearer" else None
         if record is None:
-            return json_error(401, "invalid or revoked API token",
-                              headers={"WWW-Authenticate": 'Bearer realm="classguard"'})
+            raise Refused(401, "invalid or revoked API token",
+                          headers={"WWW-Authenticate": 'Bearer realm="classguard"'})
         identity = Identity(record.name, record.role, (), "token", token_id=record.id)
     elif COOKIE in request.cookies:
         session = await context.store.get_session(auth.sha256(request.cookies[COOKIE]))
@@ -61,7 +60,7 @@ async def auth_middleware(request: web.Request, handler):
     request[IDENTITY] = identity
     if identity is None and request.path not in PUBLIC_PATHS \
             and not request.path.startswith(PUBLIC_PREFIXES):
-        return json_error(401, "log in first (POST /api/v1/login) or send a Bearer token")
+        raise Refused(401, "log in first (POST /api/v1/login) or send a Bearer token")
     return await handler(request)
 
 
@@ -80,8 +79,8 @@ async def csrf_middleware(request: web.Request, handler):
                                                  "multipart/form-data"):
         sent = (await request.post()).get(CSRF_FIELD)
     if not isinstance(sent, str) or not hmac.compare_digest(sent, identity.session.csrf):
-        return json_error(403, f"CSRF token missing or wrong: send {CSRF_HEADER} "
-                               "(GET /api/v1/session gives it)")
+        raise Refused(403, f"CSRF token missing or wrong: send {CSRF_HEADER} "
+                           "(GET /api/v1/session gives it)")
     return await handler(request)
 
 
@@ -121,7 +120,3 @@ class DashboardServer:
         if self.runner is not None:
             await self.runner.cleanup()
             self.runner = None
-
-
-def dumps(data: Any) -> str:
-    return json.dumps(data, ensure_ascii=False)

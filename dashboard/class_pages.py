@@ -15,6 +15,7 @@ from aiohttp import web
 from admin.errors import ControlError
 from blocklists.names import normalize_domain
 from dashboard import api, class_form
+from dashboard.errors import POLICY_TEXT
 from dashboard.i18n import policy_errors
 from dashboard.pages import (
     View, error_text, page, redirect, require_admin, state_text, table, today_aggregates, view_of,
@@ -121,7 +122,7 @@ async def _save_class(view: View, editing: str | None, class_id: str, form, chan
     except PolicyError as exc:
         errors = {field: [policy_errors.translate(message, view.language) for message in messages]
                   for field, messages in class_form.errors_by_field(
-                      exc.errors, request.get(api.POLICY_TEXT)).items()}
+                      exc.errors, request.get(POLICY_TEXT)).items()}
         if deleting:
             errors = {"": [message for messages in errors.values() for message in messages]}
     except VersionConflict as exc:

@@ -85,11 +85,6 @@ CONTEXT = web.AppKey("context", Context)
 IDENTITY = web.RequestKey("identity", Identity)
 
 
-def json_error(status: int, message: str, *, headers: dict[str, str] | None = None,
-               **extra: Any) -> web.Response:
-    return web.json_response({"error": message, **extra}, status=status, headers=headers)
-
-
 def client_address(request: web.Request) -> str:
     """Who sent the request, for login throttling: the peer, or behind a proxy listed in
     `dashboard.trusted_proxies` the client it names in X-Forwarded-For (from anyone else the

@@ -8,9 +8,10 @@ from typing import Any
 
 from aiohttp import web
 
-from admin.devices import doh_url, dot_hostname, new_token, parse_csv, token_sha256, urls_csv
+from admin.devices import doh_url, dot_hostname, new_token, parse_csv, urls_csv
 from admin.errors import ControlError
 from admin.mobileconfig import profile
+from common.tokens import token_sha256
 from dashboard import class_form
 from dashboard.pages import View, error_text, page, redirect, require_admin, table, view_of
 from dashboard.render import Html, html, join

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from dashboard import api, auth, i18n
 from dashboard.context import (
     CONTEXT, COOKIE, CSRF_FIELD, IDENTITY, Context, Identity, client_address,
 )
+from dashboard.errors import Answer
 from dashboard.render import Html, html, join
 from store.records import describe_user
 
@@ -164,28 +164,24 @@ def error_text(messages: list[str] | str | None, field: str = "") -> Html:
                 join((html("{}", item) for item in items), Html("<br>")))
 
 
-@web.middleware
-async def html_errors(request: web.Request, handler):
-    """The pages' side of the app's JSON errors: 401 -> the login page, other errors -> a page."""
-    if request.path.startswith(api.PREFIX + "/") or request.path.startswith("/static/"):
-        return await handler(request)
-    response = await handler(request)
-    if response.status < 400 or response.content_type != "application/json":
-        return response
-    if response.status == 401:
+def is_page(path: str) -> bool:
+    """A page's path, whose errors are pages too (not the API's, nor the style sheet's)."""
+    return not path.startswith(api.PREFIX + "/") and not path.startswith("/static/")
+
+
+async def error_page(request: web.Request, answer: Answer) -> web.Response:
+    """The pages' form of an error answer (dashboard.errors): 401 -> the login page, else a page
+    with the same status and message as the API's JSON."""
+    if answer.status == 401:
         target = "/login" + (f"?next={quote(request.path_qs)}" if request.method == "GET" else "")
         raise web.HTTPSeeOther(target)
-    try:
-        message = json.loads(response.text)["error"]
-    except (ValueError, KeyError, TypeError):
-        message = ""
     view = await view_of(request)
-    title = view.t(f"error.status.{response.status}") \
-        if f"error.status.{response.status}" in i18n.catalogue(view.language) else view.t("error.title")
-    hint = html('<p>{}</p>', view.t("error.csrf")) if message.startswith("CSRF") else Html("")
-    body = html('<p class="error" role="alert">{}</p>{}<p><a href="/">{}</a></p>', message, hint,
-                view.t("error.back"))
-    return page(view, title, body, status=response.status)
+    title = view.t(f"error.status.{answer.status}") \
+        if f"error.status.{answer.status}" in i18n.catalogue(view.language) else view.t("error.title")
+    hint = html('<p>{}</p>', view.t("error.csrf")) if answer.message.startswith("CSRF") else Html("")
+    body = html('<p class="error" role="alert">{}</p>{}<p><a href="/">{}</a></p>', answer.message,
+                hint, view.t("error.back"))
+    return page(view, title, body, status=answer.status)
 
 
 @routes.get("/login")

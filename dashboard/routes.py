@@ -12,4 +12,3 @@ def add_routes(app: web.Application) -> None:
     for module_routes in (pages.routes, admin_pages.routes, class_pages.routes, device_pages.routes):
         app.add_routes(module_routes)
     app.router.add_static("/static", pages.STATIC)
-    app.middlewares.insert(0, pages.html_errors)  # outermost: it sees what the others answer

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import difflib
-import hashlib
 import ipaddress
 import re
 import threading
@@ -17,6 +16,7 @@ import publicsuffix2
 
 from blocklists.names import normalize_domain
 from common.errors import ClassguardError
+from common.tokens import SHA256, TOKEN, token_sha256
 from policies.model import (
     SAFE_SEARCH_MODES, WEEKDAYS, ClassPolicy, Device, Exception_, IPAddress, IPNetwork, Policy,
     Rules, Window,
@@ -30,8 +30,6 @@ __all__ = ["PolicyError", "load_policy", "parse_policy", "public_suffix_kind", "
 PUBLIC_SUFFIX_FILE = Path(__file__).parent / "data" / "public_suffix_list.dat"
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-TOKEN_PATTERN = re.compile(r"[a-z0-9]{22,63}")  # one DNS label (SPEC §5)
-SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")
 TIME_PATTERN = re.compile(r"(\d{1,2}):(\d{2})")
 DATE_PATTERN = re.compile(r"\d{4}-\d{2}-\d{2}")
 
@@ -743,16 +741,16 @@ class _Parser:
             if not isinstance(value, str):
                 self.error(line, f"token of {what} must be quoted text, not {_describe(value)}")
                 return None
-            if not TOKEN_PATTERN.fullmatch(value):
+            if not TOKEN.fullmatch(value):
                 self.error(line, f"token of {what} must be 22 to 63 characters, each a "
                                  f"lowercase letter a-z or a digit (this one: {len(value)} "
                                  "characters)")
                 return None
-            return hashlib.sha256(value.encode("ascii")).hexdigest()
+            return token_sha256(value)
         if "token_sha256" in entry:
             value = entry["token_sha256"]
             line = key_line(entry, "token_sha256", at)
-            if isinstance(value, str) and SHA256_PATTERN.fullmatch(value.strip().lower()):
+            if isinstance(value, str) and SHA256.fullmatch(value.strip().lower()):
                 return value.strip().lower()
             self.error(line, f"token_sha256 of {what} must be 64 hexadecimal digits "
                              "(the SHA-256 of the token)")

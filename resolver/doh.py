@@ -22,11 +22,10 @@ from aiohttp.abc import AbstractAccessLogger
 
 from common.addresses import forwarded_client, parse_listen
 from common.errors import StartupError
+from common.tokens import TOKEN
 from resolver.chain import Client
 from resolver.clients import scope_for
-from resolver.device_tokens import (  # noqa: F401 (token_digest: re-exported)
-    TOKEN, DeviceTokens, token_digest,
-)
+from resolver.device_tokens import DeviceTokens
 from resolver.server import HEADER_SIZE, QueryHandler
 from resolver.state import RuntimeState
 

@@ -13,9 +13,10 @@ import logging
 import ssl
 
 from common.addresses import parse_listen
+from common.tokens import TOKEN
 from resolver.chain import Client
 from resolver.clients import scope_for
-from resolver.device_tokens import TOKEN, DeviceTokens
+from resolver.device_tokens import DeviceTokens
 from resolver.server import QueryHandler, TcpListener
 from resolver.state import RuntimeState
 

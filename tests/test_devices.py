@@ -17,8 +17,9 @@ import dns.message
 import pytest
 
 from admin import devices
-from admin.devices import doh_url, dot_hostname, new_token, read_csv, token_sha256
+from admin.devices import doh_url, dot_hostname, new_token, read_csv
 from classguard.config import DOH_DEFAULTS, Config
+from common.tokens import token_sha256
 from policies.loader import PolicyError
 from store.embedded import EmbeddedStore
 from tests.serving import addresses, cli, free_port, start_server, write_school

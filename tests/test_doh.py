@@ -22,9 +22,10 @@ import trustme
 from blocklists.settings import BlocklistSettings
 from classguard.config import DOH_DEFAULTS, Config
 from classguard.service import Service, prepare
+from common.tokens import token_sha256
 from policies.loader import parse_policy
 from policies.yaml_lines import parse_yaml
-from resolver.doh import decode_dns_param, masked_path, min_ttl, token_digest
+from resolver.doh import decode_dns_param, masked_path, min_ttl
 from resolver.settings import DnsSettings, RateLimit
 from tests.conftest import TEST_LISTS, ede
 
@@ -47,7 +48,7 @@ classes:
     networks: ["127.0.0.3/32"]
 devices:
   tablet-1: {{class: pupils, token: "{TOKEN}", addresses: ["127.0.0.5"]}}
-  tablet-2: {{class: pupils, token_sha256: "{token_digest(TOKEN_2)}"}}
+  tablet-2: {{class: pupils, token_sha256: "{token_sha256(TOKEN_2)}"}}
 """
 
 
@@ -378,7 +379,7 @@ def test_the_policy_stores_a_token_only_as_its_hash():
     data = parse_yaml(POLICY, "policy.yaml")
     policy = parse_policy(data, source="policy.yaml", known_categories={"adult", "gambling"},
                           known_services=set())
-    assert policy.devices["tablet-1"].token_sha256 == token_digest(TOKEN)
+    assert policy.devices["tablet-1"].token_sha256 == token_sha256(TOKEN)
     assert TOKEN not in repr(policy)
 
 

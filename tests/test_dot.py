@@ -12,7 +12,7 @@ import dns.rcode
 import pytest
 import trustme
 
-from admin.devices import token_sha256
+from common.tokens import token_sha256
 from tests.conftest import POLICY, ede
 
 HOSTNAME = "dot.school.example"

@@ -191,7 +191,7 @@ async def test_dot_is_limited_per_device_whatever_the_connection(make_resolver, 
 
     import trustme
 
-    from admin.devices import token_sha256
+    from common.tokens import token_sha256
     from tests.conftest import POLICY
 
     token, hostname = "k7q2m9x4v8w1z6r3t5y0p2a9", "dot.school.example"
