@@ -14,10 +14,11 @@ from aiohttp import web
 from common.errors import ClassguardError
 from dashboard import auth
 from policies.loader import PolicyError
-from store.records import NotFound, VersionConflict
+from store.records import DiskFull, NotFound, StoreUnavailable, VersionConflict
 
 log = logging.getLogger("classguard.dashboard")
 
+STORE_RETRY_AFTER = 5  # seconds a client waits before trying again while the store is away
 POLICY_TEXT = web.RequestKey("policy_text", str)  # what a class write submitted, for `field`
 
 
@@ -61,6 +62,10 @@ def answer_for(exc: Exception, request: web.Request) -> Answer | None:
         return Answer(404, str(exc))
     if isinstance(exc, auth.AccountError):
         return Answer(400, str(exc), {"field": exc.field})
+    if isinstance(exc, StoreUnavailable):  # Redis away: the DNS keeps answering, writes wait
+        return Answer(503, str(exc), headers={"Retry-After": str(STORE_RETRY_AFTER)})
+    if isinstance(exc, DiskFull):
+        return Answer(507, str(exc))
     if isinstance(exc, ClassguardError):  # ControlError, StoreError, AuthError, ...: refused
         return Answer(400, str(exc))
     log.exception("%s %s failed", request.method, request.path)

@@ -17,7 +17,10 @@ def _responses(*statuses: int, ok: dict | None = None, etag: bool = False) -> di
             "for this role or class, or a missing CSRF token", 404: "No such resource",
             405: "Method not allowed", 409: "A stale write (If-Match), or a conflict with what "
             "exists (a class or device of that id, a device without a token)",
-            415: "Not JSON", 429: "Too many failed logins: wait Retry-After seconds"}
+            415: "Not JSON", 429: "Too many failed logins: wait Retry-After seconds",
+            503: "The store (Redis) cannot be reached: try again after Retry-After seconds; DNS "
+            "keeps answering from each server's snapshot",
+            507: "The disk under state_dir is full: nothing was changed"}
     responses: dict[str, Any] = {}
     for status in statuses:
         entry: dict[str, Any] = {"description": text[status]}
@@ -40,7 +43,7 @@ IF_MATCH = {"name": "If-Match", "in": "header", "required": False, "schema": {"t
             "description": 'the ETag read (e.g. "7"); a stale one gets 409'}
 MINUTES = {"type": "integer", "minimum": 1, "maximum": 1440}
 ADDRESSES = {"type": "array", "items": {"type": "string"}, "description": "school IP addresses"}
-AUTHED = (401, 403)  # every operation but login and this document
+AUTHED = (401, 403, 503, 507)  # every operation but login and this document
 
 
 def _json_body(schema: dict) -> dict:
@@ -72,7 +75,7 @@ def document() -> dict[str, Any]:
                 "requestBody": _json_body({"type": "object", "required": ["name", "password"],
                                            "properties": {"name": {"type": "string"},
                                                           "password": {"type": "string"}}}),
-                "responses": _responses(200, 400, 401, 415, 429,
+                "responses": _responses(200, 400, 401, 415, 429, 503, 507,
                                         ok={"$ref": "#/components/schemas/Session"})}},
             "/api/v1/logout": {"post": {"summary": "End the session (CSRF token required)",
                                         "responses": _responses(204, *AUTHED)}},

@@ -326,6 +326,10 @@ class TcpListener:
                     await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
             if in_flight:
                 await asyncio.wait(in_flight, timeout=self.idle_timeout)
+        except asyncio.CancelledError:
+            # The server is stopping. Ended cancelled, this task would make Python 3.11's
+            # StreamReaderProtocol log a CancelledError traceback per open connection.
+            pass
         finally:
             self.connections -= 1
             for task in in_flight:

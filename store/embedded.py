@@ -19,7 +19,7 @@ from pathlib import Path
 
 from policies.model import Override
 from store.records import (
-    ApiToken, AuditEntry, NotFound, Session, StoredPolicy, StoreError, User, VersionConflict,
+    ApiToken, AuditEntry, DiskFull, NotFound, Session, StoredPolicy, StoreError, User, VersionConflict,
     describe_override, describe_token, describe_user, device_record, minutes_of, policy_without,
 )
 
@@ -433,9 +433,15 @@ class EmbeddedStore:
                 file.seek(-1, os.SEEK_END)
                 if file.read(1) != b"\n":  # a line torn by a crash: end it, keep ours whole
                     line = "\n" + line
-            file.write(line.encode("utf-8"))
-            file.flush()
-            os.fsync(file.fileno())
+            try:
+                file.write(line.encode("utf-8"))
+                file.flush()
+                os.fsync(file.fileno())
+            except OSError as exc:
+                if exc.errno not in DISK_FULL:
+                    raise
+                raise DiskFull(f"the disk under {self.state_dir} is full: the change is saved, "
+                               "its audit entry is not (free some space)") from None
         if created:
             _fsync_dir(self.state_dir)
 
@@ -444,6 +450,9 @@ class EmbeddedStore:
         for leftover in self.state_dir.glob(f".{STATE_FILE}.*.tmp"):
             with contextlib.suppress(FileNotFoundError):
                 leftover.unlink()
+
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def write_atomically(path: Path, content: str | bytes) -> None:
@@ -457,9 +466,12 @@ def write_atomically(path: Path, content: str | bytes) -> None:
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             temporary.unlink()
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+            raise DiskFull(f"cannot write {path.name}: the disk under {path.parent} is full; "
+                           "nothing was changed (free some space and try again)") from None
         raise
     _fsync_dir(path.parent)
 

@@ -30,6 +30,10 @@ class VersionConflict(StoreError):
         self.actual = actual
 
 
+class DiskFull(StoreError):
+    """The disk under state_dir is full: the change was not made, what was stored is intact."""
+
+
 class NotFound(StoreError):
     """No such record."""
 

@@ -223,3 +223,27 @@ async def test_a_device_enrolled_through_the_api_is_served_on_its_class(tmp_path
                     break
                 assert time.monotonic() < deadline, "the erased device is still served"
                 await asyncio.sleep(0.05)
+
+
+async def test_the_api_says_503_with_the_reason_while_redis_is_away(tmp_path, upstream):
+    """Every authenticated request answered 500 "internal error" while Redis was away (issue 24):
+    503, the reason and Retry-After now, and DNS keeps answering."""
+    redis = RedisServer(tmp_path / "redis").start()
+    port, api = school(tmp_path / "a", upstream.url, redis.url)
+    created = await cli(tmp_path / "a", "token", "create", "ci")
+    assert created.returncode == 0, created.stderr
+    bearer = {"Authorization": f"Bearer {created.stdout.strip()}"}
+    server = await start_server(tmp_path / "a", port)
+    try:
+        async with aiohttp.ClientSession() as http:
+            await answered(http, api)
+            assert await status(http, "GET", api + "/classes", headers=bearer) == 200
+            redis.stop()
+            async with http.get(api + "/classes", headers=bearer) as response:
+                body = await response.json()
+                assert response.status == 503, body
+                assert "unreachable" in body["error"] and response.headers["Retry-After"] == "5"
+            assert ede(await ask(port, "adult.example", "127.0.0.2")) == [(15, "category:adult")]
+    finally:
+        await server.stop()
+        redis.stop()

@@ -16,13 +16,14 @@ from dashboard import auth
 from dashboard.app import init_app
 from dashboard.errors import Refused
 from policies.loader import PolicyError
-from store.records import NotFound, StoreUnavailable, VersionConflict
+from store.records import DiskFull, NotFound, StoreUnavailable, VersionConflict
 
 ERRORS = [
     (NotFound("no override 'x1'"), 404, {}),
     (VersionConflict(3, 4), 409, {"version": 4}),
     (ControlError("minutes must be from 1 to 1440"), 400, {}),
-    (StoreUnavailable("Redis at 127.0.0.1:1 is unreachable"), 400, {}),
+    (StoreUnavailable("Redis at 127.0.0.1:1 is unreachable"), 503, {}),
+    (DiskFull("the disk under state is full; nothing was changed"), 507, {}),
     (PolicyError(["policy.yaml:3: no category 'gambling'", "policy.yaml:9: bad time"]), 400,
      {"errors": ["policy.yaml:3: no category 'gambling'", "policy.yaml:9: bad time"]}),
     (auth.AccountError("a password has at least 10 characters", field="password",

@@ -196,6 +196,35 @@ async def test_ready_with_a_note_while_redis_is_away(make_resolver, tmp_path):
         redis.stop()
 
 
+async def test_ready_with_a_note_while_redis_hangs(make_resolver, tmp_path):
+    """A Redis that accepts connections and never answers (kill -STOP) is away too: /readyz once
+    took the probe's time-out as a failure and answered 503 on every instance while DNS kept
+    answering from the snapshot (issue 24)."""
+    if REDIS_SERVER is None:
+        pytest.skip(MISSING_REASON)
+    redis = RedisServer(tmp_path / "redis").start()
+    try:
+        resolver = await make_resolver(settings={**METRICS, "store": redis.url})
+        service = resolver.service
+        await ready(service)
+        redis.process.send_signal(signal.SIGSTOP)
+        status, text = await get(service, "/readyz")
+        assert status == 200, text
+        assert text.startswith("ready\nstore: Redis (" + redis.url + ") "), text
+        assert "answering from this instance's snapshot" in text
+        answer = await resolver.query("adult.example", source=PUPILS)
+        assert ede(answer) == [(15, "category:adult")]
+        redis.process.send_signal(signal.SIGCONT)
+        for _ in range(100):
+            if await get(service, "/readyz") == (200, "ready\n"):
+                break
+            await asyncio.sleep(0.1)
+        assert await get(service, "/readyz") == (200, "ready\n")
+    finally:
+        redis.process.send_signal(signal.SIGCONT)
+        redis.stop()
+
+
 async def test_every_reason_at_once(make_resolver, tmp_path):
     missing = ListSource(name="gone", format="domains", category="adult",
                          path=str(tmp_path / "no-such-list.txt"))

@@ -24,6 +24,10 @@ PREFIX = "classguard:"
 CONNECT_TIMEOUT = 1.0  # seconds; the watcher is the one waiting, never a DNS answer
 # one immediate retry: a pooled connection to a Redis that restarted fails once, then reconnects
 COMMAND_TIMEOUT = 2.0
+# A health check answers within this, below the readiness probe's own limit (classguard.metrics):
+# a Redis that accepts connections and never answers (hung, kill -STOP) is away, like one that
+# refuses them, and both are a note of /readyz, never a reason to leave rotation.
+HEALTH_TIMEOUT = 1.0
 BACKOFF_FIRST, BACKOFF_MAX = 0.25, 2.0  # seconds between attempts while Redis is away
 SENTINEL_SCHEME = "redis+sentinel"
 
@@ -144,11 +148,15 @@ class RedisConnection:
         """None while Redis answers; else that it is away and for how long: the server answers
         from its snapshot meanwhile, which /readyz reports as a note, not as a reason."""
         try:
-            await self.run(lambda r: r.ping())
+            async with asyncio.timeout(HEALTH_TIMEOUT):
+                await self.run(lambda r: r.ping())
         except StoreUnavailable:
             away = time.monotonic() - self._down_since if self._down_since is not None else 0.0
             return (f"Redis ({redacted_url(self.url)}) unreachable for {away:.0f} s; answering from "
                     "this instance's snapshot")
+        except TimeoutError:
+            return (f"Redis ({redacted_url(self.url)}) not answering within {HEALTH_TIMEOUT:.0f} s "
+                    "(hung?); answering from this instance's snapshot")
         return None
 
     def subscribe(self) -> asyncio.Event:
