@@ -61,3 +61,12 @@ screenshots: install
 bench-profile: install
 	sh bench/install-deps.sh
 	$(BIN)/python bench/profile_peak.py
+
+# Steady mixed load (UDP, TCP, DoH) on `serve --workers 2` with a Redis store, with faults injected
+# one phase each (a worker killed, the upstream silent, Redis hung then restarted empty, SIGHUP,
+# lists update); prints lost/wrong/SERVFAIL/p99 per phase and each process's RSS and descriptors.
+# About 10 minutes (SOAK_MINUTES, SOAK_RATE); not part of `make test`.
+.PHONY: soak
+soak: install
+	command -v redis-server >/dev/null || (apt-get update && apt-get install -y redis-server)
+	$(BIN)/python bench/soak.py
