@@ -61,11 +61,11 @@ class FastQuery:
     """One query on the fast path, and what its steps learn of it: one object reused for every
     query (the fast path never awaits, so one query is on it at a time)."""
 
-    __slots__ = ("data", "tail", "raw", "client_ip", "protocol", "client", "mono", "ttl_cap",
+    __slots__ = ("data", "raw", "client_ip", "protocol", "client", "mono", "ttl_cap",
                  "entry", "result", "reason", "true_until", "on_repeat")
 
     def __init__(self) -> None:
-        self.data = self.tail = b""  # the query's bytes, and the same without its id
+        self.data = b""  # the query's bytes
         self.raw = None  # resolver.wire.RawQuery: the question, read once per distinct bytes
         self.client_ip = ""
         self.protocol = "udp"
@@ -86,10 +86,13 @@ FastStep = Callable[[FastQuery], "bytes | None"]
 class Link:
     """A resolver that may answer by itself or hand the request to the next one.
 
-    Each link also says what it does on the fast path: `fast_step(following)` returns the
-    synchronous step made of the same rules (it may return `following` itself when it has nothing
-    to do there), or the link sets `slow_path_only = True`, and the fast path stops before it.
-    resolver.fastpath.derive refuses a chain where a link does neither.
+    Each link also says what it does on the fast path, with its own rules:
+    - `fast_step(following)` returns the synchronous step for each query (it may return
+      `following` itself when it has nothing to do there);
+    - `fast_question(raw) -> bool` says whether a question (resolver.wire.RawQuery) may take the
+      fast path at all, asked once per distinct query bytes (what depends on the question alone);
+    - or `slow_path_only = True`: the fast path stops before this link.
+    resolver.fastpath.derive refuses a chain where a link does none of these.
     """
 
     next: Resolver

@@ -44,12 +44,10 @@ class FilteringLink(Link):
             QTYPE.A: _packed_address(block_response, QTYPE.A),
             QTYPE.AAAA: _packed_address(block_response, QTYPE.AAAA),
         }
-        # The fast path's memos: one block decision per (reason, active) shared by every name it
-        # blocks (a million listed names stay cheap to remember), and the replies made during
-        # the current second (of the fast path's clock) by query bytes, in their class state.
+        # The fast path's memo: one block decision per (reason, active) shared by every name it
+        # blocks (a million listed names stay cheap to remember). Its last reply to the same
+        # query bytes is kept on their RawQuery, with the class state and until when it is true.
         self._blocks: dict[tuple, Decision] = {}
-        self._replies: dict[bytes, tuple] = {}
-        self._replies_until = 0.0
         self._fast_next = None
 
     def decision(self, engine: PolicyEngine, class_state, client, name, now: float,
@@ -123,7 +121,8 @@ class FilteringLink(Link):
 
     def fast_step(self, following):
         """Decides, answers a block from bytes, hands a resolve to `following` (the cache) and
-        inspects what it answers; repeats a reply made in the same second and class state."""
+        inspects what it answers; repeats its last reply to the same bytes in the same class
+        state while that reply's bytes are true."""
         self._fast_next = following
         return self._fast_answer
 
@@ -135,27 +134,23 @@ class FilteringLink(Link):
         class_state = engine.class_state(client.class_id, client.scope, now)
         if class_state is None:
             return None
-        ttl_cap = class_state.ttl_cap(now, self.policy_ttl)
+        # ClassState.ttl_cap, the one rule, is None for a class whose rules do not follow the
+        # clock: that case skips the call.
+        ttl_cap = class_state.ttl_cap(now, self.policy_ttl) if class_state.timed else None
         if class_state.screen_time is not None:  # every query counts a device's minutes
             return self._fast_decide(query, engine, class_state, client, now)
-        mono = query.mono
-        if mono >= self._replies_until:  # the replies of the second before are forgotten
-            self._replies.clear()
-            self._replies_until = mono + 1.0
-        tail = query.tail
-        replies = self._replies
-        made = replies.get(tail)
+        made = query.raw.reply
         if made is not None and made[0] is class_state and made[1] == ttl_cap \
-                and made[2] == query.protocol and mono < made[3]:
-            # The same query, in the same class state, while its bytes are still true.
+                and made[2] == query.protocol and query.mono < made[3]:
+            # The same query bytes, in the same class state, while its bytes are still true.
             _state, _cap, _protocol, _until, reply, query.result, query.reason, repeat = made
             if repeat is not None:
                 repeat()
             return query.data[0:2] + reply
         wire = self._fast_decide(query, engine, class_state, client, now)
         if wire is not None:
-            replies[tail] = (class_state, ttl_cap, query.protocol, query.true_until, wire[2:],
-                             query.result, query.reason, query.on_repeat)
+            query.raw.reply = (class_state, ttl_cap, query.protocol, query.true_until, wire[2:],
+                               query.result, query.reason, query.on_repeat)
         return wire
 
     def _fast_decide(self, query, engine: PolicyEngine, class_state, client, now: float) -> bytes | None:

@@ -11,7 +11,7 @@ from resolver.answers import empty_reply, rfc8482_answer
 from resolver.chain import Link, Request, Response
 
 LOCAL_TTL = 3600
-LOCAL_MEMO_LIMIT = 100_000
+QTYPE_ANY = 255
 
 # RFC 6761 §6.3-6.4 and RFC 6762: answered NXDOMAIN here ("localhost" gets loopback addresses).
 SPECIAL_USE = ("invalid", "local", "test", "onion", "home.arpa")
@@ -70,24 +70,10 @@ class LocalZonesLink(Link):
                 Action.NXDOMAIN, "0 local", f"local zone {zone}: never forwarded"))
         return await self.next.resolve(request)
 
-    def fast_step(self, following):
-        """A local name (or ANY) takes the chain, which answers it; the verdict is kept per
-        wire name, so asking again costs one dict lookup."""
-        local_names: dict[bytes, bool] = {}
-        local_zone = self.local_zone
-
-        def step(query) -> bytes | None:
-            raw = query.raw
-            local = local_names.get(raw.qname)
-            if local is None:
-                local = local_zone(wire_name_to_text(raw.qname)) is not None
-                if len(local_names) >= LOCAL_MEMO_LIMIT:
-                    local_names.clear()
-                local_names[raw.qname] = local
-            if local or raw.qtype == QTYPE.ANY:
-                return None
-            return following(query)
-        return step
+    def fast_question(self, raw) -> bool:
+        """Whether a question may take the fast path at all: not a local name, not ANY (the
+        chain answers those). Asked once per distinct query bytes, so it costs nothing per query."""
+        return raw.qtype != QTYPE_ANY and self.local_zone(wire_name_to_text(raw.qname)) is None
 
     @staticmethod
     def _localhost(request: Request):

@@ -181,7 +181,7 @@ class Silent(Link):
 
 
 def test_building_the_fast_path_fails_for_a_link_without_a_fast_step():
-    with pytest.raises(FastPathError, match="Silent"):
+    with pytest.raises(FastPathError, match="Silent has no fast_step"):
         derive(chain(IdentifyLink(state()), Silent(), CacheLink(), Stub()))
 
 
