@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from common.errors import ClassguardError
 from resolver.chain import Client, FastQuery, FastStep, Resolver
 from resolver.stats import QueryStats
 from resolver.wire import RawQuery, read_query
@@ -19,7 +20,7 @@ from resolver.wire import RawQuery, read_query
 QUERY_MEMO_LIMIT = 20_000  # distinct queries read once and kept (all forgotten when full): ~6 MB
 
 
-class FastPathError(Exception):
+class FastPathError(ClassguardError):
     """A link of the chain has no fast step and is not marked slow_path_only: a programming
     error, raised when the fast path is built, never on a query."""
 
