@@ -32,17 +32,19 @@ from classguard.logsetup import configure
 from classguard.metric_shares import clear_shares
 from classguard.service import fetch_missing_lists, known_categories
 from classguard.service import open_store as service_store
-from classguard.service import own_names, policy_path, publish_lists, run
+from classguard.service import make_upstreams, own_names, policy_path, publish_lists, run
 from classguard.workers import supervise
 from common.errors import ClassguardError, StartupError
 from dashboard import auth
-from policies.engine import PolicyEngine
 from policies.export import export_policy
 from policies.loader import PolicyError, load_policy
 from policies.yaml_lines import YamlError
 from privacy import gdpr
 from privacy.querylog import QueryLogSettings
-from resolver.clients import ClientIndex
+from resolver.build import build_chain
+from resolver.chain import Client
+from resolver.explain import Verdict, explain
+from resolver.state import RuntimeState
 from store.protocol import Store
 from store.records import StoreError, StoreUnavailable, describe_user
 
@@ -356,51 +358,75 @@ def _lists_status(config) -> int:
 
 
 def _check(config, args) -> int:
+    """The server's answer explained: the question goes through the chain the server builds
+    (resolver.explain), on the state the servers on this store run, screen time included."""
     bundled = load_bundled()
     policy = _stored_policy(config, bundled)
     scope = "home" if args.home else "school"
-    if args.class_id:
-        class_id, how = args.class_id, "--class"
-        if class_id not in policy.classes:
-            raise StartupError(f"no class {class_id!r} in the policy")
-    elif args.device:
-        device = policy.devices.get(args.device)
-        if device is None:
-            raise StartupError(f"no device {args.device!r} in the policy")
-        class_id, how = device.class_id, f"device {device.id}"
-    else:
-        client = ClientIndex(policy, config.dns.unknown_clients).identify(args.client)
-        if client is None:
-            print(f"{args.name}\n  client {args.client}: unknown client\n  decision: refused (REFUSED, EDE 18 Prohibited)\n"
-                  f"  rule: dns.unknown_clients: {config.dns.unknown_clients}")
-            return 0
-        class_id, how = client.class_id, client.matched_by
     name = normalize_domain(args.name)
     if name is None:
         raise StartupError(f"{args.name!r} is not a valid domain name")
+    if args.class_id and args.class_id not in policy.classes:
+        raise StartupError(f"no class {args.class_id!r} in the policy")
+    if args.device and args.device not in policy.devices:
+        raise StartupError(f"no device {args.device!r} in the policy")
     _with_store(config, lambda store: fetch_missing_lists(store, config.state_dir))
     lists = load_compiled(config.state_dir)
     if lists is None:
         print("note: no compiled lists under state_dir yet; compiling them now", file=sys.stderr)
         lists, _report = asyncio.run(update_lists(config.blocklists, config.state_dir, bundled))
-    engine = PolicyEngine(policy, lists, bundled, own_names(config), check_overrides(config),
-                          config.timezone)
     at = _moment(args.at, config.timezone)
-    explanation = engine.explain(name, class_id, scope, at)
-    decision = explanation.decision
+    state = RuntimeState(policy, lists, bundled, config.dns.unknown_clients, own_names(config),
+                         check_overrides(config), config.timezone, clock=lambda: at)
+    client = None
+    if args.class_id:
+        client = Client(args.class_id, None, scope, "--class")
+    elif args.device:
+        device = policy.devices[args.device]
+        client = Client(device.class_id, device.id, scope, f"device {device.id}")
+    elif args.home:  # a school's address seen at home: the same class, the home rules
+        found = state.clients.identify(args.client)
+        if found is not None:
+            client = dataclasses.replace(found, scope="home")
+
+    async def ask() -> Verdict:
+        store = open_store(config)
+        upstreams, zones = make_upstreams(config)
+        try:
+            state.screen_time.store = store  # the minutes the servers wrote, as a server starts
+            await state.screen_time.load(at)
+            head = build_chain(config.dns, state, upstreams, zones)
+            return await explain(head, state, name, client_ip=args.client or "", client=client, at=at)
+        finally:
+            for group in (upstreams, *zones.values()):
+                for upstream in group.upstreams:
+                    await upstream.close()
+            await store.close()
+
+    verdict = asyncio.run(ask())
     print(name)
-    print(f"  class: {class_id} ({how}), scope {scope}")
+    if verdict.client is None:
+        print(f"  client {args.client}: unknown client\n  decision: refused (REFUSED, EDE 18 Prohibited)\n"
+              f"  rule: dns.unknown_clients: {config.dns.unknown_clients}")
+        return 0
+    asker = verdict.client
+    print(f"  class: {asker.class_id} ({asker.matched_by}), scope {asker.scope}"
+          + (f", device {asker.device_id}" if asker.device_id and args.client else ""))
     print(f"  at: {dt.datetime.fromtimestamp(at, ZoneInfo(config.timezone)).isoformat(timespec='minutes')}"
           f" ({config.timezone})")
-    print(f"  decision: {decision.action.value}")
-    print(f"  step: {decision.step}")
-    print(f"  rule: {decision.rule}")
-    if decision.reason:
-        print(f"  EDE text: {decision.reason}")
-    if explanation.in_force:
-        print(f"  in force: {explanation.in_force}")
-    if explanation.until is not None:
-        until = dt.datetime.fromtimestamp(explanation.until, ZoneInfo(config.timezone))
+    print(f"  decision: {verdict.action}")
+    decision = verdict.decision
+    if decision is not None:
+        print(f"  step: {decision.step}")
+        print(f"  rule: {decision.rule}")
+    if verdict.result == "blocked" and verdict.reason:
+        print(f"  EDE text: {verdict.reason}")
+    if verdict.result == "servfail":
+        print("  answer inspection: not done (no upstream answered)")
+    if verdict.in_force:
+        print(f"  in force: {verdict.in_force}")
+    if verdict.until is not None:
+        until = dt.datetime.fromtimestamp(verdict.until, ZoneInfo(config.timezone))
         print(f"  until: {until.isoformat(timespec='minutes')} (next schedule boundary or override end)")
     return 0
 

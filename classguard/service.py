@@ -30,7 +30,7 @@ from common.addresses import parse_listen
 from common.errors import StartupError
 from privacy import gdpr
 from privacy.querylog import EmbeddedQueryLogStore, QueryLog, QueryLogSettings
-from resolver.build import build_chain, build_fast_path
+from resolver.build import build_query_path
 from resolver.cache import CacheLink
 from resolver.chain import Resolver, find_link
 from resolver.dot import DotListener
@@ -216,21 +216,13 @@ class Service:
         upstreams, zones = make_upstreams(self.config)
         self.upstream_groups = [upstreams, *zones.values()]
         dns = self.config.dns
-        self.chain = build_chain(dns, self.state, upstreams, zones)
-        self.fast_path = build_fast_path(self.chain, self.state) if dns.fast_path else None
-        if dns.rate_limit is not None:
-            self.rate_limiter = RateLimiter(
-                dns.rate_limit.qps, dns.rate_limit.burst, dns.trusted_forwarders,
-                identify=lambda address: self.state.snapshot.clients.identify(address))
-        handler = QueryHandler(self.chain, self.fast_path, self.link(CacheLink), dns.trusted_forwarders,
-                               rate_limiter=self.rate_limiter)
-        self.handler = handler
+        path = build_query_path(dns, self.state, upstreams, zones)
+        self.chain, self.fast_path, self.rate_limiter = path.chain, path.fast_path, path.rate_limiter
+        handler = self.handler = path.handler
         self.query_log = QueryLog(QueryLogSettings.from_section(self.config.query_log),
                                   self._query_log_store(), timezone=self.config.timezone)
         if self.query_log.enabled:  # the DNS path hands events over with a list append
-            handler.query_log = self.query_log
-            if self.fast_path is not None:
-                self.fast_path.query_log = self.query_log
+            path.record.query_log = self.query_log
         await self.query_log.start()
         if self.control is not None:  # an erased device's buffered entries are dropped here too
             self.control.query_log = self.query_log

@@ -9,7 +9,9 @@ from pathlib import Path
 
 from classguard.metrics import ReadinessProbe, upstream_groups
 from dashboard import auth
-from dashboard.context import Context, Health, UpstreamHealth
+from dashboard.context import Context, Health, UpstreamHealth, Why
+from resolver.chain import Client
+from resolver.explain import explain
 
 
 def dashboard_context(service, *, throttle: auth.Throttle | auth.StoreThrottle | None = None
@@ -27,9 +29,18 @@ def dashboard_context(service, *, throttle: auth.Throttle | auth.StoreThrottle |
             store_kind=type(service.store).__name__, store_problem=problem,
             store_up=probe.store_up, notes=probe.notes())
 
+    async def why(name: str, class_id: str, scope: str, at: float | None) -> Why:
+        """Through the running server's chain, as a query from the class would go."""
+        verdict = await explain(service.chain, service.state, name,
+                                client=Client(class_id, None, scope, "class"), at=at)
+        decision = verdict.decision
+        return Why(verdict.action, decision is not None and decision.blocked,
+                   decision.step if decision else "", decision.rule if decision else "",
+                   decision.reason if decision else None, verdict.in_force, verdict.until)
+
     return Context(
         store=service.store, commands=service.control.commands, state=service.state,
-        state_dir=Path(service.config.state_dir), config=service.config,
+        state_dir=Path(service.config.state_dir), config=service.config, explain=why,
         secure_cookies=public_url.startswith("https://"), query_log=service.query_log,
         throttle=throttle if throttle is not None else auth.throttle_for(service.store),
         refresh_lists=service.request_list_refresh, refresh_lists_now=service.refresh_lists_now,

@@ -420,11 +420,10 @@ async def check(request: web.Request) -> web.Response:
     scope = request.query.get("scope", "school")
     if scope not in ("school", "home"):
         raise Refused(400, "scope is school or home", field="scope")
-    decision = state.snapshot.engine.decide(normalized, class_id, scope, state.clock())
+    why = await _context(request).explain(normalized, class_id, scope, None)
     return web.json_response({"name": normalized, "class": class_id, "scope": scope,
-                              "decision": decision.action.value, "blocked": decision.blocked,
-                              "step": decision.step, "rule": decision.rule,
-                              "reason": decision.reason})
+                              "decision": why.decision, "blocked": why.blocked,
+                              "step": why.step, "rule": why.rule, "reason": why.reason})
 
 
 @routes.get(PREFIX + "/audit")

@@ -462,19 +462,18 @@ async def why(request: web.Request) -> web.Response:
         if not class_id:
             errors["class"] = t("why.pick_class")
         if not errors:
-            explanation = state.snapshot.engine.explain(normalized, class_id, scope, at)
-            decision = explanation.decision
-            rows = [[t("why.decision"), t("why.blocked") if decision.blocked else decision.action.value],
-                    [t("why.step"), decision.step], [t("why.rule"), decision.rule],
+            why = await view.context.explain(normalized, class_id, scope, at)
+            rows = [[t("why.decision"), t("why.blocked") if why.blocked else why.decision],
+                    [t("why.step"), why.step], [t("why.rule"), why.rule],
                     [t("why.at"), view.clock(at, day=True) + f" ({state.timezone})"]]
-            if decision.reason:
-                rows.append([t("why.reason"), decision.reason])
-            if explanation.in_force:
-                rows.append([t("why.in_force"), explanation.in_force])
-            if explanation.until is not None:
-                rows.append([t("why.until"), view.clock(explanation.until, day=True)])
+            if why.reason:
+                rows.append([t("why.reason"), why.reason])
+            if why.in_force:
+                rows.append([t("why.in_force"), why.in_force])
+            if why.until is not None:
+                rows.append([t("why.until"), view.clock(why.until, day=True)])
             answer = html('<section class="card answer {}" id="why-answer"><h2>{}</h2>{}</section>',
-                          "blocked" if decision.blocked else "resolves", normalized,
+                          "blocked" if why.blocked else "resolves", normalized,
                           table([t("col.what"), t("col.value")], rows, empty=""))
     options = join(html('<option value="{}"{}>{}</option>', item, Html(" selected") if item == class_id else "",
                         f"{policy.classes[item].name} ({item})" if policy.classes[item].name else item)

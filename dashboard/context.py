@@ -43,6 +43,24 @@ class Health:
     notes: list[str]  # said by a ready /readyz (a Redis away)
 
 
+@dataclass(frozen=True, slots=True)
+class Why:
+    """The server's answer for a name in a class, explained by the server's own chain (wired in
+    classguard.web from resolver.explain): what `/why` and `/api/v1/check` show."""
+
+    decision: str  # block, resolve, rewrite, nxdomain, nodata, local
+    blocked: bool
+    step: str  # the step of SPEC §2.3 that decided, e.g. "9 category"
+    rule: str
+    reason: str | None  # a block's reason, as in the EDE text
+    in_force: str | None  # the closing rule in force (a pause, a closed window), if any
+    until: float | None  # when the class's state changes, if it will
+
+
+# explain(name, class_id, scope, at): `at` None is now.
+Explain = Callable[[str, str, str, "float | None"], Awaitable[Why]]
+
+
 @dataclass
 class Context:
     """What the handlers work with, handed over by the composition root (classguard.service):
@@ -53,6 +71,7 @@ class Context:
     state: Any  # the DNS server's running state (resolver.state.RuntimeState): timezone, `check`
     state_dir: Path
     config: Any  # the configuration (classguard.config.Config): doh, dot, tls, query_log sections
+    explain: Explain  # "why is this blocked?": the same chain as the DNS server's
     secure_cookies: bool = False
     query_log: QueryLog | None = None  # the server's, for `stats`
     throttle: auth.Throttle | auth.StoreThrottle = field(default_factory=auth.Throttle)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 from dnslib import DNSRecord
+
+from policies.engine import Decision
 
 
 @dataclass(slots=True)
@@ -30,6 +33,11 @@ class Request:
     checking_disabled: bool = False
     client: Client | None = None
     internal: bool = False  # a query classguard makes for itself (safe-search target)
+    received: float = 0.0  # perf_counter() when the bytes arrived: the latency the counters see
+    # A question asked to explain a decision (`classguard check`, the dashboard's "why"): decided
+    # at `at` (None: now), counting no screen-time minute, neither counted nor logged.
+    explain: bool = False
+    at: float | None = None
 
 
 @dataclass(slots=True)
@@ -42,16 +50,53 @@ class Response:
     ede: tuple[int, str] | None = None  # RFC 8914 extended error (code, text)
     entry: object | None = None  # the cache entry this answer is (resolver.cache.CacheEntry)
     ttl_cap: int | None = None  # no record's TTL above this (a class whose rules follow the clock)
+    decision: Decision | None = None  # what decided (step and rule), for check and "why"
 
 
 class Resolver(Protocol):
     async def resolve(self, request: Request) -> Response: ...
 
 
+class FastQuery:
+    """One query on the fast path, and what its steps learn of it: one object reused for every
+    query (the fast path never awaits, so one query is on it at a time)."""
+
+    __slots__ = ("data", "raw", "client_ip", "protocol", "client", "mono", "ttl_cap",
+                 "entry", "result", "reason", "true_until", "on_repeat")
+
+    def __init__(self) -> None:
+        self.data = b""  # the query's bytes
+        self.raw = None  # resolver.wire.RawQuery: the question, read once per distinct bytes
+        self.client_ip = ""
+        self.protocol = "udp"
+        self.client: Client | None = None
+        self.mono = 0.0  # the fast path's monotonic clock (the cache's), read once per query
+        self.ttl_cap: int | None = None
+        self.entry = None  # the cache entry an answer was made from
+        self.result = ""  # what the query came to, for the counters (common.results)
+        self.reason: str | None = None
+        self.true_until = 0.0  # until when (by `mono`) the answer's bytes stay true
+        self.on_repeat: Callable[[], None] | None = None  # what a repeat of the answer must redo
+
+
+# A step of the fast path: the answer's bytes, or None for "take the chain" (which starts over).
+FastStep = Callable[[FastQuery], "bytes | None"]
+
+
 class Link:
-    """A resolver that may answer by itself or hand the request to the next one."""
+    """A resolver that may answer by itself or hand the request to the next one.
+
+    Each link also says what it does on the fast path, with its own rules:
+    - `fast_step(following)` returns the synchronous step for each query (it may return
+      `following` itself when it has nothing to do there);
+    - `fast_question(raw) -> bool` says whether a question (resolver.wire.RawQuery) may take the
+      fast path at all, asked once per distinct query bytes (what depends on the question alone);
+    - or `slow_path_only = True`: the fast path stops before this link.
+    resolver.fastpath.derive refuses a chain where a link does none of these.
+    """
 
     next: Resolver
+    slow_path_only = False
 
     async def resolve(self, request: Request) -> Response:  # pragma: no cover - interface
         return await self.next.resolve(request)

@@ -72,3 +72,16 @@ class IdentifyLink(Link):
             return Response(empty_reply(request.query, RCODE.REFUSED), "refused",
                             reason="unknown_client", ede=(EDE_PROHIBITED, "Prohibited"))
         return await self.next.resolve(request)
+
+    def fast_step(self, following):
+        """The same index; an unknown client takes the chain, which refuses it."""
+        state = self.state
+
+        def step(query) -> bytes | None:
+            if query.client is None:
+                client = state.snapshot.clients.identify(query.client_ip)
+                if client is None:
+                    return None
+                query.client = client
+            return following(query)
+        return step

@@ -14,6 +14,9 @@ log = logging.getLogger("classguard.forwarding")
 
 
 class ForwardingResolver:
+    # Asking an upstream means waiting for it: the fast path ends before this link.
+    slow_path_only = True
+
     def __init__(self, default: UpstreamGroup, zones: dict[str, UpstreamGroup] | None = None):
         self.default = default
         self.zones = zones or {}

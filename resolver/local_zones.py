@@ -5,10 +5,13 @@ from __future__ import annotations
 
 from dnslib import AAAA, QTYPE, RCODE, RR, SOA, A
 
+from blocklists.names import wire_name_to_text
+from policies.engine import Action, Decision
 from resolver.answers import empty_reply, rfc8482_answer
 from resolver.chain import Link, Request, Response
 
 LOCAL_TTL = 3600
+QTYPE_ANY = 255
 
 # RFC 6761 §6.3-6.4 and RFC 6762: answered NXDOMAIN here ("localhost" gets loopback addresses).
 SPECIAL_USE = ("invalid", "local", "test", "onion", "home.arpa")
@@ -53,16 +56,24 @@ class LocalZonesLink(Link):
 
     async def resolve(self, request: Request) -> Response:
         if request.qtype == QTYPE.ANY:
-            return Response(rfc8482_answer(request.query), "local")  # RFC 8482 §4.2: one HINFO
+            return Response(rfc8482_answer(request.query), "local",  # RFC 8482 §4.2: one HINFO
+                            decision=Decision(Action.NODATA, "0 local", "ANY: RFC 8482 answer"))
         zone = self.local_zone(request.qname)
         if zone == "localhost":
-            return Response(self._localhost(request), "local")
+            return Response(self._localhost(request), "local", decision=Decision(
+                Action.RESOLVE, "0 local", "localhost: the loopback address, answered here"))
         if zone is not None:
             reply = empty_reply(request.query, RCODE.NXDOMAIN)
             reply.add_auth(RR(zone + ".", QTYPE.SOA, ttl=LOCAL_TTL, rdata=SOA(
                 "localhost.", "nobody.invalid.", (1, 3600, 1200, 604800, LOCAL_TTL))))
-            return Response(reply, "local")
+            return Response(reply, "local", decision=Decision(
+                Action.NXDOMAIN, "0 local", f"local zone {zone}: never forwarded"))
         return await self.next.resolve(request)
+
+    def fast_question(self, raw) -> bool:
+        """Whether a question may take the fast path at all: not a local name, not ANY (the
+        chain answers those). Asked once per distinct query bytes, so it costs nothing per query."""
+        return raw.qtype != QTYPE_ANY and self.local_zone(wire_name_to_text(raw.qname)) is None
 
     @staticmethod
     def _localhost(request: Request):

@@ -7,7 +7,8 @@ import time
 from collections.abc import Callable, Iterable
 
 from common.addresses import address_in
-from resolver.chain import Client
+from resolver.chain import Client, Link, Request, Response
+from resolver.stats import QueryStats
 
 MAX_BUCKETS = 100_000  # clients tracked at once; beyond it idle buckets go, then the oldest
 EXEMPT_MEMO_LIMIT = 100_000
@@ -87,3 +88,30 @@ class RateLimiter:
                 memo.clear()
             memo[address] = exempt
         return exempt
+
+
+class RateLimitLink(Link):
+    """`dns.rate_limit` at the head of the chain. Its check runs at the door, before the query is
+    even read (a flood costs as little as possible), because each transport refuses in its own
+    way (UDP drops, TCP and DoT answer REFUSED, DoH says 429): every listener calls `admit`
+    first. A query it let in has passed, on either path."""
+
+    def __init__(self, limiter: RateLimiter | None, stats: QueryStats):
+        self.limiter = limiter  # None: no limit
+        self.stats = stats
+
+    def admit(self, client_ip: str, protocol: str, client: Client | None = None) -> bool:
+        """False when the limit refuses this query (counted per protocol); trusted forwarders
+        are exempt."""
+        limiter = self.limiter
+        if limiter is None or limiter.allow(client_ip, client):
+            return True
+        counts = self.stats.rate_limited
+        counts[protocol] = counts.get(protocol, 0) + 1
+        return False
+
+    async def resolve(self, request: Request) -> Response:
+        return await self.next.resolve(request)  # admitted at the door
+
+    def fast_step(self, following):
+        return following  # admitted at the door

@@ -73,6 +73,23 @@ class ScreenTime:
             self._roll(now)
         return self._counts.get(device_id, 0)
 
+    def count(self, device_id: str, now: float, active: bool) -> int:
+        """The device's minutes today once this query is counted: an active query marks its minute."""
+        return self.observe(device_id, now) if active else self.used(device_id, now)
+
+    def peek(self, device_id: str, now: float, active: bool) -> int:
+        """What `count` would say, changing nothing (not even the day held): for `classguard
+        check` and the dashboard. Of another day than the one held, nothing is known."""
+        if not self.day_start <= now < self.day_end:
+            return 1 if active else 0
+        used = self._counts.get(device_id, 0)
+        if active:
+            minute = int(now - self.day_start) // 60
+            bitmap = self._bitmaps.get(device_id)
+            if bitmap is None or not bitmap[minute >> 3] & 1 << (minute & 7):
+                used += 1
+        return used
+
     def minutes(self, device_id: str) -> list[int]:
         """Today's active minutes of a device (minutes after local midnight), for its data export."""
         bitmap = self._bitmaps.get(device_id, b"")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import socket
 import struct
@@ -11,12 +10,11 @@ import time
 
 from dnslib import EDNS0, RCODE, DNSRecord
 
-from common.addresses import address_in
-from common.results import RESULTS
 from resolver.answers import (
     EDE_PROHIBITED, MAX_UDP_PAYLOAD, OPT, cap_ttls, empty_reply, finish, udp_limit,
 )
 from resolver.chain import Client, Request, Resolver, Response
+from resolver.ratelimit import RateLimitLink
 from resolver.stats import QueryStats
 
 log = logging.getLogger("classguard.server")
@@ -75,51 +73,26 @@ def _qname(query: DNSRecord) -> str:
         return str(query.q.qname).rstrip(".").lower()
 
 
-ECS_OPTION = 8  # RFC 7871
-
-
-def _client_subnet_address(opt) -> str | None:
-    """The address of an EDNS client-subnet option (RFC 7871 §6), zero-padded; None if absent."""
-    for option in getattr(opt, "rdata", None) or ():
-        if getattr(option, "code", None) != ECS_OPTION or len(option.data) < 4:
-            continue
-        family, source_prefix = struct.unpack_from("!HB", option.data)
-        address = bytes(option.data[4:])
-        try:
-            if family == 1 and len(address) <= 4:
-                return str(ipaddress.IPv4Address(address.ljust(4, b"\x00")))
-            if family == 2 and len(address) <= 16:
-                return str(ipaddress.IPv6Address(address.ljust(16, b"\x00")))
-        except ValueError:
-            return None
-    return None
-
-
 class QueryHandler:
-    """Everything between the bytes a client sent and the bytes it gets back."""
+    """Between the bytes a client sent and the bytes it gets back: the door (rate limit), the
+    fast path, else parsing and checking the query, the chain, and packing its answer."""
 
-    def __init__(self, resolver: Resolver, fast_path=None, cache=None, trusted_forwarders=(),
-                 stats: QueryStats | None = None, rate_limiter=None):
+    def __init__(self, resolver: Resolver, fast_path=None, cache=None, stats: QueryStats | None = None,
+                 rate_limit: RateLimitLink | None = None):
         self.resolver = resolver
-        self.rate_limiter = rate_limiter  # resolver.ratelimit.RateLimiter, or None: no limit
+        self.rate_limit = rate_limit
+        self.rate_limiter = rate_limit.limiter if rate_limit is not None else None  # None: no limit
         self.stats = stats or (fast_path.stats if fast_path is not None else QueryStats())
-        self.trusted_forwarders = tuple(ipaddress.ip_network(net, strict=False) for net in trusted_forwarders)
         self.fast_path = fast_path  # resolver.fastpath.FastPath, or None to always take the chain
         self._cache = cache
-        self.query_log = None  # privacy.querylog.QueryLog, set by the service: offer() only
 
     def now(self) -> float:
         return self._cache.clock() if self._cache is not None else time.monotonic()
 
     def admit(self, client_ip: str, protocol: str, client: Client | None = None) -> bool:
-        """False when `dns.rate_limit` refuses this query (counted per protocol). Listeners ask
-        once per query, before answer_fast; trusted forwarders are exempt."""
-        limiter = self.rate_limiter
-        if limiter is None or limiter.allow(client_ip, client):
-            return True
-        counts = self.stats.rate_limited
-        counts[protocol] = counts.get(protocol, 0) + 1
-        return False
+        """False when `dns.rate_limit` refuses this query. Listeners ask once per query, before
+        answer_fast (resolver.ratelimit.RateLimitLink)."""
+        return self.rate_limit is None or self.rate_limit.admit(client_ip, protocol, client)
 
     def answer_fast(self, data: bytes, client_ip: str, protocol: str = "udp",
                     client: Client | None = None) -> bytes | None:
@@ -139,34 +112,38 @@ class QueryHandler:
                      client: Client | None = None) -> bytes | None:
         """The reply's bytes, or None to drop (not even a header to answer)."""
         started = time.perf_counter()
-        wire, class_id, result, reason = await self._answer(data, client_ip, protocol, client)
+        wire = await self._answer(data, client_ip, protocol, client, started)
+        if wire is None or isinstance(wire, bytes):
+            return wire
+        wire, result = wire  # a message the chain never saw: counted here
         if wire is not None:
-            self.stats.record(protocol, class_id, result, reason, time.perf_counter() - started)
+            self.stats.record(protocol, None, result, None, time.perf_counter() - started)
         return wire
 
-    async def _answer(self, data: bytes, client_ip: str, protocol: str,
-                      client: Client | None) -> tuple[bytes | None, str | None, str, str | None]:
-        """(reply bytes, class, result, block reason) for the counters."""
+    async def _answer(self, data: bytes, client_ip: str, protocol: str, client: Client | None,
+                      started: float) -> bytes | tuple[bytes | None, str] | None:
+        """The reply's bytes (counted by the chain), or (bytes, result) for a message refused
+        before it (counted by answer)."""
         if len(data) < HEADER_SIZE:
-            return None, None, "malformed", None
+            return None, "malformed"
         flags = struct.unpack_from("!H", data, 2)[0]
         if flags & QR_BIT:
-            return None, None, "malformed", None  # a response sent to us: answering could loop
+            return None, "malformed"  # a response sent to us: answering could loop
         if (flags >> 11) & 0xF != OPCODE_QUERY:
-            return _header_only_reply(data, RCODE.NOTIMP), None, "malformed", None
+            return _header_only_reply(data, RCODE.NOTIMP), "malformed"
         try:
             query = DNSRecord.parse(data)
         except Exception:
-            return _header_only_reply(data, RCODE.FORMERR), None, "malformed", None
+            return _header_only_reply(data, RCODE.FORMERR), "malformed"
         if len(query.questions) != 1:
-            return _header_only_reply(data, RCODE.FORMERR), None, "malformed", None
+            return _header_only_reply(data, RCODE.FORMERR), "malformed"
         if any(b"." in label for label in query.q.qname.label):
             # A dot inside a label: as text it would read as another name than the one asked
             # (`adult` + `example.` is not `adult.example`), so neither filter nor forward it.
-            return _header_only_reply(data, RCODE.FORMERR), None, "malformed", None
+            return _header_only_reply(data, RCODE.FORMERR), "malformed"
         options = [record for record in query.ar if record.rtype == OPT]
         if len(options) > 1:
-            return _header_only_reply(data, RCODE.FORMERR), None, "malformed", None  # RFC 6891 §6.1.1
+            return _header_only_reply(data, RCODE.FORMERR), "malformed"  # RFC 6891 §6.1.1
         edns_payload = dnssec_ok = None
         if options:
             opt = options[0]
@@ -175,38 +152,28 @@ class QueryHandler:
             if (opt.ttl >> 16) & 0xFF:  # EDNS version other than 0
                 reply = empty_reply(query, RCODE_BADVERS & 0xF)
                 reply.add_ar(EDNS0(udp_len=MAX_UDP_PAYLOAD, ext_rcode=RCODE_BADVERS >> 4))
-                return bytes(reply.pack()), None, "malformed", None
-            if client is None and self.trusted_forwarders and address_in(client_ip, self.trusted_forwarders):
-                # A school's own forwarder tells us who really asked (RFC 7871); nobody else may.
-                client_ip = _client_subnet_address(opt) or client_ip
+                return bytes(reply.pack()), "malformed"
         request = Request(query=query, qname=_qname(query), qtype=query.q.qtype, client_ip=client_ip,
                           protocol=protocol, edns_payload=edns_payload, dnssec_ok=bool(dnssec_ok),
-                          checking_disabled=bool(query.header.cd), client=client)
+                          checking_disabled=bool(query.header.cd), client=client, received=started)
         try:
             response = await self.resolver.resolve(request)
-        except Exception:
+        except Exception:  # the chain's first links turn errors into SERVFAIL: a bug of theirs
             log.exception("error answering a query")
             response = Response(empty_reply(query, RCODE.SERVFAIL), "servfail")
-        class_id = request.client.class_id if request.client else None
-        result = RESULTS.get(response.source, response.source)
-        query_log = self.query_log
-        if query_log is not None:  # a list append, never awaited; the log's own task does the rest
-            query_log.offer(protocol, request.client, request.client_ip, request.qname, result,
-                            response.reason)
         limit = udp_limit(edns_payload) if protocol == "udp" else None
         if response.entry is not None and response.ede is None:
             wire = response.entry.render(data, self.now(), bool(query.header.rd), edns_payload,
                                          bool(dnssec_ok), limit, response.ttl_cap)
             if wire is not None:
-                return wire, class_id, result, response.reason
+                return wire
         reply = response.reply
         if response.ttl_cap is not None:
             cap_ttls(reply, response.ttl_cap)
         reply.header.id = query.header.id
         reply.header.qr, reply.header.ra, reply.header.rd = 1, 1, query.header.rd
         reply.questions = query.questions
-        wire = finish(reply, edns_payload, bool(dnssec_ok), response.ede, limit)
-        return wire, class_id, result, response.reason
+        return finish(reply, edns_payload, bool(dnssec_ok), response.ede, limit)
 
 
 class UdpListener:

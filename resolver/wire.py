@@ -16,7 +16,8 @@ QR, RD_BIT, RA, CD_BIT = 0x8000, 0x0100, 0x0080, 0x0010
 class RawQuery:
     """What the fast path needs of a query, read straight from its bytes (all but the id)."""
 
-    __slots__ = ("qname", "question_end", "qtype", "qclass", "rd", "cd", "edns_payload", "dnssec_ok")
+    __slots__ = ("qname", "question_end", "qtype", "qclass", "rd", "cd", "edns_payload", "dnssec_ok",
+                 "reply")
 
     def __init__(self, qname: bytes, question_end: int, qtype: int, qclass: int, rd: bool, cd: bool,
                  edns_payload: int | None, dnssec_ok: bool):
@@ -28,6 +29,8 @@ class RawQuery:
         self.cd = cd
         self.edns_payload = edns_payload  # None: no OPT record
         self.dnssec_ok = dnssec_ok
+        # The fast path's last reply to these bytes and what it holds for (FilteringLink), or None.
+        self.reply: tuple | None = None
 
     @property
     def cache_key(self) -> tuple:
