@@ -109,7 +109,9 @@ class LostStoreRecovery(RedisConnection):
                  for name, user in sorted(self._users.items())]
         tokens = [{"name": sha256, "json": json.dumps(asdict(token))}
                   for sha256, token in sorted(self._tokens.items())]
-        marker = self._marker or secrets.token_hex(8)
+        # A rebuilt store is a new one: a new marker, so that every other instance notices the
+        # loss too (and says it adopts this version), even one whose copy equals ours.
+        marker = secrets.token_hex(8)
         result = await self.run(lambda r: r.eval(
             RESTORE, 8, self.key("version"), self.key("policy"), self.key("overrides"),
             self.key("marker"), self.key("audit"), self.key("changes"), self.key("users"),
