@@ -174,6 +174,12 @@ async def _attempt(source: ListSource, folder: Path, session: aiohttp.ClientSess
             too_big = f"{label}: {url} is larger than the {max_bytes}-byte limit"
             if total is not None and total > max_bytes:
                 raise DownloadError(too_big)
+            # A compressed transfer (Content-Encoding: gzip, which aiohttp asks for) is decoded as
+            # it arrives: Content-Length counts the encoded bytes, not those received here, so it
+            # bounds nothing below (aiohttp itself fails a transfer cut short of its length).
+            encoded = response.headers.get("Content-Encoding", "identity").lower() != "identity"
+            if encoded:
+                total = None
             with open(new, "wb") as body:
                 async for chunk in response.content.iter_chunked(CHUNK_BYTES):
                     received += len(chunk)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import hashlib
 import socket
 from collections.abc import AsyncIterator, Iterator
@@ -70,6 +71,22 @@ class Site:
             await asyncio.sleep(0.05)
         return response
 
+    async def gzipped(self, request: web.Request) -> web.StreamResponse:
+        # What GitHub's raw files and most CDNs do when asked (aiohttp asks for gzip).
+        self.requests.append(dict(request.headers))
+        response = web.Response(body=self.body)
+        response.enable_compression(web.ContentCoding.gzip)
+        return response
+
+    async def gzipped_short(self, request: web.Request) -> web.StreamResponse:
+        packed = gzip.compress(self.body)
+        response = web.StreamResponse(headers={"Content-Encoding": "gzip",
+                                               "Content-Length": str(len(packed))})
+        await response.prepare(request)
+        await response.write(packed[: len(packed) // 2])
+        request.transport.close()  # type: ignore[union-attr]
+        return response
+
     async def short(self, request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Length": "1000"})
         await response.prepare(request)
@@ -89,6 +106,8 @@ async def site() -> AsyncIterator[tuple[Site, TestServer]]:
     app.router.add_get("/streamed", state.streamed)
     app.router.add_get("/slow", state.slow)
     app.router.add_get("/short", state.short)
+    app.router.add_get("/gzipped", state.gzipped)
+    app.router.add_get("/gzipped-short", state.gzipped_short)
     server = TestServer(app, host="127.0.0.1", port=0)
     await server.start_server()
     yield state, server
@@ -211,6 +230,26 @@ async def test_a_body_cut_short_is_a_failure(site, tmp_path: Path) -> None:
     result = await fetch(url_source(server, "/short"), tmp_path, attempts=1)
     assert result.status == "failed"
     assert "list source 'remote'" in (result.error or "")
+
+
+async def test_a_compressed_transfer_is_decoded_and_kept(site, tmp_path: Path) -> None:
+    state, server = site
+    state.body = b"".join(b"name%d.example\n" % n for n in range(2000))  # compresses 5x or more
+    result = await fetch(url_source(server, "/gzipped"), tmp_path, attempts=1)
+    assert result.error is None and result.status == "downloaded"
+    assert "gzip" in state.requests[0].get("Accept-Encoding", "")
+    assert result.new is not None and result.new.read_bytes() == state.body
+    assert result.meta["size"] == len(state.body)
+    assert result.meta["md5"] == hashlib.md5(state.body).hexdigest()
+
+
+async def test_a_compressed_transfer_cut_short_is_a_failure(site, tmp_path: Path) -> None:
+    state, server = site
+    state.body = b"".join(b"name%d.example\n" % n for n in range(2000))
+    result = await fetch(url_source(server, "/gzipped-short"), tmp_path, attempts=1)
+    assert result.status == "failed"
+    assert "list source 'remote'" in (result.error or "")
+    assert not (tmp_path / "body.new").exists()
 
 
 @contextlib.contextmanager
