@@ -23,7 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
-from blocklists.formats import FORMATS, MATCH_MODES, ParsedList, parse_lines, parse_text
+from blocklists.formats import (
+    FORMATS, MATCH_MODES, MAX_LINE_CHARS, OVERLONG_LINE, OVERLONG_LINES, ParsedList, parse_lines,
+    parse_text,
+)
 from common.errors import ClassguardError
 
 if TYPE_CHECKING:  # the compile worker reads sources without importing the config machinery
@@ -211,28 +214,50 @@ def _parse_stream(stream: BinaryIO, fmt: str, match: str, into: ParsedList) -> N
 
 
 def _chunks(text: io.TextIOWrapper) -> Iterator[str]:
-    """The text in pieces of whole lines, each without its last newline (universal newlines)."""
+    """The text in pieces of whole lines, each without its last newline (universal newlines).
+
+    Linear whatever the line lengths: a line longer than MAX_LINE_CHARS is never held whole (what
+    is carried from one block to the next stays under that length) and comes out as OVERLONG_LINE,
+    which the parsers count as a bad line.
+    """
     rest = ""
+    skipping = False  # inside a line already known to be too long: dropped up to its newline
     while block := text.read(_TEXT_CHUNK_CHARS):
-        block = rest + block
+        if skipping:
+            end = block.find("\n")
+            if end < 0:
+                continue
+            block, rest, skipping = block[end:], OVERLONG_LINE, False
         cut = block.rfind("\n")
         if cut < 0:
-            rest = block
+            rest += block  # under MAX_LINE_CHARS + one block: bounded work per block
+            if len(rest) > MAX_LINE_CHARS:
+                rest, skipping = "", True
             continue
+        piece = rest + block[:cut]
         rest = block[cut + 1:]
-        yield block[:cut]
-    if rest:
-        yield rest
+        if len(rest) > MAX_LINE_CHARS:
+            rest, skipping = "", True
+        yield OVERLONG_LINES.sub(OVERLONG_LINE, piece)
+    if skipping:
+        yield OVERLONG_LINE
+    elif rest:
+        yield OVERLONG_LINES.sub(OVERLONG_LINE, rest)
+
+
+def _stream_lines(stream: BinaryIO) -> Iterator[str]:
+    with _text_lines(stream) as text:
+        for chunk in _chunks(text):
+            yield from chunk.split("\n")
 
 
 def _count_entries(stream: BinaryIO) -> int:
-    with _text_lines(stream) as lines:
-        return sum(1 for line in lines if (text := line.strip()) and not text.startswith("#"))
+    return sum(1 for line in _stream_lines(stream)
+               if (text := line.strip()) and not text.startswith("#"))
 
 
 def _read_usage(stream: BinaryIO) -> str:
-    with _text_lines(stream) as lines:
-        words = {line.strip().lower() for line in lines}
+    words = {line.strip().lower() for line in _stream_lines(stream)}
     # A category marked both ways is the admin's choice in the policy; blocking is the default.
     return "white" if "white" in words and "black" not in words else "black"
 

@@ -9,6 +9,7 @@ import ipaddress
 import logging
 import os
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -272,3 +273,58 @@ def test_inline_domains() -> None:
     assert games.parsed.suffix == {"games.example", "xn--cole-9oa.fr"}
     assert games.parsed.bad_lines == 1
     assert games.parsed.bad_examples == [(3, "not a valid name or address: 'bad..name'")]
+
+
+# ---- issue 20, item 4: huge lines are read in linear time and counted as bad ----------------
+
+
+def _timed_read(source: ListSource, path: Path, max_bytes: int) -> tuple[list[CategoryList], float]:
+    started = time.process_time()
+    lists = read_source_file(source, path, max_bytes)
+    return lists, time.process_time() - started
+
+
+@pytest.mark.parametrize("fmt", ["domains", "hosts", "adblock"])
+def test_a_huge_line_is_one_bad_line_read_in_linear_time(tmp_path: Path, fmt: str) -> None:
+    first = {"domains": "one.example", "hosts": "0.0.0.0 one.example",
+             "adblock": "||one.example^"}[fmt]
+    last = first.replace("one", "two")
+    timings = []
+    for megabytes in (8, 32):
+        path = tmp_path / f"huge{megabytes}.gz"
+        path.write_bytes(gzip.compress(
+            f"{first}\n".encode() + b"a" * (megabytes << 20) + f"\n{last}\n".encode(), 1))
+        source = ListSource(name="huge", format=fmt, category="ads", match="suffix")
+        [huge], seconds = _timed_read(source, path, 64 << 20)
+        timings.append(seconds)
+        assert huge.parsed.suffix == {"one.example", "two.example"}
+        assert huge.parsed.bad_lines == 1
+        assert huge.parsed.bad_examples == [(2, "a line longer than 8192 characters")]
+    # Four times the text, about four times the time (quadratic reading took 16 times, and 6 s
+    # for 64 MB); the bound leaves room for a busy machine.
+    assert timings[1] < 2.0, timings
+    assert timings[1] < 8 * max(timings[0], 0.05), timings
+
+
+def test_a_stream_of_newlines_is_read_quickly(tmp_path: Path) -> None:
+    path = tmp_path / "newlines.gz"
+    path.write_bytes(gzip.compress(b"\n" * (96 << 20) + b"last.example\n", 9))
+    assert path.stat().st_size < 200_000
+    source = ListSource(name="blank", format="domains", category="ads")
+    [blank], seconds = _timed_read(source, path, 128 << 20)
+    assert blank.parsed.suffix == {"last.example"}
+    assert seconds < 3.0
+
+
+def test_lines_longer_than_the_maximum_in_ut1_files(tmp_path: Path) -> None:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        add_file(archive, "blacklists/adult/domains", "a.example\n" + "b" * 20000 + "\nc.example\n")
+        add_file(archive, "blacklists/adult/urls", "x" * 9000 + "\nexample.org/page\n")
+        add_file(archive, "blacklists/adult/usage", "white\n" + "w" * 9000 + "\n")
+    path = tmp_path / "ut1.tar.gz"
+    path.write_bytes(buffer.getvalue())
+    [adult] = read_source_file(ut1_source(), path, MAX_BYTES)
+    assert adult.parsed.suffix == {"a.example", "c.example"}
+    assert adult.parsed.bad_examples == [(2, "a line longer than 8192 characters")]
+    assert adult.usage == "white"
