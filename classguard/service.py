@@ -69,7 +69,7 @@ def policy_path(config: Config) -> Path:
 
 def read_policy(config: Config, bundled: Bundled) -> Policy:
     return load_policy(policy_path(config), known_categories=known_categories(config, bundled),
-                       known_services=set(bundled.services))
+                       known_services=set(bundled.services), allow_open=config.dns.allow_open)
 
 
 def resolv_conf_upstreams(path: Path = RESOLV_CONF) -> list[str]:
@@ -613,7 +613,8 @@ def prepare(config: Config) -> Service:
     categories, services = known_categories(config, bundled), set(bundled.services)
     try:
         boot = _blocking(_boot(store, config, seed=seed, seed_configured=seed_configured,
-                               known_categories=categories, known_services=services))
+                               known_categories=categories, known_services=services,
+                               allow_open=config.dns.allow_open))
     except StoreError as exc:
         raise StartupError(str(exc)) from None
     lists: CompiledLists | None = load_compiled(config.state_dir)
@@ -621,7 +622,7 @@ def prepare(config: Config) -> Service:
                          overrides=boot.overrides, timezone=config.timezone)
     control = ControlPlane(store, state, boot, state_dir=config.state_dir, bundled=bundled,
                            known_categories=categories, known_services=services, seed=seed,
-                           seed_configured=seed_configured)
+                           seed_configured=seed_configured, allow_open=config.dns.allow_open)
     return Service(config, state, bundled, store=store, control=control)
 
 

@@ -63,14 +63,20 @@ def load_policy(
     *,
     known_categories: Collection[str] | None,
     known_services: Collection[str] | None,
+    allow_open: bool = False,
 ) -> Policy:
-    """Read, validate and return the policy in `path`; PolicyError lists every mistake found."""
+    """Read, validate and return the policy in `path`; PolicyError lists every mistake found.
+
+    `allow_open`: the configuration's `dns.allow_open`; without it a class network that covers
+    the internet (0.0.0.0/0, ::/0, 0.0.0.0/1...) is refused, as it would make an open resolver.
+    """
     try:
         data, _ = load_yaml(path)
     except YamlError as exc:
         raise PolicyError([str(exc)]) from None
     return parse_policy(
-        data, source=str(path), known_categories=known_categories, known_services=known_services
+        data, source=str(path), known_categories=known_categories, known_services=known_services,
+        allow_open=allow_open,
     )
 
 
@@ -80,12 +86,13 @@ def parse_policy(
     source: str,
     known_categories: Collection[str] | None,
     known_services: Collection[str] | None,
+    allow_open: bool = False,
 ) -> Policy:
     """Validate already-loaded policy data (with line information, or plain: then line 0).
 
     `known_categories` / `known_services` None skips that check (the lists are not known yet).
     """
-    parser = _Parser(source, known_categories, known_services)
+    parser = _Parser(source, known_categories, known_services, allow_open=allow_open)
     policy = parser.policy(data)
     if parser.errors:
         # In file order, so that they can be fixed top to bottom (checks run section by section).
@@ -182,8 +189,11 @@ class _Parser:
         source: str,
         known_categories: Collection[str] | None,
         known_services: Collection[str] | None,
+        *,
+        allow_open: bool = False,
     ) -> None:
         self.source = source
+        self.allow_open = allow_open
         self.categories = None if known_categories is None else frozenset(known_categories)
         self.services = None if known_services is None else frozenset(known_services)
         self.errors: list[tuple[int, str]] = []
@@ -498,6 +508,12 @@ class _Parser:
             network = self.network(text, line)
             if network is None or network in result:
                 continue
+            if not self.allow_open and _covers_the_internet(network):
+                self.error(line, f"networks: {text!r} covers addresses anywhere on the internet: "
+                                 "classguard would answer anyone (an open resolver); list the "
+                                 "school's own networks, or set dns.allow_open: true in the "
+                                 "configuration if that is really meant")
+                continue
             owner = seen.get(network)
             if owner is not None:
                 self.error(line, f"network {network} is already in class {owner[0]!r} "
@@ -786,6 +802,17 @@ class _Parser:
             self.error(line, f"token_sha256 of {what} must be 64 hexadecimal digits "
                              "(the SHA-256 of the token)")
         return None
+
+
+# Shorter prefixes than these hold far more public addresses than any school has (a /8 is 16
+# million): such a class network makes classguard answer the internet.
+_OPEN_PREFIX = {4: 8, 6: 16}
+
+
+def _covers_the_internet(network: IPNetwork) -> bool:
+    """0.0.0.0/0, ::/0 and other networks that hold a large share of public addresses; private
+    ranges (10.0.0.0/8, fc00::/7) of any size are fine."""
+    return network.prefixlen < _OPEN_PREFIX[network.version] and not network.is_private
 
 
 def _parse_days(text: str) -> frozenset[int] | None:
