@@ -34,12 +34,14 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import accumulate, repeat
-from operator import call, itemgetter, lshift, or_, rshift
+from operator import call, rshift
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
-from zlib import crc32
 
-from blocklists.compiled import KINDS, ListInfo, _Combo, make_header, table_bits, write_artifact
+from blocklists.compiled import (
+    KINDS, ListInfo, _Combo, key_hasher, keys_of, make_header, new_hash_key, table_bits,
+    write_artifact,
+)
 from blocklists.formats import MAX_BAD_EXAMPLES, ParsedList
 from blocklists.sources import CategoryList, SourceError, read_inline, read_source_file
 
@@ -50,10 +52,9 @@ SOURCE_FIELDS = ("name", "format", "url", "path", "domains", "category", "match"
 
 PART_BITS = 8
 PARTITIONS = 1 << PART_BITS
-_PART_SHIFT = 32 - PART_BITS  # applied to the high CRC-32 of a name
+_PART_SHIFT = 64 - PART_BITS  # a key's partition: its top bits
 SPILL_KEYS = 1 << 17  # keys a sink buffers before writing them out (1 MiB)
 PROGRESS_EVERY = 1 << 18  # names between two progress reports
-_REVERSED = itemgetter(slice(None, None, -1))
 _TOP_30_BITS = (64 - 30).__rrshift__  # key -> key >> 34
 
 Progress = Callable[[str, str, int, int | None], None]  # (phase, source, done, total)
@@ -65,8 +66,8 @@ Progress = Callable[[str, str, int, int | None], None]  # (phase, source, done, 
 class KeySink:
     """A parse target that keeps no names: each is hashed to its key and buffered by partition.
 
-    `update` hashes a batch with C-level `map`s only (no Python step per name): encode, the two
-    CRC-32s, the key, its partition, the append to that partition's buffer, the label count.
+    `update` hashes a batch with C-level `map`s only (no Python step per name): encode, the keyed
+    hash, the key, its partition, the append to that partition's buffer, the label count.
     """
 
     __slots__ = ("group", "count", "label_counts", "_store", "_buffers", "_appenders", "_pending")
@@ -89,9 +90,8 @@ class KeySink:
             self._appenders = [buffer.append for buffer in self._buffers]
         # Parsers only give normalised names, which are ASCII.
         datas = list(map(str.encode, names))
-        highs = list(map(crc32, datas))
-        keys = map(or_, map(lshift, highs, repeat(32)), map(crc32, map(_REVERSED, datas)))
-        appenders = map(self._appenders.__getitem__, map(rshift, highs, repeat(_PART_SHIFT)))
+        keys = keys_of(datas, self._store.hasher)
+        appenders = map(self._appenders.__getitem__, map(rshift, keys, repeat(_PART_SHIFT)))
         deque(map(call, appenders, keys), maxlen=0)
         self.label_counts.update(map(bytes.count, datas, repeat(b".")))
         self._pending += len(datas)
@@ -125,7 +125,10 @@ class _Group:
 class KeyStore:
     """The spill file of parsed keys: records (group, partition, offset, count), all appended."""
 
-    def __init__(self, work_dir: Path, progress: Callable[[int], None] | None = None) -> None:
+    def __init__(self, work_dir: Path, progress: Callable[[int], None] | None = None,
+                 hash_key: bytes | None = None) -> None:
+        self.hash_key = new_hash_key() if hash_key is None else hash_key
+        self.hasher = key_hasher(self.hash_key)
         self._file = _scratch_file(work_dir, "keys")
         self.records: list[list[tuple[int, int, int]]] = [[] for _ in range(PARTITIONS)]
         self.groups: list[_Group] = []
@@ -481,7 +484,7 @@ def _merge_and_write(store: KeyStore, outcomes: list[SourceOutcome], lists: list
             header = make_header(lists=infos, combos=combos, networks=networks.items(),
                                  host_addresses=hosts, label_counts=labels, built_at=time.time(),
                                  inputs=inputs_id, key_count=key_count, bits=bits,
-                                 combo_typecode=typecode)
+                                 combo_typecode=typecode, hash_key=store.hash_key)
             keys_file.flush()
             offsets_file.flush()
             ids_file.flush()
