@@ -1,8 +1,10 @@
 """Compiling sources into the lists file in little memory; also the worker process that does it.
 
-The server never compiles a large list itself: `python -m blocklists.build JOB` runs in a separate
-process, so that a 30-second compile never holds the server's GIL, and what it allocates is given
-back to the system when it exits. The server then maps the file it wrote (blocklists.compiled).
+The server never compiles a list itself, whatever its size: `python -m blocklists.build JOB` runs in
+a separate process, so that a 30-second compile (or a hostile archive) never holds the server's
+GIL or its memory; the job sets the process's limits (RLIMIT_AS, RLIMIT_CPU) and what it allocates
+is given back to the system when it exits. The server then maps the file it wrote
+(blocklists.compiled).
 
 Memory stays small at any list size:
 
@@ -27,6 +29,7 @@ import itertools
 import json
 import logging
 import os
+import resource
 import sys
 import time
 from array import array
@@ -555,16 +558,30 @@ def _peak_rss_kb() -> int | None:
     return None
 
 
+def _limit(job: dict) -> None:
+    """The job's limits on this process: address space and CPU time (lists are untrusted)."""
+    if job.get("memory_limit"):
+        resource.setrlimit(resource.RLIMIT_AS, (job["memory_limit"], job["memory_limit"]))
+    if job.get("cpu_seconds"):
+        resource.setrlimit(resource.RLIMIT_CPU, (job["cpu_seconds"], job["cpu_seconds"] + 5))
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m blocklists.build JOB.json`: build, write RESULT next to the job, exit 0."""
     parser = argparse.ArgumentParser(prog="python -m blocklists.build")
     parser.add_argument("job", type=Path)
     args = parser.parse_args(argv)
     job = json.loads(args.job.read_text())
-    inputs = [SourceInput.from_json(item) for item in job["inputs"]]
-    result = build(inputs, Path(job["out"]), max_bytes=job["max_bytes"],
-                   work_dir=Path(job["work_dir"]),
-                   progress=_print_progress if job.get("progress") else None)
+    _limit(job)
+    try:
+        inputs = [SourceInput.from_json(item) for item in job["inputs"]]
+        result = build(inputs, Path(job["out"]), max_bytes=job["max_bytes"],
+                       work_dir=Path(job["work_dir"]),
+                       progress=_print_progress if job.get("progress") else None)
+    except MemoryError:
+        limit = job.get("memory_limit") or 0
+        print(f"the compile needed more than its {limit >> 20} MiB of memory", file=sys.stderr)
+        return 3
     result.peak_rss_kb = _peak_rss_kb()
     temporary = Path(job["result"] + ".tmp")
     temporary.write_text(json.dumps(result.to_json()))

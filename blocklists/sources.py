@@ -42,6 +42,10 @@ _DOWNLOAD_CHUNK_BYTES = 64 * 1024
 _TEXT_CHUNK_CHARS = 1 << 18  # about 12,000 names
 _UT1_FILES = ("domains", "urls", "usage")
 _MAX_LINK_HOPS = 8  # links to links are followed this deep; loops simply stop producing names
+# UT1 ships a handful of linked categories (porn -> adult), each a few files: an archive that
+# reaches more files than this through its links is refused (a "link bomb" of `x -> .` loops).
+MAX_LINK_ALIASES = 4096
+_UT1_MAX_PARTS = 3  # blacklists/<category>/<file>: deeper paths are never a category's file
 _READ_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError)
 
 UT1Content = ParsedList | int | str  # per file: domains parsed, urls skipped count, usage
@@ -397,7 +401,7 @@ def _read_ut1_archive(
             if stream is not None:
                 files[path] = _read_ut1_file(parts[-1], stream, new_list)
     # A stream is read once, so links are resolved after the pass, onto what was read.
-    _resolve_links(files, links)
+    _resolve_links(source, files, links)
     return _ut1_categories(source, files, new_list)
 
 
@@ -411,15 +415,36 @@ def _read_ut1_file(file_name: str, stream: BinaryIO, new_list: NewList) -> UT1Co
     return _read_usage(stream)
 
 
-def _resolve_links(files: dict[str, UT1Content], links: Iterable[tuple[str, str]]) -> None:
+def _resolve_links(
+    source: ListSource, files: dict[str, UT1Content], links: list[tuple[str, str]]
+) -> None:
+    """Give each link the files found under its target, as files of their own path.
+
+    Only paths that can be a category's file are made (at most blacklists/<category>/<file>), a
+    path is made once (`files` is the visited set), links to links are followed _MAX_LINK_HOPS
+    deep, and MAX_LINK_ALIASES paths in all: so `adult/l1 -> .` loops, which used to multiply the
+    paths at every hop, stop at once.
+    """
+    made = 0
     for _ in range(_MAX_LINK_HOPS):
+        under: dict[str, list[str]] = {}  # folder or file path -> the files at or under it
+        for path in files:
+            parts = path.split("/")
+            for cut in range(1, len(parts) + 1):
+                under.setdefault("/".join(parts[:cut]), []).append(path)
         aliases: dict[str, UT1Content] = {}
         for link, target in links:
-            for path, content in files.items():
-                if path == target or path.startswith(target + "/"):
-                    alias = link + path[len(target) :]
-                    if alias not in files:
-                        aliases[alias] = content
+            for path in under.get(target, ()):
+                alias = link + path[len(target):]
+                if alias in files or alias in aliases or alias.count("/") >= _UT1_MAX_PARTS:
+                    continue
+                aliases[alias] = files[path]
+                made += 1
+                if made > MAX_LINK_ALIASES:
+                    raise SourceError(
+                        f"{_label(source)}: its links reach more than {MAX_LINK_ALIASES} files "
+                        "(links that loop, such as a folder linked to itself?)"
+                    )
         if not aliases:
             return
         files.update(aliases)

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import ipaddress
 import logging
 import os
+import subprocess
+import sys
 import tarfile
 import time
 from pathlib import Path
@@ -328,3 +331,56 @@ def test_lines_longer_than_the_maximum_in_ut1_files(tmp_path: Path) -> None:
     assert adult.parsed.suffix == {"a.example", "c.example"}
     assert adult.parsed.bad_examples == [(2, "a line longer than 8192 characters")]
     assert adult.usage == "white"
+
+
+# ---- issue 20, item 3: links that loop cannot multiply paths ---------------------------------
+
+
+def link_bomb(links: int, names: list[str] | None = None) -> bytes:
+    """A UT1 archive whose `adult` folder holds `links` links to itself (`adult/lN -> .`): each
+    hop of a naive resolution multiplies the paths by links + 1 (217 bytes took 2.5 GB)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        add_file(archive, "blacklists/adult/domains", "\n".join(names or ["porn.example"]) + "\n")
+        add_file(archive, "blacklists/adult/usage", "black\n")
+        for number in range(links):
+            add_link(archive, f"blacklists/adult/l{number}", ".")
+        add_link(archive, "blacklists/porn", "adult")
+    return buffer.getvalue()
+
+
+_READ_LIMITED = """
+import json, resource, sys
+from pathlib import Path
+resource.setrlimit(resource.RLIMIT_AS, (512 << 20, 512 << 20))
+from blocklists.settings import ListSource
+from blocklists.sources import read_source_file
+lists = read_source_file(ListSource(name="ut1", format="ut1"), Path(sys.argv[1]), 1 << 20)
+print(json.dumps(sorted((item.category, sorted(item.parsed.suffix)) for item in lists)))
+"""
+
+
+def test_a_link_bomb_reads_in_little_time_and_memory(tmp_path: Path) -> None:
+    path = tmp_path / "bomb.tar.gz"
+    path.write_bytes(link_bomb(7))
+    assert len(path.read_bytes()) < 400
+    # In a process of its own, limited to 512 MiB and 20 s: the naive resolution needed 2.5 GB.
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", _READ_LIMITED, str(path)], capture_output=True,
+                            text=True, timeout=20, cwd=Path(__file__).resolve().parent.parent)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout) == [["adult", ["porn.example"]], ["porn", ["porn.example"]]]
+    assert time.monotonic() - started < 10
+
+
+def test_links_that_reach_too_many_files_are_refused(tmp_path: Path) -> None:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        add_file(archive, "blacklists/adult/domains", "porn.example\n")
+        add_file(archive, "blacklists/adult/usage", "black\n")
+        for number in range(2100):  # two files each: more than MAX_LINK_ALIASES
+            add_link(archive, f"blacklists/c{number}", "adult")
+    path = tmp_path / "many.tar.gz"
+    path.write_bytes(buffer.getvalue())
+    with pytest.raises(SourceError, match=r"list source 'ut1': its links reach more than 4096 "):
+        read_source_file(ut1_source(), path, MAX_BYTES)

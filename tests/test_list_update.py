@@ -8,6 +8,7 @@ import logging
 import sys
 import tarfile
 import textwrap
+import time
 from collections.abc import AsyncIterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -313,10 +314,9 @@ def test_refresh_delay() -> None:
     assert refresh_delay(ok, 300, failures=9, now=1000) == 300
 
 
-async def test_a_large_compile_runs_in_a_worker_process(site, tmp_path: Path,
+async def test_every_compile_runs_in_a_worker_process(site, tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     _, server = site
-    monkeypatch.setattr(update, "IN_PROCESS_MAX_BYTES", 0)
     seen: list[str] = []
     lists, report = await update_lists(*_where(make_config(tmp_path, *sources_of(server))), BUNDLED,
                                        progress=lambda phase, *rest: seen.append(phase))
@@ -332,7 +332,6 @@ async def test_a_worker_that_dies_keeps_the_previous_lists(site, tmp_path: Path,
     state, server = site
     config = make_config(tmp_path, *sources_of(server))
     lists, _ = await update_lists(config.blocklists, config.state_dir, BUNDLED)
-    monkeypatch.setattr(update, "IN_PROCESS_MAX_BYTES", 0)
     monkeypatch.setattr(update, "WORKER_COMMAND",
                         (sys.executable, "-c", "import sys; print('killed', file=sys.stderr); "
                                                "sys.exit(9)"))
@@ -343,6 +342,35 @@ async def test_a_worker_that_dies_keeps_the_previous_lists(site, tmp_path: Path,
     # The new download was not kept, so the next refresh asks for it again.
     assert (config.state_dir / "sources" / "ut1" / "meta.json").read_text().count(
         hashlib.sha1(state.archive).hexdigest()) == 0
+
+
+async def test_the_worker_runs_within_a_memory_limit(site, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    state, server = site
+    config = make_config(tmp_path, *sources_of(server))
+    lists, _ = await update_lists(config.blocklists, config.state_dir, BUNDLED)
+    # Below what the interpreter already maps: the compile's first allocations fail at once.
+    monkeypatch.setattr(update, "COMPILE_MEMORY_BYTES", 16 << 20)
+    state.archive = ut1_archive([f"name{number}.example" for number in range(20000)])
+    again, report = await update_lists(config.blocklists, config.state_dir, BUNDLED, current=lists)
+    assert report.kept_previous, report.error
+    assert "the compile needed more than its 16 MiB of memory" in (report.error or "")
+    assert again is lists and again.categories_of("porn.example")
+
+
+async def test_a_worker_that_runs_too_long_is_stopped(site, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    state, server = site
+    config = make_config(tmp_path, *sources_of(server))
+    lists, _ = await update_lists(config.blocklists, config.state_dir, BUNDLED)
+    monkeypatch.setattr(update, "COMPILE_SECONDS", 0.5)
+    monkeypatch.setattr(update, "WORKER_COMMAND", (sys.executable, "-c", "import time; time.sleep(60)"))
+    state.archive = ut1_archive(["new.example"])
+    started = time.monotonic()
+    again, report = await update_lists(config.blocklists, config.state_dir, BUNDLED, current=lists)
+    assert time.monotonic() - started < 10
+    assert report.kept_previous and "took longer than 0.5 s" in (report.error or "")
+    assert again is lists
 
 
 async def test_lists_status_command(site, tmp_path: Path, capsys) -> None:
