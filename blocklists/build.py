@@ -373,8 +373,9 @@ def _read_all(inputs: list[SourceInput], store: KeyStore, max_bytes: int, curren
                     if candidate is None:
                         lists = read_inline(source, store.parsed_list)
                     else:
+                        shown = f"the download of {source.url}" if source.url else None
                         lists = read_source_file(source, Path(candidate), max_bytes,
-                                                 new_list=store.parsed_list)
+                                                 new_list=store.parsed_list, shown_as=shown)
                     store.flush(mark)
                 except SourceError as exc:
                     store.rollback(mark)

@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import gzip
 import io
+import itertools
 import logging
 import lzma
 import posixpath
@@ -62,6 +63,16 @@ class CategoryList:
 
 class SourceError(ClassguardError):
     """A list source that could not be read; the message is one line naming the source."""
+
+
+class _NotAList(Exception):
+    """A file mostly made of lines that are no list entries (an HTML page, metrics)."""
+
+
+# A file is refused whole when at least this many of its lines are bad and they outnumber the
+# good ones: a web page or a metrics endpoint served instead of the list (a wrong URL, a captive
+# portal, a redirect) must not pass as a list with a few lucky lines.
+NOT_A_LIST_MIN_BAD = 3
 
 
 def check_source(source: ListSource) -> None:
@@ -114,6 +125,9 @@ def read_source_file(
             return [_category_list(source, parsed)]
     except _READ_ERRORS as error:
         raise SourceError(f"{_label(source)}: cannot read {shown_as}: {error}") from error
+    except _NotAList as error:
+        raise SourceError(f"{_label(source)}: {shown_as} is not a list in the {source.format} "
+                          f"format ({error}); none of it is used") from None
 
 
 def _label(source: ListSource) -> str:
@@ -213,8 +227,26 @@ def _text_lines(stream: BinaryIO) -> io.TextIOWrapper:
 
 
 def _parse_stream(stream: BinaryIO, fmt: str, match: str, into: ParsedList) -> None:
+    """Parse one file into `into`; _NotAList when it is a web page or mostly not list lines."""
+    before_bad, before_good = into.bad_lines, _entries(into)
+    examples = len(into.bad_examples)
     with _text_lines(stream) as text:
-        parse_text(_chunks(text), fmt, match=match, into=into)
+        chunks = _chunks(text)
+        first = next(chunks, "")
+        if first.lstrip()[:1] == "<":
+            raise _NotAList("it begins with '<', like an HTML or XML page")
+        parse_text(itertools.chain((first,), chunks), fmt, match=match, into=into)
+    bad, good = into.bad_lines - before_bad, _entries(into) - before_good
+    if bad >= NOT_A_LIST_MIN_BAD and bad > good:
+        example = into.bad_examples[examples:examples + 1]
+        where = f"; line {example[0][0]}: {example[0][1]}" if example else ""
+        raise _NotAList(f"{bad} bad lines for {good} entries{where}")
+
+
+def _entries(parsed: ParsedList) -> int:
+    """Names, exceptions and networks added so far (a key sink counts repeated names again)."""
+    return (len(parsed.suffix) + len(parsed.exact) + len(parsed.except_suffix)
+            + len(parsed.except_exact) + len(parsed.networks))
 
 
 def _chunks(text: io.TextIOWrapper) -> Iterator[str]:
