@@ -21,7 +21,6 @@ of that bucket: pure Python on `memoryview`s, a few microseconds.
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import json
 import mmap
@@ -35,6 +34,11 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from common.errors import ClassguardError
+
+try:  # hashlib's own blake2b, without loading OpenSSL's libcrypto (4 MiB of the compile worker)
+    from _blake2 import blake2b
+except ImportError:  # pragma: no cover - a Python built without it
+    from hashlib import blake2b
 
 MAGIC = b"CGLISTS3"  # 3: keyed BLAKE2b keys (2 had CRC-32 pairs, which could be solved for)
 MAX_BITS = 32  # offsets are u32
@@ -57,7 +61,7 @@ def key_hasher(hash_key: bytes) -> Callable[[], Any]:
     compile's partition). Copying that state is a third faster than keying a new one each time."""
     if len(hash_key) != HASH_KEY_BYTES:
         raise ArtifactError(f"a hash key of {len(hash_key)} bytes, not {HASH_KEY_BYTES}")
-    return hashlib.blake2b(digest_size=8, key=hash_key).copy
+    return blake2b(digest_size=8, key=hash_key).copy
 
 
 def keys_of(datas: Iterable[bytes], hasher: Callable[[], Any]) -> list[int]:
