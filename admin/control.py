@@ -109,7 +109,7 @@ class Boot:
 
 async def load_or_seed(store: Store, *, recovery: RecoversLostStore | None, seed: Path,
                        seed_configured: bool, known_categories: Collection[str] | None,
-                       known_services: Collection[str] | None) -> Boot:
+                       known_services: Collection[str] | None, allow_open: bool = False) -> Boot:
     """An empty store gets the seed file's policy (SPEC §4: `policies:` is a seed); afterwards the
     stored policy is what runs, and a configured seed file that says otherwise is reported.
 
@@ -119,7 +119,8 @@ async def load_or_seed(store: Store, *, recovery: RecoversLostStore | None, seed
     `recovery` is that ability of `store` (a Redis store), or None."""
     seeded: Policy | None = None
     if await store.get_policy() is None and (recovery is None or not await recovery.restore_saved()):
-        seeded = load_policy(seed, known_categories=known_categories, known_services=known_services)
+        seeded = load_policy(seed, known_categories=known_categories, known_services=known_services,
+                             allow_open=allow_open)
         try:
             stored = await store.put_policy(export_policy(seeded), actor=SEED_ACTOR,
                                             expected_version=0, action="policy.seed",
@@ -136,7 +137,7 @@ async def load_or_seed(store: Store, *, recovery: RecoversLostStore | None, seed
     else:
         try:
             policy = parse_stored(stored, known_categories=known_categories,
-                                  known_services=known_services)
+                                  known_services=known_services, allow_open=allow_open)
         except PolicyError as exc:
             raise StoreError(f"the stored policy (version {stored.version}) does not validate with "
                              f"this configuration: {exc.errors[0]}; fix it with "
@@ -144,7 +145,8 @@ async def load_or_seed(store: Store, *, recovery: RecoversLostStore | None, seed
         seeded = None
     drift = None
     if seeded is None and seed_configured:
-        drift = await asyncio.to_thread(seed_drift, seed, stored, known_categories, known_services)
+        drift = await asyncio.to_thread(seed_drift, seed, stored, known_categories, known_services,
+                                        allow_open)
         if drift:
             log.warning("%s", drift)
     overrides = tuple(await store.overrides())
@@ -154,10 +156,11 @@ async def load_or_seed(store: Store, *, recovery: RecoversLostStore | None, seed
 
 
 def seed_drift(seed: Path, stored: StoredPolicy, known_categories: Collection[str] | None,
-               known_services: Collection[str] | None) -> str | None:
+               known_services: Collection[str] | None, allow_open: bool = False) -> str | None:
     """One line when the configured policy file is not the stored policy, else None."""
     try:
-        policy = load_policy(seed, known_categories=known_categories, known_services=known_services)
+        policy = load_policy(seed, known_categories=known_categories, known_services=known_services,
+                             allow_open=allow_open)
     except PolicyError as exc:
         return (f"the policy file {seed} is not the stored policy and does not validate "
                 f"({exc.errors[0]}); the stored policy (version {stored.version}) keeps running; "
@@ -188,11 +191,12 @@ class Commands:
                  current_overrides: Callable[[], Awaitable[list[Override]]] | None = None,
                  after_write: Callable[[], Awaitable[None]] | None = None,
                  status: Callable[[], dict] | None = None,
-                 via: str = "store") -> None:
+                 via: str = "store", allow_open: bool = False) -> None:
         self.store = store
         self.bundled = bundled
         self.known_categories = known_categories
         self.known_services = known_services
+        self.allow_open = allow_open  # dns.allow_open: class networks may cover the internet
         self.current_policy = current_policy
         self.current_lists = current_lists
         self.current_overrides = current_overrides or store.overrides
@@ -261,7 +265,8 @@ class Commands:
             raise PolicyError([str(exc)]) from None
         policy = await asyncio.to_thread(parse_policy, data, source=source,
                                          known_categories=self.known_categories,
-                                         known_services=self.known_services)
+                                         known_services=self.known_services,
+                                         allow_open=self.allow_open)
         canonical = export_policy(policy)
         previous = await self.store.get_policy()
         before = after = ""
@@ -431,9 +436,10 @@ class ControlPlane:
     def __init__(self, store: Store, state, boot: Boot, *, state_dir: Path, bundled: Bundled,
                  known_categories: Collection[str] | None, known_services: Collection[str] | None,
                  seed: Path, seed_configured: bool, store_abilities: StoreAbilities,
-                 poll_interval: float = POLL_INTERVAL) -> None:
+                 poll_interval: float = POLL_INTERVAL, allow_open: bool = False) -> None:
         self.store = store
         self.store_abilities = store_abilities
+        self.allow_open = allow_open
         self.state = state
         self.state_dir = Path(state_dir)
         self.known_categories = known_categories
@@ -453,7 +459,8 @@ class ControlPlane:
             store, bundled=bundled, known_categories=known_categories,
             known_services=known_services, current_policy=self._policy,
             current_lists=self._lists, current_overrides=self._overrides,
-            after_write=self._apply_now, status=self._status, via="server")
+            after_write=self._apply_now, status=self._status, via="server",
+            allow_open=allow_open)
         self._server: asyncio.base_events.Server | None = None
         self._lock_fd: int | None = None
         self._socket_inode: int | None = None
@@ -649,7 +656,8 @@ class ControlPlane:
         try:
             policy = await asyncio.to_thread(parse_stored, stored,
                                              known_categories=self.known_categories,
-                                             known_services=self.known_services)
+                                             known_services=self.known_services,
+                                             allow_open=self.allow_open)
         except PolicyError as exc:
             log.error("stored policy version %d does not validate, the running policy stays: %s",
                       stored.version, exc.errors[0])
@@ -661,7 +669,8 @@ class ControlPlane:
                  stored.updated_by)
         if self.seed_configured:
             self.drift = await asyncio.to_thread(seed_drift, self.seed, stored,
-                                                 self.known_categories, self.known_services)
+                                                 self.known_categories, self.known_services,
+                                                 self.allow_open)
 
     async def _forget_erased(self) -> None:
         """Of the devices removed from the policy, the erased ones: this process drops what it
@@ -715,29 +724,31 @@ def _peer_user(writer: asyncio.StreamWriter) -> str:
 
 def local_commands(store: Store, *, bundled: Bundled, known_categories: Collection[str] | None,
                    known_services: Collection[str] | None, seed: Path,
-                   load_lists: Callable[[], CompiledLists | None]) -> Commands:
+                   load_lists: Callable[[], CompiledLists | None],
+                   allow_open: bool = False) -> Commands:
     """Commands run by the CLI itself on the store (under its lock), checked against the stored
     policy (the seed file's while the store is empty) and the lists compiled on disk."""
 
     async def current_policy() -> Policy:
         return await stored_or_seed_policy(store, seed=seed, known_categories=known_categories,
-                                           known_services=known_services)
+                                           known_services=known_services, allow_open=allow_open)
 
     async def current_lists() -> CompiledLists | None:
         return await asyncio.to_thread(load_lists)
 
     return Commands(store, bundled=bundled, known_categories=known_categories,
                     known_services=known_services, current_policy=current_policy,
-                    current_lists=current_lists, via="store")
+                    current_lists=current_lists, via="store", allow_open=allow_open)
 
 
 async def stored_or_seed_policy(store: Store, *, seed: Path,
                                 known_categories: Collection[str] | None,
-                                known_services: Collection[str] | None) -> Policy:
+                                known_services: Collection[str] | None,
+                                allow_open: bool = False) -> Policy:
     """The policy a server on this store runs (or would run when it starts: the seed file's)."""
     stored = await store.get_policy()
     if stored is None:
         return await asyncio.to_thread(load_policy, seed, known_categories=known_categories,
-                                       known_services=known_services)
+                                       known_services=known_services, allow_open=allow_open)
     return await asyncio.to_thread(parse_stored, stored, known_categories=known_categories,
-                                   known_services=known_services)
+                                   known_services=known_services, allow_open=allow_open)

@@ -364,7 +364,8 @@ async def _stored_policy(commands):
     if stored is None:
         return None, await commands.current_policy()
     policy = await asyncio.to_thread(parse_stored, stored, known_categories=commands.known_categories,
-                                     known_services=commands.known_services)
+                                     known_services=commands.known_services,
+                                     allow_open=commands.allow_open)
     return stored, policy
 
 
@@ -392,7 +393,8 @@ async def _change(commands, actor: str, action: str, change) -> int:
 
 def _validate(text: str, commands) -> None:
     parse_policy(parse_yaml(text, "the changed policy"), source="the changed policy",
-                 known_categories=commands.known_categories, known_services=commands.known_services)
+                 known_categories=commands.known_categories, known_services=commands.known_services,
+                 allow_open=commands.allow_open)
 
 
 def _entry(item: Any) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from store.records import StoredPolicy
 
 
 def parse_stored(stored: StoredPolicy, *, known_categories: Collection[str] | None,
-                 known_services: Collection[str] | None) -> Policy:
+                 known_services: Collection[str] | None, allow_open: bool = False) -> Policy:
     """The stored policy text as a Policy, validated like a file; errors name `stored policy vN`."""
     source = f"stored policy v{stored.version}"
     try:
@@ -19,4 +19,4 @@ def parse_stored(stored: StoredPolicy, *, known_categories: Collection[str] | No
     except YamlError as exc:
         raise PolicyError([str(exc)]) from None
     return parse_policy(data, source=source, known_categories=known_categories,
-                        known_services=known_services)
+                        known_services=known_services, allow_open=allow_open)

@@ -202,7 +202,6 @@ SERVER_SCRIPT = textwrap.dedent("""
         bundled=False, max_download_bytes=1 << 40,
         sources=(ListSource(name="ut1", format="ut1", path=str(archive)),)))
     os.utime(archive)  # a changed input: the refresh compiles again
-    update.IN_PROCESS_MAX_BYTES = 0  # in the worker, as any list of this size (--quick is below)
     gc.collect()
     steady = rss_kb()
     peaks = {"server": steady, "worker": 0, "total": steady}

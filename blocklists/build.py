@@ -1,8 +1,10 @@
 """Compiling sources into the lists file in little memory; also the worker process that does it.
 
-The server never compiles a large list itself: `python -m blocklists.build JOB` runs in a separate
-process, so that a 30-second compile never holds the server's GIL, and what it allocates is given
-back to the system when it exits. The server then maps the file it wrote (blocklists.compiled).
+The server never compiles a list itself, whatever its size: `python -m blocklists.build JOB` runs in
+a separate process, so that a 30-second compile (or a hostile archive) never holds the server's
+GIL or its memory; the job sets the process's limits (RLIMIT_AS, RLIMIT_CPU) and what it allocates
+is given back to the system when it exits. The server then maps the file it wrote
+(blocklists.compiled).
 
 Memory stays small at any list size:
 
@@ -27,6 +29,7 @@ import itertools
 import json
 import logging
 import os
+import resource
 import sys
 import time
 from array import array
@@ -34,12 +37,14 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import accumulate, repeat
-from operator import call, itemgetter, lshift, or_, rshift
+from operator import call, rshift
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
-from zlib import crc32
 
-from blocklists.compiled import KINDS, ListInfo, _Combo, make_header, table_bits, write_artifact
+from blocklists.compiled import (
+    KINDS, ListInfo, _Combo, key_hasher, keys_of, make_header, new_hash_key, table_bits,
+    write_artifact,
+)
 from blocklists.formats import MAX_BAD_EXAMPLES, ParsedList
 from blocklists.sources import CategoryList, SourceError, read_inline, read_source_file
 
@@ -50,10 +55,9 @@ SOURCE_FIELDS = ("name", "format", "url", "path", "domains", "category", "match"
 
 PART_BITS = 8
 PARTITIONS = 1 << PART_BITS
-_PART_SHIFT = 32 - PART_BITS  # applied to the high CRC-32 of a name
+_PART_SHIFT = 64 - PART_BITS  # a key's partition: its top bits
 SPILL_KEYS = 1 << 17  # keys a sink buffers before writing them out (1 MiB)
 PROGRESS_EVERY = 1 << 18  # names between two progress reports
-_REVERSED = itemgetter(slice(None, None, -1))
 _TOP_30_BITS = (64 - 30).__rrshift__  # key -> key >> 34
 
 Progress = Callable[[str, str, int, int | None], None]  # (phase, source, done, total)
@@ -65,8 +69,8 @@ Progress = Callable[[str, str, int, int | None], None]  # (phase, source, done, 
 class KeySink:
     """A parse target that keeps no names: each is hashed to its key and buffered by partition.
 
-    `update` hashes a batch with C-level `map`s only (no Python step per name): encode, the two
-    CRC-32s, the key, its partition, the append to that partition's buffer, the label count.
+    `update` hashes a batch with C-level `map`s only (no Python step per name): encode, the keyed
+    hash, the key, its partition, the append to that partition's buffer, the label count.
     """
 
     __slots__ = ("group", "count", "label_counts", "_store", "_buffers", "_appenders", "_pending")
@@ -89,9 +93,8 @@ class KeySink:
             self._appenders = [buffer.append for buffer in self._buffers]
         # Parsers only give normalised names, which are ASCII.
         datas = list(map(str.encode, names))
-        highs = list(map(crc32, datas))
-        keys = map(or_, map(lshift, highs, repeat(32)), map(crc32, map(_REVERSED, datas)))
-        appenders = map(self._appenders.__getitem__, map(rshift, highs, repeat(_PART_SHIFT)))
+        keys = keys_of(datas, self._store.hasher)
+        appenders = map(self._appenders.__getitem__, map(rshift, keys, repeat(_PART_SHIFT)))
         deque(map(call, appenders, keys), maxlen=0)
         self.label_counts.update(map(bytes.count, datas, repeat(b".")))
         self._pending += len(datas)
@@ -125,7 +128,10 @@ class _Group:
 class KeyStore:
     """The spill file of parsed keys: records (group, partition, offset, count), all appended."""
 
-    def __init__(self, work_dir: Path, progress: Callable[[int], None] | None = None) -> None:
+    def __init__(self, work_dir: Path, progress: Callable[[int], None] | None = None,
+                 hash_key: bytes | None = None) -> None:
+        self.hash_key = new_hash_key() if hash_key is None else hash_key
+        self.hasher = key_hasher(self.hash_key)
         self._file = _scratch_file(work_dir, "keys")
         self.records: list[list[tuple[int, int, int]]] = [[] for _ in range(PARTITIONS)]
         self.groups: list[_Group] = []
@@ -367,8 +373,9 @@ def _read_all(inputs: list[SourceInput], store: KeyStore, max_bytes: int, curren
                     if candidate is None:
                         lists = read_inline(source, store.parsed_list)
                     else:
+                        shown = f"the download of {source.url}" if source.url else None
                         lists = read_source_file(source, Path(candidate), max_bytes,
-                                                 new_list=store.parsed_list)
+                                                 new_list=store.parsed_list, shown_as=shown)
                     store.flush(mark)
                 except SourceError as exc:
                     store.rollback(mark)
@@ -481,7 +488,7 @@ def _merge_and_write(store: KeyStore, outcomes: list[SourceOutcome], lists: list
             header = make_header(lists=infos, combos=combos, networks=networks.items(),
                                  host_addresses=hosts, label_counts=labels, built_at=time.time(),
                                  inputs=inputs_id, key_count=key_count, bits=bits,
-                                 combo_typecode=typecode)
+                                 combo_typecode=typecode, hash_key=store.hash_key)
             keys_file.flush()
             offsets_file.flush()
             ids_file.flush()
@@ -552,16 +559,30 @@ def _peak_rss_kb() -> int | None:
     return None
 
 
+def _limit(job: dict) -> None:
+    """The job's limits on this process: address space and CPU time (lists are untrusted)."""
+    if job.get("memory_limit"):
+        resource.setrlimit(resource.RLIMIT_AS, (job["memory_limit"], job["memory_limit"]))
+    if job.get("cpu_seconds"):
+        resource.setrlimit(resource.RLIMIT_CPU, (job["cpu_seconds"], job["cpu_seconds"] + 5))
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m blocklists.build JOB.json`: build, write RESULT next to the job, exit 0."""
     parser = argparse.ArgumentParser(prog="python -m blocklists.build")
     parser.add_argument("job", type=Path)
     args = parser.parse_args(argv)
     job = json.loads(args.job.read_text())
-    inputs = [SourceInput.from_json(item) for item in job["inputs"]]
-    result = build(inputs, Path(job["out"]), max_bytes=job["max_bytes"],
-                   work_dir=Path(job["work_dir"]),
-                   progress=_print_progress if job.get("progress") else None)
+    _limit(job)
+    try:
+        inputs = [SourceInput.from_json(item) for item in job["inputs"]]
+        result = build(inputs, Path(job["out"]), max_bytes=job["max_bytes"],
+                       work_dir=Path(job["work_dir"]),
+                       progress=_print_progress if job.get("progress") else None)
+    except MemoryError:
+        limit = job.get("memory_limit") or 0
+        print(f"the compile needed more than its {limit >> 20} MiB of memory", file=sys.stderr)
+        return 3
     result.peak_rss_kb = _peak_rss_kb()
     temporary = Path(job["result"] + ".tmp")
     temporary.write_text(json.dumps(result.to_json()))

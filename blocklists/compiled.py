@@ -1,9 +1,11 @@
 """The compiled lists: every entry as a 64-bit key in one bucketed table, mapped from disk.
 
-Names are not kept. An entry's key is `crc32(name) << 32 | crc32(reversed name)`; a false match
-needs both CRC-32s of two names to agree at once (about 2^-64 per pair), and a collision could only
-block a name, never unblock one. The file holds a JSON header, then three arrays, each 8-byte
-aligned and in the machine's byte order:
+Names are not kept. An entry's key is a 64-bit BLAKE2b of the name keyed with a secret drawn at
+random for each compile and kept in the file's header (`hash_key`): who does not know that secret
+cannot craft a name whose key equals a listed one (an unkeyed hash such as a pair of CRC-32s can be
+solved for, and a name made to collide with an exception or an allowlist entry would escape a
+block). A chance collision needs two names to agree on 64 bits (about 2^-64 per pair). The file
+holds a JSON header, then three arrays, each 8-byte aligned and in the machine's byte order:
 
 - `keys`: n × u64, grouped by bucket (a key's bucket is its top `bits` bits; there are one to two
   buckets a key);
@@ -25,17 +27,22 @@ import mmap
 import os
 import struct
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
-from typing import BinaryIO
-from zlib import crc32
+from typing import Any, BinaryIO
 
 from common.errors import ClassguardError
 
-MAGIC = b"CGLISTS2"
-MAX_BITS = 32  # offsets are u32, and a bucket comes from the high CRC-32 alone
+try:  # hashlib's own blake2b, without loading OpenSSL's libcrypto (4 MiB of the compile worker)
+    from _blake2 import blake2b
+except ImportError:  # pragma: no cover - a Python built without it
+    from hashlib import blake2b
+
+MAGIC = b"CGLISTS3"  # 3: keyed BLAKE2b keys (2 had CRC-32 pairs, which could be solved for)
+MAX_BITS = 32  # offsets are u32
+HASH_KEY_BYTES = 16
 ALIGN = 8
 
 # How a list holds an entry: blocks the name and its subdomains, only the name, or excepts them.
@@ -43,10 +50,34 @@ SUFFIX, EXACT, EXCEPT_SUFFIX, EXCEPT_EXACT = range(4)
 KINDS = 4
 
 
-def name_key(name: str) -> int:
+def new_hash_key() -> bytes:
+    """The secret of one compile: fresh for every build, so no key can be solved for ahead."""
+    return os.urandom(HASH_KEY_BYTES)
+
+
+def key_hasher(hash_key: bytes) -> Callable[[], Any]:
+    """A fresh BLAKE2b state with the key already absorbed: `h = hasher(); h.update(name);
+    h.digest()` is the 8 bytes of a name's key (big-endian: its top bits make the bucket and the
+    compile's partition). Copying that state is a third faster than keying a new one each time."""
+    if len(hash_key) != HASH_KEY_BYTES:
+        raise ArtifactError(f"a hash key of {len(hash_key)} bytes, not {HASH_KEY_BYTES}")
+    return blake2b(digest_size=8, key=hash_key).copy
+
+
+def keys_of(datas: Iterable[bytes], hasher: Callable[[], Any]) -> list[int]:
+    """The keys of many encoded names (the compile's hot loop)."""
+    keys: list[int] = []
+    append, from_bytes = keys.append, int.from_bytes
+    for data in datas:
+        state = hasher()
+        state.update(data)
+        append(from_bytes(state.digest()))
+    return keys
+
+
+def name_key(name: str, hash_key: bytes) -> int:
     """The 64-bit table key of a normalised (ASCII, lowercase, no trailing dot) name."""
-    data = name.encode("ascii")
-    return (crc32(data) << 32) | crc32(data[::-1])
+    return keys_of([name.encode("ascii")], key_hasher(hash_key))[0]
 
 
 def table_bits(key_count: int) -> int:
@@ -104,7 +135,8 @@ class CompiledLists:
 
     __slots__ = (
         "lists", "combos", "networks", "host_addresses", "label_counts", "built_at", "inputs",
-        "bits", "key_count", "_keys", "_offsets", "_combo_ids", "_table", "_buffer", "__weakref__",
+        "bits", "key_count", "hash_key", "_keys", "_offsets", "_combo_ids", "_table", "_buffer",
+        "__weakref__",
     )
 
     def __init__(self, header: dict, buffer) -> None:
@@ -122,6 +154,7 @@ class CompiledLists:
         self.inputs: dict = header.get("inputs", {})
         self.bits: int = header["bits"]
         self.key_count: int = header["key_count"]
+        self.hash_key: bytes = bytes.fromhex(header["hash_key"])
         self._buffer = buffer
         view = memoryview(buffer)
         sections = header["sections"]
@@ -130,9 +163,9 @@ class CompiledLists:
         self._combo_ids = _section(view, sections["combo_ids"], header["combo_typecode"],
                                    self.key_count)
         # What a lookup needs, in one attribute: (keys, offsets, combo ids, bucket shift, label
-        # counts present, combos).
-        self._table = (self._keys, self._offsets, self._combo_ids, 32 - self.bits,
-                       self.label_counts, self.combos)
+        # counts present, combos, the keyed hash).
+        self._table = (self._keys, self._offsets, self._combo_ids, 64 - self.bits,
+                       self.label_counts, self.combos, key_hasher(self.hash_key))
 
     # -- what the policy engine asks, per query -------------------------------------------------
 
@@ -193,8 +226,9 @@ class CompiledLists:
 
     def _probe(self, name: str) -> list[tuple[int, int, _Combo]]:
         """The name's suffixes found in the table: (label count, start in name, combo)."""
-        keys, offsets, combo_ids, shift, wanted, combos = self._table
+        keys, offsets, combo_ids, shift, wanted, combos, hasher = self._table
         data = name.encode("ascii")
+        from_bytes = int.from_bytes
         hits = []
         start = len(data) + 1
         labels = 0
@@ -203,14 +237,12 @@ class CompiledLists:
             labels += 1
             if labels not in wanted:
                 continue
-            suffix = data[start:] if start else data
-            high = crc32(suffix)
-            bucket = high >> shift
+            state = hasher()
+            state.update(data[start:] if start else data)
+            key = from_bytes(state.digest())
+            bucket = key >> shift
             index = offsets[bucket]
             end = offsets[bucket + 1]
-            if index == end:
-                continue
-            key = (high << 32) | crc32(suffix[::-1])
             while index < end:
                 if keys[index] == key:
                     hits.append((labels, start, combos[combo_ids[index]]))
@@ -236,7 +268,7 @@ class CompiledLists:
             lists=self.lists, combos=self.combos, networks=self.networks,
             host_addresses=self.host_addresses, label_counts=self.label_counts,
             built_at=self.built_at, inputs=self.inputs, key_count=self.key_count, bits=self.bits,
-            combo_typecode=self._combo_ids.format)
+            combo_typecode=self._combo_ids.format, hash_key=self.hash_key)
 
     def save(self, path: Path) -> None:
         """Write atomically: a reader sees the old file or the new one, never half of one."""
@@ -255,7 +287,7 @@ def make_header(*, lists: list[ListInfo], combos: list[_Combo],
                 networks: Iterable[tuple[Network, Iterable[int]]],
                 host_addresses: dict[str, Iterable[int]], label_counts: Iterable[int],
                 built_at: float, inputs: dict, key_count: int, bits: int,
-                combo_typecode: str) -> dict:
+                combo_typecode: str, hash_key: bytes) -> dict:
     return {
         "lists": [{name: getattr(info, name) for name in ListInfo.__slots__} for info in lists],
         "combos": [combo.codes() for combo in combos],
@@ -267,6 +299,7 @@ def make_header(*, lists: list[ListInfo], combos: list[_Combo],
         "key_count": key_count,
         "bits": bits,
         "combo_typecode": combo_typecode,
+        "hash_key": hash_key.hex(),
         "byteorder": sys.byteorder,
     }
 
@@ -390,7 +423,7 @@ def empty() -> CompiledLists:
     arrays = [b"", bytes(4 * ((1 << bits) + 1)), b""]
     header = make_header(lists=[], combos=[_Combo((), (), (), ())], networks=[],
                          host_addresses={}, label_counts=[], built_at=0.0, inputs={},
-                         key_count=0, bits=bits, combo_typecode="H")
+                         key_count=0, bits=bits, combo_typecode="H", hash_key=new_hash_key())
     blob = _layout(header, [len(a) for a in arrays])
     out = BytesIO()
     out.write(MAGIC + struct.pack("!Q", len(blob)) + blob)

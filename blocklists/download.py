@@ -7,24 +7,34 @@ the size cap and, for UT1 archives, the MD5 published at URL + ".md5", and only 
 once it has compiled (`promote`); until then, and whenever a refresh fails, the previous body stays.
 Failures that may pass (connection errors, timeouts, HTTP 5xx/429, a torn download) are retried
 with exponential backoff.
+
+Redirects are followed here, not by aiohttp, so that each one is checked before it is followed:
+never from https to http, and to a loopback, link-local or private address only when the
+configured URL itself has an address of that kind (a list host cannot point the downloader at the
+server's own metrics, or at a cloud's metadata service).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import ipaddress
 import json
 import logging
 import os
 import random
 import re
+import socket
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 from urllib.parse import urlsplit
 
 import aiohttp
+from yarl import URL
 
 from blocklists.settings import ListSource
 from common.errors import ClassguardError
@@ -37,6 +47,8 @@ CHUNK_BYTES = 64 * 1024
 MD5_MAX_BYTES = 4096  # an "md5sum" line, with room to spare
 _MD5_PATTERN = re.compile(rb"\b([0-9a-fA-F]{32})\b")
 _RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+MAX_REDIRECTS = 5
 
 DownloadProgress = Callable[[str, int, "int | None"], None]  # source name, bytes, total
 
@@ -163,8 +175,7 @@ async def _attempt(source: ListSource, folder: Path, session: aiohttp.ClientSess
     digest = hashlib.md5(usedforsecurity=False)
     received = 0
     try:
-        async with session.get(url, headers=headers,
-                               timeout=aiohttp.ClientTimeout(total=timeout)) as response:
+        async with _get(session, url, label, headers=headers, timeout=timeout) as response:
             if response.status == 304 and kept is not None:
                 return Download(source.name, "not_modified", kept=kept)
             if response.status != 200:
@@ -174,6 +185,12 @@ async def _attempt(source: ListSource, folder: Path, session: aiohttp.ClientSess
             too_big = f"{label}: {url} is larger than the {max_bytes}-byte limit"
             if total is not None and total > max_bytes:
                 raise DownloadError(too_big)
+            # A compressed transfer (Content-Encoding: gzip, which aiohttp asks for) is decoded as
+            # it arrives: Content-Length counts the encoded bytes, not those received here, so it
+            # bounds nothing below (aiohttp itself fails a transfer cut short of its length).
+            encoded = response.headers.get("Content-Encoding", "identity").lower() != "identity"
+            if encoded:
+                total = None
             with open(new, "wb") as body:
                 async for chunk in response.content.iter_chunked(CHUNK_BYTES):
                     received += len(chunk)
@@ -207,7 +224,7 @@ async def _check_md5(source: ListSource, session: aiohttp.ClientSession, md5: st
                      timeout: float) -> None:
     """UT1 publishes the archive's MD5 at URL + ".md5"; when it does, the two must agree."""
     url = f"{source.url}.md5"
-    async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout)) as response:
+    async with _get(session, url, f"list source {source.name!r}", timeout=timeout) as response:
         if response.status != 200:
             log.info("list source %r: no MD5 published at %s (HTTP %d); not checked",
                      source.name, url, response.status)
@@ -221,6 +238,74 @@ async def _check_md5(source: ListSource, session: aiohttp.ClientSession, md5: st
         # The archive may have been replaced during the download: worth another try.
         raise DownloadError(f"list source {source.name!r}: MD5 mismatch: the download's is {md5}, "
                             f"{url} says {published}", retry=True)
+
+
+# ---- redirects, checked one by one ----------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def _get(session: aiohttp.ClientSession, url: str, label: str, *,
+               headers: dict[str, str] | None = None, timeout: float
+               ) -> AsyncIterator[aiohttp.ClientResponse]:
+    """GET `url`, following at most MAX_REDIRECTS redirects, each checked first (module doc)."""
+    current = URL(url)
+    allowed: frozenset[str] | None = None  # kinds of address the configured URL has
+    for _ in range(MAX_REDIRECTS + 1):
+        async with session.get(current, headers=headers, allow_redirects=False,
+                               timeout=aiohttp.ClientTimeout(total=timeout)) as response:
+            location = response.headers.get("Location")
+            if response.status not in _REDIRECT_STATUSES or not location:
+                yield response
+                return
+            target = current.join(URL(location))
+        if allowed is None:
+            allowed = await _address_kinds(URL(url), label)
+        await _check_redirect(current, target, allowed, label)
+        current = target
+    raise DownloadError(f"{label}: more than {MAX_REDIRECTS} redirects from {url}")
+
+
+async def _check_redirect(current: URL, target: URL, allowed: frozenset[str], label: str) -> None:
+    if target.scheme not in ("http", "https") or not target.host:
+        raise DownloadError(f"{label}: {current} redirects to {target}, which is not an HTTP URL")
+    if current.scheme == "https" and target.scheme != "https":
+        raise DownloadError(f"{label}: {current} redirects to {target}: a redirect from https to "
+                            "http is refused (the list would travel unprotected)")
+    forbidden = await _address_kinds(target, label) - allowed - {"public"}
+    if forbidden:
+        raise DownloadError(f"{label}: {current} redirects to {target}, a {sorted(forbidden)[0]} "
+                            "address; refused, since the configured URL is not one")
+
+
+def _kind(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    if address.version == 6 and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    if address.is_loopback:
+        return "loopback"
+    if address.is_link_local:
+        return "link-local"
+    if address.is_private or address.is_unspecified or address.is_reserved \
+            or address.is_multicast or address in _SHARED:
+        return "private"
+    return "public"
+
+
+_SHARED = ipaddress.ip_network("100.64.0.0/10")  # carrier-grade NAT: not public either
+
+
+async def _address_kinds(url: URL, label: str) -> frozenset[str]:
+    """The kinds of the addresses the URL's host has (an address, or the names it resolves to)."""
+    host = (url.host or "").strip("[]")
+    try:
+        return frozenset({_kind(ipaddress.ip_address(host))})
+    except ValueError:
+        pass
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(
+            host, url.port or 443, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise DownloadError(f"{label}: cannot resolve {host}: {exc}", retry=True) from exc
+    return frozenset(_kind(ipaddress.ip_address(info[4][0].partition("%")[0])) for info in infos)
 
 
 def is_ut1_home(source: ListSource) -> bool:

@@ -25,6 +25,13 @@ CHUNK_LINES = 1 << 14  # lines parsed at once when given line by line
 _PLAIN_LINES = re.compile(r"^(?:[a-z0-9_-]{1,63}\.)*[a-z0-9_-]{0,62}[a-z_-]$", re.MULTILINE)
 MATCH_MODES = ("default", "suffix")
 MAX_BAD_EXAMPLES = 20
+# No list line needs more (a name is at most 253 characters; a hosts line holds a few names). A
+# longer line is counted as bad, and readers replace it by OVERLONG_LINE without keeping it whole.
+MAX_LINE_CHARS = 8192
+OVERLONG_LINE = "\x00\x01overlong\x00"
+OVERLONG_REASON = f"a line longer than {MAX_LINE_CHARS} characters"
+# Such lines inside text already read, matched at line starts only so that the scan is linear.
+OVERLONG_LINES = re.compile(r"^[^\n]{%d,}" % (MAX_LINE_CHARS + 1), re.MULTILINE)
 
 # Names that hosts files map for the machine itself, not as blocks (the StevenBlack header).
 _HOSTS_LOCAL_NAMES = frozenset(
@@ -90,7 +97,8 @@ def parse_lines(
     With `into`, the names are added to that list (several files of one source, or key sinks).
     """
     if fmt in ("domains", "ut1"):
-        chunks = ("\n".join(line.rstrip("\r\n") for line in batch)
+        chunks = ("\n".join(OVERLONG_LINE if len(line) > MAX_LINE_CHARS else line.rstrip("\r\n")
+                            for line in batch)
                   for batch in iter(lambda it=iter(lines): list(islice(it, CHUNK_LINES)), []))
         return parse_text(chunks, fmt, match=match, into=into)
     return parse_text((), fmt, match=match, into=into, lines=lines)
@@ -110,7 +118,9 @@ def parse_text(
     if fmt not in FORMATS:
         raise ValueError(f"unknown list format {fmt!r}; expected one of {', '.join(FORMATS)}")
     parsed = ParsedList() if into is None else into
-    if lines is None:
+    if lines is not None:  # given line by line: a line too long is replaced like in a stream
+        lines = (OVERLONG_LINE if len(line) > MAX_LINE_CHARS else line for line in lines)
+    else:
         lines = (line for chunk in chunks for line in chunk.split("\n"))
     if fmt in ("domains", "ut1"):
         _parse_domains(chunks, parsed)
@@ -137,6 +147,9 @@ def _parse_domains(chunks: Iterable[str], parsed: ParsedList) -> None:
     is_plain_name = VALID_ASCII_NAME.fullmatch
     before = 0  # lines in the chunks before this one
     for chunk in chunks:
+        if not chunk.strip():  # blank lines only (a stream of newlines): nothing to look at
+            before += chunk.count("\n") + 1
+            continue
         text = chunk.lower()
         lines = text.split("\n")
         rest = _PLAIN_LINES.sub("", text)
@@ -161,6 +174,9 @@ def _parse_domains(chunks: Iterable[str], parsed: ParsedList) -> None:
 
 
 def _add_domains_line(line: str, number: int, parsed: ParsedList) -> None:
+    if line == OVERLONG_LINE:
+        parsed.add_bad(number, OVERLONG_REASON)
+        return
     if "#" in line:
         line = line.partition("#")[0].rstrip()
     wildcard = line.startswith(("*.", "."))
@@ -201,6 +217,8 @@ def _parse_hosts(lines: Iterable[str], parsed: ParsedList, target: NameTarget) -
             and not name.startswith("ip6-")
         ):
             target_add(name)
+        elif line == OVERLONG_LINE:
+            parsed.add_bad(number, OVERLONG_REASON)
         elif fields and fields[0][0] != "#":
             _add_hosts_line(line.partition("#")[0].split(), number, parsed, target)
 
@@ -231,6 +249,9 @@ def _parse_adblock(lines: Iterable[str], parsed: ParsedList, *, widen_exact: boo
     for number, raw in enumerate(lines, 1):
         line = raw.strip()
         if not line or line[0] == "!":
+            continue
+        if line == OVERLONG_LINE:
+            parsed.add_bad(number, OVERLONG_REASON)
             continue
         if line[0] == "#":
             if line[1:2] in ("#", "@", "?", "$", "%"):

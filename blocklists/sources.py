@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import gzip
 import io
+import itertools
 import logging
 import lzma
 import posixpath
@@ -23,7 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
-from blocklists.formats import FORMATS, MATCH_MODES, ParsedList, parse_lines, parse_text
+from blocklists.formats import (
+    FORMATS, MATCH_MODES, MAX_LINE_CHARS, OVERLONG_LINE, OVERLONG_LINES, ParsedList, parse_lines,
+    parse_text,
+)
 from common.errors import ClassguardError
 
 if TYPE_CHECKING:  # the compile worker reads sources without importing the config machinery
@@ -39,6 +43,10 @@ _DOWNLOAD_CHUNK_BYTES = 64 * 1024
 _TEXT_CHUNK_CHARS = 1 << 18  # about 12,000 names
 _UT1_FILES = ("domains", "urls", "usage")
 _MAX_LINK_HOPS = 8  # links to links are followed this deep; loops simply stop producing names
+# UT1 ships a handful of linked categories (porn -> adult), each a few files: an archive that
+# reaches more files than this through its links is refused (a "link bomb" of `x -> .` loops).
+MAX_LINK_ALIASES = 4096
+_UT1_MAX_PARTS = 3  # blacklists/<category>/<file>: deeper paths are never a category's file
 _READ_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError)
 
 UT1Content = ParsedList | int | str  # per file: domains parsed, urls skipped count, usage
@@ -55,6 +63,16 @@ class CategoryList:
 
 class SourceError(ClassguardError):
     """A list source that could not be read; the message is one line naming the source."""
+
+
+class _NotAList(Exception):
+    """A file mostly made of lines that are no list entries (an HTML page, metrics)."""
+
+
+# A file is refused whole when at least this many of its lines are bad and they outnumber the
+# good ones: a web page or a metrics endpoint served instead of the list (a wrong URL, a captive
+# portal, a redirect) must not pass as a list with a few lucky lines.
+NOT_A_LIST_MIN_BAD = 3
 
 
 def check_source(source: ListSource) -> None:
@@ -107,6 +125,9 @@ def read_source_file(
             return [_category_list(source, parsed)]
     except _READ_ERRORS as error:
         raise SourceError(f"{_label(source)}: cannot read {shown_as}: {error}") from error
+    except _NotAList as error:
+        raise SourceError(f"{_label(source)}: {shown_as} is not a list in the {source.format} "
+                          f"format ({error}); none of it is used") from None
 
 
 def _label(source: ListSource) -> str:
@@ -206,33 +227,73 @@ def _text_lines(stream: BinaryIO) -> io.TextIOWrapper:
 
 
 def _parse_stream(stream: BinaryIO, fmt: str, match: str, into: ParsedList) -> None:
+    """Parse one file into `into`; _NotAList when it is a web page or mostly not list lines."""
+    before_bad, before_good = into.bad_lines, _entries(into)
+    examples = len(into.bad_examples)
     with _text_lines(stream) as text:
-        parse_text(_chunks(text), fmt, match=match, into=into)
+        chunks = _chunks(text)
+        first = next(chunks, "")
+        if first.lstrip()[:1] == "<":
+            raise _NotAList("it begins with '<', like an HTML or XML page")
+        parse_text(itertools.chain((first,), chunks), fmt, match=match, into=into)
+    bad, good = into.bad_lines - before_bad, _entries(into) - before_good
+    if bad >= NOT_A_LIST_MIN_BAD and bad > good:
+        example = into.bad_examples[examples:examples + 1]
+        where = f"; line {example[0][0]}: {example[0][1]}" if example else ""
+        raise _NotAList(f"{bad} bad lines for {good} entries{where}")
+
+
+def _entries(parsed: ParsedList) -> int:
+    """Names, exceptions and networks added so far (a key sink counts repeated names again)."""
+    return (len(parsed.suffix) + len(parsed.exact) + len(parsed.except_suffix)
+            + len(parsed.except_exact) + len(parsed.networks))
 
 
 def _chunks(text: io.TextIOWrapper) -> Iterator[str]:
-    """The text in pieces of whole lines, each without its last newline (universal newlines)."""
+    """The text in pieces of whole lines, each without its last newline (universal newlines).
+
+    Linear whatever the line lengths: a line longer than MAX_LINE_CHARS is never held whole (what
+    is carried from one block to the next stays under that length) and comes out as OVERLONG_LINE,
+    which the parsers count as a bad line.
+    """
     rest = ""
+    skipping = False  # inside a line already known to be too long: dropped up to its newline
     while block := text.read(_TEXT_CHUNK_CHARS):
-        block = rest + block
+        if skipping:
+            end = block.find("\n")
+            if end < 0:
+                continue
+            block, rest, skipping = block[end:], OVERLONG_LINE, False
         cut = block.rfind("\n")
         if cut < 0:
-            rest = block
+            rest += block  # under MAX_LINE_CHARS + one block: bounded work per block
+            if len(rest) > MAX_LINE_CHARS:
+                rest, skipping = "", True
             continue
+        piece = rest + block[:cut]
         rest = block[cut + 1:]
-        yield block[:cut]
-    if rest:
-        yield rest
+        if len(rest) > MAX_LINE_CHARS:
+            rest, skipping = "", True
+        yield OVERLONG_LINES.sub(OVERLONG_LINE, piece)
+    if skipping:
+        yield OVERLONG_LINE
+    elif rest:
+        yield OVERLONG_LINES.sub(OVERLONG_LINE, rest)
+
+
+def _stream_lines(stream: BinaryIO) -> Iterator[str]:
+    with _text_lines(stream) as text:
+        for chunk in _chunks(text):
+            yield from chunk.split("\n")
 
 
 def _count_entries(stream: BinaryIO) -> int:
-    with _text_lines(stream) as lines:
-        return sum(1 for line in lines if (text := line.strip()) and not text.startswith("#"))
+    return sum(1 for line in _stream_lines(stream)
+               if (text := line.strip()) and not text.startswith("#"))
 
 
 def _read_usage(stream: BinaryIO) -> str:
-    with _text_lines(stream) as lines:
-        words = {line.strip().lower() for line in lines}
+    words = {line.strip().lower() for line in _stream_lines(stream)}
     # A category marked both ways is the admin's choice in the policy; blocking is the default.
     return "white" if "white" in words and "black" not in words else "black"
 
@@ -372,7 +433,7 @@ def _read_ut1_archive(
             if stream is not None:
                 files[path] = _read_ut1_file(parts[-1], stream, new_list)
     # A stream is read once, so links are resolved after the pass, onto what was read.
-    _resolve_links(files, links)
+    _resolve_links(source, files, links)
     return _ut1_categories(source, files, new_list)
 
 
@@ -386,15 +447,36 @@ def _read_ut1_file(file_name: str, stream: BinaryIO, new_list: NewList) -> UT1Co
     return _read_usage(stream)
 
 
-def _resolve_links(files: dict[str, UT1Content], links: Iterable[tuple[str, str]]) -> None:
+def _resolve_links(
+    source: ListSource, files: dict[str, UT1Content], links: list[tuple[str, str]]
+) -> None:
+    """Give each link the files found under its target, as files of their own path.
+
+    Only paths that can be a category's file are made (at most blacklists/<category>/<file>), a
+    path is made once (`files` is the visited set), links to links are followed _MAX_LINK_HOPS
+    deep, and MAX_LINK_ALIASES paths in all: so `adult/l1 -> .` loops, which used to multiply the
+    paths at every hop, stop at once.
+    """
+    made = 0
     for _ in range(_MAX_LINK_HOPS):
+        under: dict[str, list[str]] = {}  # folder or file path -> the files at or under it
+        for path in files:
+            parts = path.split("/")
+            for cut in range(1, len(parts) + 1):
+                under.setdefault("/".join(parts[:cut]), []).append(path)
         aliases: dict[str, UT1Content] = {}
         for link, target in links:
-            for path, content in files.items():
-                if path == target or path.startswith(target + "/"):
-                    alias = link + path[len(target) :]
-                    if alias not in files:
-                        aliases[alias] = content
+            for path in under.get(target, ()):
+                alias = link + path[len(target):]
+                if alias in files or alias in aliases or alias.count("/") >= _UT1_MAX_PARTS:
+                    continue
+                aliases[alias] = files[path]
+                made += 1
+                if made > MAX_LINK_ALIASES:
+                    raise SourceError(
+                        f"{_label(source)}: its links reach more than {MAX_LINK_ALIASES} files "
+                        "(links that loop, such as a folder linked to itself?)"
+                    )
         if not aliases:
             return
         files.update(aliases)

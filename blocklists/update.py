@@ -9,8 +9,9 @@ Under `state_dir`:
   that fails keeps its previous content while the others refresh.
 
 A refresh whose inputs (source settings, downloads, files) are those of `lists.bin` compiles
-nothing. A large compile runs in a worker process (`python -m blocklists.build`), a small one in a
-thread. If a source that contributed to the lists in force yields nothing now (a local file gone,
+nothing. Every compile, whatever its size, runs in a worker process (`python -m blocklists.build`)
+with a memory limit (RLIMIT_AS) and a time limit: lists are untrusted input, and nothing a hostile
+archive makes the compiler do can take the server's memory or its event loop. If a source that contributed to the lists in force yields nothing now (a local file gone,
 a download that never succeeded), the previous lists stay in force whole.
 """
 
@@ -33,7 +34,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from blocklists.build import BuildResult, Progress, SourceInput, SourceOutcome, build, fingerprint
+from blocklists.build import BuildResult, Progress, SourceInput, SourceOutcome, fingerprint
 from blocklists.bundled import STARTER_DIR, Bundled
 from blocklists.compiled import ArtifactError, CompiledLists, load, read_header
 from blocklists.settings import BlocklistSettings, ListSource
@@ -58,7 +59,8 @@ ARTIFACT_NAME = "lists.bin"
 STATUS_NAME = "lists-status.json"
 LOCK_NAME = "lists.lock"
 BUILD_DIR_NAME = "build"
-IN_PROCESS_MAX_BYTES = 1 << 20  # inputs up to this size compile in a thread; larger in a worker
+COMPILE_MEMORY_BYTES = 1 << 30  # the worker's address space (RLIMIT_AS); 5 M names need ~100 MB
+COMPILE_SECONDS = 1800.0  # the worker is killed after this long (UT1, 5 M names: under 30 s)
 QUIET_HOURS_UTC = (8, 19)  # UT1's maintainers ask that scheduled downloads avoid 08:00-19:00 GMT
 RETRY_SECONDS = 60.0  # after a failed refresh, try again this soon, doubling up to the period
 DOWNLOADS_AT_ONCE = 4
@@ -624,10 +626,7 @@ async def _compile(job: _Job, planned: list[_Planned], inputs: list[SourceInput]
     fresh = state_dir / (ARTIFACT_NAME + ".new")
     max_bytes = job.blocklists.max_download_bytes
     try:
-        if _input_bytes(inputs) <= IN_PROCESS_MAX_BYTES:
-            result = await _build_in_thread(inputs, fresh, max_bytes, work_dir)
-        else:
-            result = await _build_in_worker(inputs, fresh, max_bytes, work_dir, progress)
+        result = await _build_in_worker(inputs, fresh, max_bytes, work_dir, progress)
     except BuildFailed as exc:
         for item in planned:
             _finish_download(item, used=None)
@@ -746,56 +745,44 @@ def _merge_by_name(statuses: list[SourceStatus]) -> list[SourceStatus]:
     return list(merged.values())
 
 
-def _input_bytes(inputs: list[SourceInput]) -> int:
-    total = 0
-    for item in inputs:
-        total += sum(len(entry) + 1 for entry in item.source.domains)
-        if item.candidates:
-            path = Path(item.candidates[0])
-            with contextlib.suppress(OSError):
-                total += (sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-                          if path.is_dir() else path.stat().st_size)
-    return total
-
-
 class BuildFailed(ClassguardError):
     """The compile itself failed (the worker crashed or was killed, or a file could not be
     written); no source is to blame."""
 
 
-async def _build_in_thread(inputs: list[SourceInput], out: Path, max_bytes: int,
-                           work_dir: Path) -> BuildResult:
-    """Small inputs: compiling takes milliseconds, less than starting a worker would."""
-    loop = asyncio.get_running_loop()
-    try:
-        return await loop.run_in_executor(None, lambda: build(
-            inputs, out, max_bytes=max_bytes, work_dir=work_dir))
-    except OSError as exc:
-        raise BuildFailed(f"the lists could not be compiled: {exc}") from exc
-
-
 async def _build_in_worker(inputs: list[SourceInput], out: Path, max_bytes: int, work_dir: Path,
                            progress: Progress | None) -> BuildResult:
-    """Large inputs: in a separate process, which the event loop only waits for."""
+    """In a separate process, which the event loop only waits for, within its limits."""
     job_path = work_dir / "job.json"
     result_path = work_dir / "result.json"
+    seconds = COMPILE_SECONDS
     job_path.write_text(json.dumps({
         "inputs": [item.to_json() for item in inputs], "out": str(out), "max_bytes": max_bytes,
         "work_dir": str(work_dir), "result": str(result_path), "progress": progress is not None,
+        "memory_limit": COMPILE_MEMORY_BYTES, "cpu_seconds": int(seconds) + 1,
     }))
     process = await asyncio.create_subprocess_exec(
         *WORKER_COMMAND, str(job_path),
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE)
-    try:
-        errors = asyncio.ensure_future(process.stderr.read())  # type: ignore[union-attr]
+    errors = asyncio.ensure_future(process.stderr.read())  # type: ignore[union-attr]
+
+    async def follow() -> int:
         async for line in process.stdout:  # type: ignore[union-attr]
             if progress is not None:
                 with contextlib.suppress(ValueError, TypeError):
                     progress(*json.loads(line))
+        return await process.wait()
+
+    try:
+        try:
+            code = await asyncio.wait_for(follow(), seconds)
+        except TimeoutError:
+            raise BuildFailed(f"the list compiler took longer than {seconds:g} s and was "
+                              "stopped") from None
         stderr = await errors
-        code = await process.wait()
     finally:
+        errors.cancel()
         if process.returncode is None:
             process.kill()
             await process.wait()

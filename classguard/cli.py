@@ -306,7 +306,8 @@ _DEVICE_COMMANDS = {"data": _device_data, "erase": _device_erase}
 
 def _policy_validate(config, args) -> int:
     bundled = load_bundled()
-    load_policy(args.file, known_categories=known_categories(config, bundled), known_services=set(bundled.services))
+    load_policy(args.file, known_categories=known_categories(config, bundled), known_services=set(bundled.services),
+                allow_open=config.dns.allow_open)
     print(f"{args.file}: ok")
     return 0
 
@@ -478,7 +479,7 @@ def _stored_policy(config, bundled):
     """The policy the servers on this store run: the stored one, else the seed file's."""
     return _with_store(config, lambda store: stored_or_seed_policy(
         store, seed=policy_path(config), known_categories=known_categories(config, bundled),
-        known_services=set(bundled.services)))
+        known_services=set(bundled.services), allow_open=config.dns.allow_open))
 
 
 def _state_request(config, request: dict) -> dict:
@@ -501,7 +502,8 @@ def _state_request(config, request: dict) -> dict:
                 commands = local_commands(
                     store, bundled=bundled, known_categories=known_categories(config, bundled),
                     known_services=set(bundled.services), seed=policy_path(config),
-                    load_lists=lambda: load_compiled(config.state_dir))
+                    load_lists=lambda: load_compiled(config.state_dir),
+                    allow_open=config.dns.allow_open)
                 response = await commands.handle(request, os_user())
             finally:
                 await store.close()
@@ -518,7 +520,7 @@ def _state_request(config, request: dict) -> dict:
 def _policy_import(config, args) -> int:
     bundled = load_bundled()
     policy = load_policy(args.file, known_categories=known_categories(config, bundled),
-                         known_services=set(bundled.services))
+                         known_services=set(bundled.services), allow_open=config.dns.allow_open)
     response = _state_request(config, {"op": "policy.put", "text": export_policy(policy),
                                        "source": str(args.file)})
     version = response["version"]
@@ -543,7 +545,7 @@ def _policy_export(config, args) -> int:
     bundled = load_bundled()
     seed = policy_path(config)
     policy = load_policy(seed, known_categories=known_categories(config, bundled),
-                         known_services=set(bundled.services))
+                         known_services=set(bundled.services), allow_open=config.dns.allow_open)
     print(f"note: nothing is stored {device_cli.store_place(config)} yet; this is the seed file "
           f"{seed}", file=sys.stderr)
     sys.stdout.write(export_policy(policy))

@@ -617,7 +617,7 @@ def prepare(config: Config) -> Service:
     try:
         boot = _blocking(_boot(store, config, recovery=abilities.recovery, seed=seed,
                                seed_configured=seed_configured, known_categories=categories,
-                               known_services=services))
+                               known_services=services, allow_open=config.dns.allow_open))
     except StoreError as exc:
         raise StartupError(str(exc)) from None
     lists: CompiledLists | None = load_compiled(config.state_dir)
@@ -625,7 +625,8 @@ def prepare(config: Config) -> Service:
                          overrides=boot.overrides, timezone=config.timezone)
     control = ControlPlane(store, state, boot, state_dir=config.state_dir, bundled=bundled,
                            known_categories=categories, known_services=services, seed=seed,
-                           seed_configured=seed_configured, store_abilities=abilities)
+                           seed_configured=seed_configured, store_abilities=abilities,
+                           allow_open=config.dns.allow_open)
     return Service(config, state, bundled, store=store, store_abilities=abilities, control=control)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import re
 from typing import Any
 
 import yaml
@@ -62,9 +63,29 @@ def _class_of(request: web.Request) -> str:
     return class_id
 
 
+# No request body nests deeper than a few levels (a class, its schedule, a window, its days);
+# json.loads recurses, and a deeper body ended in RecursionError (500) before reaching any check.
+MAX_JSON_DEPTH = 32
+_JSON_STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"')
+_JSON_BRACKETS = re.compile(r"[\[\]{}]")
+
+
+def _too_deep(text: str) -> bool:
+    """Whether the JSON text nests deeper than MAX_JSON_DEPTH (brackets in strings ignored)."""
+    depth = 0
+    for bracket in _JSON_BRACKETS.findall(_JSON_STRINGS.sub("", text)):
+        depth += 1 if bracket in "[{" else -1
+        if depth > MAX_JSON_DEPTH:
+            return True
+    return False
+
+
 async def _body(request: web.Request) -> dict[str, Any]:
     try:
-        data = await request.json()
+        text = await request.text()
+        if _too_deep(text):
+            raise Refused(400, f"the body is nested too deep (more than {MAX_JSON_DEPTH} levels)")
+        data = json.loads(text)
     except (ValueError, UnicodeDecodeError):
         raise Refused(400, "the body must be a JSON object") from None
     if not isinstance(data, dict):

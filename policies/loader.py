@@ -61,14 +61,20 @@ def load_policy(
     *,
     known_categories: Collection[str] | None,
     known_services: Collection[str] | None,
+    allow_open: bool = False,
 ) -> Policy:
-    """Read, validate and return the policy in `path`; PolicyError lists every mistake found."""
+    """Read, validate and return the policy in `path`; PolicyError lists every mistake found.
+
+    `allow_open`: the configuration's `dns.allow_open`; without it a class network that covers
+    the internet (0.0.0.0/0, ::/0, 0.0.0.0/1...) is refused, as it would make an open resolver.
+    """
     try:
         data, _ = load_yaml(path)
     except YamlError as exc:
         raise PolicyError([str(exc)]) from None
     return parse_policy(
-        data, source=str(path), known_categories=known_categories, known_services=known_services
+        data, source=str(path), known_categories=known_categories, known_services=known_services,
+        allow_open=allow_open,
     )
 
 
@@ -78,12 +84,13 @@ def parse_policy(
     source: str,
     known_categories: Collection[str] | None,
     known_services: Collection[str] | None,
+    allow_open: bool = False,
 ) -> Policy:
     """Validate already-loaded policy data (with line information, or plain: then line 0).
 
     `known_categories` / `known_services` None skips that check (the lists are not known yet).
     """
-    parser = _Parser(source, known_categories, known_services)
+    parser = _Parser(source, known_categories, known_services, allow_open=allow_open)
     policy = parser.policy(data)
     if parser.errors:
         # In file order, so that they can be fixed top to bottom (checks run section by section).
@@ -101,6 +108,10 @@ _PRIVATE_MARKER = "===BEGIN PRIVATE DOMAINS==="
 class _SuffixLists:
     icann: publicsuffix2.PublicSuffixList
     every: publicsuffix2.PublicSuffixList
+    # What a public suffix can be at all: a rule as written (and in ASCII), one of its parents,
+    # or a name under a wildcard rule's parent. A name that is neither is none, without the slower tree walks.
+    rules: frozenset[str]
+    wildcard_parents: frozenset[str]
 
 
 _suffix_lists: _SuffixLists | None = None
@@ -115,9 +126,32 @@ def _load_suffix_lists() -> _SuffixLists:
             # publicsuffix2 merges both sections into one tree, so the ICANN section (everything
             # before the private marker) gets a tree of its own.
             cut = next((i for i, line in enumerate(lines) if _PRIVATE_MARKER in line), len(lines))
+            rules: set[str] = set()
+            wildcard_parents: set[str] = set()
+            for line in lines:
+                rule = line.strip().split(None, 1)[0].lstrip("!") if line.strip() else ""
+                if not rule or rule.startswith("//"):
+                    continue
+                # A wildcard's parent counts too (publicsuffix2 finds `ck` for `*.ck`).
+                targets = (rules, wildcard_parents) if rule.startswith("*.") else (rules,)
+                rule = rule.removeprefix("*.")
+                forms = {rule.lower()}
+                try:
+                    forms.add(rule.encode("idna").decode("ascii").lower())
+                except UnicodeError:
+                    pass
+                for target in targets:
+                    target.update(forms)
+                # publicsuffix2 also finds a rule's parents (`za` for `co.za`): candidates too.
+                for form in forms:
+                    while "." in form:
+                        form = form.partition(".")[2]
+                        rules.add(form)
             _suffix_lists = _SuffixLists(
                 icann=publicsuffix2.PublicSuffixList(lines[:cut]),
                 every=publicsuffix2.PublicSuffixList(lines),
+                rules=frozenset(rules),
+                wildcard_parents=frozenset(wildcard_parents),
             )
         return _suffix_lists
 
@@ -126,6 +160,8 @@ def public_suffix_kind(name: str) -> str | None:
     """"icann" when the normalised `name` is an ICANN public suffix (fr, co.uk), "private" when it
     is one only in the list's private section (github.io, blogspot.com), else None."""
     lists = _load_suffix_lists()
+    if name not in lists.rules and name.partition(".")[2] not in lists.wildcard_parents:
+        return None
     if lists.icann.get_tld(name, strict=True) == name:
         return "icann"
     if lists.every.get_tld(name, strict=True) == name:
@@ -151,8 +187,11 @@ class _Parser:
         source: str,
         known_categories: Collection[str] | None,
         known_services: Collection[str] | None,
+        *,
+        allow_open: bool = False,
     ) -> None:
         self.source = source
+        self.allow_open = allow_open
         self.categories = None if known_categories is None else frozenset(known_categories)
         self.services = None if known_services is None else frozenset(known_services)
         self.errors: list[tuple[int, str]] = []
@@ -243,32 +282,32 @@ class _Parser:
         return value
 
     def categories_in(self, container: Any, key: str, what: str) -> tuple[str, ...]:
-        result: list[str] = []
+        result: dict[str, None] = {}  # ordered, and a duplicate found in O(1)
         for name, line in self.text_list(container, key, what):
             if self.categories is not None and name not in self.categories:
                 self.error(line, f"unknown category {name!r} "
                                  f"({_suggest(name, self.categories)}{CATEGORY_HINT})")
-            elif name not in result:
-                result.append(name)
+            else:
+                result[name] = None
         return tuple(result)
 
     def services_in(self, container: Any, key: str, what: str) -> tuple[str, ...]:
-        result: list[str] = []
+        result: dict[str, None] = {}  # ordered, and a duplicate found in O(1)
         for name, line in self.text_list(container, key, what):
             if self.services is not None and name not in self.services:
                 self.error(line, f"unknown service {name!r} "
                                  f"({_suggest(name, self.services)}{SERVICE_HINT})")
-            elif name not in result:
-                result.append(name)
+            else:
+                result[name] = None
         return tuple(result)
 
     def domains_in(self, container: Any, key: str, what: str, *, allowing: bool) -> tuple[str, ...]:
         """Domain names, normalised; public suffixes refused (private ones only when allowing)."""
-        result: list[str] = []
+        result: dict[str, None] = {}  # ordered, and a duplicate found in O(1)
         for text, line in self.text_list(container, key, what):
             name = self.domain(text, line, key, allowing=allowing)
-            if name is not None and name not in result:
-                result.append(name)
+            if name is not None:
+                result[name] = None
         return tuple(result)
 
     def domain(self, text: str, line: int, key: str, *, allowing: bool) -> str | None:
@@ -285,13 +324,14 @@ class _Parser:
         if name is None:
             self.error(line, f"{key}: invalid domain name {text!r}")
             return None
-        try:
-            ipaddress.ip_address(name)
-        except ValueError:
-            pass
-        else:
-            self.error(line, f"{key}: {text!r} is an address; {key} takes domain names")
-            return None
+        if name.replace(".", "").isdigit():  # a normalised name is an address only if all digits
+            try:
+                ipaddress.ip_address(name)
+            except ValueError:
+                pass
+            else:
+                self.error(line, f"{key}: {text!r} is an address; {key} takes domain names")
+                return None
         kind = public_suffix_kind(name)
         if kind == "icann":
             self.error(line, f"{key}: {text!r} is a public suffix (the names under it belong to "
@@ -461,10 +501,16 @@ class _Parser:
         class_id: str,
         seen: dict[IPNetwork, tuple[str, int]],
     ) -> tuple[IPNetwork, ...]:
-        result: list[IPNetwork] = []
+        result: dict[IPNetwork, None] = {}
         for text, line in self.text_list(entry, "networks", what):
             network = self.network(text, line)
             if network is None or network in result:
+                continue
+            if not self.allow_open and _covers_the_internet(network):
+                self.error(line, f"networks: {text!r} covers addresses anywhere on the internet: "
+                                 "classguard would answer anyone (an open resolver); list the "
+                                 "school's own networks, or set dns.allow_open: true in the "
+                                 "configuration if that is really meant")
                 continue
             owner = seen.get(network)
             if owner is not None:
@@ -472,7 +518,7 @@ class _Parser:
                                  f"(line {owner[1]}); a network belongs to one class")
                 continue
             seen[network] = (class_id, line)
-            result.append(network)
+            result[network] = None
         return tuple(result)
 
     def network(self, text: str, line: int) -> IPNetwork | None:
@@ -704,7 +750,7 @@ class _Parser:
             else:
                 tokens[digest] = (device_id, token_line)
 
-        device_addresses: list[IPAddress] = []
+        device_addresses: dict[IPAddress, None] = {}
         for text, line in self.text_list(entry, "addresses", what):
             try:
                 address = ipaddress.ip_address(text)
@@ -717,8 +763,7 @@ class _Parser:
                                  f"(line {owner[1]}); an address identifies one device")
                 continue
             addresses[address] = (device_id, line)
-            if address not in device_addresses:
-                device_addresses.append(address)
+            device_addresses[address] = None
 
         if len(self.errors) != before:
             return None
@@ -755,6 +800,17 @@ class _Parser:
             self.error(line, f"token_sha256 of {what} must be 64 hexadecimal digits "
                              "(the SHA-256 of the token)")
         return None
+
+
+# Shorter prefixes than these hold far more public addresses than any school has (a /8 is 16
+# million): such a class network makes classguard answer the internet.
+_OPEN_PREFIX = {4: 8, 6: 16}
+
+
+def _covers_the_internet(network: IPNetwork) -> bool:
+    """0.0.0.0/0, ::/0 and other networks that hold a large share of public addresses; private
+    ranges (10.0.0.0/8, fc00::/7) of any size are fine."""
+    return network.prefixlen < _OPEN_PREFIX[network.version] and not network.is_private
 
 
 def _parse_days(text: str) -> frozenset[int] | None:

@@ -106,8 +106,30 @@ _INT_TAG = "tag:yaml.org,2002:int"
 _FLOAT_TAG = "tag:yaml.org,2002:float"
 
 
+# Policies nest a few levels (classes, a class, its schedule, a window, its days); PyYAML builds
+# nodes and values recursively, so a file nested thousands deep would end in RecursionError.
+MAX_DEPTH = 64
+
+
 class LineLoader(yaml.SafeLoader):
-    """SafeLoader returning LineDict/LineList, with no base-60 numbers and no duplicate keys."""
+    """SafeLoader returning LineDict/LineList, with no base-60 numbers and no duplicate keys.
+
+    A document nested deeper than MAX_DEPTH is refused at the line where it goes too deep.
+    """
+
+    _depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:  # type: ignore[override]
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                event = self.peek_event()
+                raise yaml.composer.ComposerError(
+                    None, None, f"nested too deep (more than {MAX_DEPTH} levels)",
+                    event.start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
     def construct_line_mapping(self, node: yaml.MappingNode) -> Any:
         data = LineDict()

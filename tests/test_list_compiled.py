@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import random
+import zlib
 from pathlib import Path
 
 import pytest
@@ -192,7 +193,7 @@ def test_keyed_parsing_sees_what_set_parsing_sees(
                 for group, offset, count in records:
                     if group == target.group:
                         keys.update(store.read(offset, count))
-            assert keys == {name_key(name) for name in expected.get(field, set())}, field
+            assert keys == {name_key(name, store.hash_key) for name in expected.get(field, set())}, field
         assert keyed.networks == expected.get("networks", set())
         assert [number for number, _ in keyed.bad_examples] == bad_lines
         assert keyed.skipped == skipped
@@ -249,3 +250,36 @@ def test_ip_entries_of_every_kind_are_kept(tmp_path: Path) -> None:
     compiled = compile_sources(tmp_path, inline("s", "doh", "192.0.2.53", "2001:db8::/32"))
     assert compiled.categories_of_address("2001:db8::53") == {"doh"}
     assert compiled.networks[0][0] == ipaddress.ip_network("2001:db8::/32")
+
+
+# ---- issue 20, item 2: keys are keyed, so collisions cannot be crafted -------------------------
+
+# Solved for under the former unkeyed scheme (crc32(name) << 32 | crc32(reversed name)): this
+# 3-label name had the key of `good.example`, an exception, and so escaped `||pornsite.example^`.
+CRAFTED = "eiccmmmmmmgmoccomkoaagaaaaaaaaaaaaaaaaaa.pornsite.example"
+
+
+def test_a_name_crafted_to_collide_with_an_exception_stays_blocked(tmp_path: Path) -> None:
+    data = CRAFTED.encode()
+    assert (zlib.crc32(data), zlib.crc32(data[::-1])) == (
+        zlib.crc32(b"good.example"), zlib.crc32(b"good.example"[::-1]))  # the planted collision
+    compiled = compile_sources(
+        tmp_path,
+        ListSource(name="easy", format="adblock", category="adult", path="a.txt"),
+        files={"a.txt": "||pornsite.example^\n@@||good.example^\n||one.three.example^\n"},
+    )
+    assert 3 in compiled.label_counts  # the crafted name's own suffix is looked up
+    assert compiled.categories_of("www.pornsite.example") == {"adult": "pornsite.example"}
+    assert compiled.categories_of(CRAFTED) == {"adult": "pornsite.example"}
+    assert compiled.categories_of("good.example") == {}
+
+
+def test_every_compile_draws_its_own_hash_key(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = compile_sources(tmp_path / "a", inline("x", "adult", "one.example"))
+    second = compile_sources(tmp_path / "b", inline("x", "adult", "one.example"))
+    assert len(first.hash_key) == 16 and first.hash_key != second.hash_key
+    assert first.categories_of("www.one.example") == second.categories_of("www.one.example") == {
+        "adult": "one.example"}
+    assert read_header(tmp_path / "a" / "lists.bin")["hash_key"] == first.hash_key.hex()

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import hashlib
 import socket
+import ssl
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import aiohttp
 import pytest
+import trustme
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
@@ -70,6 +73,29 @@ class Site:
             await asyncio.sleep(0.05)
         return response
 
+    async def redirect(self, request: web.Request) -> web.StreamResponse:
+        """Redirects to the URL in ?to= (relative or absolute)."""
+        raise web.HTTPFound(request.query["to"])
+
+    async def loop(self, request: web.Request) -> web.StreamResponse:
+        raise web.HTTPTemporaryRedirect("/loop")
+
+    async def gzipped(self, request: web.Request) -> web.StreamResponse:
+        # What GitHub's raw files and most CDNs do when asked (aiohttp asks for gzip).
+        self.requests.append(dict(request.headers))
+        response = web.Response(body=self.body)
+        response.enable_compression(web.ContentCoding.gzip)
+        return response
+
+    async def gzipped_short(self, request: web.Request) -> web.StreamResponse:
+        packed = gzip.compress(self.body)
+        response = web.StreamResponse(headers={"Content-Encoding": "gzip",
+                                               "Content-Length": str(len(packed))})
+        await response.prepare(request)
+        await response.write(packed[: len(packed) // 2])
+        request.transport.close()  # type: ignore[union-attr]
+        return response
+
     async def short(self, request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Length": "1000"})
         await response.prepare(request)
@@ -89,6 +115,10 @@ async def site() -> AsyncIterator[tuple[Site, TestServer]]:
     app.router.add_get("/streamed", state.streamed)
     app.router.add_get("/slow", state.slow)
     app.router.add_get("/short", state.short)
+    app.router.add_get("/gzipped", state.gzipped)
+    app.router.add_get("/redirect", state.redirect)
+    app.router.add_get("/loop", state.loop)
+    app.router.add_get("/gzipped-short", state.gzipped_short)
     server = TestServer(app, host="127.0.0.1", port=0)
     await server.start_server()
     yield state, server
@@ -211,6 +241,93 @@ async def test_a_body_cut_short_is_a_failure(site, tmp_path: Path) -> None:
     result = await fetch(url_source(server, "/short"), tmp_path, attempts=1)
     assert result.status == "failed"
     assert "list source 'remote'" in (result.error or "")
+
+
+async def test_a_compressed_transfer_is_decoded_and_kept(site, tmp_path: Path) -> None:
+    state, server = site
+    state.body = b"".join(b"name%d.example\n" % n for n in range(2000))  # compresses 5x or more
+    result = await fetch(url_source(server, "/gzipped"), tmp_path, attempts=1)
+    assert result.error is None and result.status == "downloaded"
+    assert "gzip" in state.requests[0].get("Accept-Encoding", "")
+    assert result.new is not None and result.new.read_bytes() == state.body
+    assert result.meta["size"] == len(state.body)
+    assert result.meta["md5"] == hashlib.md5(state.body).hexdigest()
+
+
+async def test_a_compressed_transfer_cut_short_is_a_failure(site, tmp_path: Path) -> None:
+    state, server = site
+    state.body = b"".join(b"name%d.example\n" % n for n in range(2000))
+    result = await fetch(url_source(server, "/gzipped-short"), tmp_path, attempts=1)
+    assert result.status == "failed"
+    assert "list source 'remote'" in (result.error or "")
+    assert not (tmp_path / "body.new").exists()
+
+
+# ---- issue 20, item 5: redirects are checked before they are followed ------------------------
+
+
+async def test_a_redirect_on_the_same_kind_of_address_is_followed(site, tmp_path: Path) -> None:
+    state, server = site
+    result = await fetch(url_source(server, "/redirect?to=/list.txt"), tmp_path, attempts=1)
+    assert result.status == "downloaded" and result.new is not None
+    assert result.new.read_bytes() == BODY
+
+
+# Targets that cannot leave this machine even if a regression followed them: a link-local address
+# without its interface (connect() fails at once), and 0.0.0.0, which Linux connects locally. (The
+# real targets are a cloud's metadata service at 169.254.169.254, a router's 192.168.1.1...)
+@pytest.mark.parametrize(("target", "kind"), [
+    ("http://[fe80::1]/x", "link-local"),
+    ("http://0.0.0.0:{port}/list.txt", "private"),
+])
+async def test_a_redirect_to_another_kind_of_inside_address_is_refused(
+        site, tmp_path: Path, target: str, kind: str) -> None:
+    state, server = site
+    target = target.format(port=server.port)
+    result = await fetch(url_source(server, f"/redirect?to={target}"), tmp_path, attempts=3)
+    assert result.status == "failed"
+    assert f"redirects to {target}, a {kind} address; refused" in (result.error or "")
+    assert len(state.requests) == 0  # the list path was never reached, and no retry either
+
+
+async def test_redirects_that_loop_stop(site, tmp_path: Path) -> None:
+    _, server = site
+    result = await fetch(url_source(server, "/redirect?to=/redirect%3Fto%3D/redirect?to=/list.txt"),
+                         tmp_path, attempts=1)
+    assert result.status == "downloaded"  # two hops
+    result = await fetch(url_source(server, "/loop"), tmp_path, attempts=1)
+    assert result.status == "failed"
+    assert "more than 5 redirects from" in (result.error or "")
+
+
+async def test_no_redirect_from_https_to_http(site, tmp_path: Path) -> None:
+    state, server = site
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    plain = str(server.make_url("/list.txt"))
+
+    async def downgrade(request: web.Request) -> web.Response:
+        raise web.HTTPMovedPermanently(plain)
+
+    app = web.Application()
+    app.router.add_get("/list.txt", downgrade)
+    secure = TestServer(app, host="127.0.0.1", port=0)
+    await secure.start_server(ssl=server_context)
+    try:
+        url = f"https://127.0.0.1:{secure.port}/list.txt"
+        source = ListSource(name="remote", format="domains", category="ads", url=url)
+        async with aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=client_context)) as session:
+            result = await download.refresh(source, tmp_path, session, timeout=5,
+                                            max_bytes=100_000, attempts=1, backoff=0.01)
+    finally:
+        await secure.close()
+    assert result.status == "failed"
+    assert f"redirects to {plain}: a redirect from https to http is refused" in (result.error or "")
+    assert state.requests == []
 
 
 @contextlib.contextmanager

@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import ipaddress
 import logging
 import os
+import subprocess
+import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -272,3 +276,111 @@ def test_inline_domains() -> None:
     assert games.parsed.suffix == {"games.example", "xn--cole-9oa.fr"}
     assert games.parsed.bad_lines == 1
     assert games.parsed.bad_examples == [(3, "not a valid name or address: 'bad..name'")]
+
+
+# ---- issue 20, item 4: huge lines are read in linear time and counted as bad ----------------
+
+
+def _timed_read(source: ListSource, path: Path, max_bytes: int) -> tuple[list[CategoryList], float]:
+    started = time.process_time()
+    lists = read_source_file(source, path, max_bytes)
+    return lists, time.process_time() - started
+
+
+@pytest.mark.parametrize("fmt", ["domains", "hosts", "adblock"])
+def test_a_huge_line_is_one_bad_line_read_in_linear_time(tmp_path: Path, fmt: str) -> None:
+    first = {"domains": "one.example", "hosts": "0.0.0.0 one.example",
+             "adblock": "||one.example^"}[fmt]
+    last = first.replace("one", "two")
+    timings = []
+    for megabytes in (8, 32):
+        path = tmp_path / f"huge{megabytes}.gz"
+        path.write_bytes(gzip.compress(
+            f"{first}\n".encode() + b"a" * (megabytes << 20) + f"\n{last}\n".encode(), 1))
+        source = ListSource(name="huge", format=fmt, category="ads", match="suffix")
+        [huge], seconds = _timed_read(source, path, 64 << 20)
+        timings.append(seconds)
+        assert huge.parsed.suffix == {"one.example", "two.example"}
+        assert huge.parsed.bad_lines == 1
+        assert huge.parsed.bad_examples == [(2, "a line longer than 8192 characters")]
+    # Four times the text, about four times the time (quadratic reading took 16 times, and 6 s
+    # for 64 MB); the bound leaves room for a busy machine.
+    assert timings[1] < 2.0, timings
+    assert timings[1] < 8 * max(timings[0], 0.05), timings
+
+
+def test_a_stream_of_newlines_is_read_quickly(tmp_path: Path) -> None:
+    path = tmp_path / "newlines.gz"
+    path.write_bytes(gzip.compress(b"\n" * (96 << 20) + b"last.example\n", 9))
+    assert path.stat().st_size < 200_000
+    source = ListSource(name="blank", format="domains", category="ads")
+    [blank], seconds = _timed_read(source, path, 128 << 20)
+    assert blank.parsed.suffix == {"last.example"}
+    assert seconds < 3.0
+
+
+def test_lines_longer_than_the_maximum_in_ut1_files(tmp_path: Path) -> None:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        add_file(archive, "blacklists/adult/domains", "a.example\n" + "b" * 20000 + "\nc.example\n")
+        add_file(archive, "blacklists/adult/urls", "x" * 9000 + "\nexample.org/page\n")
+        add_file(archive, "blacklists/adult/usage", "white\n" + "w" * 9000 + "\n")
+    path = tmp_path / "ut1.tar.gz"
+    path.write_bytes(buffer.getvalue())
+    [adult] = read_source_file(ut1_source(), path, MAX_BYTES)
+    assert adult.parsed.suffix == {"a.example", "c.example"}
+    assert adult.parsed.bad_examples == [(2, "a line longer than 8192 characters")]
+    assert adult.usage == "white"
+
+
+# ---- issue 20, item 3: links that loop cannot multiply paths ---------------------------------
+
+
+def link_bomb(links: int, names: list[str] | None = None) -> bytes:
+    """A UT1 archive whose `adult` folder holds `links` links to itself (`adult/lN -> .`): each
+    hop of a naive resolution multiplies the paths by links + 1 (217 bytes took 2.5 GB)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        add_file(archive, "blacklists/adult/domains", "\n".join(names or ["porn.example"]) + "\n")
+        add_file(archive, "blacklists/adult/usage", "black\n")
+        for number in range(links):
+            add_link(archive, f"blacklists/adult/l{number}", ".")
+        add_link(archive, "blacklists/porn", "adult")
+    return buffer.getvalue()
+
+
+_READ_LIMITED = """
+import json, resource, sys
+from pathlib import Path
+resource.setrlimit(resource.RLIMIT_AS, (512 << 20, 512 << 20))
+from blocklists.settings import ListSource
+from blocklists.sources import read_source_file
+lists = read_source_file(ListSource(name="ut1", format="ut1"), Path(sys.argv[1]), 1 << 20)
+print(json.dumps(sorted((item.category, sorted(item.parsed.suffix)) for item in lists)))
+"""
+
+
+def test_a_link_bomb_reads_in_little_time_and_memory(tmp_path: Path) -> None:
+    path = tmp_path / "bomb.tar.gz"
+    path.write_bytes(link_bomb(7))
+    assert len(path.read_bytes()) < 400
+    # In a process of its own, limited to 512 MiB and 20 s: the naive resolution needed 2.5 GB.
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", _READ_LIMITED, str(path)], capture_output=True,
+                            text=True, timeout=20, cwd=Path(__file__).resolve().parent.parent)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout) == [["adult", ["porn.example"]], ["porn", ["porn.example"]]]
+    assert time.monotonic() - started < 10
+
+
+def test_links_that_reach_too_many_files_are_refused(tmp_path: Path) -> None:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        add_file(archive, "blacklists/adult/domains", "porn.example\n")
+        add_file(archive, "blacklists/adult/usage", "black\n")
+        for number in range(2100):  # two files each: more than MAX_LINK_ALIASES
+            add_link(archive, f"blacklists/c{number}", "adult")
+    path = tmp_path / "many.tar.gz"
+    path.write_bytes(buffer.getvalue())
+    with pytest.raises(SourceError, match=r"list source 'ut1': its links reach more than 4096 "):
+        read_source_file(ut1_source(), path, MAX_BYTES)

@@ -24,7 +24,6 @@ FILLER = "".join(f"filler-{number}.example\n" for number in range(50_000))
 
 async def test_queries_are_answered_during_a_refresh(tmp_path: Path, upstream,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(update, "IN_PROCESS_MAX_BYTES", 0)  # compile in a worker process
     upstream.add("first.example", "A", "198.51.100.9")
     served = {"text": "first.example\n" + FILLER}
 

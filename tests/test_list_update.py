@@ -8,6 +8,7 @@ import logging
 import sys
 import tarfile
 import textwrap
+import time
 from collections.abc import AsyncIterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -51,6 +52,16 @@ def ut1_archive(adult: list[str], *, extra: dict[str, str] | None = None) -> byt
     return buffer.getvalue()
 
 
+METRICS = """\
+# HELP classguard_dns_queries_total DNS queries answered.
+# TYPE classguard_dns_queries_total counter
+classguard_dns_queries_total{result="allowed"} 1234
+classguard_dns_queries_total{result="blocked"} 56
+process_resident_memory_bytes 5.1e+07
+classguard_lists_entries 42
+"""
+
+
 class ListSite:
     def __init__(self) -> None:
         self.archive = ut1_archive(["porn.example", "www.xxx.example"])
@@ -59,6 +70,10 @@ class ListSite:
         self.archive_status = 200
         self.archive_bodies = 0
         self.archive_requests = 0
+        self.ads_moved_to: str | None = None
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        return web.Response(text=METRICS)
 
     async def blacklists(self, request: web.Request) -> web.Response:
         self.archive_requests += 1
@@ -77,6 +92,8 @@ class ListSite:
         return web.Response(text=f"{value}  blacklists.tar.gz\n")
 
     async def ads_list(self, request: web.Request) -> web.Response:
+        if self.ads_moved_to:
+            raise web.HTTPFound(self.ads_moved_to)
         etag = '"' + hashlib.sha1(self.ads).hexdigest() + '"'
         if request.headers.get("If-None-Match") == etag:
             return web.Response(status=304)
@@ -90,6 +107,7 @@ async def site() -> AsyncIterator[tuple[ListSite, TestServer]]:
     app.router.add_get("/blacklists.tar.gz", state.blacklists)
     app.router.add_get("/blacklists.tar.gz.md5", state.blacklists_md5)
     app.router.add_get("/ads.txt", state.ads_list)
+    app.router.add_get("/metrics", state.metrics)
     server = TestServer(app, host="127.0.0.1", port=0)
     await server.start_server()
     yield state, server
@@ -313,10 +331,9 @@ def test_refresh_delay() -> None:
     assert refresh_delay(ok, 300, failures=9, now=1000) == 300
 
 
-async def test_a_large_compile_runs_in_a_worker_process(site, tmp_path: Path,
+async def test_every_compile_runs_in_a_worker_process(site, tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     _, server = site
-    monkeypatch.setattr(update, "IN_PROCESS_MAX_BYTES", 0)
     seen: list[str] = []
     lists, report = await update_lists(*_where(make_config(tmp_path, *sources_of(server))), BUNDLED,
                                        progress=lambda phase, *rest: seen.append(phase))
@@ -332,7 +349,6 @@ async def test_a_worker_that_dies_keeps_the_previous_lists(site, tmp_path: Path,
     state, server = site
     config = make_config(tmp_path, *sources_of(server))
     lists, _ = await update_lists(config.blocklists, config.state_dir, BUNDLED)
-    monkeypatch.setattr(update, "IN_PROCESS_MAX_BYTES", 0)
     monkeypatch.setattr(update, "WORKER_COMMAND",
                         (sys.executable, "-c", "import sys; print('killed', file=sys.stderr); "
                                                "sys.exit(9)"))
@@ -343,6 +359,60 @@ async def test_a_worker_that_dies_keeps_the_previous_lists(site, tmp_path: Path,
     # The new download was not kept, so the next refresh asks for it again.
     assert (config.state_dir / "sources" / "ut1" / "meta.json").read_text().count(
         hashlib.sha1(state.archive).hexdigest()) == 0
+
+
+async def test_the_worker_runs_within_a_memory_limit(site, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    state, server = site
+    config = make_config(tmp_path, *sources_of(server))
+    lists, _ = await update_lists(config.blocklists, config.state_dir, BUNDLED)
+    # Below what the interpreter already maps: the compile's first allocations fail at once.
+    monkeypatch.setattr(update, "COMPILE_MEMORY_BYTES", 16 << 20)
+    state.archive = ut1_archive([f"name{number}.example" for number in range(20000)])
+    again, report = await update_lists(config.blocklists, config.state_dir, BUNDLED, current=lists)
+    assert report.kept_previous, report.error
+    assert "the compile needed more than its 16 MiB of memory" in (report.error or "")
+    assert again is lists and again.categories_of("porn.example")
+
+
+async def test_a_worker_that_runs_too_long_is_stopped(site, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    state, server = site
+    config = make_config(tmp_path, *sources_of(server))
+    lists, _ = await update_lists(config.blocklists, config.state_dir, BUNDLED)
+    monkeypatch.setattr(update, "COMPILE_SECONDS", 0.5)
+    monkeypatch.setattr(update, "WORKER_COMMAND", (sys.executable, "-c", "import time; time.sleep(60)"))
+    state.archive = ut1_archive(["new.example"])
+    started = time.monotonic()
+    again, report = await update_lists(config.blocklists, config.state_dir, BUNDLED, current=lists)
+    assert time.monotonic() - started < 10
+    assert report.kept_previous and "took longer than 0.5 s" in (report.error or "")
+    assert again is lists
+
+
+@pytest.mark.parametrize("served", ["metrics", "html"])
+async def test_a_body_that_is_not_a_list_is_refused_whole(site, tmp_path: Path,
+                                                          served: str) -> None:
+    state, server = site
+    _, ads = sources_of(server)
+    config = make_config(tmp_path, ads)
+    lists, _ = await update_lists(config.blocklists, config.state_dir, BUNDLED)
+    assert lists.categories_of("www.ads.example") == {"ads": "ads.example"}
+    if served == "metrics":  # a redirect on the same host, to its metrics (issue 20, item 5)
+        state.ads_moved_to = "/metrics"
+        why = "(4 bad lines for 0 entries; line 3: expected an address then names"
+    else:  # a captive portal's or a CDN's error page
+        state.ads = b"\n<!doctype html>\n<html><body><a href=/login>log in</a></body></html>\n"
+        why = "(it begins with '<', like an HTML or XML page)"
+    again, report = await update_lists(config.blocklists, config.state_dir, BUNDLED,
+                                       current=lists)
+    status = status_of(report, "ads")
+    assert status.failed and status.using_previous
+    assert (f"list source 'ads': the download of {ads.url} is not a list in the adblock format "
+            f"{why}") in status.error
+    assert status.error.endswith("none of it is used")
+    assert again.categories_of("www.ads.example") == {"ads": "ads.example"}  # still blocked
+    assert read_status(config.state_dir).sources[0].last_error == status.error
 
 
 async def test_lists_status_command(site, tmp_path: Path, capsys) -> None:

@@ -6,6 +6,7 @@ import datetime as dt
 import hashlib
 import ipaddress
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -680,3 +681,45 @@ def test_load_yaml_returns_text(tmp_path):
     path.write_text("a: 1\na: 2\n", encoding="utf-8")
     with pytest.raises(YamlError, match=r"x\.yaml:2: duplicate key 'a'"):
         load_yaml(path)
+
+
+# ---- issue 20, item 6: validation is linear in the size of the lists -----------------------
+
+
+def test_a_300k_always_allow_validates_in_about_a_second() -> None:
+    public_suffix_kind("warm.example")  # the suffix list loads once per process
+    names = [f"site{number}.school{number % 97}.example" for number in range(300_000)]
+    data = {"always_allow": names + names[:1000],  # repeats are dropped, the first kept
+            "classes": {"big": {"networks": [f"10.{n // 256}.{n % 256}.0/24" for n in range(20000)],
+                                "allow": names[:50_000], "deny": names[50_000:100_000]}}}
+    started = time.process_time()
+    policy = parse_policy(data, source="big.yaml", known_categories=CATEGORIES,
+                          known_services=SERVICES)
+    seconds = time.process_time() - started
+    assert policy.always_allow == tuple(names)
+    assert len(policy.classes["big"].networks) == 20000
+    assert seconds < 2.5, seconds  # about 1 s here; quadratic checks took minutes
+
+
+def test_public_suffix_shortcut_agrees_with_the_list() -> None:
+    # The shortcut (names no rule can match are no suffix) must not change a single answer.
+    from policies.loader import PUBLIC_SUFFIX_FILE, _load_suffix_lists
+
+    lists = _load_suffix_lists()
+    checked = 0
+    for line in PUBLIC_SUFFIX_FILE.read_text(encoding="utf-8").splitlines()[::7]:
+        rule = line.strip().lstrip("!").removeprefix("*.")
+        if not rule or rule.startswith("//"):
+            continue
+        for text in (rule, f"x.{rule}", rule.partition(".")[2], f"a.b.{rule}"):
+            try:
+                name = text.encode("idna").decode("ascii").lower()
+            except UnicodeError:
+                continue
+            if not name:
+                continue
+            expected = ("icann" if lists.icann.get_tld(name, strict=True) == name
+                        else "private" if lists.every.get_tld(name, strict=True) == name else None)
+            assert public_suffix_kind(name) == expected, name
+            checked += 1
+    assert checked > 4000
