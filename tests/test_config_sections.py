@@ -121,7 +121,7 @@ def test_files_the_parser_refuses_do_not_fit_the_schema(tmp_path, text):
     assert not jsonschema_rs.validator_for(json_schema()).is_valid(yaml.safe_load(text))
 
 
-def test_environment_overrides_the_keys_a_container_sets(tmp_path):
+def test_environment_overrides_the_keys_a_container_sets(tmp_path, monkeypatch):
     path = tmp_path / "classguard.yaml"
     path.write_text("dns:\n  listen: ['127.0.0.1:1053']\n  block_ttl: 30\n")
     secret = tmp_path / "redis-url"
@@ -136,13 +136,10 @@ def test_environment_overrides_the_keys_a_container_sets(tmp_path):
     assert config.metrics == {"listen": "0.0.0.0:9153"}
     assert config.tls == {"cert": "/run/secrets/cert.pem", "key": "/run/secrets/key.pem"}
     # without a file, the overrides apply to the defaults
-    monkey_folder = tmp_path / "empty"
-    monkey_folder.mkdir()
-    os.chdir(monkey_folder)
-    try:
-        config = load_config(None, {"CLASSGUARD_STORE": "redis://redis:6379/0"})
-    finally:
-        os.chdir(ROOT)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.chdir(empty)
+    config = load_config(None, {"CLASSGUARD_STORE": "redis://redis:6379/0"})
     assert config.store == "redis://redis:6379/0" and config.path is None
     assert set(ENVIRONMENT) >= {"CLASSGUARD_STORE", "CLASSGUARD_DNS_LISTEN", "CLASSGUARD_TLS_KEY"}
 
