@@ -10,11 +10,25 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[test]'
+# The versions pinned in constraints.txt (pip-tools; `make lock` updates them): the same ones the
+# Docker image installs, so CI tests what ships.
+$(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/pip install --quiet --constraint constraints.txt -e '.[test]'
 	touch $@
 
 install: $(VENV)/.installed
+
+# constraints.txt from pyproject.toml: every dependency, the test extras' included, pinned.
+.PHONY: lock
+lock: | $(BIN)/python
+	$(BIN)/pip install --quiet pip-tools
+	$(BIN)/pip-compile --quiet --strip-extras --extra test --no-emit-index-url \
+		--no-emit-find-links --output-file constraints.txt pyproject.toml
+
+# docs/classguard.schema.json from the configuration's definitions (classguard/config.py).
+.PHONY: schema
+schema: install
+	$(BIN)/classguard config schema > docs/classguard.schema.json
 
 run: install
 	$(BIN)/classguard serve $(ARGS)

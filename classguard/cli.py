@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import dataclasses
 import datetime as dt
 import getpass
@@ -11,6 +12,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -27,12 +29,13 @@ from blocklists.update import (
     update_lists,
 )
 from classguard import device_cli
-from classguard.config import load_config
+from classguard.config import ConfigError, json_schema, load_config
 from classguard.logsetup import configure
 from classguard.metric_shares import clear_shares
 from classguard.service import fetch_missing_lists, known_categories
 from classguard.service import open_store as service_store
-from classguard.service import make_upstreams, own_names, policy_path, publish_lists, run
+from classguard.service import check_ports, make_upstreams, own_names, policy_path, publish_lists, run
+from classguard.version import build_info
 from classguard.workers import supervise
 from common.errors import ClassguardError, StartupError
 from dashboard import auth
@@ -57,7 +60,16 @@ def _parser() -> argparse.ArgumentParser:
                         help="configuration file (default: ./classguard.yaml when present, else embedded defaults)")
     parser = argparse.ArgumentParser(prog="classguard", parents=[common],
                                      description="DNS content filtering for schools and homes")
+    parser.add_argument("--version", action=_Version, nargs=0,
+                        help="version, commit, Python, event loop and hot path; then exit")
     commands = parser.add_subparsers(dest="command", required=True)
+
+    config = commands.add_parser("config", parents=[common], help="the configuration file")
+    config_commands = config.add_subparsers(dest="config_command", required=True)
+    config_commands.add_parser("validate", parents=[common],
+                               help="check the configuration (and the environment's overrides)")
+    config_commands.add_parser("schema", parents=[common],
+                               help="print the configuration's JSON Schema (docs/classguard.schema.json)")
 
     serve = commands.add_parser("serve", parents=[common], help="run the resolver")
     serve.add_argument("--workers", type=int, default=1, help="processes sharing the DNS port")
@@ -140,10 +152,20 @@ def _add_account_parsers(commands, common) -> None:
                               help="the tokens: id, name, when and by whom made, revoked or not")
 
 
+class _Version(argparse.Action):
+    """`classguard --version`: what is running, found only when asked (it may ask git)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(build_info().line())
+        parser.exit()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         config_path = getattr(args, "config", None) or os.environ.get("CLASSGUARD_CONFIG") or None
+        if args.command == "config":
+            return _config(args, Path(config_path) if config_path else None)
         config = load_config(Path(config_path) if config_path else None)
         if args.command == "serve":
             return _serve(config, args)
@@ -169,6 +191,24 @@ def main(argv: list[str] | None = None) -> int:
     return 1
 
 
+def _config(args, path: Path | None) -> int:
+    """`config validate`: `FILE: ok`, or each mistake as `FILE:LINE: message` (exit 1);
+    `config schema`: the JSON Schema made from the same definitions the check uses."""
+    if args.config_command == "schema":
+        print(json.dumps(json_schema(), indent=2))
+        return 0
+    if path is not None and not path.is_file():
+        raise StartupError(f"{path}: no such configuration file")
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        for error in exc.errors:
+            print(error, file=sys.stderr)
+        return 1
+    print(f"{config.path or 'the embedded defaults'}: ok")
+    return 0
+
+
 def error_line(exc: ClassguardError) -> str:
     """The one line on stderr for any error classguard raises on purpose (exit code 1)."""
     if isinstance(exc, (PolicyError, YamlError)):
@@ -185,6 +225,7 @@ def _serve(config, args) -> int:
     if args.workers < 1:
         raise StartupError("--workers takes a number of processes, 1 or more")
 
+    check_ports(config, reuse_port=args.workers > 1)  # a busy port: one line, nothing written
     clear_shares(config.state_dir)  # once per start, before the workers: never a worker's restart
     if args.workers > 1:
 
@@ -361,6 +402,7 @@ def _lists_status(config) -> int:
 def _check(config, args) -> int:
     """The server's answer explained: the question goes through the chain the server builds
     (resolver.explain), on the state the servers on this store run, screen time included."""
+    config = _read_only_state(config)
     bundled = load_bundled()
     policy = _stored_policy(config, bundled)
     scope = "home" if args.home else "school"
@@ -430,6 +472,16 @@ def _check(config, args) -> int:
         until = dt.datetime.fromtimestamp(verdict.until, ZoneInfo(config.timezone))
         print(f"  until: {until.isoformat(timespec='minutes')} (next schedule boundary or override end)")
     return 0
+
+
+def _read_only_state(config):
+    """For a command that only reads: a state_dir that does not exist is not made; a temporary
+    one stands in (its lists compiled there if needed), removed when the command ends."""
+    if Path(config.state_dir).exists():
+        return config
+    temporary = tempfile.TemporaryDirectory(prefix="classguard-check-")
+    atexit.register(temporary.cleanup)
+    return dataclasses.replace(config, state_dir=Path(temporary.name))
 
 
 def _moment(text: str | None, timezone: str) -> float:

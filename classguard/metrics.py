@@ -34,6 +34,7 @@ from prometheus_client.registry import Collector
 
 from blocklists import update
 from classguard.metric_shares import share_path
+from classguard.version import build_info
 from common.addresses import parse_listen
 from resolver.forwarding import ForwardingResolver
 from resolver.stats import LATENCY_BUCKETS, QueryStats
@@ -285,6 +286,7 @@ class ServiceCollector(Collector):
             stores.append(share.pop("store", {}))
             total = _add(total, share)
         total["store"] = combine_store_counters(stores)
+        yield self._build_info()
         yield from self._queries(total)
         yield from self._cache(total)
         yield from self._upstreams(service, total)
@@ -301,6 +303,15 @@ class ServiceCollector(Collector):
             else:
                 family.add_metric([], value)
             yield family
+
+    @staticmethod
+    def _build_info() -> Metric:
+        """Always 1; what runs is in the labels (as Prometheus' own *_build_info)."""
+        labels = build_info().labels()
+        family = _family("build_info", "gauge", "What runs: classguard's version and commit, the "
+                         "Python version, uvloop's version (or no) and the hot path.", labels)
+        family.add_metric(list(labels.values()), 1)
+        return family
 
     def _queries(self, total: dict) -> Iterable[Metric]:
         queries = _family("queries_total", "counter", "Answers, by transport, class and result.",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import errno
 import gc
 import ipaddress
 import logging
@@ -26,6 +27,7 @@ from blocklists.update import (
 )
 from classguard.config import Config
 from classguard.logsetup import config_summary
+from classguard.version import build_info
 from common.addresses import parse_listen
 from common.errors import StartupError
 from privacy import gdpr
@@ -150,6 +152,53 @@ def refuse_open_resolver(config: Config) -> None:
             "really meant")
 
 
+def listen_error(address: str, protocol: str, exc: OSError, *, dns: bool) -> StartupError:
+    """One line for a listen address that cannot be bound: which address, and what to do."""
+    if exc.errno == errno.EADDRINUSE:
+        why = ("address already in use (is another DNS server running? see docs/deploy.md)" if dns
+               else "address already in use (is another server on that port? see docs/deploy.md)")
+    elif exc.errno == errno.EACCES:
+        why = ("permission denied (a port below 1024 needs CAP_NET_BIND_SERVICE: see "
+               "docs/deploy.md)")
+    elif exc.errno == errno.EADDRNOTAVAIL:
+        why = "address not available (no interface of this machine has it)"
+    else:
+        why = exc.strerror or str(exc)
+    return StartupError(f"cannot listen on {address}/{protocol}: {why}")
+
+
+def listen_addresses(config: Config) -> list[tuple[str, str, bool]]:
+    """(IP:PORT, udp | tcp, is DNS) of every listener the configuration starts."""
+    wanted = [(entry, protocol, True) for entry in config.dns.listen for protocol in ("udp", "tcp")]
+    for section in (config.doh, config.dot, config.metrics, config.dashboard):
+        if section is not None and section.get("listen"):
+            wanted.append((section["listen"], "tcp", section is config.dot))
+    return wanted
+
+
+def check_ports(config: Config, reuse_port: bool = False) -> None:
+    """Before anything is written (the store seeded, the lists compiled): every listen address
+    can be bound, else StartupError naming the first that cannot. Each is bound as its listener
+    binds it (SO_REUSEPORT with --workers) and let go at once; port 0 is always free."""
+    for entry, protocol, dns in listen_addresses(config):
+        host, port = parse_listen(entry)
+        if port == 0:
+            continue
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        kind = socket.SOCK_DGRAM if protocol == "udp" else socket.SOCK_STREAM
+        with socket.socket(family, kind) as sock:
+            try:
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                if protocol == "tcp":  # as asyncio's servers: a port in TIME_WAIT is free
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if reuse_port:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                sock.bind((host, port))
+            except OSError as exc:
+                raise listen_error(entry, protocol, exc, dns=dns) from None
+
+
 SCREEN_TIME_FLUSH_INTERVAL = 5.0  # seconds between merges of active minutes into the store
 LIST_FOLLOW_INTERVAL = 1.0  # seconds between looks at the compiled lists' file (every process)
 LIST_STORE_INTERVAL = 5.0  # seconds between looks at the lists' manifest in Redis (worker 0)
@@ -233,7 +282,10 @@ class Service:
         tcp = TcpListener(handler, dns.tcp_idle_timeout, dns.tcp_max_connections)
         for entry in dns.listen:
             host, port = parse_listen(entry)
-            listener, server = await self._bind(host, port, handler, tcp, reuse_port=self.workers > 1)
+            try:
+                listener, server = await self._bind(host, port, handler, tcp, reuse_port=self.workers > 1)
+            except OSError as exc:  # taken since check_ports looked: said the same way
+                raise listen_error(entry, "udp or tcp", exc, dns=True) from None
             bound = listener.sock.getsockname()
             self.udp_listeners.append(listener)
             self.servers.append(server)
@@ -634,6 +686,7 @@ async def run(config: Config, worker_index: int = 0, workers: int = 1) -> None:
     service = prepare(config)
     service.worker_index, service.workers = worker_index, workers
     if worker_index == 0:  # once per server, not once per worker
+        log.info("%s", build_info().line())
         log.info("configuration: %s", config_summary(config))  # secrets as ***
     await service.start()
     # What startup made (modules, the policy, the bundled data: most of the heap) lives as long
