@@ -162,15 +162,14 @@ async def login(request: web.Request) -> web.Response:
     if not isinstance(name, str) or not isinstance(password, str):
         raise Refused(400, "name and password are strings", field="name")
     address = client_address(request)  # behind a trusted proxy, the client it names
-    wait = await context.throttle.retry_after(name, address)
-    if wait > 0:
+    outcome = await auth.check_login(context.throttle, context.store, name, password, address)
+    if outcome.retry_after > 0:
+        wait = outcome.retry_after
         raise Refused(429, f"too many failed logins; try again in {wait:.0f} s",
                       headers={"Retry-After": str(max(1, round(wait)))})
-    user = await auth.authenticate(context.store, name, password)
+    user = outcome.user
     if user is None:
-        await context.throttle.failed(name, address)
         raise Refused(401, "wrong name or password")
-    await context.throttle.succeeded(name, address)
     value, session = await auth.new_session(context.store, user)
     response = web.json_response({"name": user.name, "role": user.role,
                                   "classes": list(user.classes), "csrf_token": session.csrf})

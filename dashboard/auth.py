@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import functools
 import hashlib
 import hmac
 import secrets
@@ -21,10 +22,17 @@ ROLES = ("admin", "teacher")
 SESSION_SECONDS = 12 * 3600  # a school day, then log in again
 MIN_PASSWORD = 10
 
-# scrypt (RFC 7914): N=2^15, r=8, p=1 is 32 MiB and ~0.1 s a check (OWASP's minimum is N=2^17
-# with r=8 p=1 *or* equivalent; this one keeps a login under 100 ms on a small server).
-SCRYPT_N, SCRYPT_R, SCRYPT_P = 2 ** 15, 8, 1
-SCRYPT_MAXMEM = 64 * 1024 * 1024
+# scrypt (RFC 7914) at OWASP's minimum, N=2^17, r=8, p=1: 128 MiB and about 0.3 s a check. A
+# hash made with a smaller N (before this) is made again at the account's next good login.
+SCRYPT_N, SCRYPT_R, SCRYPT_P = 2 ** 17, 8, 1
+SCRYPT_MAXMEM = 160 * 1024 * 1024  # 128 * N * r, and room
+# Password checks at once in one process (each holds 128 MiB and a core for ~0.3 s), and one at a
+# time per client address: more are answered 429 at once, never queued.
+MAX_PASSWORD_CHECKS = 2
+# Failed logins from one address, whatever the account names, before that address waits too:
+# guessing with random account names is throttled like guessing one account's password.
+ADDRESS_FREE = 20
+ANY_ACCOUNT = "\0any account"  # the throttle's account for an address's failures
 
 
 class AuthError(ClassguardError):
@@ -52,8 +60,20 @@ def verify_password(password: str, stored: str) -> bool:
     return hmac.compare_digest(actual, expected)
 
 
-# A password check costs as much for an unknown account as for a known one.
-_DUMMY_HASH = hash_password(secrets.token_hex(16))
+def needs_rehash(stored: str) -> bool:
+    """Whether a stored hash is weaker than what hash_password makes now."""
+    try:
+        kind, n, r, p, _salt, _digest = stored.split("$")
+    except ValueError:
+        return True
+    return kind != "scrypt" or int(n) < SCRYPT_N or (int(r), int(p)) != (SCRYPT_R, SCRYPT_P)
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """A password check costs as much for an unknown account as for a known one (made once,
+    when first needed: not at import, which every command does)."""
+    return hash_password(secrets.token_hex(16))
 
 
 class AccountError(AuthError):
@@ -188,10 +208,51 @@ async def remove_user(store: Store, name: str, *, actor: str) -> User:
 async def authenticate(store: Store, name: str, password: str) -> User | None:
 
     user = await store.get_user(name)
-    stored = user.password_hash if user is not None else _DUMMY_HASH
-    ok = await asyncio.to_thread(verify_password, password, stored)
+    stored = user.password_hash if user is not None else await asyncio.to_thread(_dummy_hash)
+    ok = await asyncio.to_thread(verify_password, password, stored)  # off the event loop
     # a disabled account is refused like a wrong password: nothing tells a guesser it exists
-    return user if ok and user is not None and not user.disabled else None
+    if not ok or user is None or user.disabled:
+        return None
+    if needs_rehash(user.password_hash):
+        stronger = await asyncio.to_thread(hash_password, password)
+        user = dataclasses.replace(user, password_hash=stronger)
+        await store.put_user(user, actor=user.name, action="user.rehash",
+                             before=describe_user(user))
+    return user
+
+
+@dataclass(frozen=True, slots=True)
+class LoginOutcome:
+    user: User | None  # None: refused (wrong name or password, or not checked)
+    retry_after: float = 0.0  # > 0: not checked; the client waits this long (429)
+
+
+_checking: set[str] = set()  # client addresses whose password check is under way
+
+
+async def check_login(throttle: Throttle | StoreThrottle, store: Store, name: str, password: str,
+                      address: str) -> LoginOutcome:
+    """A login attempt, as POST /api/v1/login and the login page make it: refused before any
+    password check while the pair (account, address) or the address waits, or while this address
+    or too many others already have a check under way; the failure counted before the check, so
+    that guesses sent in parallel see it."""
+    wait = max(await throttle.retry_after(name, address),
+               await throttle.retry_after(ANY_ACCOUNT, address, free=ADDRESS_FREE))
+    if wait > 0:
+        return LoginOutcome(None, wait)
+    if address in _checking or len(_checking) >= MAX_PASSWORD_CHECKS:
+        return LoginOutcome(None, 1.0)
+    _checking.add(address)
+    try:
+        await throttle.failed(name, address)
+        user = await authenticate(store, name, password)
+    finally:
+        _checking.discard(address)
+    if user is None:
+        await throttle.failed(ANY_ACCOUNT, address, free=ADDRESS_FREE)
+        return LoginOutcome(None)
+    await throttle.succeeded(name, address)
+    return LoginOutcome(user)
 
 
 # --- sessions ----------------------------------------------------------------------------------
@@ -253,11 +314,12 @@ class _Delays:
     cap: float = 900.0
     forget: float = 900.0
 
-    def delay(self, failures: int) -> float:
-        """The wait after the `failures`-th failure in a row."""
-        if failures < self.free:
+    def delay(self, failures: int, free: int | None = None) -> float:
+        """The wait after the `failures`-th failure in a row (`free` of them cost nothing)."""
+        free = self.free if free is None else free
+        if failures < free:
             return 0.0
-        return min(self.cap, self.base * 2 ** (failures - self.free))
+        return min(self.cap, self.base * 2 ** min(failures - free, 32))
 
 
 @dataclass
@@ -267,18 +329,18 @@ class Throttle(_Delays):
     clock: object = time.monotonic
     _entries: dict[tuple[str, str], tuple[int, float]] = field(default_factory=dict)
 
-    async def retry_after(self, account: str, address: str) -> float:
+    async def retry_after(self, account: str, address: str, *, free: int | None = None) -> float:
         """Seconds before this pair may try again (0: now)."""
         failures, last = self._entries.get((account.lower(), address), (0, 0.0))
         elapsed = self.clock() - last
-        if failures == 0 or elapsed > self.delay(failures) + self.forget:
+        if failures == 0 or elapsed > self.delay(failures, free) + self.forget:
             return 0.0
-        return max(0.0, self.delay(failures) - elapsed)
+        return max(0.0, self.delay(failures, free) - elapsed)
 
-    async def failed(self, account: str, address: str) -> None:
+    async def failed(self, account: str, address: str, *, free: int | None = None) -> None:
         key = (account.lower(), address)
         failures, last = self._entries.get(key, (0, 0.0))
-        if self.clock() - last > self.delay(failures) + self.forget:
+        if self.clock() - last > self.delay(failures, free) + self.forget:
             failures = 0  # forgotten, as the Redis key would have expired
         self._entries[key] = (failures + 1, self.clock())
         if len(self._entries) > 100_000:  # bounded: the oldest pairs go first
@@ -302,15 +364,15 @@ class StoreThrottle(_Delays):
         # hashed: an account name or an address holds no character a key could stumble on
         return sha256(f"{account.lower()}\n{address}")
 
-    async def retry_after(self, account: str, address: str) -> float:
+    async def retry_after(self, account: str, address: str, *, free: int | None = None) -> float:
         failures, ttl_ms = await self.store.failures(self._pair(account, address))
-        if failures < self.free:
+        if failures < (self.free if free is None else free):
             return 0.0
         return max(0.0, ttl_ms / 1000 - self.forget)
 
-    async def failed(self, account: str, address: str) -> None:
+    async def failed(self, account: str, address: str, *, free: int | None = None) -> None:
         await self.store.count_failure(self._pair(account, address),
-                                       lambda count: (self.delay(count) + self.forget) * 1000)
+                                       lambda count: (self.delay(count, free) + self.forget) * 1000)
 
     async def succeeded(self, account: str, address: str) -> None:
         await self.store.forget_failures(self._pair(account, address))

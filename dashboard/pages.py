@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlsplit
 from zoneinfo import ZoneInfo
 
 from aiohttp import web
@@ -206,9 +206,15 @@ def _login_form(view: View, name: str, error: str, *, status: int = 200) -> web.
 
 
 def _safe_next(target: str) -> str:
-    """Only a path on this site (never `//elsewhere` or a URL): an open redirect otherwise."""
-    return target if target.startswith("/") and not target.startswith("//") \
-        and "\\" not in target else "/"
+    """Only a path on this site, else "/": never `//elsewhere`, a URL, or a path that a browser
+    reads as one once it drops tabs and newlines and turns backslashes into slashes
+    (`/%09/evil.example` became `//evil.example`): an open redirect otherwise."""
+    if any(ord(char) < 0x21 or char in "\\\x7f" for char in target):
+        return "/"
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith("//"):
+        return "/"
+    return target
 
 
 @routes.post("/login")
@@ -219,17 +225,16 @@ async def login_submit(request: web.Request) -> web.Response:
     form = await request.post()
     name, password = str(form.get("name", "")), str(form.get("password", ""))
     address = client_address(request)  # behind a trusted proxy, the client it names
-    wait = await context.throttle.retry_after(name, address)
-    if wait > 0:
+    outcome = await auth.check_login(context.throttle, context.store, name, password, address)
+    if outcome.retry_after > 0:
+        wait = outcome.retry_after
         response = _login_form(view, name, view.t("login.throttled", seconds=math.ceil(wait)),
                                status=429)
         response.headers["Retry-After"] = str(max(1, math.ceil(wait)))
         return response
-    user = await auth.authenticate(context.store, name, password)
+    user = outcome.user
     if user is None:
-        await context.throttle.failed(name, address)
         return _login_form(view, name, view.t("login.wrong"), status=401)
-    await context.throttle.succeeded(name, address)
     value, _session = await auth.new_session(context.store, user)
     response = web.HTTPSeeOther(_safe_next(request.query.get("next", "/")))
     response.set_cookie(COOKIE, value, httponly=True, samesite="Strict", path="/",

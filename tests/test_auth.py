@@ -233,3 +233,72 @@ async def test_a_password_reset_ends_the_sessions_opened_before(dashboard):
     await store.put_user(dataclasses.replace(user, sessions_after=time.time() + 0.001),
                          actor="test", action="user.reset")
     assert (await dashboard.client.get("/api/v1/session")).status == 401
+
+
+async def test_parallel_guesses_are_throttled_as_if_sent_one_by_one(dashboard):
+    """60 wrong passwords for one teacher sent at once all got 401 and no 429: the wait was
+    looked at before the password check and the failure counted after it (issue 22)."""
+    import asyncio
+
+    guesses = [dashboard.client.post("/api/v1/login", json={"name": "tom", "password": f"guess {n}"})
+               for n in range(60)]
+    statuses = [response.status for response in await asyncio.gather(*guesses)]
+    assert statuses.count(401) <= dashboard.throttle.free, statuses
+    assert statuses.count(429) >= 60 - dashboard.throttle.free
+
+
+async def test_guessing_with_random_account_names_is_throttled_too(dashboard):
+    """Random account names were never throttled: one address could make a dozen password
+    checks a second for ever (issue 22)."""
+    statuses = []
+    for n in range(auth.ADDRESS_FREE + 3):
+        response = await dashboard.client.post("/api/v1/login",
+                                               json={"name": f"nobody{n}", "password": PASSWORD})
+        statuses.append(response.status)
+    assert statuses[:auth.ADDRESS_FREE] == [401] * auth.ADDRESS_FREE
+    assert statuses[-1] == 429
+    dashboard.throttle.now[0] += 3600  # and the address is forgiven with time
+    response = await dashboard.client.post("/api/v1/login", json={"name": "tom", "password": PASSWORD})
+    assert response.status == 200
+
+
+async def test_a_weak_hash_is_made_again_at_the_next_good_login(dashboard):
+    """Hashes made before scrypt's N was raised to OWASP's 2^17 are strengthened on use."""
+    store = dashboard.resolver.service.store
+    assert not (await store.get_user("tom")).password_hash.startswith(f"scrypt${auth.SCRYPT_N}$")
+    assert (await dashboard.client.post("/api/v1/login", json={"name": "tom", "password": PASSWORD})).status == 200
+    stronger = (await store.get_user("tom")).password_hash
+    assert stronger.startswith(f"scrypt${auth.SCRYPT_N}$8$1$") and auth.SCRYPT_N >= 2 ** 17
+    assert auth.verify_password(PASSWORD, stronger) and not auth.needs_rehash(stronger)
+    entries = await store.audit(5)
+    assert entries[0].action == "user.rehash" and "$" not in entries[0].after
+
+
+@pytest.mark.parametrize("target", ["/\t/evil.example", "//evil.example", "/\\evil.example",
+                                    "https://evil.example/", "/\n/evil.example", "javascript:x",
+                                    " //evil.example"])
+async def test_login_and_language_redirect_only_inside_this_site(dashboard, target):
+    """`/login?next=/%09/evil.example` sent a teacher to //evil.example after logging in, and
+    the public POST /language did the same (issue 22)."""
+    login = await dashboard.client.post("/login", params={"next": target},
+                                        data={"name": "tom", "password": PASSWORD}, allow_redirects=False)
+    assert login.status == 303 and login.headers["Location"] == "/"
+    language = await dashboard.client.post("/language", data={"language": "fr", "next": target},
+                                           allow_redirects=False)
+    assert language.status == 303 and language.headers["Location"] == "/"
+    kept = await dashboard.client.post("/language", data={"language": "fr", "next": "/classes/pupils?x=1"},
+                                       allow_redirects=False)
+    assert kept.headers["Location"] == "/classes/pupils?x=1"
+
+
+async def test_every_answer_carries_the_security_headers(dashboard):
+    """No CSP, no frame-ancestors, no nosniff, no Referrer-Policy, no no-store on a page that
+    shows a new token, and aiohttp's version in Server (issue 22)."""
+    await dashboard.login("alice")
+    for path in ("/login", "/", "/api/v1/classes", "/devices", "/no-such-page"):
+        response = await dashboard.client.get(path, allow_redirects=False)
+        headers = response.headers
+        assert "frame-ancestors 'none'" in headers["Content-Security-Policy"], path
+        assert headers["X-Frame-Options"] == "DENY" and headers["X-Content-Type-Options"] == "nosniff"
+        assert headers["Referrer-Policy"] == "no-referrer" and headers["Cache-Control"] == "no-store"
+        assert headers["Server"] == "classguard", path
