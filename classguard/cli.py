@@ -34,7 +34,9 @@ from classguard.logsetup import configure
 from classguard.metric_shares import clear_shares
 from classguard.service import fetch_missing_lists, known_categories
 from classguard.service import open_store as service_store
-from classguard.service import check_ports, make_upstreams, own_names, policy_path, publish_lists, run
+from classguard.service import (
+    check_ports, make_upstreams, own_names, policy_path, publish_lists, run,
+)
 from classguard.version import build_info
 from classguard.workers import supervise
 from common.errors import ClassguardError, StartupError
