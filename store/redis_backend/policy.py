@@ -20,6 +20,11 @@ class PolicyAndOverrides(LostStoreRecovery):
     `audit` (a capped list, newest first); what is read is held for a rebuild of a lost store."""
 
     async def get_policy(self) -> StoredPolicy | None:
+        held = self._policy
+        if held is not None:  # its version first: the text (often 100 KB or more) only if it moved
+            version = await self.run(lambda r: r.hget(self.key("policy"), "version"))
+            if version is not None and int(version) == held.version:
+                return held
         fields = await self.run(lambda r: r.hgetall(self.key("policy")))
         if not fields:
             policy = None
