@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from admin.devices import migrate_devices
 from admin.devices import operations as device_operations
 from admin.errors import ControlError
 from admin.stored import parse_stored
@@ -38,12 +39,13 @@ from blocklists.names import normalize_domain
 from common.addresses import is_ip
 from policies.export import export_policy
 from policies.loader import PolicyError, load_policy, parse_policy, public_suffix_kind
-from policies.model import Override, Policy
+from policies.model import Device, DeviceBook, Override, Policy
 from policies.yaml_lines import YamlError, parse_yaml
 from privacy import gdpr
 from store.protocol import RecoversLostStore, Store, StoreAbilities
 from store.records import (
-    NotFound, StoredPolicy, StoreError, StoreUnavailable, VersionConflict, new_override_id,
+    SET, DeviceConflict, NotFound, device_to_record, StoredPolicy, StoreError, StoreUnavailable, VersionConflict,
+    new_override_id,
 )
 
 log = logging.getLogger("classguard.control")
@@ -76,7 +78,7 @@ def _user_name(uid: int) -> str:
 
 
 
-def summarize(policy: Policy, previous: Policy | None = None) -> str:
+def summarize(policy: Policy, previous: Policy | None = None, *, devices: int | None = None) -> str:
     """`3 classes (+cm2-b, -cp-a), 12 devices`: what the audit log says of a policy."""
     text = f"{len(policy.classes)} classes"
     if previous is not None:
@@ -86,7 +88,7 @@ def summarize(policy: Policy, previous: Policy | None = None) -> str:
         if changes:
             shown = changes[:5] + ([f"{len(changes) - 5} more"] if len(changes) > 5 else [])
             text += f" ({', '.join(shown)})"
-    return f"{text}, {len(policy.devices)} devices"
+    return f"{text}, {len(policy.devices) if devices is None else devices} devices"
 
 
 def override_json(override: Override) -> dict[str, Any]:
@@ -105,6 +107,7 @@ class Boot:
     overrides: tuple[Override, ...]
     version: int
     drift: str | None  # why the configured policy file is not what runs, or None
+    devices_seq: int = 0  # the devices' sequence that policy.devices (the book) was read at
 
 
 async def load_or_seed(store: Store, *, recovery: RecoversLostStore | None, seed: Path,
@@ -122,17 +125,26 @@ async def load_or_seed(store: Store, *, recovery: RecoversLostStore | None, seed
         seeded = load_policy(seed, known_categories=known_categories, known_services=known_services,
                              allow_open=allow_open)
         try:
-            stored = await store.put_policy(export_policy(seeded), actor=SEED_ACTOR,
+            stored = await store.put_policy(export_policy(seeded, devices=False), actor=SEED_ACTOR,
                                             expected_version=0, action="policy.seed",
                                             after=f"version 1 from {seed}: {summarize(seeded)}")
             log.info("the store was empty: seeded it with %s (policy version %d)", seed, stored.version)
+            if seeded.devices:  # the file's devices become records of their own
+                await store.change_devices(list(seeded.devices.values()), mode=SET,
+                                           actor=SEED_ACTOR, action="device.seed",
+                                           after=f"{len(seeded.devices)} devices from {seed}")
         except VersionConflict:
             seeded = None  # another process seeded it first: use what it stored
+    # a policy stored before devices were records of their own: its devices move out, once
+    moved = await migrate_devices(store, known_categories=known_categories,
+                                  known_services=known_services, actor=SEED_ACTOR)
+    if moved:
+        log.info("the stored policy held %d devices: each is now a record of its own", moved)
     version = await store.version()  # first, so that a write after this is noticed by the watcher
     stored = await store.get_policy()
     if stored is None:
         raise StoreError("the store lost its policy while starting; try again")
-    if seeded is not None and stored.text == export_policy(seeded):
+    if seeded is not None and stored.text == export_policy(seeded, devices=False):
         policy = seeded
     else:
         try:
@@ -143,6 +155,8 @@ async def load_or_seed(store: Store, *, recovery: RecoversLostStore | None, seed
                              f"this configuration: {exc.errors[0]}; fix it with "
                              "`classguard policy import FILE`") from None
         seeded = None
+    devices, devices_seq = await store.devices()
+    policy = dataclasses.replace(policy, devices=DeviceBook(devices))
     drift = None
     if seeded is None and seed_configured:
         drift = await asyncio.to_thread(seed_drift, seed, stored, known_categories, known_services,
@@ -152,7 +166,7 @@ async def load_or_seed(store: Store, *, recovery: RecoversLostStore | None, seed
     overrides = tuple(await store.overrides())
     if recovery is not None:  # the Redis store's copy, for a lost store
         await recovery.remember()
-    return Boot(policy, stored.version, overrides, version, drift)
+    return Boot(policy, stored.version, overrides, version, drift, devices_seq)
 
 
 def seed_drift(seed: Path, stored: StoredPolicy, known_categories: Collection[str] | None,
@@ -165,8 +179,8 @@ def seed_drift(seed: Path, stored: StoredPolicy, known_categories: Collection[st
         return (f"the policy file {seed} is not the stored policy and does not validate "
                 f"({exc.errors[0]}); the stored policy (version {stored.version}) keeps running; "
                 f"fix the file, then apply it with: classguard policy import {seed}")
-    if export_policy(policy) == stored.text:
-        return None
+    if export_policy(policy, devices=False) == stored.text:
+        return None  # the file's devices were seeded once; they are records of their own
     when = dt.datetime.fromtimestamp(stored.updated_at).isoformat(timespec="seconds")
     return (f"the policy file {seed} differs from the stored policy (version {stored.version}, "
             f"{when}, by {stored.updated_by}), which is what runs; to apply the file: "
@@ -189,6 +203,7 @@ class Commands:
                  current_policy: Callable[[], Awaitable[Policy]],
                  current_lists: Callable[[], Awaitable[CompiledLists | None]],
                  current_overrides: Callable[[], Awaitable[list[Override]]] | None = None,
+                 current_devices: Callable[[], Awaitable[DeviceBook]] | None = None,
                  after_write: Callable[[], Awaitable[None]] | None = None,
                  status: Callable[[], dict] | None = None,
                  via: str = "store", allow_open: bool = False) -> None:
@@ -200,6 +215,7 @@ class Commands:
         self.current_policy = current_policy
         self.current_lists = current_lists
         self.current_overrides = current_overrides or store.overrides
+        self.current_devices = current_devices or self._stored_devices
         self.after_write = after_write
         self.status_extra = status
         self.via = via
@@ -230,6 +246,10 @@ class Commands:
         except (ControlError, StoreError) as exc:
             return {"ok": False, "error": str(exc)}
 
+    async def _stored_devices(self) -> DeviceBook:
+        devices, _seq = await self.store.devices()
+        return DeviceBook(devices)
+
     def add_operation(self, op: str, operation: Callable[[dict, str], Awaitable[dict]]) -> None:
         """An operation only the running server can carry out (e.g. `lists.refresh`)."""
         self._ops[op] = operation
@@ -259,28 +279,61 @@ class Commands:
         if expected is not None and (isinstance(expected, bool) or not isinstance(expected, int)):
             raise ControlError('"expected_version" must be a whole number')
         source = str(request.get("source") or "import")
+        data, policy = await asyncio.to_thread(self._parse, text, source)
+        # Devices are records of their own: a file with a `devices:` section replaces the
+        # enrolled devices with its own; a file without one keeps them (their classes must stay).
+        with_devices = isinstance(data, dict) and "devices" in data
+        if self.via == "store":  # the CLI alone: a stored policy may still hold its devices
+            await migrate_devices(self.store, known_categories=self.known_categories,
+                                  known_services=self.known_services, actor=actor)
+        book = await self.current_devices()
+        if not with_devices:
+            orphaned = sorted(class_id for class_id in book.classes() if class_id not in policy.classes)
+            if orphaned:
+                shown = ", ".join(f"{name} ({book.count(name)})" for name in orphaned[:5])
+                raise PolicyError([f"{source}: classes with enrolled devices are missing: {shown}; "
+                                   "move or remove their devices first (`classguard device "
+                                   "update|remove`), or give the file a devices: section"])
+        canonical = export_policy(policy, devices=False)
+        previous = await self.store.get_policy()
+        count = len(policy.devices) if with_devices else len(book)
+        before = after = ""
+        if previous is not None:
+            old = await self.current_policy()
+            before = f"version {previous.version}: {summarize(old, devices=len(book))}"
+            after = f"version {previous.version + 1}: {summarize(policy, old, devices=count)}"
+        stored = await self.store.put_policy(canonical, actor=actor, expected_version=expected,
+                                             action="policy.import", before=before,
+                                             after=after or f"version 1: "
+                                                            f"{summarize(policy, devices=count)}")
+        changed = previous is None or stored.version != previous.version
+        if with_devices:
+            put = [device for device in policy.devices.values()
+                   if book.get(device.id) is None or device_to_record(book[device.id])
+                   != device_to_record(device)]
+            gone = [device_id for device_id in book if device_id not in policy.devices]
+            if put or gone:
+                try:
+                    await self.store.change_devices(
+                        put, gone, mode=SET, actor=actor, action="device.import",
+                        after=f"{source}: {len(policy.devices)} devices ({len(put)} new or "
+                              f"changed, {len(gone)} removed)")
+                except DeviceConflict as exc:
+                    raise ControlError(f"the policy is stored (version {stored.version}) but not "
+                                       f"its devices: {exc}") from None
+                changed = True
+        if changed and self.after_write is not None:
+            await self.after_write()
+        return {"version": stored.version, "changed": changed}
+
+    def _parse(self, text: str, source: str):
+        """(the YAML data, the Policy): in a thread, off the event loop."""
         try:
             data = parse_yaml(text, source)
         except YamlError as exc:
             raise PolicyError([str(exc)]) from None
-        policy = await asyncio.to_thread(parse_policy, data, source=source,
-                                         known_categories=self.known_categories,
-                                         known_services=self.known_services,
-                                         allow_open=self.allow_open)
-        canonical = export_policy(policy)
-        previous = await self.store.get_policy()
-        before = after = ""
-        if previous is not None:
-            old = await self.current_policy()
-            before = f"version {previous.version}: {summarize(old)}"
-            after = f"version {previous.version + 1}: {summarize(policy, old)}"
-        stored = await self.store.put_policy(canonical, actor=actor, expected_version=expected,
-                                             action="policy.import", before=before,
-                                             after=after or f"version 1: {summarize(policy)}")
-        changed = previous is None or stored.version != previous.version
-        if changed and self.after_write is not None:
-            await self.after_write()
-        return {"version": stored.version, "changed": changed}
+        return data, parse_policy(data, source=source, known_categories=self.known_categories,
+                                  known_services=self.known_services, allow_open=self.allow_open)
 
     async def override_add(self, request: dict, actor: str) -> dict[str, Any]:
         class_id, kind, minutes = request.get("class"), request.get("kind"), request.get("minutes")
@@ -452,6 +505,7 @@ class ControlPlane:
         # store): a change of it means everything is read again, even at an equal version
         self.applied_generation = self._store_generation()
         self.policy_version = boot.policy_version
+        self.devices_seq = boot.devices_seq  # the devices' sequence the running book is at
         self.overrides = boot.overrides
         self.drift = boot.drift
         self.serving_socket = False
@@ -459,8 +513,8 @@ class ControlPlane:
             store, bundled=bundled, known_categories=known_categories,
             known_services=known_services, current_policy=self._policy,
             current_lists=self._lists, current_overrides=self._overrides,
-            after_write=self._apply_now, status=self._status, via="server",
-            allow_open=allow_open)
+            current_devices=self._devices, after_write=self._apply_now, status=self._status,
+            via="server", allow_open=allow_open)
         self._server: asyncio.base_events.Server | None = None
         self._lock_fd: int | None = None
         self._socket_inode: int | None = None
@@ -482,6 +536,9 @@ class ControlPlane:
 
     async def _overrides(self) -> list[Override]:
         return list(self.state.snapshot.overrides)
+
+    async def _devices(self) -> DeviceBook:
+        return self.state.snapshot.policy.devices
 
     def _store_generation(self) -> int:
         recovery = self.store_abilities.recovery
@@ -646,6 +703,7 @@ class ControlPlane:
                 self.overrides = overrides
                 log.info("overrides in force: %s",
                          ", ".join(_describe(item) for item in overrides) or "none")
+            await self._apply_devices(whole=generation != self.applied_generation)
             if self.store_abilities.recovery is not None:
                 await self.store_abilities.recovery.remember()
             self.applied_version, self.applied_generation = version, generation
@@ -662,15 +720,36 @@ class ControlPlane:
             log.error("stored policy version %d does not validate, the running policy stays: %s",
                       stored.version, exc.errors[0])
             return
-        previous = self.state.snapshot.policy
-        self.state.replace_policy(policy)  # from here on no answer is counted for removed devices
-        self._removed |= set(previous.devices) - set(policy.devices)
+        book = self.state.snapshot.policy.devices  # devices are records of their own: kept
+        policy = dataclasses.replace(policy, devices=book)
+        self.state.replace_policy(policy)
         log.info("policy version %d applied (%s, by %s)", stored.version, summarize(policy),
                  stored.updated_by)
         if self.seed_configured:
             self.drift = await asyncio.to_thread(seed_drift, self.seed, stored,
                                                  self.known_categories, self.known_services,
                                                  self.allow_open)
+
+    async def _apply_devices(self, *, whole: bool = False) -> None:
+        """The device records changed since the sequence applied, applied to the running book
+        one by one (the client and token indexes follow; nothing else is rebuilt); all of them,
+        compared with the book, when the store no longer knows what changed since then."""
+        changes = None if whole else await self.store.device_changes(self.devices_seq)
+        if changes is None:
+            devices, seq = await self.store.devices()
+            book = self.state.snapshot.policy.devices
+            fresh = {device.id: device for device in devices}
+            delta: list[tuple[str, Device | None]] = [
+                (device_id, None) for device_id in book if device_id not in fresh]
+            delta += [(device.id, device) for device in devices if book.get(device.id) != device]
+        else:
+            delta, seq = changes
+        if delta:
+            removed = self.state.apply_devices(delta)  # from here no answer counts for removed ones
+            self._removed |= removed
+            log.info("devices: %d changed (sequence %d, %d enrolled)", len(delta), seq,
+                     len(self.state.snapshot.policy.devices))
+        self.devices_seq = seq
 
     async def _forget_erased(self) -> None:
         """Of the devices removed from the policy, the erased ones: this process drops what it
@@ -750,5 +829,9 @@ async def stored_or_seed_policy(store: Store, *, seed: Path,
     if stored is None:
         return await asyncio.to_thread(load_policy, seed, known_categories=known_categories,
                                        known_services=known_services, allow_open=allow_open)
-    return await asyncio.to_thread(parse_stored, stored, known_categories=known_categories,
-                                   known_services=known_services, allow_open=allow_open)
+    policy = await asyncio.to_thread(parse_stored, stored, known_categories=known_categories,
+                                     known_services=known_services, allow_open=allow_open)
+    if policy.devices:  # stored before devices were records of their own, not migrated yet
+        return policy
+    devices, _seq = await store.devices()
+    return dataclasses.replace(policy, devices=DeviceBook(devices))

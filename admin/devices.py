@@ -5,7 +5,9 @@ crosses the control socket, never reaches a server's memory and is never stored:
 once, in the device's DoH URL and DoT hostname. The changes themselves are control operations
 (`device.add`, `device.import`, `device.rotate`, `device.revoke`, `device.list`) run by
 `admin.control.Commands`: by the running server through its control socket, or by the CLI
-on the store under its lock; each one is one audited policy version.
+on the store under its lock. Devices are records of their own in the store (one key or row
+each, not part of the policy's text): each change is one audited write of the devices it
+touches, applied by every running server as that change (store.Store.change_devices).
 """
 
 from __future__ import annotations
@@ -31,18 +33,18 @@ from admin.stored import parse_stored
 from common.addresses import is_ip, parse_listen
 from common.tokens import SHA256
 from policies.export import export_policy
-from policies.loader import ID_PATTERN, PolicyError, parse_policy
-from policies.model import Device, Policy
-from policies.yaml_lines import parse_yaml
+from policies.loader import ID_PATTERN, PolicyError
+from policies.model import Device, DeviceBook, Policy
 from privacy import gdpr
 from privacy.querylog import subject_of
-from store.records import VersionConflict
+from store.records import ADD, SET, UPDATE, DeviceConflict, VersionConflict
 
 TOKEN_ALPHABET = string.ascii_lowercase + string.digits
 TOKEN_LENGTH = 26  # 26 * log2(36) = 134 random bits (SPEC §5: 22 to 63 characters, 128 bits or more)
 CSV_HEADER = ("id", "doh_url", "dot_hostname")
 COMMANDS = ("add", "import", "export-urls", "rotate", "revoke")  # `classguard device ...`
 MAX_RETRIES = 5  # a change that races another write is made again on the newer policy
+MAX_PAGE = 1000  # devices in one page of device.list
 
 
 class ServedAddresses(Protocol):
@@ -181,6 +183,9 @@ async def device_erase(commands, request: dict, actor: str) -> dict[str, Any]:
     if not isinstance(device_id, str) or not (
             ID_PATTERN.fullmatch(device_id) or subject_of(device_id).startswith("ip:")):
         raise ControlError(f"{device_id!r} is neither a device id nor an IP address")
+    if commands.via == "store":  # the CLI alone: a stored policy may still hold its devices
+        await migrate_devices(commands.store, known_categories=commands.known_categories,
+                              known_services=commands.known_services, actor="classguard")
     flush = getattr(commands, "flush_buffers", None)
     if flush is not None:
         await flush()
@@ -205,28 +210,116 @@ def operations(commands) -> dict[str, Callable]:
             "device.remove": bind(device_remove), "device.erase": bind(device_erase)}
 
 
+# --- devices stored as records of their own, and the policies that still held them ------------
+
+
+def holds_devices(text: str) -> bool:
+    """Whether a stored policy's text still has a `devices:` section (stored before devices
+    became records of their own; the text is export_policy's, so the key starts a line)."""
+    return text.startswith("devices:") or "\ndevices:" in text
+
+
+async def migrate_devices(store, *, known_categories, known_services, actor: str) -> int:
+    """A stored policy that still holds its devices: they become device records, then the
+    policy is stored without them (each step audited; both may be made again after a crash:
+    the devices are stored as they are, whatever is stored already). How many moved."""
+    for _ in range(MAX_RETRIES):
+        stored = await store.get_policy()
+        if stored is None or not holds_devices(stored.text):
+            return 0
+        # allow_open: only its devices move; its networks were judged when it was stored
+        policy = await asyncio.to_thread(parse_stored, stored, known_categories=known_categories,
+                                         known_services=known_services, allow_open=True)
+        moved = list(policy.devices.values())
+        if moved:
+            await store.change_devices(
+                moved, mode=SET, actor=actor, action="device.migrate",
+                before=f"policy version {stored.version}",
+                after=f"{len(moved)} devices moved from the policy to records of their own")
+        try:
+            await store.put_policy(export_policy(policy, devices=False), actor=actor,
+                                   expected_version=stored.version, action="policy.migrate",
+                                   before=f"version {stored.version}",
+                                   after=f"version {stored.version + 1}: without its devices "
+                                         "(now records of their own)")
+        except VersionConflict:
+            continue
+        return len(moved)
+    raise ControlError("the policy kept changing while its devices were moved; try again")
+
+
+async def _devices(commands) -> tuple[Policy, DeviceBook]:
+    """(the policy the checks are made against, the enrolled devices)."""
+    if commands.via == "store":  # the CLI alone: a stored policy may still hold its devices
+        await migrate_devices(commands.store, known_categories=commands.known_categories,
+                              known_services=commands.known_services, actor="classguard")
+    return await commands.current_policy(), await commands.current_devices()
+
+
+async def _store(commands, put: list[Device], remove: list[str], *, mode: str, actor: str,
+                 action: str, after: str) -> int:
+    """One audited change of the device records; applied by a running server at once. The
+    store's version after it."""
+    if commands.via == "store" and await commands.store.get_policy() is None:
+        # the CLI on an empty store: the seed file's policy is stored first, as a server does
+        policy = await commands.current_policy()
+        try:
+            await commands.store.put_policy(
+                export_policy(policy, devices=False), actor=actor, expected_version=0,
+                action="policy.seed", after=f"version 1 from the policy file: "
+                                            f"{len(policy.classes)} classes")
+            if policy.devices:
+                await commands.store.change_devices(
+                    list(policy.devices.values()), mode=SET, actor=actor, action="device.seed",
+                    after=f"{len(policy.devices)} devices from the policy file")
+        except VersionConflict:
+            pass  # another process seeded it meanwhile
+    try:
+        await commands.store.change_devices(put, remove, mode=mode, actor=actor, action=action,
+                                            after=after)
+    except DeviceConflict as exc:  # another writer came first
+        raise ControlError(str(exc)) from None
+    if commands.after_write is not None:
+        await commands.after_write()
+    return await commands.store.version()
+
+
+def _limit(request: dict) -> int | None:
+    limit = request.get("limit")
+    if limit is None:
+        return None
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
+        raise ControlError(f'"limit" is a whole number from 1 to {MAX_PAGE}')
+    return limit
+
+
 async def device_list(commands, request: dict, actor: str) -> dict[str, Any]:
-    _, policy = await _stored_policy(commands)
+    """The devices in id order: all of them, or one page (`limit`, after `cursor`), of one
+    `class`, whose id or class contains `q`; `next` is the cursor of the next page."""
+    policy, book = await _devices(commands)
     class_id = request.get("class")
     if class_id is not None and class_id not in policy.classes:
         raise ControlError(_no_class(class_id, policy))
-    return {"devices": [device_json(device) for device in policy.devices.values()
-                        if class_id is None or device.class_id == class_id]}
+    query, cursor = request.get("q") or "", request.get("cursor")
+    if not isinstance(query, str) or (cursor is not None and not isinstance(cursor, str)):
+        raise ControlError('"q" and "cursor" are text')
+    limit = _limit(request)
+    visible = request.get("visible")  # a caller inside the server: which classes may be seen
+    found, following = book.page(class_id=class_id, query=query,
+                                 limit=len(book) + 1 if limit is None else limit,
+                                 after=cursor, visible=visible)
+    return {"devices": [device_json(device) for device in found], "next": following}
 
 
 async def device_add(commands, request: dict, actor: str) -> dict[str, Any]:
     entry = _entry(request)
-
-    def change(policy: Policy) -> tuple[dict[str, Device], str]:
-        devices = dict(policy.devices)
-        if entry["id"] in devices:
-            raise ControlError(f"device {entry['id']!r} exists already (class "
-                               f"{devices[entry['id']].class_id}); `device rotate` gives it a "
-                               "new token")
-        devices[entry["id"]] = _new_device(entry, policy, _Taken(devices))
-        return devices, _describe(devices[entry["id"]])
-
-    version = await _change(commands, actor, "device.add", change)
+    policy, book = await _devices(commands)
+    if entry["id"] in book:
+        raise ControlError(f"device {entry['id']!r} exists already (class "
+                           f"{book[entry['id']].class_id}); `device rotate` gives it a new token")
+    device = _new_device(entry, policy, _Taken(book))
+    version = await _store(commands, [device], [], mode=ADD, actor=actor, action="device.add",
+                           after=_describe(device))
     return {"version": version, "device": entry["id"]}
 
 
@@ -239,29 +332,27 @@ async def device_import(commands, request: dict, actor: str) -> dict[str, Any]:
     if len(set(ids)) != len(ids):
         raise ControlError("a device appears twice in the import")
     source = str(request.get("source") or "import")
-
-    def change(policy: Policy) -> tuple[dict[str, Device], str]:
-        devices = dict(policy.devices)
-        existing = [device_id for device_id in ids if device_id in devices]
-        if existing:
-            shown = ", ".join(existing[:5]) + (f" and {len(existing) - 5} more" if len(existing) > 5 else "")
-            raise ControlError(f"{len(existing)} of these devices exist already ({shown}); remove "
-                               "them from the file, or give them new tokens with `device rotate`")
-        errors = []
-        taken = _Taken(devices)
-        for entry in entries:
-            try:
-                devices[entry["id"]] = _new_device(entry, policy, taken)
-            except ControlError as exc:
-                errors.append(f"{entry['id']}: {exc}")
-        if errors:
-            raise ControlError(f"{len(errors)} devices cannot be enrolled, none was: "
-                               + "; ".join(errors[:5]) + ("; ..." if len(errors) > 5 else ""))
-        per_class = Counter(entry["class"] for entry in entries)
-        return devices, (f"{len(entries)} devices from {source}: "
-                         + ", ".join(f"{name} {count}" for name, count in sorted(per_class.items())))
-
-    version = await _change(commands, actor, "device.import", change)
+    policy, book = await _devices(commands)
+    existing = [device_id for device_id in ids if device_id in book]
+    if existing:
+        shown = ", ".join(existing[:5]) + (f" and {len(existing) - 5} more" if len(existing) > 5 else "")
+        raise ControlError(f"{len(existing)} of these devices exist already ({shown}); remove "
+                           "them from the file, or give them new tokens with `device rotate`")
+    errors, new = [], []
+    taken = _Taken(book)
+    for entry in entries:
+        try:
+            new.append(_new_device(entry, policy, taken))
+        except ControlError as exc:
+            errors.append(f"{entry['id']}: {exc}")
+    if errors:
+        raise ControlError(f"{len(errors)} devices cannot be enrolled, none was: "
+                           + "; ".join(errors[:5]) + ("; ..." if len(errors) > 5 else ""))
+    per_class = Counter(entry["class"] for entry in entries)
+    version = await _store(commands, new, [], mode=ADD, actor=actor, action="device.import",
+                           after=f"{len(entries)} devices from {source}: "
+                                 + ", ".join(f"{name} {count}"
+                                             for name, count in sorted(per_class.items())))
     return {"version": version, "devices": len(entries)}
 
 
@@ -275,29 +366,27 @@ async def device_rotate(commands, request: dict, actor: str) -> dict[str, Any]:
             raise ControlError("a token_sha256 is 64 lowercase hexadecimal digits")
     if len(set(tokens.values())) != len(tokens):
         raise ControlError("two devices cannot share a token")
-
-    def change(policy: Policy) -> tuple[dict[str, Device], str]:
-        devices = dict(policy.devices)
-        missing = [device_id for device_id in tokens if device_id not in devices]
-        if missing:
-            raise ControlError(_no_device(missing[0], policy))
-        used = {device.token_sha256: device.id for device in devices.values()
-                if device.token_sha256 and device.id not in tokens}
-        for device_id, digest in tokens.items():
-            if digest in used:
-                raise ControlError(f"that token belongs to device {used[digest]!r}")
-            devices[device_id] = dataclasses.replace(devices[device_id], token_sha256=digest)
-        names = list(tokens)
-        shown = names[0] if len(names) == 1 else f"{len(names)} devices ({', '.join(names[:3])}" \
-                                                 + (", ..." if len(names) > 3 else "") + ")"
-        return devices, f"{shown}: new token, the old one no longer works"
-
-    version = await _change(commands, actor, "device.rotate", change)
+    policy, book = await _devices(commands)
+    missing = [device_id for device_id in tokens if device_id not in book]
+    if missing:
+        raise ControlError(_no_device(missing[0], book))
+    changed = []
+    for device_id, digest in tokens.items():
+        owner = book.by_token(digest)
+        if owner is not None and owner.id not in tokens:
+            raise ControlError(f"that token belongs to device {owner.id!r}")
+        changed.append(dataclasses.replace(book[device_id], token_sha256=digest))
+    names = list(tokens)
+    shown = names[0] if len(names) == 1 else f"{len(names)} devices ({', '.join(names[:3])}" \
+                                             + (", ..." if len(names) > 3 else "") + ")"
+    version = await _store(commands, changed, [], mode=UPDATE, actor=actor,
+                           action="device.rotate",
+                           after=f"{shown}: new token, the old one no longer works")
     return {"version": version, "devices": list(tokens)}
 
 
 async def device_revoke(commands, request: dict, actor: str) -> dict[str, Any]:
-    def edit(device: Device, policy: Policy, devices: dict[str, Device]):
+    def edit(device: Device, policy: Policy, book: DeviceBook):
         if device.token_sha256 is None:
             raise ControlError(f"device {device.id!r} has no token to revoke")
         return dataclasses.replace(device, token_sha256=None), f"{device.id}: token revoked"
@@ -313,13 +402,12 @@ async def device_update(commands, request: dict, actor: str) -> dict[str, Any]:
                                   or not all(isinstance(a, str) for a in addresses)):
         raise ControlError('"addresses" is a list of IP addresses')
 
-    def edit(device: Device, policy: Policy, devices: dict[str, Device]):
+    def edit(device: Device, policy: Policy, book: DeviceBook):
         class_id = request.get("class", device.class_id)
         if not isinstance(class_id, str) or class_id not in policy.classes:
             raise ControlError(_no_class(class_id, policy))
-        others = _Taken({key: item for key, item in devices.items() if key != device.id})
         new_addresses = device.addresses if addresses is None else \
-            tuple(_claim_addresses(device.id, addresses, others))
+            tuple(_claim_addresses(device.id, addresses, _Taken(book)))
         moved = dataclasses.replace(device, class_id=class_id, addresses=new_addresses)
         return moved, _describe(moved)
 
@@ -327,74 +415,32 @@ async def device_update(commands, request: dict, actor: str) -> dict[str, Any]:
 
 
 async def device_remove(commands, request: dict, actor: str) -> dict[str, Any]:
-    """Take a device out of the policy: its token and addresses no longer count. What the query
-    log and screen time hold about it stays until retention ends it, or `device erase`."""
-    def edit(device: Device, policy: Policy, devices: dict[str, Device]):
+    """Take a device out: its token and addresses no longer count. What the query log and
+    screen time hold about it stays until retention ends it, or `device erase`."""
+    def edit(device: Device, policy: Policy, book: DeviceBook):
         return None, f"{device.id} removed (was in class {device.class_id})"
 
     return await _change_device(commands, request, actor, "device.remove", edit)
 
 
 async def _change_device(commands, request: dict, actor: str, action: str, edit) -> dict[str, Any]:
-    """`action` on the one device that request["id"] names: `edit(device, policy, devices)`
+    """`action` on the one device that request["id"] names: `edit(device, policy, book)`
     gives the device as it becomes (None: removed) and the audit text."""
     device_id = request.get("id")
     if not isinstance(device_id, str) or not device_id:
         raise ControlError(f"{action} needs an id")
-
-    def change(policy: Policy) -> tuple[dict[str, Device], str]:
-        devices = dict(policy.devices)
-        device = devices.get(device_id)
-        if device is None:
-            raise ControlError(_no_device(device_id, policy))
-        changed, description = edit(device, policy, devices)
-        if changed is None:
-            del devices[device_id]
-        else:
-            devices[device_id] = changed
-        return devices, description
-
-    version = await _change(commands, actor, action, change)
+    policy, book = await _devices(commands)
+    device = book.get(device_id)
+    if device is None:
+        raise ControlError(_no_device(device_id, book))
+    changed, description = edit(device, policy, book)
+    if changed is None:
+        version = await _store(commands, [], [device_id], mode=UPDATE, actor=actor,
+                               action=action, after=description)
+    else:
+        version = await _store(commands, [changed], [], mode=UPDATE, actor=actor,
+                               action=action, after=description)
     return {"version": version, "device": device_id}
-
-
-async def _stored_policy(commands):
-    """(stored policy or None, Policy): what is stored, else the seed a server would import."""
-    stored = await commands.store.get_policy()
-    if stored is None:
-        return None, await commands.current_policy()
-    policy = await asyncio.to_thread(parse_stored, stored, known_categories=commands.known_categories,
-                                     known_services=commands.known_services,
-                                     allow_open=commands.allow_open)
-    return stored, policy
-
-
-async def _change(commands, actor: str, action: str, change) -> int:
-    """Apply `change` (policy -> (devices, audit text)) to the stored policy as one new version;
-    made again on the newer policy when another write came first."""
-    for _ in range(MAX_RETRIES):
-        stored, policy = await _stored_policy(commands)
-        devices, description = change(policy)
-        new = dataclasses.replace(policy, devices=devices)
-        text = export_policy(new)
-        await asyncio.to_thread(_validate, text, commands)  # the same checks as a policy file
-        try:
-            result = await commands.store.put_policy(
-                text, actor=actor, expected_version=0 if stored is None else stored.version,
-                action=action, before="" if stored is None else f"version {stored.version}",
-                after=description)
-        except VersionConflict:
-            continue
-        if commands.after_write is not None:
-            await commands.after_write()
-        return result.version
-    raise ControlError("the policy kept changing while this change was made; try again")
-
-
-def _validate(text: str, commands) -> None:
-    parse_policy(parse_yaml(text, "the changed policy"), source="the changed policy",
-                 known_categories=commands.known_categories, known_services=commands.known_services,
-                 allow_open=commands.allow_open)
 
 
 def _entry(item: Any) -> dict[str, Any]:
@@ -416,18 +462,27 @@ def _entry(item: Any) -> dict[str, Any]:
 
 
 class _Taken:
-    """The addresses and token hashes the devices hold, kept up to date as devices are added."""
+    """The addresses and token hashes the enrolled devices hold (the book's indexes), and
+    those claimed by the devices of this change so far."""
 
-    def __init__(self, devices: dict[str, Device]) -> None:
-        self.addresses = {address: device.id for device in devices.values()
-                          for address in device.addresses}
-        self.tokens = {device.token_sha256 for device in devices.values() if device.token_sha256}
+    def __init__(self, book: DeviceBook) -> None:
+        self.book = book
+        self.addresses: dict[str, str] = {}
+        self.tokens: set[str] = set()
+
+    def token_owner(self, digest: str) -> str | None:
+        device = self.book.by_token(digest)
+        return device.id if device is not None else ("" if digest in self.tokens else None)
+
+    def address_owner(self, address: str) -> str | None:
+        device = self.book.at(address)
+        return device.id if device is not None else self.addresses.get(address)
 
 
 def _new_device(entry: dict, policy: Policy, taken: _Taken) -> Device:
     if entry["class"] not in policy.classes:
         raise ControlError(_no_class(entry["class"], policy))
-    if entry["token_sha256"] in taken.tokens:
+    if taken.token_owner(entry["token_sha256"]) is not None:
         raise ControlError("that token belongs to another device")
     addresses = _claim_addresses(entry["id"], entry["addresses"], taken)
     taken.tokens.add(entry["token_sha256"])
@@ -443,12 +498,12 @@ def _claim_addresses(device_id: str, texts: list[str], taken: _Taken) -> list:
             address = ipaddress.ip_address(text.strip())
         except ValueError:
             raise ControlError(f"{text!r} is not an IP address") from None
-        owner = taken.addresses.get(address)
+        owner = taken.address_owner(str(address))
         if owner is not None and owner != device_id:
             raise ControlError(f"address {address} already belongs to device {owner!r}")
         if address not in addresses:
             addresses.append(address)
-    taken.addresses.update((address, device_id) for address in addresses)
+    taken.addresses.update((str(address), device_id) for address in addresses)
     return addresses
 
 
@@ -470,28 +525,11 @@ def _no_class(class_id: Any, policy: Policy) -> str:
     return f"no class {class_id!r} in the policy ({hint}classes: {', '.join(policy.classes) or 'none'})"
 
 
-def _no_device(device_id: Any, policy: Policy) -> str:
-
-    close = difflib.get_close_matches(str(device_id), list(policy.devices), n=1)
+def _no_device(device_id: Any, book: DeviceBook) -> str:
+    close = difflib.get_close_matches(str(device_id), [key for key in book
+                                                       if key[:1] == str(device_id)[:1]], n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     return f"no device {device_id!r} in the policy{hint}"
 
 
 # --- the command line: `classguard device ...` ----------------------------------------------------
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-

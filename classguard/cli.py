@@ -21,6 +21,7 @@ from admin.control import local_commands, os_user
 from admin.control import request as control_request
 from admin.control import stored_or_seed_policy
 from admin.devices import COMMANDS as DEVICE_COMMANDS
+from admin.devices import holds_devices
 from admin.errors import ControlError
 from blocklists.bundled import load_bundled
 from blocklists.names import normalize_domain
@@ -41,7 +42,7 @@ from classguard.version import build_info
 from classguard.workers import supervise
 from common.errors import ClassguardError, StartupError
 from dashboard import auth
-from policies.export import export_policy
+from policies.export import export_devices, export_policy
 from policies.loader import PolicyError, load_policy
 from policies.yaml_lines import YamlError
 from privacy import gdpr
@@ -592,9 +593,17 @@ def _policy_import(config, args) -> int:
 
 
 def _policy_export(config, args) -> int:
-    stored = _with_store(config, lambda store: store.get_policy())
+    """The stored policy and, in its `devices:` section, the enrolled devices (their token
+    digests, never a token): `policy import` of this file gives the same policy and devices."""
+    async def read(store):
+        stored = await store.get_policy()
+        return stored, (await store.devices())[0] if stored is not None else []
+
+    stored, devices = _with_store(config, read)
     if stored is not None:
-        sys.stdout.write(stored.text)
+        text = stored.text if holds_devices(stored.text) or not devices else \
+            ("" if stored.text.strip() == "{}" else stored.text) + export_devices(devices)
+        sys.stdout.write(text)
         return 0
     bundled = load_bundled()
     seed = policy_path(config)

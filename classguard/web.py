@@ -44,6 +44,6 @@ def dashboard_context(service, *, throttle: auth.Throttle | auth.StoreThrottle |
         secure_cookies=public_url.startswith("https://"), query_log=service.query_log,
         throttle=throttle if throttle is not None else auth.throttle_for(service.store),
         refresh_lists=service.request_list_refresh, refresh_lists_now=service.refresh_lists_now,
-        health=health,
+        health=health, policy_version=lambda: service.control.policy_version,
         trusted_proxies=tuple(ipaddress.ip_network(network, strict=False)
                               for network in settings.get("trusted_proxies", ())))

@@ -31,6 +31,8 @@ from privacy import gdpr
 from privacy.querylog import QueryLogSettings, subject_of
 from store.records import VersionConflict
 
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # our own text: the C loader
+DEVICE_PAGE = 100  # devices in a page of GET /devices when `limit` is not given
 PREFIX = "/api/v1"
 routes = web.RouteTableDef()
 
@@ -106,23 +108,33 @@ def _if_match(request: web.Request) -> int | None:
 def _class_json(policy: Policy, class_id: str) -> dict[str, Any]:
     """A class as its policy-file mapping (what PUT takes back)."""
     only = Policy(classes={class_id: policy.classes[class_id]})
-    return yaml.safe_load(export_policy(only))["classes"][class_id] or {}
+    return yaml.load(export_policy(only), Loader=_LOADER)["classes"][class_id] or {}
 
 
 def _summary(policy: Policy, class_id: str) -> dict[str, Any]:
     item = policy.classes[class_id]
     return {"id": class_id, "name": item.name, "school": item.school,
             "networks": [str(network) for network in item.networks],
-            "devices": sum(1 for device in policy.devices.values() if device.class_id == class_id)}
+            "devices": policy.devices.count(class_id)}
+
+
+def _policy_version(context: Context) -> int:
+    """The version of the policy the running state holds: from memory, no store read, no parse
+    (a write checks it against the store's: a stale one is refused with 409)."""
+    return context.policy_version()
 
 
 async def _policy_document(context: Context) -> tuple[int, dict[str, Any]]:
-    stored = await context.store.get_policy()
-    if stored is None:
-        text, version = export_policy(context.state.snapshot.policy), 0
-    else:
-        text, version = stored.text, stored.version
-    return version, (yaml.safe_load(text) or {})
+    """(version, the running policy as a policy file's mapping, without its devices): for a
+    change of the classes. Our own text, read by the C loader, in a thread."""
+    version, policy = _policy_version(context), context.state.snapshot.policy
+    text = export_policy(policy, devices=False)
+    return version, (await asyncio.to_thread(yaml.load, text, Loader=_LOADER) or {})
+
+
+def _class_document(context: Context, class_id: str) -> dict[str, Any]:
+    """One class as its policy-file mapping, from the running policy (small: no thread)."""
+    return _class_json(context.state.snapshot.policy, class_id)
 
 
 async def _put_classes(request: web.Request, change, expected: int | None) -> web.Response:
@@ -297,7 +309,7 @@ async def user_remove(request: web.Request) -> web.Response:
 @routes.get(PREFIX + "/classes")
 async def classes_list(request: web.Request) -> web.Response:
     identity, context = _identity(request), _context(request)
-    version, _document = await _policy_document(context)
+    version = _policy_version(context)
     policy = context.state.snapshot.policy
     return web.json_response({"version": version, "classes": [
         _summary(policy, class_id) for class_id in policy.classes if identity.may_see(class_id)]},
@@ -308,7 +320,7 @@ async def classes_list(request: web.Request) -> web.Response:
 async def class_get(request: web.Request) -> web.Response:
     class_id = _class_of(request)
     context = _context(request)
-    version, _document = await _policy_document(context)
+    version = _policy_version(context)
     policy = context.state.snapshot.policy
     return web.json_response({
         "id": class_id, "version": version, "class": _class_json(policy, class_id),
@@ -543,15 +555,26 @@ def _issued(context: Context, device_id: str, token: str, version: int) -> dict[
 
 @routes.get(PREFIX + "/devices")
 async def devices_list(request: web.Request) -> web.Response:
-    """Devices with their class and addresses; `token` says only whether one is set."""
+    """One page of devices in id order, with their class and addresses (`token` says only
+    whether one is set): `class`, `q` (in the id or the class), `limit` (1 to 1000, default
+    DEVICE_PAGE), `cursor` (the `next` of the page before; null on the last page). Read from
+    the running state's device book: no store read."""
     identity = _identity(request)
-    class_id = request.query.get("class")
+    class_id = request.query.get("class") or None
     if class_id is not None and not identity.may_see(class_id):
         raise Refused(403, f"class {class_id!r} is not one of yours")
-    result = await _context(request).commands.run(
-        "device.list", {"class": class_id} if class_id else {}, identity.actor)
-    return web.json_response({"devices": [item for item in result["devices"]
-                                          if identity.may_see(item["class"])]})
+    text = request.query.get("limit", str(DEVICE_PAGE))
+    if not text.isdigit() or not 1 <= int(text) <= devices.MAX_PAGE:
+        raise Refused(400, f"limit is a whole number from 1 to {devices.MAX_PAGE}", field="limit")
+    query = {"limit": int(text), "q": request.query.get("q", ""),
+             "cursor": request.query.get("cursor") or None,
+             "visible": lambda device: identity.may_see(device.class_id)}
+    try:
+        result = await _context(request).commands.run(
+            "device.list", {**query, **({"class": class_id} if class_id else {})}, identity.actor)
+    except ControlError as exc:
+        raise Refused(400, str(exc), field="class") from None
+    return web.json_response({"devices": result["devices"], "next": result["next"]})
 
 
 @routes.post(PREFIX + "/devices")

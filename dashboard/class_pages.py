@@ -39,7 +39,7 @@ async def classes(request: web.Request) -> web.Response:
     for class_id, item in policy.classes.items():
         if not view.identity.may_see(class_id):
             continue
-        devices = sum(1 for device in policy.devices.values() if device.class_id == class_id)
+        devices = policy.devices.count(class_id)
         actions = html('<a href="/classes/{}">{}</a>', class_id, t("classes.open"))
         if view.admin:
             actions = html('{} · <a href="/classes/{}/edit">{}</a>', actions, class_id, t("classes.edit"))
@@ -57,7 +57,7 @@ async def classes(request: web.Request) -> web.Response:
 async def class_new(request: web.Request) -> web.Response:
     view = await view_of(request)
     require_admin(view)
-    version, _document = await api._policy_document(view.context)
+    version = api._policy_version(view.context)
     return _class_form_page(view, None, {"version": str(version)}, {})
 
 
@@ -82,8 +82,8 @@ async def class_edit(request: web.Request) -> web.Response:
     view = await view_of(request)
     require_admin(view)
     class_id = visible_class(view, request.match_info["class_id"])
-    version, document = await api._policy_document(view.context)
-    body = (document.get("classes") or {}).get(class_id) or {}
+    version = api._policy_version(view.context)
+    body = api._class_document(view.context, class_id)
     values = {**class_form.form_from_mapping(body), "version": str(version)}
     return _class_form_page(view, class_id, values, {})
 

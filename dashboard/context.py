@@ -79,6 +79,8 @@ class Context:
     refresh_lists_now: Callable[[], None] | None = None  # a refresh started, not awaited
     health: Callable[[], Awaitable[Health]] | None = None
     trusted_proxies: tuple = ()  # ip_network: whose X-Forwarded-For names the client
+    # the version of the stored policy the running state holds (read from memory, never the store)
+    policy_version: Callable[[], int] = lambda: 0
 
 
 @dataclass(frozen=True, slots=True)

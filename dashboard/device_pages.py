@@ -4,6 +4,7 @@ once), a school's CSV, a new token, revocation."""
 from __future__ import annotations
 
 import base64
+import urllib.parse
 from typing import Any
 
 from aiohttp import web
@@ -31,19 +32,31 @@ async def _device_op(view: View, request: dict[str, Any]) -> dict[str, Any]:
 @routes.get("/devices")
 async def devices(request: web.Request) -> web.Response:
     view = await view_of(request)
-    return await _devices_page(view, {})
+    return await _devices_page(view, {}, query=request.query)
+
+
+PAGE = 50  # devices a page shows
 
 
 async def _devices_page(view: View, errors: dict[str, str], values: dict[str, str] | None = None,
-                        *, status: int = 200) -> web.Response:
+                        *, status: int = 200, query=None) -> web.Response:
+    """One page of devices (PAGE, in id order) with a search field and a class filter, then the
+    enrolment forms: what the page weighs does not grow with the number of devices."""
     t = view.t
     values = values or {}
+    query = query or {}
     policy = view.context.state.snapshot.policy
-    listed = (await _device_op(view, {"op": "device.list"}))["devices"]
+    class_id = query.get("class") or None
+    if class_id is not None and (class_id not in policy.classes
+                                 or not view.identity.may_see(class_id)):
+        class_id = None
+    search, cursor = query.get("q", "").strip(), query.get("cursor") or None
+    listed = await _device_op(view, {
+        "op": "device.list", "limit": PAGE, "q": search, "cursor": cursor,
+        "visible": lambda device: view.identity.may_see(device.class_id),
+        **({"class": class_id} if class_id else {})})
     rows = []
-    for item in listed:
-        if not view.identity.may_see(item["class"]):
-            continue
+    for item in listed["devices"]:
         actions = Html("")
         if view.admin:
             actions = html(
@@ -55,8 +68,28 @@ async def _devices_page(view: View, errors: dict[str, str], values: dict[str, st
                 disabled=Html("") if item.get("token") else Html(" disabled"))
         rows.append([item["id"], item["class"], ", ".join(item.get("addresses", ())),
                      t("devices.token_yes") if item.get("token") else t("devices.token_no"), actions])
-    listing = table([t("col.id"), t("col.class"), t("col.addresses"), t("col.token"), ""], rows,
-                    empty=t("devices.none"))
+    options = join(html('<option value="{}"{}>{}</option>', name,
+                        Html(" selected") if name == class_id else "", name)
+                   for name in policy.classes if view.identity.may_see(name))
+    finder = html(
+        '<form method="get" action="/devices" class="inline" role="search">'
+        '<label>{search_label}<input type="search" name="q" value="{q}"></label> '
+        '<label>{class_label}<select name="class"><option value="">{all}</option>{options}'
+        '</select></label> <button class="small">{filter}</button></form>',
+        search_label=t("devices.search"), q=search, class_label=t("col.class"),
+        all=t("devices.all_classes"), options=options, filter=t("devices.filter"))
+    kept = {key: value for key, value in (("q", search), ("class", class_id or "")) if value}
+    links = []
+    if cursor is not None:
+        links.append(html('<a href="/devices{}">{}</a>', _query(kept), t("devices.first_page")))
+    if listed["next"] is not None:
+        links.append(html('<a href="/devices{}" rel="next">{}</a>',
+                          _query({**kept, "cursor": listed["next"]}), t("devices.next_page")))
+    listing = html('<section class="card">{}<p>{}</p>{}<p class="pager">{}</p></section>', finder,
+                   t("devices.count", n=len(policy.devices), shown=len(rows)),
+                   table([t("col.id"), t("col.class"), t("col.addresses"), t("col.token"), ""],
+                         rows, empty=t("devices.none")),
+                   join(links, " · ") if links else "")
     if not view.admin:
         return page(view, t("devices.title"), listing, status=status)
     classes = join(html('<option value="{}"{}>{}</option>', class_id,
@@ -82,6 +115,10 @@ async def _devices_page(view: View, errors: dict[str, str], values: dict[str, st
         hint=t("devices.csv_hint"), submit=t("devices.import_submit"))
     return page(view, t("devices.title"), html('<div class="grid">{}{}</div>{}', enrol, bulk, listing),
                 status=status)
+
+
+def _query(values: dict[str, str]) -> str:
+    return "?" + urllib.parse.urlencode(values) if values else ""
 
 
 def _need_addresses(view: View) -> None:

@@ -161,9 +161,21 @@ def document() -> dict[str, Any]:
                            "GET /lists shows the refresh once it has run",
                 "responses": _responses(202, *AUTHED, 409)}},
             "/api/v1/devices": {
-                "get": {"summary": "Devices (no token, ever: `token` says whether one is set)",
-                        "parameters": [{"name": "class", "in": "query", "required": False,
-                                        "schema": {"type": "string"}}],
+                "get": {"summary": "One page of devices in id order (no token, ever: `token` says "
+                                   "whether one is set); `next` is the cursor of the next page, "
+                                   "null on the last one",
+                        "parameters": [
+                            {"name": "class", "in": "query", "required": False,
+                             "schema": {"type": "string"}},
+                            {"name": "q", "in": "query", "required": False,
+                             "description": "text found in the device's id or class",
+                             "schema": {"type": "string"}},
+                            {"name": "limit", "in": "query", "required": False,
+                             "description": "devices in the page (default 100)",
+                             "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+                            {"name": "cursor", "in": "query", "required": False,
+                             "description": "the `next` of the page before",
+                             "schema": {"type": "string"}}],
                         "responses": _responses(200, 400, *AUTHED)},
                 "post": {"summary": "Enrol a device (admin); its token is in this answer only",
                          "requestBody": _json_body({

@@ -22,9 +22,10 @@ _STR_TAG = "tag:yaml.org,2002:str"
 _NOT_PRINTABLE = re.compile("[\x7f-\x9f\ufeff\ufffe\uffff\ud800-\udfff]")
 
 
-def export_policy(policy: Policy) -> str:
+def export_policy(policy: Policy, *, devices: bool = True) -> str:
     """The policy as a policy file. Devices carry `token_sha256`, never a token. The output is
-    canonical: parsing it and exporting again gives the same text."""
+    canonical: parsing it and exporting again gives the same text. `devices=False` leaves the
+    `devices:` section out: the stored policy's text (devices are records of their own)."""
     lines: list[str] = []
     if policy.default_class is not None:
         lines.append(f"default_class: {_scalar(policy.default_class)}")
@@ -49,10 +50,8 @@ def export_policy(policy: Policy) -> str:
         lines.append("classes:")
         for class_policy in policy.classes.values():
             lines.extend(_class(class_policy))
-    if policy.devices:
-        lines.append("devices:")
-        for device in policy.devices.values():
-            lines.append(f"  {_scalar(device.id)}: {_device(device)}")
+    if devices and policy.devices:
+        lines.append(export_devices(policy.devices.values()).rstrip("\n"))
     if not lines:
         return "{}\n"
     return "\n".join(lines) + "\n"
@@ -108,6 +107,12 @@ def _window(window: Window) -> str:
     if window.school_days_only:
         fields.append("school_days_only: true")
     return f"{{{', '.join(fields)}}}"
+
+
+def export_devices(devices) -> str:
+    """A policy file's `devices:` section for these devices ("" for none)."""
+    lines = [f"  {_scalar(device.id)}: {_device(device)}" for device in devices]
+    return "devices:\n" + "\n".join(lines) + "\n" if lines else ""
 
 
 def _device(device: Device) -> str:

@@ -18,7 +18,7 @@ from blocklists.names import normalize_domain
 from common.errors import ClassguardError
 from common.tokens import SHA256, TOKEN, token_sha256
 from policies.model import (
-    SAFE_SEARCH_MODES, WEEKDAYS, ClassPolicy, Device, Exception_, IPAddress, IPNetwork, Policy,
+    SAFE_SEARCH_MODES, WEEKDAYS, ClassPolicy, Device, DeviceBook, Exception_, IPAddress, IPNetwork, Policy,
     Rules, Window,
 )
 from policies.yaml_lines import YamlError
@@ -373,7 +373,7 @@ class _Parser:
 
         return Policy(
             classes=classes,
-            devices=devices,
+            devices=DeviceBook(devices.values()),
             default_class=default_class,
             always_allow=always_allow,
             locked_categories=locked,

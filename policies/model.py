@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import ipaddress
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 SAFE_SEARCH_MODES = ("off", "moderate", "strict")
@@ -61,6 +63,107 @@ class Device:
     line: int = 0
 
 
+class DeviceBook(Mapping[str, Device]):
+    """The enrolled devices, indexed by id (kept sorted, for paging), token digest, address and
+    class. Devices are records of their own (the store keeps one a key or row): a change of
+    one device is `put` or `remove` here, O(log n), never a rebuild. A running server holds one
+    book for its whole life, carried from one policy to the next."""
+
+    def __init__(self, devices: Iterable[Device] = ()) -> None:
+        self._by_id: dict[str, Device] = {}
+        self._ids: list[str] = []  # sorted: pages follow the ids' order
+        self._tokens: dict[str, str] = {}
+        self._addresses: dict[str, str] = {}  # str(address) -> device id
+        self._classes: dict[str, set[str]] = {}
+        for device in devices:
+            self.put(device)
+
+    def __getitem__(self, device_id: str) -> Device:
+        return self._by_id[device_id]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._ids)
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def __contains__(self, device_id: object) -> bool:
+        return device_id in self._by_id
+
+    def __repr__(self) -> str:
+        return f"DeviceBook({len(self)} devices)"
+
+    def put(self, device: Device) -> Device | None:
+        """Add or replace a device; the one it replaces, or None."""
+        old = self.remove(device.id)
+        self._by_id[device.id] = device
+        bisect.insort(self._ids, device.id)
+        if device.token_sha256:
+            self._tokens[device.token_sha256] = device.id
+        for address in device.addresses:
+            self._addresses[str(address)] = device.id
+        self._classes.setdefault(device.class_id, set()).add(device.id)
+        return old
+
+    def remove(self, device_id: str) -> Device | None:
+        """Take a device out; the one removed, or None when there was none."""
+        old = self._by_id.pop(device_id, None)
+        if old is None:
+            return None
+        del self._ids[bisect.bisect_left(self._ids, device_id)]
+        if old.token_sha256 and self._tokens.get(old.token_sha256) == device_id:
+            del self._tokens[old.token_sha256]
+        for address in old.addresses:
+            if self._addresses.get(str(address)) == device_id:
+                del self._addresses[str(address)]
+        members = self._classes.get(old.class_id)
+        if members is not None:
+            members.discard(device_id)
+            if not members:
+                del self._classes[old.class_id]
+        return old
+
+    def by_token(self, digest: str) -> Device | None:
+        device_id = self._tokens.get(digest)
+        return None if device_id is None else self._by_id[device_id]
+
+    def at(self, address: str) -> Device | None:
+        """The device with this school address (its text as str(ip_address) writes it)."""
+        device_id = self._addresses.get(address)
+        return None if device_id is None else self._by_id[device_id]
+
+    def count(self, class_id: str) -> int:
+        return len(self._classes.get(class_id, ()))
+
+    def classes(self) -> set[str]:
+        """The classes that have devices."""
+        return set(self._classes)
+
+    def page(self, *, class_id: str | None = None, query: str = "", limit: int = 50,
+             after: str | None = None,
+             visible=None) -> tuple[list[Device], str | None]:
+        """Up to `limit` devices in id order after the id `after`, of `class_id` (any when None),
+        whose id or class contains `query` (case-insensitive), and `visible(device)` when given;
+        and the cursor of the next page (the last id shown), or None on the last page."""
+        needle = query.strip().lower()
+        start = 0 if after is None else bisect.bisect_right(self._ids, after)
+        if class_id is not None and class_id not in self._classes:
+            return [], None
+        found: list[Device] = []
+        for index in range(start, len(self._ids)):
+            device = self._by_id[self._ids[index]]
+            if class_id is not None and device.class_id != class_id:
+                continue
+            if needle and needle not in device.id.lower() and needle not in device.class_id.lower():
+                continue
+            if visible is not None and not visible(device):
+                continue
+            if len(found) == limit:
+                return found, found[-1].id
+            found.append(device)
+        return found, None
+
+
 @dataclass(frozen=True, slots=True)
 class Exception_:
     """A holiday: a single date or an inclusive date range, local dates."""
@@ -73,7 +176,9 @@ class Exception_:
 @dataclass(frozen=True, slots=True)
 class Policy:
     classes: dict[str, ClassPolicy] = field(default_factory=dict)
-    devices: dict[str, Device] = field(default_factory=dict)
+    # the enrolled devices: in a file, its `devices:` section; in a running server, the live book
+    # the store's device records fill (never part of the stored policy text)
+    devices: DeviceBook = field(default_factory=DeviceBook)
     default_class: str | None = None
     always_allow: tuple[str, ...] = ()
     locked_categories: tuple[str, ...] = ()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dnslib import RCODE
 
 from common.addresses import client_ip
-from policies.model import Policy
+from policies.model import DeviceBook, Policy
 from resolver.answers import EDE_PROHIBITED, empty_reply
 from resolver.chain import Client, Link, Request, Response
 
@@ -13,13 +13,13 @@ MEMO_LIMIT = 100_000
 
 
 class ClientIndex:
-    """Compiled once per policy: exact device addresses in a dict, networks most specific first."""
+    """Compiled once per policy: networks most specific first; device addresses are the
+    policy's device book's index, which device changes update in place (`forget` then drops
+    what was remembered of the addresses they touched)."""
 
     def __init__(self, policy: Policy, unknown_clients: str = "refuse"):
-        self._devices: dict[str, Client] = {}
-        for device in policy.devices.values():
-            for address in device.addresses:
-                self._devices[str(address)] = Client(device.class_id, device.id, "school", "device address")
+        devices = policy.devices
+        self._book = devices if isinstance(devices, DeviceBook) else DeviceBook(devices.values())
         networks = [(network, class_policy.id) for class_policy in policy.classes.values()
                     for network in class_policy.networks]
         networks.sort(key=lambda item: item[0].prefixlen, reverse=True)
@@ -34,11 +34,18 @@ class ClientIndex:
             return self._memo[address]
         except KeyError:
             pass
-        client = self._devices.get(address) or self._match_network(address) or self._default
+        device = self._book.at(address)
+        client = Client(device.class_id, device.id, "school", "device address") \
+            if device is not None else self._match_network(address) or self._default
         if len(self._memo) >= MEMO_LIMIT:
             self._memo.clear()
         self._memo[address] = client
         return client
+
+    def forget(self, addresses) -> None:
+        """What was remembered of these addresses (a device took them, left them or moved)."""
+        for address in addresses:
+            self._memo.pop(str(address), None)
 
     def _match_network(self, address: str) -> Client | None:
         ip = client_ip(address)

@@ -11,17 +11,11 @@ from resolver.state import RuntimeState
 
 
 class DeviceTokens:
-    """Token digest -> device, compiled once per policy (the snapshot's policy object)."""
+    """Token digest -> device: the running device book's index (updated in place by device
+    changes, never rebuilt from the whole policy)."""
 
     def __init__(self, state: RuntimeState):
         self.state = state
-        self._policy = None
-        self._devices: dict[str, object] = {}
 
     def device(self, token: str):
-        policy = self.state.snapshot.policy
-        if policy is not self._policy:
-            self._devices = {device.token_sha256: device for device in policy.devices.values()
-                             if device.token_sha256}
-            self._policy = policy
-        return self._devices.get(token_sha256(token))
+        return self.state.snapshot.policy.devices.by_token(token_sha256(token))

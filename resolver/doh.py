@@ -95,10 +95,17 @@ def masked_path(path: str, base: str) -> str:
 
 def access_logger(base: str) -> type[AbstractAccessLogger]:
     class DohAccessLogger(AbstractAccessLogger):
-        """`GET /dns-query/*** 200 93 1.2ms`: method, masked path, status, size, time."""
+        """`GET /dns-query/*** 200 93 1.2ms`: method, masked path, status, size, time; at
+        DEBUG level only (one line a request is one a query, which the README never logs)."""
+
+        @property
+        def enabled(self) -> bool:  # aiohttp then skips the call altogether
+            return self.logger.isEnabledFor(logging.DEBUG)
 
         def log(self, request, response, time: float) -> None:
-            self.logger.info("%s %s %d %d %.1fms", request.method, masked_path(request.path, base),
+            if not self.logger.isEnabledFor(logging.DEBUG):
+                return
+            self.logger.debug("%s %s %d %d %.1fms", request.method, masked_path(request.path, base),
                              response.status, response.body_length, time * 1000)
 
     return DohAccessLogger

@@ -66,6 +66,24 @@ class RuntimeState:
         snapshot = self.snapshot
         self.snapshot = self._build(policy, snapshot.lists, snapshot.overrides)
 
+    def apply_devices(self, changes) -> set[str]:
+        """Device changes, (id, device or None when removed), applied to the running book in
+        place: the client index forgets the addresses they touch; the policy, its engine and
+        the decisions remembered stay. The ids removed."""
+        book = self.snapshot.policy.devices
+        touched, removed = [], set()
+        for device_id, device in changes:
+            old = book.remove(device_id) if device is None else book.put(device)
+            if old is not None:
+                touched.extend(old.addresses)
+            if device is None:
+                if old is not None:
+                    removed.add(device_id)
+            else:
+                touched.extend(device.addresses)
+        self.snapshot.clients.forget(touched)
+        return removed
+
     def replace_lists(self, lists: CompiledLists) -> None:
         snapshot = self.snapshot
         self.snapshot = self._build(snapshot.policy, lists, snapshot.overrides)

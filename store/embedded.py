@@ -17,10 +17,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from policies.model import Override
+from policies.model import Device, Override
+from store.device_table import DeviceTable
 from store.records import (
-    ApiToken, AuditEntry, DiskFull, NotFound, Session, StoredPolicy, StoreError, User, VersionConflict,
-    describe_override, describe_token, describe_user, device_record, minutes_of, policy_without,
+    ApiToken, AuditEntry, DeviceConflict, DiskFull, NotFound, Session, StoredPolicy, StoreError,
+    User, VersionConflict, describe_override, describe_token, describe_user, device_record,
+    minutes_of,
 )
 
 log = logging.getLogger("classguard.store")
@@ -97,6 +99,7 @@ class EmbeddedStore:
         self.lock_path = self.state_dir / LOCK_FILE
         self._cached: tuple[tuple[int, int, int, int], _State] | None = None
         self._cache_lock = threading.Lock()
+        self.device_table = DeviceTable(self.state_dir)  # devices.sqlite: one row a device
 
     def __repr__(self) -> str:
         return f"EmbeddedStore({str(self.state_dir)!r})"
@@ -104,8 +107,9 @@ class EmbeddedStore:
     # -- the Store interface: blocking work runs in a thread, off the event loop
 
     async def version(self) -> int:
-        # A stat, and a read only when the file changed since the last call.
-        return (await self._state_async()).version
+        # A stat, and a read only when the file changed since the last call; plus the devices'
+        # sequence (one indexed row of SQLite): both only grow, so their sum moves on any write.
+        return (await self._state_async()).version + self.device_table.seq()
 
     async def get_policy(self) -> StoredPolicy | None:
         return (await self._state_async()).policy
@@ -131,7 +135,7 @@ class EmbeddedStore:
         return await asyncio.to_thread(self.read_audit, limit)
 
     async def close(self) -> None:
-        return None
+        self.device_table.close()
 
     async def merge_active_minutes(self, day: str, minutes: dict[str, bytes]) -> dict[str, bytes]:
         return await asyncio.to_thread(self.merge_active_minutes_now, day, minutes)
@@ -177,6 +181,30 @@ class EmbeddedStore:
 
     async def erase_device(self, device_id: str, *, actor: str = "device.erase") -> dict:
         return await asyncio.to_thread(self.erase_device_now, device_id, actor)
+
+    # -- devices: rows of their own (store.device_table)
+
+    async def devices(self) -> tuple[list[Device], int]:
+        return await asyncio.to_thread(self.device_table.devices)
+
+    async def device_changes(self, since: int) -> tuple[list[tuple[str, Device | None]], int] | None:
+        return await asyncio.to_thread(self.device_table.changes, since)
+
+    async def change_devices(self, put: list[Device], remove: list[str] = (), *, mode: str,
+                             actor: str, action: str, before: str = "", after: str = "",
+                             forget: bool = False) -> int:
+        return await asyncio.to_thread(self.change_devices_now, list(put), list(remove),
+                                       mode=mode, actor=actor, action=action, before=before,
+                                       after=after, forget=forget)
+
+    def change_devices_now(self, put: list[Device], remove: list[str], *, mode: str, actor: str,
+                           action: str, before: str = "", after: str = "",
+                           forget: bool = False) -> int:
+        with self._locked():
+            seq = self.device_table.change(put, remove, mode, forget=forget)
+            self._append_audit(AuditEntry(at=time.time(), actor=actor, action=action,
+                                          before=before, after=after))
+        return seq
 
     # -- the same, blocking (for threads and the command line)
 
@@ -240,30 +268,28 @@ class EmbeddedStore:
 
 
     def device_data_now(self, device_id: str) -> dict:
-        policy = self.read_state().policy
         minutes = {}
         for path in sorted((self.state_dir / SCREEN_TIME_DIR).glob("*.json")):
             bits = json.loads(path.read_text()).get(device_id)
             if bits:
                 minutes[path.stem] = minutes_of(bytes.fromhex(bits))
-        return {"device_record": device_record(None if policy is None else policy.text, device_id),
+        return {"device_record": device_record(self.device_table.get(device_id)),
                 "screen_time_minutes": minutes}
 
     def erase_device_now(self, device_id: str, actor: str) -> dict:
         erased = {"device_record": False, "screen_time_days": 0}
-        with self._locked() as state:
+        with self._locked():
             for path in sorted((self.state_dir / SCREEN_TIME_DIR).glob("*.json")):
                 stored = json.loads(path.read_text())
                 if stored.pop(device_id, None) is not None:
                     write_atomically(path, json.dumps(stored, sort_keys=True))
                     erased["screen_time_days"] += 1
-            policy = state.policy
-            text = None if policy is None else policy_without(policy.text, device_id)
-            if text is not None:
-                stored_policy = StoredPolicy(text=text, version=policy.version + 1, updated_at=time.time(),
-                                             updated_by=actor)
-                self._commit(state, policy=stored_policy)
-                self._append_audit(AuditEntry(at=stored_policy.updated_at, actor=actor, action="device.erase",
+            try:
+                self.device_table.change([], [device_id], "update", forget=True)
+            except DeviceConflict:
+                pass  # no record: nothing to erase there
+            else:
+                self._append_audit(AuditEntry(at=time.time(), actor=actor, action="device.erase",
                                               before=f"device {device_id}", after="erased"))
                 erased["device_record"] = True
         return erased

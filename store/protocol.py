@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from policies.model import Override
+from policies.model import Device, Override
 from store.records import ApiToken, AuditEntry, Session, StoredPolicy, User
 
 
@@ -75,6 +75,28 @@ class Store(Protocol):
 
     async def delete_session(self, sha256: str) -> None: ...
 
+    # Devices: records of their own (one key or row each), indexed by token digest, address and
+    # class, outside the policy's text. Every change moves `version()` and the devices' own
+    # sequence, so a watcher reads only what changed since the sequence it applied.
+
+    async def devices(self) -> tuple[list[Device], int]:
+        """Every enrolled device, and the devices' sequence this reading is at."""
+
+    async def device_changes(self, since: int) -> tuple[list[tuple[str, Device | None]], int] | None:
+        """What changed after sequence `since`: (device id, the device as it is now, or None
+        when it was removed), oldest first, and the sequence reached; None when the store no
+        longer knows what changed since then (read `devices()` whole)."""
+
+    async def change_devices(self, put: list[Device], remove: list[str] = (), *, mode: str,
+                             actor: str, action: str, before: str = "", after: str = "",
+                             forget: bool = False) -> int:
+        """Store these devices and remove those ids in one audited, atomic change (nothing
+        happens unless all of it can): `mode` (records.ADD, UPDATE or SET) says whether a put
+        device must be new, stored already, or either; a removed id must be stored; a token or
+        an address another device holds is refused (DeviceConflict). `forget` (an erasure) leaves
+        no trace of the removed ids, not even in what changed: readers behind read the devices
+        whole. The new sequence."""
+
     # A device's data as the store holds it (GDPR art. 15 and 17): privacy.gdpr adds the query
     # log's part and says the shape.
 
@@ -82,7 +104,7 @@ class Store(Protocol):
         """{"device_record": {...} | None, "screen_time_minutes": {DAY: [minute, ...]}}"""
 
     async def erase_device(self, device_id: str, *, actor: str = "device.erase") -> dict:
-        """Delete its minutes and its record (an audited policy change):
+        """Delete its minutes and its record (audited as device.erase, "device ID"):
         {"device_record": bool, "screen_time_days": n}"""
 
 

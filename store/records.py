@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import secrets
 from dataclasses import dataclass, fields
 
-import yaml
-
 from common.errors import ClassguardError
-from policies.model import Override
+from policies.model import Device, Override
 
 
 class StoreError(ClassguardError):
@@ -36,6 +35,10 @@ class DiskFull(StoreError):
 
 class NotFound(StoreError):
     """No such record."""
+
+
+class DeviceConflict(StoreError):
+    """A device change the stored devices refuse (an id, token or address taken, a device gone)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,29 +128,35 @@ def describe_token(token: ApiToken) -> str:
     return f"token {token.id} ({token.name}, {token.role})" + (" revoked" if token.revoked else "")
 
 
-# --- a device's data as a store holds it (GDPR art. 15 and 17; privacy.gdpr adds the query log)
+# --- devices: records of their own, one a key (Redis) or a row (embedded)
+
+# How a batch of device changes meets what is stored (Store.change_devices):
+ADD = "add"  # every device is new (its id is not stored)
+UPDATE = "update"  # every device is stored already (a move, a new token, a revocation)
+SET = "set"  # either (a migration, an import that replaces the devices)
 
 
-def device_record(policy_text: str | None, device_id: str) -> dict | None:
-    """The device's record in a stored policy, its token (or digest) shown as ***."""
-    if policy_text is None:
+def device_to_record(device: Device) -> dict:
+    """A device as stored (JSON): never a token, only its SHA-256."""
+    return {"id": device.id, "class": device.class_id, "token_sha256": device.token_sha256,
+            "addresses": [str(address) for address in device.addresses]}
+
+
+def device_from_record(data: dict) -> Device:
+    return Device(id=data["id"], class_id=data["class"], token_sha256=data.get("token_sha256"),
+                  addresses=tuple(ipaddress.ip_address(text) for text in data.get("addresses", ())))
+
+
+def device_record(device: Device | None) -> dict | None:
+    """The device's record as `device data` shows it (GDPR art. 15), its token digest as ***."""
+    if device is None:
         return None
-    found = ((yaml.safe_load(policy_text) or {}).get("devices") or {}).get(device_id)
-    if not isinstance(found, dict):
-        return None
-    return {key: ("***" if "token" in key else value) for key, value in found.items()}
-
-
-def policy_without(policy_text: str, device_id: str) -> str | None:
-    """The policy text with the device's record removed; None when it has none."""
-    data = yaml.safe_load(policy_text) or {}
-    devices = data.get("devices") or {}
-    if device_id not in devices:
-        return None
-    del devices[device_id]
-    if not devices:
-        data.pop("devices", None)
-    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+    record: dict = {"class": device.class_id}
+    if device.token_sha256 is not None:
+        record["token_sha256"] = "***"
+    if device.addresses:
+        record["addresses"] = [str(address) for address in device.addresses]
+    return record
 
 
 def minutes_of(bits: bytes) -> list[int]:

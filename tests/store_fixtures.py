@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from policies.export import export_devices
 from policies.model import Override
 from store.embedded import EmbeddedStore
 from store.protocol import Store
@@ -52,3 +53,9 @@ def another_client(store: Store) -> Store:
         return EmbeddedStore(store.state_dir)
     assert isinstance(store, RedisStore), store
     return RedisStore(store.url)
+
+
+async def stored_devices(store) -> str:
+    """The store's device records as a policy file's `devices:` section (what the tests read
+    where they once read the policy's text)."""
+    return export_devices((await store.devices())[0])

@@ -186,3 +186,36 @@ async def test_a_list_refresh_through_the_api_runs_now(make_resolver, tmp_path):
 async def test_data_and_erase_need_a_credential(dashboard, path):
     method = "GET" if path.endswith("/data") else "POST"
     assert (await dashboard.client.request(method, path)).status == 401
+
+
+async def test_devices_come_in_pages_each_exactly_once(dashboard):
+    """GET /devices pages (`limit`, `cursor`, `class`, `q`) over the running state's book:
+    every device exactly once, even while devices are enrolled between two pages."""
+    client, headers = dashboard.client, dashboard.bearer()
+    commands = dashboard.resolver.service.control.commands
+    await commands.run("device.import", {"devices": [
+        {"id": f"tab-{n:04d}", "class": "pupils" if n % 3 else "staff",
+         "token_sha256": _sha256(str(n))} for n in range(0, 460, 2)]}, "test")
+    seen, cursor, added = [], None, 0
+    while True:
+        url = "/api/v1/devices?limit=50" + (f"&cursor={cursor}" if cursor else "")
+        page = await _json(await client.get(url, headers=headers), 200)
+        assert len(page["devices"]) <= 50
+        seen.extend(item["id"] for item in page["devices"])
+        cursor = page["next"]
+        if cursor is None:
+            break
+        await _enrol(dashboard, f"tab-{added * 2 + 1:04d}")  # one enrolled between two pages
+        added += 1
+    assert len(seen) == len(set(seen)) and seen == sorted(seen)
+    assert {f"tab-{n:04d}" for n in range(0, 460, 2)} <= set(seen)
+    staff = await _json(await client.get("/api/v1/devices?class=staff&limit=1000", headers=headers), 200)
+    assert staff["next"] is None and all(item["class"] == "staff" for item in staff["devices"])
+    assert len(staff["devices"]) == len([n for n in range(0, 460, 2) if n % 3 == 0])
+    found = await _json(await client.get("/api/v1/devices?q=TAB-010", headers=headers), 200)
+    assert [item["id"] for item in found["devices"]] == [f"tab-{n:04d}" for n in range(100, 110, 2)]
+    first = await _json(await client.get("/api/v1/devices", headers=headers), 200)
+    assert len(first["devices"]) == 100 and first["next"] == first["devices"][-1]["id"]
+    for bad in ("limit=0", "limit=1001", "limit=x"):
+        refused = await _json(await client.get(f"/api/v1/devices?{bad}", headers=headers), 400)
+        assert refused["field"] == "limit", refused

@@ -23,6 +23,7 @@ from common.tokens import token_sha256
 from policies.loader import PolicyError
 from store.embedded import EmbeddedStore
 from tests.serving import addresses, cli, free_port, start_server, write_school
+from tests.store_fixtures import stored_devices  # noqa: F401
 
 HOME = "127.0.0.1"  # no class network in the school policy
 
@@ -113,7 +114,7 @@ async def test_device_add_prints_the_urls_once_and_stores_only_the_hash(tmp_path
     token = url.group(2)
     assert f"DoT hostname: {token}.dot.example.org" in result.stdout
     assert "no server runs" in result.stdout
-    stored = (await EmbeddedStore(tmp_path / "state").get_policy()).text
+    stored = await stored_devices(EmbeddedStore(tmp_path / "state"))
     assert token not in stored and token_sha256(token) in stored
     assert "tablet-42: {class: pupils, token_sha256:" in stored and "127.0.0.2" in stored
     for path in (tmp_path / "state").iterdir():  # nothing under state_dir holds the token
@@ -207,8 +208,8 @@ async def test_a_school_of_500_devices_is_enrolled_in_one_command(tmp_path, upst
             assert status == 200
             expected = ["0.0.0.0"] if index % 2 else ["198.51.100.1"]  # pupils block adult
             assert addresses(answer) == expected, index
-        stored = (await EmbeddedStore(server.state_dir).get_policy())
-        assert stored.text.count("token_sha256") == 500
+        stored = await stored_devices(EmbeddedStore(server.state_dir))
+        assert stored.count("token_sha256") == 500
         audit = await EmbeddedStore(server.state_dir).audit()
         assert audit[0].action == "device.import"
         assert audit[0].after == "500 devices from school.csv: pupils 250, staff 250"

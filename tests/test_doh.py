@@ -178,9 +178,7 @@ async def test_unknown_malformed_and_revoked_tokens_are_refused_with_403(make_do
     with pytest.raises(ValueError, match="403"):
         await doh.ask("example.com", token=UNKNOWN_TOKEN)
     # Revoked: the device leaves the policy, and its token stops working at once.
-    policy = doh.service.state.snapshot.policy
-    doh.service.state.replace_policy(dataclasses.replace(
-        policy, devices={k: v for k, v in policy.devices.items() if k != "tablet-1"}))
+    doh.service.state.apply_devices([("tablet-1", None)])
     status, _, _ = await http("POST", f"{doh.base}/{TOKEN}", data=b"x" * 20,
                               headers={"Content-Type": "application/dns-message"})
     assert status == 403
@@ -305,6 +303,16 @@ async def test_the_access_log_never_holds_a_token_or_a_name(make_doh, caplog):
                      if not r.name.startswith(("httpx", "httpcore", "aiohttp.client")))
     for secret in (TOKEN, TOKEN_2, UNKNOWN_TOKEN, "secret", "dns=", encoded("secret-name.example.com")):
         assert secret not in text
+
+
+async def test_no_access_line_per_request_at_info_level(make_doh, caplog):
+    """The README promises never a line per query: DoH's access lines are DEBUG only."""
+    caplog.set_level(logging.INFO)
+    doh = await make_doh()
+    for _ in range(3):
+        await doh.ask("example.com")
+    assert [r for r in caplog.records if r.name == "classguard.doh.access"] == []
+    assert all(r.levelno < logging.INFO for r in caplog.records if r.name.startswith("aiohttp.access"))
 
 
 async def test_https_when_tls_is_configured(make_doh, tmp_path):

@@ -447,3 +447,29 @@ def test_every_translated_policy_message_still_matches_what_the_checker_says(tmp
                 untranslated.append(message)
             assert policy_errors.translate(message, "en") == message
     assert untranslated == []
+
+
+async def test_the_devices_page_shows_one_page_with_a_search_and_a_class_filter(dashboard):
+    """1,200 devices: the page holds 50 of them (its size does not grow with the devices), a
+    search field, a class filter, and a link to the next page."""
+    commands = dashboard.resolver.service.control.commands
+    await commands.run("device.import", {"devices": [
+        {"id": f"tablette-{n:04d}", "class": "pupils" if n % 2 else "staff",
+         "token_sha256": hashlib.sha256(str(n).encode()).hexdigest()} for n in range(1200)]},
+        "test")
+    client = dashboard.client
+    await _login(dashboard, "alice")
+    response = await client.get("/devices")
+    body = await response.text()
+    assert response.status == 200 and len(body.encode()) < 100_000
+    assert body.count('action="/devices/tablette-') == 2 * 50  # rotate and revoke, 50 rows
+    assert 'type="search" name="q"' in body and "Toutes les classes" in body
+    assert "1200 appareils inscrits" in body
+    following = re.search(r'<a href="(/devices\?cursor=tablette-0049)" rel="next">Page suivante</a>',
+                          body)
+    assert following, body[-2000:]
+    second = await (await client.get(following.group(1))).text()
+    assert "tablette-0050" in second and "tablette-0049<" not in second and "Première page" in second
+    staff = await (await client.get("/devices?class=staff&q=tablette-001")).text()
+    rows = re.findall(r"<td>(tablette-\d{4})</td>", staff)
+    assert rows == [f"tablette-{n:04d}" for n in range(10, 20, 2)]

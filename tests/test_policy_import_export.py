@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import Mapping
 import logging
 import textwrap
 import time
@@ -70,7 +71,7 @@ def without_lines(value):
     if dataclasses.is_dataclass(value):
         return {f.name: without_lines(getattr(value, f.name)) for f in dataclasses.fields(value)
                 if f.name not in ("line", "source")}
-    if isinstance(value, dict):
+    if isinstance(value, Mapping):  # a dict, or the policy's DeviceBook
         return {key: without_lines(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
         return [without_lines(item) for item in value]

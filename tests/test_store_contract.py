@@ -6,13 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import ipaddress
 import json
 import time
 
 import pytest
 
 from dashboard import auth
-from store.records import NotFound, Session, StoreError, VersionConflict
+from policies.model import Device
+from store.records import (
+    ADD, SET, UPDATE, DeviceConflict, NotFound, Session, StoreError, VersionConflict,
+)
 from tests.dashboard_fixtures import quick_user
 from tests.store_fixtures import another_client, pause, redis_server, store  # noqa: F401 (fixtures)
 
@@ -103,37 +107,88 @@ async def test_screen_time_minutes_merge_by_or(store):
     assert await store.merge_active_minutes("2026-03-03", {}) == {}
 
 
-DEVICES = """\
-classes: {cm2-a: {}}
-devices:
-  tablet-1: {class: cm2-a, token_sha256: abc}
-  tablet-2: {class: cm2-a}
-"""
+def tablet(device_id: str, class_id: str = "cm2-a", token: str | None = None,
+           addresses: tuple[str, ...] = ()) -> Device:
+    return Device(id=device_id, class_id=class_id, token_sha256=token,
+                  addresses=tuple(ipaddress.ip_address(text) for text in addresses))
 
 
 async def test_device_data_then_erase_device(store):
-    await store.put_policy(DEVICES, actor="admin")
+    await store.put_policy("classes: {cm2-a: {}}\n", actor="admin")
+    await store.change_devices([tablet("tablet-1", token="ab" * 32), tablet("tablet-2")],
+                               mode=ADD, actor="admin", action="device.import", after="2 devices")
     await store.merge_active_minutes("2026-03-02", {"tablet-1": b"\x01\x02", "tablet-2": b"\x01"})
     assert await store.device_data("tablet-1") == {
         "device_record": {"class": "cm2-a", "token_sha256": "***"},  # no token shown
         "screen_time_minutes": {"2026-03-02": [0, 9]},
     }
     assert await store.device_data("nobody") == {"device_record": None, "screen_time_minutes": {}}
+    version = await store.version()
     assert await store.erase_device("tablet-1", actor="dpo") == {"device_record": True,
                                                                  "screen_time_days": 1}
+    assert await store.version() > version
     assert await store.device_data("tablet-1") == {"device_record": None,
                                                    "screen_time_minutes": {}}
     # the other device keeps its record and its minutes
     assert await store.device_data("tablet-2") == {"device_record": {"class": "cm2-a"},
                                                    "screen_time_minutes": {"2026-03-02": [0]}}
-    policy = await store.get_policy()
-    assert policy.version == 2 and "tablet-1" not in policy.text
+    assert (await store.get_policy()).version == 1  # the policy is not touched
     [entry] = await store.audit(1)
     assert (entry.actor, entry.action, entry.before, entry.after) == \
         ("dpo", "device.erase", "device tablet-1", "erased")
+    version = await store.version()
     assert await store.erase_device("tablet-1", actor="dpo") == {"device_record": False,
                                                                  "screen_time_days": 0}
-    assert (await store.get_policy()).version == 2  # nothing left to erase: no change
+    assert await store.version() == version  # nothing left to erase: no change
+
+
+async def test_devices_are_records_of_their_own(store):
+    """Each change is one audited write of the devices it touches, checked whole (nothing is
+    stored unless all of it can be), with its own sequence; the policy is not touched."""
+    await store.put_policy("classes: {cm2-a: {}, cm2-b: {}}\n", actor="admin")
+    assert await store.devices() == ([], 0)
+    assert await store.device_changes(0) == ([], 0)
+    seq = await store.change_devices([tablet("t1", token="a" * 64, addresses=("10.0.0.1",))],
+                                     mode=ADD, actor="admin", action="device.add", after="t1")
+    assert seq == 1
+    second = tablet("t2", "cm2-b", token="b" * 64, addresses=("10.0.0.2", "2001:db8::2"))
+    assert await store.change_devices([second], mode=ADD, actor="admin", action="device.add",
+                                      after="t2") == 2
+    devices, seq = await store.devices()
+    assert seq == 2 and [device.id for device in devices] == ["t1", "t2"]
+    assert devices[1] == second
+    assert await store.device_changes(1) == ([("t2", second)], 2)
+    assert (await store.audit(1))[0].action == "device.add"
+    assert (await store.get_policy()).version == 1
+
+    version = await store.version()
+    refusals = [
+        ([tablet("t1")], ADD, "exists already"),
+        ([tablet("t3")], UPDATE, "no device 't3'"),
+        ([tablet("t3", token="a" * 64)], ADD, "that token belongs to device 't1'"),
+        ([tablet("t3", addresses=("10.0.0.2",))], SET, "10.0.0.2 already belongs to device 't2'"),
+        ([tablet("t3"), tablet("t4", token="b" * 64)], ADD, "belongs to device 't2'"),
+    ]
+    for put, mode, message in refusals:
+        with pytest.raises(DeviceConflict, match=message):
+            await store.change_devices(put, mode=mode, actor="admin", action="device.add")
+    with pytest.raises(DeviceConflict, match="no device 'nobody'"):
+        await store.change_devices([], ["nobody"], mode=UPDATE, actor="admin",
+                                   action="device.remove")
+    assert await store.version() == version and [d.id for d in (await store.devices())[0]] == \
+        ["t1", "t2"]  # nothing of a refused change was stored (not even t3)
+
+    # a move and a removal: the removed one's token and address are free again
+    moved = dataclasses.replace(second, class_id="cm2-a", token_sha256="c" * 64)
+    seq = await store.change_devices([moved], ["t1"], mode=UPDATE, actor="admin",
+                                     action="device.update")
+    assert seq == 3 and await store.version() > version
+    assert await store.device_changes(2) == ([("t1", None), ("t2", moved)], 3) or \
+        await store.device_changes(2) == ([("t2", moved), ("t1", None)], 3)
+    again = tablet("t5", token="a" * 64, addresses=("10.0.0.1",))
+    assert await store.change_devices([again], mode=ADD, actor="admin", action="device.add") == 4
+    assert await store.device_changes(4) == ([], 4)
+    assert await store.device_changes(9) is None  # ahead of the store: read them whole
 
 
 # --- dashboard accounts ------------------------------------------------------------------------

@@ -1,31 +1,28 @@
-"""A device's data in the Redis store (GDPR art. 15 and 17): its record in the policy and its
+"""A device's data in the Redis store (GDPR art. 15 and 17): its record and its
 screen-time minutes; privacy.gdpr adds the query log's part, kept under this store's keys too."""
 
 from __future__ import annotations
 
-import asyncio
-
-from store.records import StoreError, VersionConflict, device_record, minutes_of, policy_without
+from store.records import DeviceConflict, device_record, minutes_of
+from store.redis_backend.device_records import DeviceRecords
 from store.redis_backend.minutes import ScreenTimeMinutes
 from store.redis_backend.policy import PolicyAndOverrides
 
-ERASE_RETRIES = 5  # times a record's removal is tried again when the policy changed meanwhile
 
-
-class DeviceData(PolicyAndOverrides, ScreenTimeMinutes):
+class DeviceData(PolicyAndOverrides, DeviceRecords, ScreenTimeMinutes):
     """A device's record and minutes, read and erased."""
 
     async def device_data(self, device_id: str) -> dict:
         """The device's policy record (no token) and its screen-time minutes per day."""
-        policy = await self.get_policy()
+        record = await self.get_device(device_id)
         minutes = await self._device_minutes(device_id)
         return {
-            "device_record": device_record(None if policy is None else policy.text, device_id),
+            "device_record": device_record(record),
             "screen_time_minutes": {day: minutes_of(bits) for day, bits in sorted(minutes.items())},
         }
 
     async def erase_device(self, device_id: str, *, actor: str = "device.erase") -> dict:
-        """Delete the device's screen-time keys and its record in the policy (audited)."""
+        """Delete the device's screen-time keys and its record (audited)."""
         erased: dict = {"device_record": False, "screen_time_days": 0}
         days = await self._device_minutes(device_id)
 
@@ -42,19 +39,11 @@ class DeviceData(PolicyAndOverrides, ScreenTimeMinutes):
 
         await self.run(erase_minutes)
         erased["screen_time_days"] = len(days)
-        for _ in range(ERASE_RETRIES):
-            policy = await self.get_policy()
-            text = None if policy is None else policy_without(policy.text, device_id)
-            if text is None:
-                return erased
-            try:
-                await self.put_policy(text, actor=actor, expected_version=policy.version,
+        try:
+            await self.change_devices([], [device_id], mode="update", actor=actor,
                                       action="device.erase", before=f"device {device_id}",
-                                      after="erased")
-            except VersionConflict:
-                await asyncio.sleep(0.05)
-                continue
-            erased["device_record"] = True
-            return erased
-        raise StoreError("the policy kept changing while the device's record was removed; "
-                         "run device erase again")
+                                      after="erased", forget=True)
+        except DeviceConflict:
+            return erased  # no record: nothing to erase there
+        erased["device_record"] = True
+        return erased

@@ -20,6 +20,13 @@ class PolicyAndOverrides(LostStoreRecovery):
     `audit` (a capped list, newest first); what is read is held for a rebuild of a lost store."""
 
     async def get_policy(self) -> StoredPolicy | None:
+        held = self._policy
+        if held is not None:  # version and time first: the text (100 KB or more) only if they moved
+            version, at, by = await self.run(lambda r: r.hmget(
+                self.key("policy"), "version", "updated_at", "updated_by"))
+            if version is not None and (int(version), float(at), by.decode()) == \
+                    (held.version, held.updated_at, held.updated_by):
+                return held
         fields = await self.run(lambda r: r.hgetall(self.key("policy")))
         if not fields:
             policy = None

@@ -12,11 +12,13 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from policies.model import Override
+from policies.model import Device, Override
 from store.embedded import write_atomically
-from store.records import ApiToken, AuditEntry, StoredPolicy, User
+from store.records import (
+    ApiToken, AuditEntry, StoredPolicy, User, device_from_record, device_to_record,
+)
 from store.redis_backend.connection import PREFIX, RedisConnection
-from store.redis_backend.scripts import RESTORE
+from store.redis_backend.scripts import RESTORE, RESTORE_DEVICES
 
 log = logging.getLogger("classguard.store.redis")
 
@@ -41,6 +43,9 @@ class LostStoreRecovery(RedisConnection):
         # the dashboard accounts as last read (small): a rebuild writes them back too
         self._users: dict[str, User] = {}
         self._tokens: dict[str, ApiToken] = {}
+        # the devices as last read (store.redis_backend.device_records), and their sequence
+        self._devices: dict[str, Device] = {}
+        self._devices_seq = 0
         self._snapshot_written: str | None = None
         # moves when this instance adopts another instance's store (a lost store someone else
         # rebuilt): the watcher then reads everything again, even at an equal version
@@ -59,7 +64,8 @@ class LostStoreRecovery(RedisConnection):
 
     def _holds_state(self) -> bool:
         return self._seen_version > 0 and bool(
-            self._policy is not None or self._overrides or self._users or self._tokens)
+            self._policy is not None or self._overrides or self._users or self._tokens
+            or self._devices)
 
     async def _lost(self, version: int, marker: str | None) -> int:
         """Redis came back without our store (restarted without persistence, a failover to a
@@ -123,6 +129,15 @@ class LostStoreRecovery(RedisConnection):
             json.dumps(tokens), self.prefix))
         if result[0]:
             self._marker = marker
+            devices = [{"id": device.id, "class": device.class_id,
+                        "token": device.token_sha256 or "",
+                        "addresses": [str(address) for address in device.addresses],
+                        "json": json.dumps(device_to_record(device))}
+                       for _, device in sorted(self._devices.items())]
+            await self.run(lambda r: r.eval(
+                RESTORE_DEVICES, 6, self.key("devices:seq"), self.key("devices:log"),
+                self.key("devices"), self.key("devices:token"), self.key("devices:address"),
+                self.key("devices:floor"), self.prefix, self._devices_seq, json.dumps(devices)))
         return result
 
     async def remember(self) -> None:
@@ -137,22 +152,21 @@ class LostStoreRecovery(RedisConnection):
         self._tokens = {token.sha256: token for token in tokens}
         if self.snapshot_path is None or self._marker is None:
             return
-        text = json.dumps({
+        held = {
             "format": SNAPSHOT_FORMAT, "marker": self._marker, "version": self._seen_version,
             "policy": None if self._policy is None else asdict(self._policy),
             "overrides": [asdict(item) for item in self._overrides],
             "users": [asdict(user) for _, user in sorted(self._users.items())],
             "tokens": [asdict(token) for _, token in sorted(self._tokens.items())],
-        }, ensure_ascii=False, indent=1) + "\n"
-        if text == self._snapshot_written:
-            return
+            "devices_seq": self._devices_seq,
+            "devices": list(self._devices.values()),  # made JSON in the thread (thousands)
+        }
         path = self.snapshot_path
         try:
-            await asyncio.to_thread(_save_snapshot, path, text)
+            self._snapshot_written = await asyncio.to_thread(
+                _save_snapshot, path, held, self._snapshot_written)
         except OSError as exc:
             log.warning("cannot save this instance's copy of the store in %s: %s", path, exc)
-            return
-        self._snapshot_written = text
 
     async def restore_saved(self) -> bool:
         """At startup, when Redis holds no policy: write back the state this instance saved
@@ -178,11 +192,14 @@ class LostStoreRecovery(RedisConnection):
             overrides = [Override(**item) for item in data["overrides"]]
             users = {item["name"]: User.from_record(item) for item in data["users"]}
             tokens = {item["sha256"]: ApiToken(**item) for item in data["tokens"]}
+            devices = {item["id"]: device_from_record(item) for item in data.get("devices", ())}
+            devices_seq = int(data.get("devices_seq", 0))
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             log.warning("%s is unreadable (%s): not used", self.snapshot_path, exc)
             return False
         self._marker, self._seen_version = marker, version
         self._policy, self._overrides, self._users, self._tokens = policy, overrides, users, tokens
+        self._devices, self._devices_seq = devices, devices_seq
         result = await self._write_back(before="store empty at startup",
                                         after=f"version {version} written back from "
                                               f"{self.snapshot_path}")
@@ -196,6 +213,7 @@ class LostStoreRecovery(RedisConnection):
         # the store holds as much already (another instance wrote first): start from it
         self._marker, self._seen_version = None, 0
         self._policy, self._overrides, self._users, self._tokens = None, [], {}, {}
+        self._devices, self._devices_seq = {}, 0
         return False
 
     def _markers(self) -> tuple[str, str]:
@@ -203,6 +221,11 @@ class LostStoreRecovery(RedisConnection):
         return self._marker or "", self._marker or secrets.token_hex(8)
 
 
-def _save_snapshot(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(path, text)
+def _save_snapshot(path: Path, held: dict, written: str | None) -> str:
+    """Write what this instance holds under state_dir when it changed; the text written."""
+    held = {**held, "devices": [device_to_record(device) for device in held["devices"]]}
+    text = json.dumps(held, ensure_ascii=False, indent=1) + "\n"
+    if text != written:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(path, text)
+    return text

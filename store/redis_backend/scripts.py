@@ -144,3 +144,115 @@ local count = redis.call('INCR', KEYS[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[math.min(count, #ARGV)])
 return count
 """
+
+# devices, one record a key (device:ID, JSON) with their indexes: `devices` (a sorted set of
+# the ids, for paging in order), `devices:token` (digest -> id), `devices:address` (address ->
+# id), `devices:class:CLASS` (a set of ids), and `devices:log` (id -> the sequence of its last
+# change, removals included) under `devices:seq`, so a watcher reads only what changed.
+# Every check is made before anything is written: nothing is stored unless all of it can be.
+# KEYS = version, marker, audit, changes, devices:seq, devices:log, devices, devices:token,
+#        devices:address
+# ARGV = known marker, new marker, mode (add|update|set), puts json [{id, class, token,
+#        addresses, json}], removed ids json, audit json, audit cap, instance id, key prefix,
+#        forget ('1': an erasure leaves no trace of the removed ids, even in the log; readers
+#        behind read the devices whole)
+CHANGE_DEVICES = """
+local marker = redis.call('GET', KEYS[2])
+if ARGV[1] ~= '' and marker ~= ARGV[1] then return {'lost'} end
+local prefix = ARGV[9]
+local puts = cjson.decode(ARGV[4])
+local removes = cjson.decode(ARGV[5])
+local gone = {}
+for _, id in ipairs(removes) do
+  if redis.call('EXISTS', prefix .. 'device:' .. id) == 0 then
+    return {'conflict', "no device '" .. id .. "'"}
+  end
+  gone[id] = true
+end
+local tokens, addresses = {}, {}
+for _, d in ipairs(puts) do
+  local exists = redis.call('EXISTS', prefix .. 'device:' .. d.id) == 1 and not gone[d.id]
+  if ARGV[3] == 'add' and exists then
+    return {'conflict', "device '" .. d.id .. "' exists already"}
+  end
+  if ARGV[3] == 'update' and not exists then return {'conflict', "no device '" .. d.id .. "'"} end
+  if d.token ~= '' then
+    local owner = redis.call('HGET', KEYS[8], d.token) or tokens[d.token]
+    if owner and owner ~= d.id and not gone[owner] then
+      return {'conflict', "that token belongs to device '" .. owner .. "'"}
+    end
+    tokens[d.token] = d.id
+  end
+  for _, a in ipairs(d.addresses) do
+    local owner = redis.call('HGET', KEYS[9], a) or addresses[a]
+    if owner and owner ~= d.id and not gone[owner] then
+      return {'conflict', 'address ' .. a .. " already belongs to device '" .. owner .. "'"}
+    end
+    addresses[a] = d.id
+  end
+end
+local seq = redis.call('INCR', KEYS[5])
+local function unindex(id)
+  local old = redis.call('GET', prefix .. 'device:' .. id)
+  if not old then return end
+  old = cjson.decode(old)
+  if type(old.token_sha256) == 'string' and redis.call('HGET', KEYS[8], old.token_sha256) == id then
+    redis.call('HDEL', KEYS[8], old.token_sha256)
+  end
+  for _, a in ipairs(old.addresses) do
+    if redis.call('HGET', KEYS[9], a) == id then redis.call('HDEL', KEYS[9], a) end
+  end
+  redis.call('SREM', prefix .. 'devices:class:' .. old.class, id)
+end
+for _, id in ipairs(removes) do
+  unindex(id)
+  redis.call('DEL', prefix .. 'device:' .. id)
+  redis.call('ZREM', KEYS[7], id)
+  if ARGV[10] == '1' then
+    redis.call('ZREM', KEYS[6], id)
+    redis.call('SET', prefix .. 'devices:floor', seq)
+  else
+    redis.call('ZADD', KEYS[6], seq, id)
+  end
+end
+for _, d in ipairs(puts) do
+  unindex(d.id)
+  redis.call('SET', prefix .. 'device:' .. d.id, d.json)
+  redis.call('ZADD', KEYS[7], 0, d.id)
+  if d.token ~= '' then redis.call('HSET', KEYS[8], d.token, d.id) end
+  for _, a in ipairs(d.addresses) do redis.call('HSET', KEYS[9], a, d.id) end
+  redis.call('SADD', prefix .. 'devices:class:' .. d.class, d.id)
+  redis.call('ZADD', KEYS[6], seq, d.id)
+end
+redis.call('LPUSH', KEYS[3], ARGV[6])
+redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[7]) - 1)
+local g = redis.call('INCR', KEYS[1])
+if not marker then redis.call('SET', KEYS[2], ARGV[2]) end
+redis.call('PUBLISH', KEYS[4], ARGV[8] .. ' ' .. g)
+return {'ok', seq, g, redis.call('GET', KEYS[2])}
+"""
+
+# a lost store's devices written back (after RESTORE): every device key and index replaced
+# by the instance's devices, the sequence set to the instance's; the log starts again from
+# there (`devices:floor`), so a watcher behind it reads the devices whole.
+# KEYS = devices:seq, devices:log, devices, devices:token, devices:address, devices:floor
+# ARGV = key prefix, sequence, devices json [{id, class, token, addresses, json}]
+RESTORE_DEVICES = """
+local prefix = ARGV[1]
+for _, id in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
+  local old = redis.call('GET', prefix .. 'device:' .. id)
+  if old then redis.call('DEL', prefix .. 'devices:class:' .. cjson.decode(old).class) end
+  redis.call('DEL', prefix .. 'device:' .. id)
+end
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5])
+for _, d in ipairs(cjson.decode(ARGV[3])) do
+  redis.call('SET', prefix .. 'device:' .. d.id, d.json)
+  redis.call('ZADD', KEYS[3], 0, d.id)
+  if d.token ~= '' then redis.call('HSET', KEYS[4], d.token, d.id) end
+  for _, a in ipairs(d.addresses) do redis.call('HSET', KEYS[5], a, d.id) end
+  redis.call('SADD', prefix .. 'devices:class:' .. d.class, d.id)
+end
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('SET', KEYS[6], ARGV[2])
+return 1
+"""
