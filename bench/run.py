@@ -52,6 +52,8 @@ REPO = BENCH_DIR.parent
 TEMPLATES = BENCH_DIR / "templates"
 RESULTS_DIR = BENCH_DIR / "results"
 DOC = REPO / "docs" / "benchmarks.md"
+PACKAGES = ("classguard", "dashboard", "admin", "privacy", "resolver", "store", "policies",
+            "blocklists", "common")
 DOC_BEGIN = "<!-- make-bench:begin (written by bench/run.py; edit the script, not this block) -->"
 DOC_END = "<!-- make-bench:end -->"
 
@@ -573,7 +575,10 @@ class Bench:
                 raise BenchError(f"BENCH_CLASSGUARD_REV={rev}: not a commit of {REPO}")
             src = str(work / "classguard-src")
             os.mkdir(src)
-            archive = subprocess.run(["git", "-C", str(REPO), "archive", sha, "resolver", "policies", "blocklists"],
+            # the packages that commit has (the layout changed with issue 16)
+            top = command_output(["git", "-C", str(REPO), "ls-tree", "--name-only", sha]).split()
+            packages = [name for name in PACKAGES if name in top]
+            archive = subprocess.run(["git", "-C", str(REPO), "archive", sha, *packages],
                                      capture_output=True, check=True, timeout=60).stdout
             subprocess.run(["tar", "-x", "-C", src], input=archive, check=True, timeout=60)
             self.classguard_rev = f"{sha} (git archive of {rev})"
@@ -605,7 +610,10 @@ class Bench:
 
     # -- classguard ----------------------------------------------------------------------------
     def classguard_argv(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "classguard.cli", *args]
+        source = Path(self.classguard_env.get("PYTHONPATH") or REPO)
+        # before issue 16's layout the command line was resolver.cli
+        module = "classguard.cli" if (source / "classguard" / "cli.py").exists() else "resolver.cli"
+        return [sys.executable, "-m", module, *args]
 
     def prepare_classguard(self, data: Data, upstream_port: int) -> tuple[Path, int]:
         folder = self.work / "classguard"
