@@ -24,6 +24,9 @@ QR_BIT = 0x8000
 OPCODE_QUERY = 0
 RCODE_BADVERS = 16  # RFC 6891 §6.1.3: an extended rcode, upper 8 bits in the OPT TTL
 TCP_MAX_PIPELINE = 64  # queries of one connection answered at once before we stop reading
+# Unsent reply bytes of one connection past which we stop reading it until the client reads
+# (a client that pipelines and never reads must not grow the server: issue 18).
+TCP_HIGH_WATER = 64 * 1024
 UDP_BATCH = 64  # datagrams read per wake-up before other work gets its turn
 UDP_MAX_QUERY = 4096  # a longer datagram is cut here and then fails to parse: FORMERR
 
@@ -269,8 +272,18 @@ class TcpListener:
             await self._refuse(reader, writer, str(refusal))
             return
         in_flight: set[asyncio.Task] = set()
+        transport = writer.transport
+        transport.set_write_buffer_limits(high=TCP_HIGH_WATER)
+        stuck = False  # the client stopped reading: hang up without waiting to flush
         try:
             while True:
+                if transport.get_write_buffer_size() > TCP_HIGH_WATER or len(in_flight) >= TCP_MAX_PIPELINE:
+                    # Backpressure: read no more queries until the client takes its answers
+                    # (fast-path ones included) and the pipeline has room; one that does
+                    # not read within the idle timeout is cut off.
+                    if not await self._wait_for_room(writer, in_flight):
+                        stuck = True
+                        break
                 try:
                     async with asyncio.timeout(self.idle_timeout):
                         (length,) = struct.unpack("!H", await reader.readexactly(2))
@@ -289,19 +302,42 @@ class TcpListener:
                 task = asyncio.ensure_future(self._answer(data, client_ip, writer, client))
                 in_flight.add(task)
                 task.add_done_callback(in_flight.discard)
-                if len(in_flight) >= TCP_MAX_PIPELINE:
-                    await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
-            if in_flight:
+            if in_flight and not stuck:
                 await asyncio.wait(in_flight, timeout=self.idle_timeout)
+            if not stuck and transport.get_write_buffer_size():
+                stuck = not await self._drained(writer)
         except asyncio.CancelledError:
             # The server is stopping. Ended cancelled, this task would make Python 3.11's
             # StreamReaderProtocol log a CancelledError traceback per open connection.
-            pass
+            stuck = True
         finally:
             self.connections -= 1
             for task in in_flight:
                 task.cancel()
-            writer.close()
+            if stuck or transport.get_write_buffer_size():
+                transport.abort()  # close() would hold the unsent bytes until the client reads
+            else:
+                writer.close()
+
+    async def _wait_for_room(self, writer: asyncio.StreamWriter, in_flight: set[asyncio.Task]) -> bool:
+        """Wait until the connection's unsent bytes fall under the low-water mark and the
+        pipeline has room; False when that takes longer than the idle timeout."""
+        try:
+            async with asyncio.timeout(self.idle_timeout):
+                if len(in_flight) >= TCP_MAX_PIPELINE:
+                    await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                await writer.drain()
+        except (TimeoutError, ConnectionError):
+            return False
+        return True
+
+    async def _drained(self, writer: asyncio.StreamWriter) -> bool:
+        try:
+            async with asyncio.timeout(self.idle_timeout):
+                await writer.drain()
+        except (TimeoutError, ConnectionError):
+            return False
+        return True
 
     async def _answer(self, data: bytes, client_ip: str, writer: asyncio.StreamWriter,
                       client: Client | None = None) -> None:

@@ -1,0 +1,171 @@
+"""Abuse of the DNS edge (issue 18): a client that never reads, slots held by unknown clients,
+descriptor exhaustion, log floods. Each test targets 127.0.0.1 only, is bounded in count and
+time, and states its bound (memory, connections, time, log bytes) in its assertions."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import struct
+import time
+from pathlib import Path
+
+import dns.asyncquery
+import dns.message
+import dns.rcode
+import pytest
+
+from tests.conftest import PUPILS, STAFF, UNKNOWN
+from tests.nameserver import FakeNameserver
+from tests.serving import Server, addresses, start_server, write_school
+
+MB = 1024 * 1024
+BIG_TXT = [f'"{i:03d}{"x" * 247}"' for i in range(60)]  # about 15 KB of answer
+
+
+def rss(server: Server) -> int:
+    for line in Path(f"/proc/{server.process.pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def descriptors(server: Server) -> int:
+    return len(os.listdir(f"/proc/{server.process.pid}/fd"))
+
+
+def framed_query(name: str, qid: int, rdtype: str = "A") -> bytes:
+    query = dns.message.make_query(name, rdtype)
+    query.id = qid
+    wire = query.to_wire()
+    return struct.pack("!H", len(wire)) + wire
+
+
+def tune(folder: Path, **dns_settings) -> None:
+    """More `dns:` settings in the school's classguard.yaml."""
+    config = folder / "classguard.yaml"
+    lines = "".join(f"  {key}: {value}\n" for key, value in dns_settings.items())
+    config.write_text(config.read_text().replace("  upstream_timeout: 1\n", "  upstream_timeout: 1\n" + lines))
+
+
+@pytest.fixture
+async def big_upstream():
+    server = FakeNameserver()
+    server.add("big.example", "TXT", *BIG_TXT)
+    server.add("example.com", "A", "93.184.215.14")
+    await server.start()
+    yield server
+    await server.stop()
+
+
+async def tcp_ask(port: int, name: str, source: str, rdtype: str = "A", timeout: float = 3.0):
+    return await dns.asyncquery.tcp(dns.message.make_query(name, rdtype), "127.0.0.1", port=port,
+                                    source=source, timeout=timeout)
+
+
+async def test_a_tcp_client_that_never_reads_is_cut_off_and_costs_bounded_memory(tmp_path, big_upstream):
+    port = write_school(tmp_path, big_upstream.url)
+    tune(tmp_path, tcp_idle_timeout=1)
+    server = await start_server(tmp_path, port)
+    try:
+        assert len((await tcp_ask(port, "big.example", PUPILS, "TXT")).answer[0]) == 60  # now cached
+        await asyncio.sleep(0.3)
+        rss_before, fds_before = rss(server), descriptors(server)
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # we never read anyway
+        sock.bind((PUPILS, 0))
+        sock.setblocking(False)
+        await loop.sock_connect(sock, ("127.0.0.1", port))
+        # 5,000 pipelined queries for the 15 KB answer (75 MB of replies), never reading.
+        burst = b"".join(framed_query("big.example", i, "TXT") for i in range(5000))
+        started = time.monotonic()
+        try:
+            await asyncio.wait_for(loop.sock_sendall(sock, burst), 4)
+        except (TimeoutError, ConnectionError):
+            pass  # the server stopped reading us: what we want
+        await asyncio.sleep(0.5)
+        grown = rss(server) - rss_before
+        assert grown < 20 * MB, f"the server grew by {grown / MB:.0f} MB for one client that does not read"
+        # Cut off within the idle timeout (1 s) and a margin, although replies are pending.
+        for _ in range(60):
+            if descriptors(server) <= fds_before:
+                break
+            await asyncio.sleep(0.1)
+        assert descriptors(server) <= fds_before, "the connection still open 6 s after the client stopped reading"
+        assert time.monotonic() - started < 12
+        sock.close()
+        # Others are served meanwhile and after.
+        assert len((await tcp_ask(port, "big.example", STAFF, "TXT")).answer[0]) == 60
+    finally:
+        await server.stop()
+
+
+def process_rss() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+@pytest.fixture
+async def dot_school(make_resolver, tmp_path):
+    """An in-process server with DoT; returns (resolver, port, client TLS context)."""
+    import trustme
+
+    from tests.test_dot import DEVICE_POLICY, HOSTNAME
+
+    async def start(**dns_settings):
+        ca = trustme.CA()
+        cert = ca.issue_cert(HOSTNAME, f"*.{HOSTNAME}")
+        cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+        cert.cert_chain_pems[0].write_to_path(str(cert_file))
+        cert.private_key_pem.write_to_path(str(key_file))
+        resolver = await make_resolver(DEVICE_POLICY, settings={
+            "dot": {"listen": "127.0.0.1:0", "hostname": HOSTNAME},
+            "tls": {"cert": str(cert_file), "key": str(key_file)},
+        }, **dns_settings)
+        import ssl
+        context = ssl.create_default_context()
+        ca.configure_trust(context)
+        return resolver, resolver.service.dot.port, context
+    return start
+
+
+async def test_a_dot_client_that_never_reads_is_cut_off(dot_school, upstream):
+    from tests.test_dot import HOSTNAME, TOKEN
+
+    upstream.add("big.example", "TXT", *BIG_TXT)
+    resolver, port, context = await dot_school(tcp_idle_timeout=1.0)
+    assert len((await resolver.query("big.example", "TXT", tcp=True)).answer[0]) == 60  # cached
+    before = process_rss()
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", port, ssl=context, server_hostname=f"{TOKEN}.{HOSTNAME}", local_addr=(UNKNOWN, 0))
+    writer.transport.set_write_buffer_limits(high=256 * 1024)
+    started = time.monotonic()
+    try:
+        for i in range(3000):  # 45 MB of replies asked for; our reader takes at most 128 KB of them
+            writer.write(framed_query("big.example", i, "TXT"))
+            if writer.transport.get_write_buffer_size() > 256 * 1024:
+                try:
+                    await asyncio.wait_for(writer.drain(), 3)
+                except (TimeoutError, ConnectionError):
+                    break  # the server stopped reading us
+        dot = resolver.service.dot
+        for _ in range(30):
+            await asyncio.sleep(0.1)  # the server reads, answers, and fills its buffers
+        for _ in range(80):
+            if dot.connections == 0:
+                break
+            await asyncio.sleep(0.1)
+        assert dot.connections == 0, "the DoT connection still open 8 s after its client stopped reading"
+        for _ in range(20):  # the socket itself is closed too, not only the task
+            if writer.transport.is_closing() or reader.at_eof() or reader.exception():
+                break
+            await asyncio.sleep(0.1)
+        assert time.monotonic() - started < 15
+        grown = process_rss() - before
+        assert grown < 25 * MB, f"DoT server and client grew by {grown / MB:.0f} MB"
+    finally:
+        writer.transport.abort()
