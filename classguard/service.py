@@ -230,7 +230,7 @@ class Service:
             from resolver.doh import DohServer  # lazy: aiohttp's server, loaded only when DoH is on
 
             self.doh = DohServer(handler, self.state, self.config.doh, self.config.tls)
-        tcp = TcpListener(handler, dns.tcp_idle_timeout, dns.tcp_max_connections)
+        tcp = TcpListener(handler, dns.tcp_idle_timeout, dns.tcp_max_connections, self.state)
         for entry in dns.listen:
             host, port = parse_listen(entry)
             listener, server = await self._bind(host, port, handler, tcp, reuse_port=self.workers > 1)

@@ -27,6 +27,8 @@ TCP_MAX_PIPELINE = 64  # queries of one connection answered at once before we st
 # Unsent reply bytes of one connection past which we stop reading it until the client reads
 # (a client that pipelines and never reads must not grow the server: issue 18).
 TCP_HIGH_WATER = 64 * 1024
+TCP_MAX_PER_SOURCE = 64  # connections one address may hold at once
+UNKNOWN_SHARE = 10  # addresses in no class hold at most 1/10 of tcp_max_connections, besides it
 UDP_BATCH = 64  # datagrams read per wake-up before other work gets its turn
 UDP_MAX_QUERY = 4096  # a longer datagram is cut here and then fails to parse: FORMERR
 
@@ -247,30 +249,65 @@ class TcpListener:
 
     protocol = "tcp"
 
-    def __init__(self, handler: QueryHandler, idle_timeout: float = 10.0, max_connections: int = 1000):
+    def __init__(self, handler: QueryHandler, idle_timeout: float = 10.0, max_connections: int = 1000,
+                 state=None):
         self.handler = handler
         self.idle_timeout = idle_timeout
-        self.max_connections = max_connections
-        self.connections = 0
+        self.max_connections = max_connections  # for known clients (a class, a device)
+        # Clients that will only get REFUSED may hold no more than this, on top: they never
+        # take a known client's place (issue 18).
+        self.max_unknown = max(1, max_connections // UNKNOWN_SHARE)
+        self.max_per_source = min(TCP_MAX_PER_SOURCE, max_connections)
+        self.state = state  # RuntimeState: who a source address is; None: every client is known
+        self.connections = 0  # known clients' connections
+        self.unknown_connections = 0
+        self._per_source: dict[str, int] = {}
 
     def connection_client(self, writer: asyncio.StreamWriter, client_ip: str) -> Client | None:
         """Who this connection speaks for, when the transport says (DoT's SNI); None: by address."""
         return None
 
+    def _known(self, client_ip: str) -> bool:
+        return self.state is None or self.state.snapshot.clients.identify(client_ip) is not None
+
     async def serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.connections >= self.max_connections:
-            writer.close()
-            return
-        self.connections += 1
         peer = writer.get_extra_info("peername")
         client_ip = peer[0] if peer else ""
-        protocol = self.protocol
+        per_source = self._per_source
+        held = per_source.get(client_ip, 0)
+        if held >= self.max_per_source:
+            writer.transport.abort()
+            return
         try:
             client = self.connection_client(writer, client_ip)
-        except PermissionError as refusal:
-            self.connections -= 1
-            await self._refuse(reader, writer, str(refusal))
+        except PermissionError as refusal:  # an unknown token: refused, then closed
+            client, known, refusal_text = None, False, str(refusal)
+        else:
+            known, refusal_text = client is not None or self._known(client_ip), None
+        if known and self.connections >= self.max_connections \
+                or not known and self.unknown_connections >= self.max_unknown:
+            writer.transport.abort()
             return
+        per_source[client_ip] = held + 1
+        try:
+            if not known:  # its first query is answered REFUSED, then the connection is closed
+                self.unknown_connections += 1
+                try:
+                    await self._refuse(reader, writer, refusal_text or "Prohibited")
+                finally:
+                    self.unknown_connections -= 1
+                return
+            self.connections += 1
+            await self._serve(reader, writer, client_ip, client)
+        finally:
+            if per_source[client_ip] <= 1:
+                del per_source[client_ip]
+            else:
+                per_source[client_ip] -= 1
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client_ip: str,
+                     client: Client | None) -> None:
+        protocol = self.protocol
         in_flight: set[asyncio.Task] = set()
         transport = writer.transport
         transport.set_write_buffer_limits(high=TCP_HIGH_WATER)
@@ -353,11 +390,13 @@ class TcpListener:
             async with asyncio.timeout(self.idle_timeout):
                 (length,) = struct.unpack("!H", await reader.readexactly(2))
                 reply = prohibited_reply(await reader.readexactly(length), why)
-            if reply is not None:
-                writer.write(struct.pack("!H", len(reply)) + reply)
-                await writer.drain()
+                if reply is not None:
+                    writer.write(struct.pack("!H", len(reply)) + reply)
+                    await writer.drain()
         except (asyncio.IncompleteReadError, TimeoutError, ConnectionError, OSError):
-            pass
+            writer.transport.abort()
+        except asyncio.CancelledError:  # the server is stopping
+            writer.transport.abort()
         finally:
             writer.close()
 

@@ -169,3 +169,93 @@ async def test_a_dot_client_that_never_reads_is_cut_off(dot_school, upstream):
         assert grown < 25 * MB, f"DoT server and client grew by {grown / MB:.0f} MB"
     finally:
         writer.transport.abort()
+
+
+async def open_many(port: int, count: int, source: str, **kwargs) -> list:
+    opened = []
+    for _ in range(count):
+        try:
+            opened.append(await asyncio.wait_for(
+                asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0), **kwargs), 5))
+        except (ConnectionError, OSError, TimeoutError):
+            pass
+    return opened
+
+
+async def still_open(connections: list, wait: float = 0.3) -> int:
+    """How many of the connections the server has not closed (EOF or reset within `wait`)."""
+    async def alive(reader) -> bool:
+        try:
+            return not await asyncio.wait_for(reader.read(1), wait) == b""
+        except TimeoutError:
+            return True
+        except (ConnectionError, OSError):
+            return False
+    return sum(await asyncio.gather(*(alive(reader) for reader, _ in connections)))
+
+
+def close_all(connections: list) -> None:
+    for _, writer in connections:
+        writer.transport.abort()
+
+
+async def test_idle_unknown_clients_never_hold_a_class_clients_tcp_slot(tmp_path, big_upstream):
+    port = write_school(tmp_path, big_upstream.url)
+    tune(tmp_path, tcp_max_connections=200)
+    server = await start_server(tmp_path, port)
+    fds_before = descriptors(server)
+    squatters = await open_many(port, 1000, UNKNOWN)
+    try:
+        # An address in no class holds at most a tenth of tcp_max_connections (20), whatever it opens.
+        assert await still_open(squatters) <= 20
+        assert descriptors(server) <= fds_before + 25
+        # A class client still gets its answers over TCP, on many connections at once.
+        answers = await asyncio.gather(*(tcp_ask(port, "example.com", PUPILS) for _ in range(30)))
+        assert all(addresses(answer) == ["93.184.215.14"] for answer in answers)
+    finally:
+        close_all(squatters)
+    try:
+        # Once they are gone, an unknown client's query is REFUSED, then its connection closed.
+        await asyncio.sleep(0.3)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=("127.0.0.10", 0))
+        try:
+            writer.write(framed_query("example.com", 7))
+            (length,) = struct.unpack("!H", await asyncio.wait_for(reader.readexactly(2), 3))
+            assert dns.message.from_wire(await reader.readexactly(length)).rcode() == dns.rcode.REFUSED
+            assert await asyncio.wait_for(reader.read(1), 3) == b""
+        finally:
+            writer.close()
+    finally:
+        output = await server.stop()
+    assert len(output) < 20_000, "1,000 refused connections must not flood the log"
+
+
+async def test_one_address_holds_at_most_64_tcp_connections(tmp_path, big_upstream):
+    port = write_school(tmp_path, big_upstream.url)
+    server = await start_server(tmp_path, port)
+    mine = await open_many(port, 100, STAFF)
+    try:
+        assert await still_open(mine) <= 64
+        assert addresses(await tcp_ask(port, "example.com", PUPILS)) == ["93.184.215.14"]
+    finally:
+        close_all(mine)
+        await server.stop()
+
+
+async def test_dot_without_sni_from_unknown_addresses_never_holds_a_devices_slot(dot_school):
+    from tests.test_dot import HOSTNAME, TOKEN, dot_query
+
+    import ssl
+
+    resolver, port, context = await dot_school(tcp_max_connections=20)
+    loose = ssl.create_default_context()  # no SNI: no name to check the certificate against
+    loose.check_hostname, loose.verify_mode = False, ssl.CERT_NONE
+    no_sni = await open_many(port, 60, UNKNOWN, ssl=loose, server_hostname=None)
+    try:
+        assert await still_open(no_sni) <= 2  # a tenth of 20
+        answer = await dot_query(port, context, f"{TOKEN}.{HOSTNAME}", "example.com")
+        assert addresses(answer) == ["93.184.215.14"]
+        answer = await dot_query(port, loose, None, "example.com", source=PUPILS)
+        assert addresses(answer) == ["93.184.215.14"]
+    finally:
+        close_all(no_sni)
