@@ -56,10 +56,10 @@ DNS_KEYS = (
     "upstream_probe_interval",
 )
 RATE_LIMIT_KEYS = ("qps", "burst")
-DOH_KEYS = ("listen", "path", "public_url", "trusted_proxies")
+DOH_KEYS = ("listen", "path", "public_url", "trusted_proxies", "max_connections", "idle_timeout")
 # The `doh` section once read (a plain mapping, every key filled in): docs/configuration.md.
 DOH_DEFAULTS = {"listen": "127.0.0.1:8053", "path": "/dns-query", "public_url": None,
-                "trusted_proxies": ()}
+                "trusted_proxies": (), "max_connections": 1000, "idle_timeout": 10.0}
 BLOCKLIST_KEYS = ("refresh", "sources", "bundled", "download_timeout", "max_download_bytes")
 SOURCE_KEYS = ("name", "url", "path", "domains", "format", "category", "match", "usage")
 SECTIONS = ("doh", "dot", "tls", "dashboard", "metrics", "query_log", "logging")
@@ -314,6 +314,9 @@ class _ConfigParser:
             "public_url": self.get(body, "public_url", w, _public_url, d["public_url"]),
             "trusted_proxies": self.items(body, "trusted_proxies", w, _network)
             or d["trusted_proxies"],
+            "max_connections": self.get(body, "max_connections", w, _int_range(1, 10**6),
+                                        d["max_connections"]),
+            "idle_timeout": self.get(body, "idle_timeout", w, _positive_duration, d["idle_timeout"]),
         }
 
     def dashboard(self, section: dict) -> dict:

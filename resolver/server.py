@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import socket
 import struct
 import time
@@ -31,6 +32,24 @@ TCP_MAX_PER_SOURCE = 64  # connections one address may hold at once
 UNKNOWN_SHARE = 10  # addresses in no class hold at most 1/10 of tcp_max_connections, besides it
 UDP_BATCH = 64  # datagrams read per wake-up before other work gets its turn
 UDP_MAX_QUERY = 4096  # a longer datagram is cut here and then fails to parse: FORMERR
+
+
+DESCRIPTOR_RESERVE = 256  # file descriptors kept for upstream sockets, the store, logs, lists
+
+
+def raise_descriptor_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit; returns how many descriptors the client
+    connections of every listener may hold together, DESCRIPTOR_RESERVE kept aside (issue 18:
+    idle DoH connections once took the upstream sockets' descriptors)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft == resource.RLIM_INFINITY or wanted > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open files limit from %d to %d: %s", soft, wanted, exc)
+    return max(48, soft - DESCRIPTOR_RESERVE)
 
 
 def _header_only_reply(data: bytes, rcode: int) -> bytes:

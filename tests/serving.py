@@ -109,10 +109,11 @@ class Server:
         return text
 
 
-async def start_server(folder: Path, port: int) -> Server:
-    """`classguard serve` in `folder`, once its lists are loaded and its control socket is up."""
+async def start_server(folder: Path, port: int, prefix: tuple[str, ...] = ()) -> Server:
+    """`classguard serve` in `folder`, once its lists are loaded and its control socket is up;
+    `prefix`: a command that runs it (e.g. prlimit)."""
     process = await asyncio.create_subprocess_exec(
-        CLASSGUARD, "serve", cwd=folder, stdout=asyncio.subprocess.PIPE,
+        *prefix, CLASSGUARD, "serve", cwd=folder, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT, env={**os.environ, "CLASSGUARD_CONFIG": ""})
     server = Server(folder, port, process)
     for _ in range(150):

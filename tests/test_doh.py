@@ -397,7 +397,7 @@ def _load(tmp_path: Path, text: str):
 def test_the_doh_section_has_defaults(tmp_path):
     config = _load(tmp_path, "doh: {}\n")
     assert config.doh == {"listen": "127.0.0.1:8053", "path": "/dns-query", "public_url": None,
-                          "trusted_proxies": ()}
+                          "trusted_proxies": (), "max_connections": 1000, "idle_timeout": 10.0}
     config = _load(tmp_path, """\
         doh:
           listen: "[::1]:443"
@@ -406,7 +406,8 @@ def test_the_doh_section_has_defaults(tmp_path):
           trusted_proxies: [10.0.0.5, 192.168.0.0/16]
         """)
     assert config.doh == {"listen": "[::1]:443", "path": "/q", "public_url": "https://dns.example.org/q",
-                          "trusted_proxies": ("10.0.0.5/32", "192.168.0.0/16")}
+                          "trusted_proxies": ("10.0.0.5/32", "192.168.0.0/16"),
+                          "max_connections": 1000, "idle_timeout": 10.0}
     assert _load(tmp_path, "doh: off\n").doh is None
 
 

@@ -259,3 +259,61 @@ async def test_dot_without_sni_from_unknown_addresses_never_holds_a_devices_slot
         assert addresses(answer) == ["93.184.215.14"]
     finally:
         close_all(no_sni)
+
+
+async def test_idle_doh_connections_cannot_exhaust_the_descriptors(tmp_path, big_upstream):
+    from tests.ports import free_port
+
+    port = write_school(tmp_path, big_upstream.url)
+    doh_port = free_port()
+    with (tmp_path / "classguard.yaml").open("a") as config:
+        config.write(f'doh: {{listen: "127.0.0.1:{doh_port}", idle_timeout: 2}}\n')
+    for i in range(40):
+        big_upstream.add(f"n{i}.example", "A", f"192.0.2.{i + 1}")
+    # 1,024 descriptors, the hard limit too: as on a default system.
+    server = await start_server(tmp_path, port, prefix=("prlimit", "--nofile=1024:1024"))
+    squatters = await open_many(doh_port, 1003, UNKNOWN)
+    try:
+        # (1024 - 256 reserved) / 3 = 256 DoH connections at most, a quarter of them per address.
+        assert await still_open(squatters) <= 64
+        assert descriptors(server) < 200
+        # Uncached queries still reach the upstream (they need sockets), over UDP and DoH.
+        for i in range(20):
+            answer = await dns.asyncquery.udp(dns.message.make_query(f"n{i}.example", "A"), "127.0.0.1",
+                                              port=port, source=PUPILS, timeout=3)
+            assert addresses(answer) == [f"192.0.2.{i + 1}"], answer
+        query = dns.message.make_query("n30.example", "A")
+        answer = await dns.asyncquery.https(query, f"http://127.0.0.1:{doh_port}/dns-query",
+                                            source=PUPILS, timeout=3)
+        assert addresses(answer) == ["192.0.2.31"]
+        # The squatters are cut off after doh.idle_timeout (2 s), whatever they send.
+        started = time.monotonic()
+        await asyncio.sleep(3.5)
+        assert await still_open(squatters, wait=0.05) == 0
+        assert time.monotonic() - started < 8
+    finally:
+        close_all(squatters)
+        await server.stop()
+
+
+async def test_a_half_sent_doh_request_is_cut_off(tmp_path, big_upstream):
+    from tests.ports import free_port
+
+    port = write_school(tmp_path, big_upstream.url)
+    doh_port = free_port()
+    with (tmp_path / "classguard.yaml").open("a") as config:
+        config.write(f'doh: {{listen: "127.0.0.1:{doh_port}", idle_timeout: 1}}\n')
+    server = await start_server(tmp_path, port)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", doh_port, local_addr=(PUPILS, 0))
+        started = time.monotonic()
+        writer.write(b"POST /dns-query HTTP/1.1\r\nHost: x\r\nContent-Type: application/dns-message\r\n"
+                     b"Content-Length: 40\r\n\r\n\x00\x01")  # the body never completes
+        try:
+            assert await asyncio.wait_for(reader.read(), 4) == b""
+        except ConnectionError:
+            pass
+        assert time.monotonic() - started < 3, "a half-sent request held longer than idle_timeout (1 s) + 2 s"
+        writer.close()
+    finally:
+        await server.stop()
