@@ -24,7 +24,7 @@ from aiohttp.abc import AbstractAccessLogger
 from common.addresses import forwarded_client, parse_listen
 from common.errors import StartupError
 from common.tokens import TOKEN
-from resolver.chain import Client
+from resolver.chain import Client, failure
 from resolver.clients import scope_for
 from resolver.device_tokens import DeviceTokens
 from resolver.server import HEADER_SIZE, QueryHandler
@@ -275,8 +275,8 @@ class DohServer:
             wire = handler.answer_fast(data, address, "doh", client)
             if wire is None:
                 wire = await handler.answer(data, address, "doh", client)
-        except Exception:  # a bug: the client gets a DNS failure, never an HTTP 500
-            log.exception("DoH query failed")
+        except Exception as exc:  # a bug: the client gets a DNS failure, never an HTTP 500
+            log.error("DoH query failed: %s", failure(exc))
             wire = _servfail(data)
         entry = self._live.get(request.transport)
         if entry is not None:  # a request completed: the connection has its time again

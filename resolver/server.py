@@ -14,7 +14,7 @@ from dnslib import EDNS0, RCODE, DNSRecord
 from resolver.answers import (
     EDE_PROHIBITED, MAX_UDP_PAYLOAD, OPT, cap_ttls, empty_reply, finish, udp_limit,
 )
-from resolver.chain import Client, Request, Resolver, Response
+from resolver.chain import Client, Request, Resolver, Response, failure
 from resolver.ratelimit import RateLimitLink
 from resolver.stats import QueryStats
 
@@ -58,6 +58,24 @@ def _header_only_reply(data: bytes, rcode: int) -> bytes:
     opcode_bits = flags & 0x7800
     rd_bit = flags & 0x0100
     return struct.pack("!HHHHHH", query_id, QR_BIT | opcode_bits | rd_bit | 0x0080 | rcode, 0, 0, 0, 0)
+
+
+MAX_NAME = 255  # RFC 1035 §2.3.4: a name's wire form, length bytes and the root included
+
+
+def question_is_malformed(data: bytes) -> bool:
+    """True when the first question's name has a label over 63 bytes, a pointer, or more than
+    255 bytes, or runs past the message: FORMERR before any parser sees it (issue 18)."""
+    offset = HEADER_SIZE
+    size = len(data)
+    while offset < size:
+        length = data[offset]
+        if length == 0:
+            return offset + 5 > size
+        if length > 63 or offset + 1 - HEADER_SIZE + length >= MAX_NAME:
+            return True
+        offset += 1 + length
+    return True
 
 
 def _question_end(data: bytes) -> int | None:
@@ -128,15 +146,19 @@ class QueryHandler:
             return None
         try:
             return self.fast_path.answer(data, client_ip, protocol, client)
-        except Exception:  # the chain answers instead, and says what went wrong
-            log.exception("fast path failed; the query takes the chain")
+        except Exception as exc:  # the chain answers instead; a query never writes a traceback
+            log.error("fast path failed: %s; the query takes the chain", failure(exc))
             return None
 
     async def answer(self, data: bytes, client_ip: str, protocol: str,
                      client: Client | None = None) -> bytes | None:
         """The reply's bytes, or None to drop (not even a header to answer)."""
         started = time.perf_counter()
-        wire = await self._answer(data, client_ip, protocol, client, started)
+        try:
+            wire = await self._answer(data, client_ip, protocol, client, started)
+        except Exception as exc:  # a bug: SERVFAIL, one line, never a traceback a client can cause
+            log.error("error answering a query: %s", failure(exc))
+            wire = _header_only_reply(data, RCODE.SERVFAIL), "servfail"
         if wire is None or isinstance(wire, bytes):
             return wire
         wire, result = wire  # a message the chain never saw: counted here
@@ -155,6 +177,8 @@ class QueryHandler:
             return None, "malformed"  # a response sent to us: answering could loop
         if (flags >> 11) & 0xF != OPCODE_QUERY:
             return _header_only_reply(data, RCODE.NOTIMP), "malformed"
+        if question_is_malformed(data):
+            return _header_only_reply(data, RCODE.FORMERR), "malformed"
         try:
             query = DNSRecord.parse(data)
         except Exception:
@@ -182,8 +206,8 @@ class QueryHandler:
                           checking_disabled=bool(query.header.cd), client=client, received=started)
         try:
             response = await self.resolver.resolve(request)
-        except Exception:  # the chain's first links turn errors into SERVFAIL: a bug of theirs
-            log.exception("error answering a query")
+        except Exception as exc:  # the chain's first links turn errors into SERVFAIL: a bug of theirs
+            log.error("error answering a query in the chain: %s", failure(exc))
             response = Response(empty_reply(query, RCODE.SERVFAIL), "servfail")
         limit = udp_limit(edns_payload) if protocol == "udp" else None
         if response.entry is not None and response.ede is None:
@@ -422,11 +446,13 @@ class TcpListener:
 
 def prohibited_reply(data: bytes, why: str = "Prohibited") -> bytes | None:
     """REFUSED with EDE 18 (when the query has EDNS) for a client we will not serve."""
+    if len(data) < HEADER_SIZE or question_is_malformed(data):
+        return refused_reply(data)
     try:
         query = DNSRecord.parse(data)
+        options = [record for record in query.ar if record.rtype == OPT]
+        edns_payload = options[0].rclass if options else None
+        return finish(empty_reply(query, RCODE.REFUSED), edns_payload, False, (EDE_PROHIBITED, why), None)
     except Exception:
         return refused_reply(data)
-    options = [record for record in query.ar if record.rtype == OPT]
-    edns_payload = options[0].rclass if options else None
-    return finish(empty_reply(query, RCODE.REFUSED), edns_payload, False, (EDE_PROHIBITED, why), None)
 

@@ -317,3 +317,64 @@ async def test_a_half_sent_doh_request_is_cut_off(tmp_path, big_upstream):
         writer.close()
     finally:
         await server.stop()
+
+
+async def test_oversized_labels_and_names_are_formerr_and_write_nothing(tmp_path, big_upstream):
+    port = write_school(tmp_path, big_upstream.url)
+    server = await start_server(tmp_path, port)
+    header = struct.pack("!HHHHHH", 0x4242, 0x0100, 1, 0, 0, 0)
+    long_label = header + b"\x40" + b"a" * 64 + b"\x02ex\x00" + struct.pack("!HH", 1, 1)
+    assert len(long_label) == 85
+    many_labels = header + b"\x01a" * 21_000 + b"\x00" + struct.pack("!HH", 1, 1)  # 42 KB, 21,000 labels
+    loop = asyncio.get_running_loop()
+    try:
+        for source in (UNKNOWN, PUPILS):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock.bind((source, 0))
+            sock.setblocking(False)
+            try:
+                await loop.sock_sendto(sock, long_label, ("127.0.0.1", port))
+                reply = await asyncio.wait_for(loop.sock_recv(sock, 4096), 3)
+            finally:
+                sock.close()
+            assert struct.unpack_from("!H", reply, 2)[0] & 0xF == 1  # FORMERR
+            reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+            writer.write(struct.pack("!H", len(many_labels)) + many_labels)
+            (length,) = struct.unpack("!H", await asyncio.wait_for(reader.readexactly(2), 3))
+            reply = await reader.readexactly(length)
+            writer.close()
+            if source == PUPILS:
+                assert struct.unpack_from("!H", reply, 2)[0] & 0xF == 1  # FORMERR
+    finally:
+        output = await server.stop()
+    after_start = output.split("lists in force", 1)[-1].split("\n", 1)[-1]
+    queries_wrote = "".join(line + "\n" for line in after_start.splitlines() if "stopping" not in line
+                            and "stopped" not in line)
+    assert len(queries_wrote) < 200, f"four malformed queries wrote {len(queries_wrote)} bytes of log:\n" \
+        + queries_wrote[:2000]
+
+
+def test_a_repeated_warning_is_written_once_with_a_count():
+    import io
+    import logging
+
+    from classguard.logsetup import OneLineFormatter, RepeatFilter
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(OneLineFormatter())
+    handler.addFilter(RepeatFilter(interval=0.2))
+    logger = logging.getLogger("classguard.test_repeat")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        for i in range(1000):
+            logger.warning("upstream %s failed", i)
+        time.sleep(0.25)
+        logger.warning("upstream %s failed", "x")
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = True
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 2, lines  # 1,001 warnings: 2 lines, about 150 bytes
+    assert lines[1].endswith("(and 999 more like it in the last 0.2 s)")
