@@ -32,6 +32,23 @@ from resolver.state import RuntimeState
 
 log = logging.getLogger("classguard.doh")
 access_log = logging.getLogger("classguard.doh.access")
+http_log = logging.getLogger("classguard.doh.http")  # aiohttp's own errors, made anonymous
+
+
+class _Anonymous(logging.Filter):
+    """aiohttp's error records name the request line (a device token, a queried name in `dns=`)
+    or an HTTP/2 preface: each becomes one line with the error's type only (issue 18)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        record.msg = "a malformed or broken HTTP request (%s)"
+        record.args = (type(exc).__name__ if exc is not None else "no detail",)
+        record.exc_info = record.exc_text = None
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+http_log.addFilter(_Anonymous())
 
 DNS_MESSAGE = "application/dns-message"  # RFC 8484 §6
 MAX_MESSAGE = 65535  # a DNS message's largest size (its TCP length prefix is 16 bits)
@@ -205,7 +222,7 @@ class DohServer:
         host, port = parse_listen(self.listen)
         runner = web.AppRunner(self.app(), handle_signals=False, access_log=access_log,
                                access_log_class=access_logger(self.path),
-                               keepalive_timeout=self.idle_timeout,
+                               keepalive_timeout=self.idle_timeout, logger=http_log,
                                shutdown_timeout=SHUTDOWN_TIMEOUT)
         await runner.setup()
         loop = asyncio.get_running_loop()

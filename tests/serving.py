@@ -14,7 +14,7 @@ import dns.asyncquery
 import dns.exception
 import dns.message
 
-from tests.conftest import ede
+from tests.conftest import LOGGED, ede
 from tests.ports import free_port
 
 CLASSGUARD = str(Path(sys.executable).with_name("classguard"))
@@ -104,6 +104,7 @@ class Server:
             raise AssertionError("classguard serve did not stop within 15 s of SIGTERM:\n"
                                  + output.decode()[-4000:]) from None
         text = output.decode()
+        LOGGED.append(text)
         assert self.process.returncode == 0, text
         assert "Traceback" not in text, text
         return text

@@ -27,7 +27,7 @@ from policies.loader import parse_policy
 from policies.yaml_lines import parse_yaml
 from resolver.doh import decode_dns_param, masked_path, min_ttl
 from resolver.settings import DnsSettings, RateLimit
-from tests.conftest import TEST_LISTS, ede
+from tests.conftest import LOG_SECRETS, TEST_LISTS, ede
 
 HOME = "127.0.0.1"  # no class network: a family's router, as far as classguard can tell
 SCHOOL = "127.0.0.2"  # the pupils' network
@@ -36,6 +36,7 @@ UNKNOWN = "127.0.0.9"
 
 TOKEN = "k7q2m9x4v8w1z6r3t5y0p2a9"  # tablet-1: written as a token in the policy
 TOKEN_2 = "h3n8b5c1d7f2g9j4k6l0m3p8q1"  # tablet-2: only its SHA-256 is in the policy
+LOG_SECRETS.update({TOKEN, TOKEN_2})  # never in a log line (tests/conftest.py)
 UNKNOWN_TOKEN = "a" * 24
 
 POLICY = f"""\

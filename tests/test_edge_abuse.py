@@ -378,3 +378,49 @@ def test_a_repeated_warning_is_written_once_with_a_count():
     lines = stream.getvalue().splitlines()
     assert len(lines) == 2, lines  # 1,001 warnings: 2 lines, about 150 bytes
     assert lines[1].endswith("(and 999 more like it in the last 0.2 s)")
+
+
+async def test_malformed_doh_requests_log_no_token_and_no_queried_name(tmp_path, big_upstream):
+    import base64
+
+    from common.tokens import token_sha256
+    from tests.conftest import LOG_SECRETS
+    from tests.ports import free_port
+    from tests.serving import SCHOOL_POLICY
+
+    token, name = "m4x8q2w7e1r5t9y3u6i0o2p4", "secret-pupil-search.example"
+    LOG_SECRETS.update({token, name})
+    port = write_school(tmp_path, big_upstream.url, SCHOOL_POLICY + f"""\
+devices:
+  tablet-1: {{class: pupils, token_sha256: "{token_sha256(token)}"}}
+""")
+    doh_port = free_port()
+    with (tmp_path / "classguard.yaml").open("a") as config:
+        config.write(f'doh: {{listen: "127.0.0.1:{doh_port}"}}\n')
+    server = await start_server(tmp_path, port)
+    query = dns.message.make_query(name, "A").to_wire()
+    dns_param = base64.urlsafe_b64encode(query).rstrip(b"=")
+    requests = [
+        b"GET /dns-query/" + token.encode() + b"?dns=" + b"A" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /dns-query/" + token.encode() + b"?dns=" + dns_param + b" HTTP/9.9\r\nHost: x\r\n\r\n",
+        b"GET /dns-query/" + token.encode() + b"\x01\x7f?dns=" + dns_param + b" HTTP/1.1\r\n\r\n",
+        b"GET /dns-query/" + token.encode() + b"?dns=" + dns_param + b" HTTP/1.1\r\nBad Header\r\n\r\n",
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x40\x01\x05\x00\x00\x00\x01" + name.encode() * 3,
+        b"\x16\x03\x01" + name.encode() + token.encode(),
+    ]
+    try:
+        for request in requests:
+            reader, writer = await asyncio.open_connection("127.0.0.1", doh_port, local_addr=(UNKNOWN, 0))
+            writer.write(request)
+            try:
+                await asyncio.wait_for(reader.read(65536), 3)
+            except (ConnectionError, TimeoutError):
+                pass
+            writer.close()
+        answer = await dns.asyncquery.https(dns.message.make_query(name, "A"),
+                                            f"http://127.0.0.1:{doh_port}/dns-query/{token}", timeout=3)
+        assert answer.rcode() == dns.rcode.NXDOMAIN
+    finally:
+        output = await server.stop()
+    assert "HTTP request" in output  # aiohttp did complain ...
+    assert token not in output and name not in output  # ... without the request's contents
