@@ -432,8 +432,11 @@ class TcpListener:
         try:
             async with asyncio.timeout(self.idle_timeout):
                 (length,) = struct.unpack("!H", await reader.readexactly(2))
+                started = time.perf_counter()
                 reply = prohibited_reply(await reader.readexactly(length), why)
-                if reply is not None:
+                if reply is not None:  # counted as the chain counts an unknown client
+                    self.handler.stats.record(self.protocol, None, "refused", "unknown_client",
+                                              time.perf_counter() - started)
                     writer.write(struct.pack("!H", len(reply)) + reply)
                     await writer.drain()
         except (asyncio.IncompleteReadError, TimeoutError, ConnectionError, OSError):
