@@ -52,7 +52,7 @@ DEFAULT_CONFIG_FILE = Path("classguard.yaml")  # looked for in the current folde
 SECTIONS = ("doh", "dot", "tls", "dashboard", "metrics", "query_log", "logging")
 # The optional sections once read (plain mappings, every key filled in): docs/configuration.md.
 DOH_DEFAULTS = {"listen": "127.0.0.1:8053", "path": "/dns-query", "public_url": None,
-                "trusted_proxies": ()}
+                "trusted_proxies": (), "max_connections": 1000, "idle_timeout": 10.0}
 DOT_DEFAULTS = {"listen": "127.0.0.1:8853", "hostname": None}
 DASHBOARD_DEFAULTS = {"listen": "127.0.0.1:8080", "public_url": None, "trusted_proxies": ()}
 LOGGING_DEFAULTS = {"format": "text", "level": "info"}
@@ -775,7 +775,9 @@ BLOCKLISTS = {
     "max_download_bytes": Key(_int_range(1, 2**40)),
 }
 DOH = {"listen": Key(_listen), "path": Key(_url_path), "public_url": Key(_public_url),
-       "trusted_proxies": Key(_network, many=True)}
+       "trusted_proxies": Key(_network, many=True),
+       "max_connections": Key(_int_range(1, 10**6)),  # and a quarter of it per address
+       "idle_timeout": Key(_positive_duration)}  # to finish a request, after opening or answering
 DOT = {"listen": Key(_listen), "hostname": Key(_hostname)}
 TLS = {"cert": Key(_PATH), "key": Key(_PATH)}
 DASHBOARD = {"listen": Key(_listen), "public_url": Key(_dashboard_url),

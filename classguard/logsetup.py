@@ -55,6 +55,34 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(event, ensure_ascii=False, default=str)
 
 
+class RepeatFilter(logging.Filter):
+    """Warnings and errors that repeat (the same logger and message template) are written once
+    per `interval` seconds; the next one written says how many were left out (issue 18: one
+    query a second must not write a line a second)."""
+
+    def __init__(self, interval: float = 10.0, limit: int = 4096) -> None:
+        super().__init__()
+        self.interval = interval
+        self.limit = limit
+        self._seen: dict[tuple, list] = {}  # (logger, template) -> [next allowed time, left out]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        key = (record.name, str(record.msg))
+        seen = self._seen.get(key)
+        if seen is not None and record.created < seen[0]:
+            seen[1] += 1
+            return False
+        if len(self._seen) >= self.limit:
+            self._seen.clear()
+        left_out = seen[1] if seen is not None else 0
+        self._seen[key] = [record.created + self.interval, 0]
+        if left_out:
+            record.msg = f"{record.msg} (and {left_out} more like it in the last {self.interval:g} s)"
+        return True
+
+
 def configure(config: Config | None = None, level: str | None = None, fmt: str | None = None,
               stream: TextIO | None = None) -> None:
     """The root logger for `classguard serve`: the command line's --log-level and --log-format
@@ -64,6 +92,7 @@ def configure(config: Config | None = None, level: str | None = None, fmt: str |
     fmt = fmt or section["format"]
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else OneLineFormatter())
+    handler.addFilter(RepeatFilter())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

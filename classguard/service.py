@@ -38,7 +38,7 @@ from resolver.chain import Resolver, find_link
 from resolver.dot import DotListener
 from resolver.fastpath import FastPath
 from resolver.ratelimit import RateLimiter
-from resolver.server import QueryHandler, TcpListener, UdpListener
+from resolver.server import QueryHandler, TcpListener, UdpListener, raise_descriptor_limit
 from resolver.state import RuntimeState
 from resolver.upstream import Upstream, UpstreamGroup, probe_upstreams
 from store.embedded import EmbeddedStore
@@ -236,6 +236,7 @@ class Service:
     rate_limiter: RateLimiter | None = None  # dns.rate_limit, shared by every transport
     doh: DohServer | None = None  # the DoH listener, when `doh` is configured
     dot: DotListener | None = None  # the DoT listener, when `dot` is configured
+    connection_share: int = 1000  # client connections each of TCP, DoT and DoH may hold
     store: Store | None = None
     # what the store offers beyond Store (Redis: shared lists, health, counters...), found once
     store_abilities: StoreAbilities = field(default_factory=StoreAbilities)
@@ -275,11 +276,15 @@ class Service:
         await self.query_log.start()
         if self.control is not None:  # an erased device's buffered entries are dropped here too
             self.control.query_log = self.query_log
+        # TCP, DoT and DoH each hold at most a third of the descriptors left beside a reserve
+        # for upstream sockets and the store (resolver.server.raise_descriptor_limit).
+        self.connection_share = max(16, raise_descriptor_limit() // 3)
         if self.config.doh is not None:  # its TLS files are read now, before anything is bound
             from resolver.doh import DohServer  # lazy: aiohttp's server, loaded only when DoH is on
 
-            self.doh = DohServer(handler, self.state, self.config.doh, self.config.tls)
-        tcp = TcpListener(handler, dns.tcp_idle_timeout, dns.tcp_max_connections)
+            self.doh = DohServer(handler, self.state, self.config.doh, self.config.tls,
+                                 max_connections=self.connection_share)
+        tcp = TcpListener(handler, dns.tcp_idle_timeout, self._tcp_max_connections(), self.state)
         for entry in dns.listen:
             host, port = parse_listen(entry)
             try:
@@ -345,13 +350,24 @@ class Service:
         return gdpr.query_log_store_for(self.store, retention_days=settings.retention_days,
                                         timezone=self.config.timezone)
 
+    def _tcp_max_connections(self) -> int:
+        """dns.tcp_max_connections, within this listener's share of the descriptors (a tenth
+        more for unknown clients, resolver.server.UNKNOWN_SHARE)."""
+        share = self.connection_share * 10 // 11
+        if self.config.dns.tcp_max_connections > share:
+            log.warning("dns.tcp_max_connections %d lowered to %d: the open files limit allows "
+                        "no more", self.config.dns.tcp_max_connections, share)
+            return share
+        return self.config.dns.tcp_max_connections
+
     async def _start_dot(self, handler: QueryHandler) -> None:
         dot, tls = self.config.dot, self.config.tls or {}
         if not dot.get("hostname") or not tls.get("cert") or not tls.get("key"):
             raise StartupError("dot needs dot.hostname and a tls section with cert and key "
                                "(a certificate for *.HOSTNAME: the device token is the first label)")
         dns = self.config.dns
-        self.dot = DotListener(handler, self.state, dot["hostname"], dns.tcp_idle_timeout, dns.tcp_max_connections)
+        self.dot = DotListener(handler, self.state, dot["hostname"], dns.tcp_idle_timeout,
+                               self._tcp_max_connections())
         try:
             await self.dot.start(dot.get("listen", "127.0.0.1:8853"), str(tls["cert"]), str(tls["key"]),
                                  reuse_port=self.workers > 1)

@@ -115,3 +115,13 @@ def find_link(head: Resolver | None, kind: type):
     while link is not None and not isinstance(link, kind):
         link = getattr(link, "next", None)
     return link
+
+
+def failure(exc: BaseException) -> str:
+    """An exception as one short line for the log: its type and where it was raised, never its
+    message (which may hold a queried name) nor a traceback a client could make us write."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    where = f" at {tb.tb_frame.f_code.co_filename.rsplit('/', 1)[-1]}:{tb.tb_lineno}" if tb else ""
+    return f"{type(exc).__name__}{where}"

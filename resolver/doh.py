@@ -9,6 +9,7 @@ plain HTTP otherwise (behind a reverse proxy, whose `X-Forwarded-For` is believe
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import ipaddress
@@ -23,7 +24,7 @@ from aiohttp.abc import AbstractAccessLogger
 from common.addresses import forwarded_client, parse_listen
 from common.errors import StartupError
 from common.tokens import TOKEN
-from resolver.chain import Client
+from resolver.chain import Client, failure
 from resolver.clients import scope_for
 from resolver.device_tokens import DeviceTokens
 from resolver.server import HEADER_SIZE, QueryHandler
@@ -31,10 +32,28 @@ from resolver.state import RuntimeState
 
 log = logging.getLogger("classguard.doh")
 access_log = logging.getLogger("classguard.doh.access")
+http_log = logging.getLogger("classguard.doh.http")  # aiohttp's own errors, made anonymous
+
+
+class _Anonymous(logging.Filter):
+    """aiohttp's error records name the request line (a device token, a queried name in `dns=`)
+    or an HTTP/2 preface: each becomes one line with the error's type only (issue 18)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        record.msg = "a malformed or broken HTTP request (%s)"
+        record.args = (type(exc).__name__ if exc is not None else "no detail",)
+        record.exc_info = record.exc_text = None
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+http_log.addFilter(_Anonymous())
 
 DNS_MESSAGE = "application/dns-message"  # RFC 8484 §6
 MAX_MESSAGE = 65535  # a DNS message's largest size (its TCP length prefix is 16 bits)
-KEEPALIVE_TIMEOUT = 75.0  # seconds an idle connection stays open for the next query
+HANDSHAKE_TIMEOUT = 5.0  # seconds a TLS handshake may take before its descriptor is freed
+PER_SOURCE_SHARE = 4  # one address (not a trusted proxy) holds at most 1/4 of max_connections
 SHUTDOWN_TIMEOUT = 2.0  # seconds in-flight requests get when the server stops
 OPT = 41
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
@@ -119,7 +138,7 @@ class DohServer:
     """The DoH listener: an aiohttp application on `doh.listen`, over TLS when `tls` is set."""
 
     def __init__(self, handler: QueryHandler, state: RuntimeState, settings: dict,
-                 tls: dict | None = None):
+                 tls: dict | None = None, max_connections: int | None = None):
         self.handler = handler
         self.state = state
         self.path = settings.get("path", "/dns-query")
@@ -131,6 +150,61 @@ class DohServer:
         self.tokens = DeviceTokens(state)
         self.address: tuple[str, int] | None = None  # bound (host, port) once started
         self._runner: web.AppRunner | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._sweeper: asyncio.Task | None = None
+        # A connection must complete a request within idle_timeout of its opening or of its
+        # last answer: that bounds the headers, the body and the keep-alive alike.
+        self.idle_timeout = float(settings.get("idle_timeout", 10.0))
+        self.max_connections = min(settings.get("max_connections", 1000),
+                                   max_connections or 10**6)
+        self.max_per_source = max(8, self.max_connections // PER_SOURCE_SHARE)
+        self._live: dict[asyncio.BaseTransport, list] = {}  # transport -> [source, deadline]
+        self._per_source: dict[str, int] = {}
+
+    @property
+    def connections(self) -> int:
+        return len(self._live)
+
+    def _trusted_proxy(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in self.trusted_proxies)
+
+    def _opened(self, transport: asyncio.BaseTransport) -> bool:
+        """Count a new connection; False (and it is aborted) past a limit."""
+        peer = transport.get_extra_info("peername")
+        source = peer[0] if peer else ""
+        held = self._per_source.get(source, 0)
+        if len(self._live) >= self.max_connections or (
+                held >= self.max_per_source and not self._trusted_proxy(source)):
+            transport.abort()
+            return False
+        self._per_source[source] = held + 1
+        self._live[transport] = [source, asyncio.get_running_loop().time() + self.idle_timeout]
+        return True
+
+    def _closed(self, transport: asyncio.BaseTransport) -> None:
+        entry = self._live.pop(transport, None)
+        if entry is None:
+            return
+        source = entry[0]
+        if self._per_source.get(source, 0) <= 1:
+            self._per_source.pop(source, None)
+        else:
+            self._per_source[source] -= 1
+
+    async def _sweep(self) -> None:
+        """Abort the connections that completed no request in time (slow headers or body,
+        idle keep-alive)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(min(1.0, self.idle_timeout / 4))
+            now = loop.time()
+            for transport, (_source, deadline) in list(self._live.items()):
+                if deadline < now:
+                    transport.abort()
 
     @property
     def scheme(self) -> str:
@@ -155,23 +229,35 @@ class DohServer:
         host, port = parse_listen(self.listen)
         runner = web.AppRunner(self.app(), handle_signals=False, access_log=access_log,
                                access_log_class=access_logger(self.path),
-                               keepalive_timeout=KEEPALIVE_TIMEOUT,
+                               keepalive_timeout=self.idle_timeout, logger=http_log,
                                shutdown_timeout=SHUTDOWN_TIMEOUT)
         await runner.setup()
-        site = web.TCPSite(runner, host, port, ssl_context=self.ssl_context, reuse_address=True,
-                           reuse_port=reuse_port or None)
+        loop = asyncio.get_running_loop()
+        make_handler = runner.server
         try:
-            await site.start()
+            # Our own listening socket rather than web.TCPSite: every connection is counted
+            # (and refused past the limits) before aiohttp sees it.
+            self._server = await loop.create_server(
+                lambda: _Counted(self, make_handler()), host, port, ssl=self.ssl_context,
+                ssl_handshake_timeout=HANDSHAKE_TIMEOUT if self.ssl_context else None,
+                reuse_address=True, reuse_port=reuse_port or None)
         except BaseException:
             await runner.cleanup()
             raise
         self._runner = runner
-        bound = runner.addresses[0]
+        self._sweeper = asyncio.create_task(self._sweep())
+        bound = self._server.sockets[0].getsockname()
         self.address = (bound[0], bound[1])
         log.info("DoH listening on %s (%s, path %s)", self.url.rsplit(self.path, 1)[0],
                  "HTTPS" if self.tls else "plain HTTP", self.path)
 
     async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        if self._server is not None:
+            self._server.close()
+            self._server = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -213,9 +299,12 @@ class DohServer:
             wire = handler.answer_fast(data, address, "doh", client)
             if wire is None:
                 wire = await handler.answer(data, address, "doh", client)
-        except Exception:  # a bug: the client gets a DNS failure, never an HTTP 500
-            log.exception("DoH query failed")
+        except Exception as exc:  # a bug: the client gets a DNS failure, never an HTTP 500
+            log.error("DoH query failed: %s", failure(exc))
             wire = _servfail(data)
+        entry = self._live.get(request.transport)
+        if entry is not None:  # a request completed: the connection has its time again
+            entry[1] = asyncio.get_running_loop().time() + self.idle_timeout
         if wire is None:
             return _plain(400, "not a DNS query")
         return web.Response(body=wire, content_type=DNS_MESSAGE,
@@ -242,6 +331,8 @@ class DohServer:
                 data = await request.read()
             except web.HTTPRequestEntityTooLarge:
                 return _plain(413, "a DNS message is at most 65535 bytes")
+            except ConnectionError:  # cut off mid-body (doh.idle_timeout) or gone
+                return _plain(400, "incomplete request")
         if len(data) < HEADER_SIZE:
             return _plain(400, "not a DNS query")
         return data
@@ -262,6 +353,38 @@ class DohServer:
         peer = request.transport.get_extra_info("peername") if request.transport else None
         return forwarded_client(peer[0] if peer else "", request.headers.getall("X-Forwarded-For", []),
                                 self.trusted_proxies)
+
+
+class _Counted(asyncio.Protocol):
+    """aiohttp's protocol for one connection, counted by the DohServer while it is open."""
+
+    def __init__(self, server: DohServer, inner: asyncio.Protocol):
+        self.server = server
+        self.inner = inner
+        self.transport: asyncio.BaseTransport | None = None
+
+    def connection_made(self, transport) -> None:
+        if self.server._opened(transport):
+            self.transport = transport
+            self.inner.connection_made(transport)
+
+    def connection_lost(self, exc) -> None:
+        if self.transport is not None:
+            self.server._closed(self.transport)
+            self.inner.connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.inner.data_received(data)
+
+    def eof_received(self):
+        return self.inner.eof_received() if self.transport is not None else None
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
 
 
 def _servfail(data: bytes) -> bytes | None:

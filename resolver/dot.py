@@ -31,8 +31,7 @@ class DotListener(TcpListener):
 
     def __init__(self, handler: QueryHandler, state: RuntimeState, hostname: str, idle_timeout: float = 10.0,
                  max_connections: int = 1000):
-        super().__init__(handler, idle_timeout, max_connections)
-        self.state = state
+        super().__init__(handler, idle_timeout, max_connections, state)
         self.hostname = hostname.lower().rstrip(".")
         self.tokens = DeviceTokens(state)
         self._server_names: dict[int, str | None] = {}

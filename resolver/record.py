@@ -9,7 +9,7 @@ from dnslib import RCODE
 
 from common.results import RESULTS
 from resolver.answers import empty_reply
-from resolver.chain import Link, Request, Response
+from resolver.chain import Link, Request, Response, failure
 from resolver.stats import QueryStats
 
 log = logging.getLogger("classguard.server")
@@ -26,8 +26,8 @@ class RecordLink(Link):
     async def resolve(self, request: Request) -> Response:
         try:
             response = await self.next.resolve(request)
-        except Exception:  # the client gets SERVFAIL, the log says what went wrong
-            log.exception("error answering a query")
+        except Exception as exc:  # the client gets SERVFAIL, the log says what went wrong
+            log.error("error answering a query: %s", failure(exc))
             response = Response(empty_reply(request.query, RCODE.SERVFAIL), "servfail")
         if request.explain:
             return response

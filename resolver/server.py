@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import socket
 import struct
 import time
@@ -13,7 +14,7 @@ from dnslib import EDNS0, RCODE, DNSRecord
 from resolver.answers import (
     EDE_PROHIBITED, MAX_UDP_PAYLOAD, OPT, cap_ttls, empty_reply, finish, udp_limit,
 )
-from resolver.chain import Client, Request, Resolver, Response
+from resolver.chain import Client, Request, Resolver, Response, failure
 from resolver.ratelimit import RateLimitLink
 from resolver.stats import QueryStats
 
@@ -24,8 +25,31 @@ QR_BIT = 0x8000
 OPCODE_QUERY = 0
 RCODE_BADVERS = 16  # RFC 6891 §6.1.3: an extended rcode, upper 8 bits in the OPT TTL
 TCP_MAX_PIPELINE = 64  # queries of one connection answered at once before we stop reading
+# Unsent reply bytes of one connection past which we stop reading it until the client reads
+# (a client that pipelines and never reads must not grow the server: issue 18).
+TCP_HIGH_WATER = 64 * 1024
+TCP_MAX_PER_SOURCE = 64  # connections one address may hold at once
+UNKNOWN_SHARE = 10  # addresses in no class hold at most 1/10 of tcp_max_connections, besides it
 UDP_BATCH = 64  # datagrams read per wake-up before other work gets its turn
 UDP_MAX_QUERY = 4096  # a longer datagram is cut here and then fails to parse: FORMERR
+
+
+DESCRIPTOR_RESERVE = 256  # file descriptors kept for upstream sockets, the store, logs, lists
+
+
+def raise_descriptor_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit; returns how many descriptors the client
+    connections of every listener may hold together, DESCRIPTOR_RESERVE kept aside (issue 18:
+    idle DoH connections once took the upstream sockets' descriptors)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft == resource.RLIM_INFINITY or wanted > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open files limit from %d to %d: %s", soft, wanted, exc)
+    return max(48, soft - DESCRIPTOR_RESERVE)
 
 
 def _header_only_reply(data: bytes, rcode: int) -> bytes:
@@ -34,6 +58,24 @@ def _header_only_reply(data: bytes, rcode: int) -> bytes:
     opcode_bits = flags & 0x7800
     rd_bit = flags & 0x0100
     return struct.pack("!HHHHHH", query_id, QR_BIT | opcode_bits | rd_bit | 0x0080 | rcode, 0, 0, 0, 0)
+
+
+MAX_NAME = 255  # RFC 1035 §2.3.4: a name's wire form, length bytes and the root included
+
+
+def question_is_malformed(data: bytes) -> bool:
+    """True when the first question's name has a label over 63 bytes, a pointer, or more than
+    255 bytes, or runs past the message: FORMERR before any parser sees it (issue 18)."""
+    offset = HEADER_SIZE
+    size = len(data)
+    while offset < size:
+        length = data[offset]
+        if length == 0:
+            return offset + 5 > size
+        if length > 63 or offset + 1 - HEADER_SIZE + length >= MAX_NAME:
+            return True
+        offset += 1 + length
+    return True
 
 
 def _question_end(data: bytes) -> int | None:
@@ -104,15 +146,19 @@ class QueryHandler:
             return None
         try:
             return self.fast_path.answer(data, client_ip, protocol, client)
-        except Exception:  # the chain answers instead, and says what went wrong
-            log.exception("fast path failed; the query takes the chain")
+        except Exception as exc:  # the chain answers instead; a query never writes a traceback
+            log.error("fast path failed: %s; the query takes the chain", failure(exc))
             return None
 
     async def answer(self, data: bytes, client_ip: str, protocol: str,
                      client: Client | None = None) -> bytes | None:
         """The reply's bytes, or None to drop (not even a header to answer)."""
         started = time.perf_counter()
-        wire = await self._answer(data, client_ip, protocol, client, started)
+        try:
+            wire = await self._answer(data, client_ip, protocol, client, started)
+        except Exception as exc:  # a bug: SERVFAIL, one line, never a traceback a client can cause
+            log.error("error answering a query: %s", failure(exc))
+            wire = _header_only_reply(data, RCODE.SERVFAIL), "servfail"
         if wire is None or isinstance(wire, bytes):
             return wire
         wire, result = wire  # a message the chain never saw: counted here
@@ -131,6 +177,8 @@ class QueryHandler:
             return None, "malformed"  # a response sent to us: answering could loop
         if (flags >> 11) & 0xF != OPCODE_QUERY:
             return _header_only_reply(data, RCODE.NOTIMP), "malformed"
+        if question_is_malformed(data):
+            return _header_only_reply(data, RCODE.FORMERR), "malformed"
         try:
             query = DNSRecord.parse(data)
         except Exception:
@@ -158,8 +206,8 @@ class QueryHandler:
                           checking_disabled=bool(query.header.cd), client=client, received=started)
         try:
             response = await self.resolver.resolve(request)
-        except Exception:  # the chain's first links turn errors into SERVFAIL: a bug of theirs
-            log.exception("error answering a query")
+        except Exception as exc:  # the chain's first links turn errors into SERVFAIL: a bug of theirs
+            log.error("error answering a query in the chain: %s", failure(exc))
             response = Response(empty_reply(query, RCODE.SERVFAIL), "servfail")
         limit = udp_limit(edns_payload) if protocol == "udp" else None
         if response.entry is not None and response.ede is None:
@@ -244,33 +292,78 @@ class TcpListener:
 
     protocol = "tcp"
 
-    def __init__(self, handler: QueryHandler, idle_timeout: float = 10.0, max_connections: int = 1000):
+    def __init__(self, handler: QueryHandler, idle_timeout: float = 10.0, max_connections: int = 1000,
+                 state=None):
         self.handler = handler
         self.idle_timeout = idle_timeout
-        self.max_connections = max_connections
-        self.connections = 0
+        self.max_connections = max_connections  # for known clients (a class, a device)
+        # Clients that will only get REFUSED may hold no more than this, on top: they never
+        # take a known client's place (issue 18).
+        self.max_unknown = max(1, max_connections // UNKNOWN_SHARE)
+        self.max_per_source = min(TCP_MAX_PER_SOURCE, max_connections)
+        self.state = state  # RuntimeState: who a source address is; None: every client is known
+        self.connections = 0  # known clients' connections
+        self.unknown_connections = 0
+        self._per_source: dict[str, int] = {}
 
     def connection_client(self, writer: asyncio.StreamWriter, client_ip: str) -> Client | None:
         """Who this connection speaks for, when the transport says (DoT's SNI); None: by address."""
         return None
 
+    def _known(self, client_ip: str) -> bool:
+        return self.state is None or self.state.snapshot.clients.identify(client_ip) is not None
+
     async def serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.connections >= self.max_connections:
-            writer.close()
-            return
-        self.connections += 1
         peer = writer.get_extra_info("peername")
         client_ip = peer[0] if peer else ""
-        protocol = self.protocol
+        per_source = self._per_source
+        held = per_source.get(client_ip, 0)
+        if held >= self.max_per_source:
+            writer.transport.abort()
+            return
         try:
             client = self.connection_client(writer, client_ip)
-        except PermissionError as refusal:
-            self.connections -= 1
-            await self._refuse(reader, writer, str(refusal))
+        except PermissionError as refusal:  # an unknown token: refused, then closed
+            client, known, refusal_text = None, False, str(refusal)
+        else:
+            known, refusal_text = client is not None or self._known(client_ip), None
+        if known and self.connections >= self.max_connections \
+                or not known and self.unknown_connections >= self.max_unknown:
+            writer.transport.abort()
             return
+        per_source[client_ip] = held + 1
+        try:
+            if not known:  # its first query is answered REFUSED, then the connection is closed
+                self.unknown_connections += 1
+                try:
+                    await self._refuse(reader, writer, refusal_text or "Prohibited")
+                finally:
+                    self.unknown_connections -= 1
+                return
+            self.connections += 1
+            await self._serve(reader, writer, client_ip, client)
+        finally:
+            if per_source[client_ip] <= 1:
+                del per_source[client_ip]
+            else:
+                per_source[client_ip] -= 1
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client_ip: str,
+                     client: Client | None) -> None:
+        protocol = self.protocol
         in_flight: set[asyncio.Task] = set()
+        transport = writer.transport
+        transport.set_write_buffer_limits(high=TCP_HIGH_WATER)
+        stuck = False  # the client stopped reading: hang up without waiting to flush
         try:
             while True:
+                if transport.get_write_buffer_size() > TCP_HIGH_WATER or len(in_flight) >= TCP_MAX_PIPELINE:
+                    # Backpressure: read no more queries until the client takes its answers
+                    # (fast-path ones included) and the pipeline has room; one that does
+                    # not read within the idle timeout is cut off.
+                    if not await self._wait_for_room(writer, in_flight):
+                        stuck = True
+                        break
                 try:
                     async with asyncio.timeout(self.idle_timeout):
                         (length,) = struct.unpack("!H", await reader.readexactly(2))
@@ -289,19 +382,42 @@ class TcpListener:
                 task = asyncio.ensure_future(self._answer(data, client_ip, writer, client))
                 in_flight.add(task)
                 task.add_done_callback(in_flight.discard)
-                if len(in_flight) >= TCP_MAX_PIPELINE:
-                    await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
-            if in_flight:
+            if in_flight and not stuck:
                 await asyncio.wait(in_flight, timeout=self.idle_timeout)
+            if not stuck and transport.get_write_buffer_size():
+                stuck = not await self._drained(writer)
         except asyncio.CancelledError:
             # The server is stopping. Ended cancelled, this task would make Python 3.11's
             # StreamReaderProtocol log a CancelledError traceback per open connection.
-            pass
+            stuck = True
         finally:
             self.connections -= 1
             for task in in_flight:
                 task.cancel()
-            writer.close()
+            if stuck or transport.get_write_buffer_size():
+                transport.abort()  # close() would hold the unsent bytes until the client reads
+            else:
+                writer.close()
+
+    async def _wait_for_room(self, writer: asyncio.StreamWriter, in_flight: set[asyncio.Task]) -> bool:
+        """Wait until the connection's unsent bytes fall under the low-water mark and the
+        pipeline has room; False when that takes longer than the idle timeout."""
+        try:
+            async with asyncio.timeout(self.idle_timeout):
+                if len(in_flight) >= TCP_MAX_PIPELINE:
+                    await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                await writer.drain()
+        except (TimeoutError, ConnectionError):
+            return False
+        return True
+
+    async def _drained(self, writer: asyncio.StreamWriter) -> bool:
+        try:
+            async with asyncio.timeout(self.idle_timeout):
+                await writer.drain()
+        except (TimeoutError, ConnectionError):
+            return False
+        return True
 
     async def _answer(self, data: bytes, client_ip: str, writer: asyncio.StreamWriter,
                       client: Client | None = None) -> None:
@@ -316,23 +432,30 @@ class TcpListener:
         try:
             async with asyncio.timeout(self.idle_timeout):
                 (length,) = struct.unpack("!H", await reader.readexactly(2))
+                started = time.perf_counter()
                 reply = prohibited_reply(await reader.readexactly(length), why)
-            if reply is not None:
-                writer.write(struct.pack("!H", len(reply)) + reply)
-                await writer.drain()
+                if reply is not None:  # counted as the chain counts an unknown client
+                    self.handler.stats.record(self.protocol, None, "refused", "unknown_client",
+                                              time.perf_counter() - started)
+                    writer.write(struct.pack("!H", len(reply)) + reply)
+                    await writer.drain()
         except (asyncio.IncompleteReadError, TimeoutError, ConnectionError, OSError):
-            pass
+            writer.transport.abort()
+        except asyncio.CancelledError:  # the server is stopping
+            writer.transport.abort()
         finally:
             writer.close()
 
 
 def prohibited_reply(data: bytes, why: str = "Prohibited") -> bytes | None:
     """REFUSED with EDE 18 (when the query has EDNS) for a client we will not serve."""
+    if len(data) < HEADER_SIZE or question_is_malformed(data):
+        return refused_reply(data)
     try:
         query = DNSRecord.parse(data)
+        options = [record for record in query.ar if record.rtype == OPT]
+        edns_payload = options[0].rclass if options else None
+        return finish(empty_reply(query, RCODE.REFUSED), edns_payload, False, (EDE_PROHIBITED, why), None)
     except Exception:
         return refused_reply(data)
-    options = [record for record in query.ar if record.rtype == OPT]
-    edns_payload = options[0].rclass if options else None
-    return finish(empty_reply(query, RCODE.REFUSED), edns_payload, False, (EDE_PROHIBITED, why), None)
 

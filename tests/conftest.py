@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,39 @@ TEST_LISTS = (
     ListSource(name="test-gambling", format="domains", category="gambling",
                domains=("gambling.example", "casino.example")),
 )
+
+
+# Device tokens and queried names that no log line may hold (issue 18): tests add theirs; the
+# session's records of classguard* and aiohttp* loggers and every served process's output
+# (tests/serving.py) are searched for them when the session ends.
+LOG_SECRETS: set[str] = set()
+LOGGED: list[str] = []
+
+
+class _Collector(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.name.startswith(("classguard", "aiohttp")):
+            try:
+                text = record.getMessage()
+            except Exception:  # a record whose arguments do not fit its message
+                text = f"{record.msg} {record.args}"
+            if record.exc_info:
+                text += logging.Formatter().formatException(record.exc_info)
+            LOGGED.append(text)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_token_or_queried_name_in_any_log():
+    collector = _Collector(logging.DEBUG)
+    aiohttp_log = logging.getLogger("aiohttp")
+    level = aiohttp_log.level
+    aiohttp_log.setLevel(logging.DEBUG)  # its request errors are debug lines too
+    logging.getLogger().addHandler(collector)
+    yield
+    logging.getLogger().removeHandler(collector)
+    aiohttp_log.setLevel(level)
+    leaks = sorted({secret for secret in LOG_SECRETS for text in LOGGED if secret in text})
+    assert not leaks, f"logged by the suite: {leaks}"
 
 
 @pytest.fixture

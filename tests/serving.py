@@ -14,7 +14,7 @@ import dns.asyncquery
 import dns.exception
 import dns.message
 
-from tests.conftest import ede
+from tests.conftest import LOGGED, ede
 from tests.ports import free_port
 
 CLASSGUARD = str(Path(sys.executable).with_name("classguard"))
@@ -104,15 +104,17 @@ class Server:
             raise AssertionError("classguard serve did not stop within 15 s of SIGTERM:\n"
                                  + output.decode()[-4000:]) from None
         text = output.decode()
+        LOGGED.append(text)
         assert self.process.returncode == 0, text
         assert "Traceback" not in text, text
         return text
 
 
-async def start_server(folder: Path, port: int) -> Server:
-    """`classguard serve` in `folder`, once its lists are loaded and its control socket is up."""
+async def start_server(folder: Path, port: int, prefix: tuple[str, ...] = ()) -> Server:
+    """`classguard serve` in `folder`, once its lists are loaded and its control socket is up;
+    `prefix`: a command that runs it (e.g. prlimit)."""
     process = await asyncio.create_subprocess_exec(
-        CLASSGUARD, "serve", cwd=folder, stdout=asyncio.subprocess.PIPE,
+        *prefix, CLASSGUARD, "serve", cwd=folder, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT, env={**os.environ, "CLASSGUARD_CONFIG": ""})
     server = Server(folder, port, process)
     for _ in range(150):

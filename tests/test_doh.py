@@ -27,7 +27,7 @@ from policies.loader import parse_policy
 from policies.yaml_lines import parse_yaml
 from resolver.doh import decode_dns_param, masked_path, min_ttl
 from resolver.settings import DnsSettings, RateLimit
-from tests.conftest import TEST_LISTS, ede
+from tests.conftest import LOG_SECRETS, TEST_LISTS, ede
 
 HOME = "127.0.0.1"  # no class network: a family's router, as far as classguard can tell
 SCHOOL = "127.0.0.2"  # the pupils' network
@@ -36,6 +36,7 @@ UNKNOWN = "127.0.0.9"
 
 TOKEN = "k7q2m9x4v8w1z6r3t5y0p2a9"  # tablet-1: written as a token in the policy
 TOKEN_2 = "h3n8b5c1d7f2g9j4k6l0m3p8q1"  # tablet-2: only its SHA-256 is in the policy
+LOG_SECRETS.update({TOKEN, TOKEN_2})  # never in a log line (tests/conftest.py)
 UNKNOWN_TOKEN = "a" * 24
 
 POLICY = f"""\
@@ -405,7 +406,7 @@ def _load(tmp_path: Path, text: str):
 def test_the_doh_section_has_defaults(tmp_path):
     config = _load(tmp_path, "doh: {}\n")
     assert config.doh == {"listen": "127.0.0.1:8053", "path": "/dns-query", "public_url": None,
-                          "trusted_proxies": ()}
+                          "trusted_proxies": (), "max_connections": 1000, "idle_timeout": 10.0}
     config = _load(tmp_path, """\
         doh:
           listen: "[::1]:443"
@@ -414,7 +415,8 @@ def test_the_doh_section_has_defaults(tmp_path):
           trusted_proxies: [10.0.0.5, 192.168.0.0/16]
         """)
     assert config.doh == {"listen": "[::1]:443", "path": "/q", "public_url": "https://dns.example.org/q",
-                          "trusted_proxies": ("10.0.0.5/32", "192.168.0.0/16")}
+                          "trusted_proxies": ("10.0.0.5/32", "192.168.0.0/16"),
+                          "max_connections": 1000, "idle_timeout": 10.0}
     assert _load(tmp_path, "doh: off\n").doh is None
 
 

@@ -13,10 +13,11 @@ import pytest
 import trustme
 
 from common.tokens import token_sha256
-from tests.conftest import POLICY, ede
+from tests.conftest import LOG_SECRETS, POLICY, ede
 
 HOSTNAME = "dot.school.example"
 TOKEN = "k7q2m9x4v8w1z6r3t5y0p2a9"
+LOG_SECRETS.update({TOKEN})  # never in a log line (tests/conftest.py)
 REVOKED = "z" * 30
 
 DEVICE_POLICY = POLICY + f"""\
