@@ -86,7 +86,8 @@ async def lists(request: web.Request) -> web.Response:
     for row in (report.category_rows(now) if report is not None else []):
         error = f"{view.clock(row['last_error_at'], day=True)}: {row['last_error']}" \
             if row["last_error"] else "-"
-        rows.append([row["source"], row["category"], row["entries"], ago(view, row["age_seconds"]),
+        category = view.categories.word(row["category"], view.language)
+        rows.append([row["source"], category, row["entries"], ago(view, row["age_seconds"]),
                      view.clock(row["last_success"], day=True) if row["last_success"] else "-", error])
     summary = t("lists.summary", entries=report.entries,
                 compiled=view.clock(report.compiled_at, day=True) if report.compiled_at else "-",

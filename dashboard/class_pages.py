@@ -73,7 +73,7 @@ async def class_create(request: web.Request) -> web.Response:
     def change(classes: dict) -> None:
         if class_id in classes:
             raise ControlError(view.t("classes.exists", id=class_id))
-        classes[class_id] = class_form.mapping_from_form(form)
+        classes[class_id] = class_form.mapping_from_form(form, _names(view))
     return await _save_class(view, None, class_id, form, change)
 
 
@@ -84,7 +84,7 @@ async def class_edit(request: web.Request) -> web.Response:
     class_id = visible_class(view, request.match_info["class_id"])
     version, document = await api._policy_document(view.context)
     body = (document.get("classes") or {}).get(class_id) or {}
-    values = {**class_form.form_from_mapping(body), "version": str(version)}
+    values = {**class_form.form_from_mapping(body, _names(view)), "version": str(version)}
     return _class_form_page(view, class_id, values, {})
 
 
@@ -96,7 +96,7 @@ async def class_update(request: web.Request) -> web.Response:
     form = await request.post()
 
     def change(classes: dict) -> None:
-        classes[class_id] = class_form.mapping_from_form(form)
+        classes[class_id] = class_form.mapping_from_form(form, _names(view))
     return await _save_class(view, class_id, class_id, form, change)
 
 
@@ -112,6 +112,11 @@ async def class_delete(request: web.Request) -> web.Response:
     return await _save_class(view, class_id, class_id, form, change, deleting=True)
 
 
+def _names(view: View) -> class_form.Names:
+    """The class form's categories and services in the user's words, both ways."""
+    return class_form.Names(view.categories, view.services, view.language)
+
+
 async def _save_class(view: View, editing: str | None, class_id: str, form, change,
                       *, deleting: bool = False) -> web.Response:
     """Through the API's own write (policy.put: validated like the file, audited, applied)."""
@@ -120,7 +125,8 @@ async def _save_class(view: View, editing: str | None, class_id: str, form, chan
     try:
         await api._put_classes(request, change, int(version) if version.isdigit() else None)
     except PolicyError as exc:
-        errors = {field: [policy_errors.translate(message, view.language) for message in messages]
+        known = {"category": view.categories, "service": view.services}
+        errors = {field: [policy_errors.translate(message, view.language, known) for message in messages]
                   for field, messages in class_form.errors_by_field(
                       exc.errors, request.get(POLICY_TEXT)).items()}
         if deleting:
@@ -163,8 +169,8 @@ def _class_form_page(view: View, class_id: str | None, values, errors: dict[str,
                     t("class.safe_search"), name, name, options,
                     error_text(errors.get(name), name.replace(".", "-")))
 
-    categories = ", ".join(sorted(commands.known_categories or ())) or "-"
-    services = ", ".join(sorted(commands.bundled.services)) or "-"
+    categories = view.categories.text(commands.known_categories or (), view.language) or "-"
+    services = view.services.text(commands.bundled.services, view.language) or "-"
     rules = join([
         text("block", t("class.block"), t("class.categories_hint", names=categories)),
         text("block_services", t("class.block_services"), t("class.services_hint", names=services)),
@@ -256,7 +262,9 @@ async def _class_page(view: View, class_id: str, errors: dict[str, str], *,
                         until=view.clock(class_state.valid_until))
     else:
         status_line = t("state.open")
-    blocked_now = ", ".join(sorted(class_state.block | class_state.block_services)) or "-"
+    blocked_now = ", ".join(part for part in (view.categories.text(class_state.block, view.language),
+                                              view.services.text(class_state.block_services, view.language))
+                            if part) or "-"
     until = t("class_page.until", at=view.clock(class_state.valid_until)) \
         if class_state.timed and not math.isinf(class_state.valid_until) else t("class_page.no_change")
     rows = []
@@ -337,7 +345,9 @@ def week_view(view: View, policy: Policy, class_id: str) -> Html:
     for window, where in windows:
         end = window.end if window.end > window.start else 1440
         label = (t("week.closed") if window.closed else
-                 ", ".join(window.block + window.block_services)) + (f" ({t('class.where_home')})" if where else "")
+                 ", ".join(part for part in (view.categories.text(window.block, view.language),
+                                             view.services.text(window.block_services, view.language))
+                           if part)) + (f" ({t('class.where_home')})" if where else "")
         span = f"{window.start // 60:02d}:{window.start % 60:02d}–{window.end // 60:02d}:{window.end % 60:02d}"
         for day in window.days:
             parts = [(day, window.start, end)]

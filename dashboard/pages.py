@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from dashboard.context import (
     CONTEXT, COOKIE, CSRF_FIELD, IDENTITY, Context, Identity, client_address,
 )
 from dashboard.errors import Answer
+from dashboard.i18n import words
 from dashboard.render import Html, html, join
 from store.records import describe_user
 
@@ -52,6 +54,16 @@ class View:
     @property
     def admin(self) -> bool:
         return self.identity is not None and self.identity.role == "admin"
+
+    @functools.cached_property
+    def categories(self) -> words.Words:
+        """Category ids in words and back ("gambling" <-> "Jeux d'argent")."""
+        commands = self.context.commands
+        return words.categories(commands.bundled, commands.known_categories)
+
+    @functools.cached_property
+    def services(self) -> words.Words:
+        return words.services(self.context.commands.bundled)
 
     @property
     def csrf(self) -> Html:

@@ -1,0 +1,87 @@
+"""The dashboard in words a teacher reads (issue 22, items 6-9, 14, 15): categories and services
+by their names, the class's state and the "why" steps in sentences, dates in the school's time
+zone and language, and no English left on the French pages. Same style as tests/test_pages.py."""
+
+from __future__ import annotations
+
+import re
+
+from tests.dashboard_fixtures import PASSWORD, dashboard  # noqa: F401 (a fixture)
+
+
+async def _login(dashboard, name: str, language: str = "fr") -> str:
+    """Log in through the form, in `language`; the CSRF token the next page carries."""
+    client = dashboard.client
+    response = await client.post("/login", data={"name": name, "password": PASSWORD},
+                                 allow_redirects=False)
+    assert response.status == 303, await response.text()
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', await (await client.get("/")).text()).group(1)
+    if language != "fr":
+        await client.post("/language", data={"language": language, "csrf_token": csrf})
+    return csrf
+
+
+def _field(page: str, name: str) -> str:
+    return re.search(rf'data-field="{re.escape(name)}">(.*?)</div>', page, re.S).group(1)
+
+
+# --- item 6: categories and services in words ------------------------------------------------------
+
+async def test_categories_are_shown_in_words_in_french_and_english(dashboard):
+    client = dashboard.client
+    csrf = await _login(dashboard, "alice")
+    page = await (await client.get("/classes/pupils")).text()
+    # safe_search: strict blocks the search engines without a safe mode too
+    assert "<strong>Adulte, Jeux d&#x27;argent, Moteurs sans recherche sécurisée</strong>" in page
+    form = await (await client.get("/classes/pupils/edit")).text()
+    assert 'value="Adulte, Jeux d&#x27;argent"' in form
+    assert "Moteurs sans recherche sécurisée" in _field(form, "block")  # the hint's known names
+    await client.post("/language", data={"language": "en", "csrf_token": csrf})
+    page = await (await client.get("/classes/pupils")).text()
+    assert "<strong>Adult, Gambling, Search engines without safe search</strong>" in page
+    assert 'value="Adult, Gambling"' in await (await client.get("/classes/pupils/edit")).text()
+
+
+async def test_the_class_form_takes_words_and_ids_in_either_language(dashboard):
+    client = dashboard.client
+    csrf = await _login(dashboard, "alice")
+    response = await client.post("/classes/new", data={
+        "csrf_token": csrf, "version": "", "id": "cm1-b", "networks": "10.9.0.0/24",
+        "block": "adulte, JEUX D’ARGENT; Social networks", "block_services": "Facebook et Messenger, tiktok",
+        "schedule-0-days": "mon-fri", "schedule-0-from": "08:30", "schedule-0-to": "16:30",
+        "schedule-0-block": "Moteurs sans recherche securisee"}, allow_redirects=False)
+    assert response.status == 303, await response.text()
+    item = dashboard.resolver.service.state.snapshot.policy.classes["cm1-b"]
+    assert set(item.rules.block) == {"adult", "gambling", "social_networks"}
+    assert set(item.rules.block_services) == {"facebook", "tiktok"}
+    assert item.rules.schedule[0].block == ("nosafesearch",)
+
+
+async def test_a_typo_gets_the_nearest_word_in_the_users_language(dashboard):
+    client = dashboard.client
+    csrf = await _login(dashboard, "alice")
+    data = {"csrf_token": csrf, "version": "", "id": "cm1-b", "networks": "10.9.0.0/24",
+            "block": "jeux", "block_services": "tiktk"}
+    page = await (await client.post("/classes/new", data=data)).text()
+    assert "catégorie inconnue « jeux » : vouliez-vous dire Jeux vidéo (games) ?" in _field(page, "block")
+    assert "vouliez-vous dire TikTok (tiktok) ?" in _field(page, "block_services")
+    await client.post("/language", data={"language": "en", "csrf_token": csrf})
+    page = await (await client.post("/classes/new", data=data)).text()
+    assert "unknown category &#x27;jeux&#x27;: did you mean Video games (games)?" in _field(page, "block")
+
+
+def test_every_bundled_category_has_words_the_form_can_take_back():
+    from blocklists.bundled import load_bundled
+    from dashboard.i18n import words
+
+    bundled = load_bundled()
+    categories, services = words.categories(bundled), words.services(bundled)
+    for name in bundled.categories:
+        for language in ("fr", "en"):
+            assert bundled.category_words.get(name, {}).get(language), (name, language)
+    for known, names in ((categories, bundled.categories), (services, bundled.services)):
+        for name in names:
+            for language in ("fr", "en"):
+                shown = known.word(name, language)
+                assert not set(shown) & set(",;\n"), shown  # the form splits items on these
+                assert known.ids(shown) == [name], (name, shown)
