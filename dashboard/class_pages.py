@@ -11,12 +11,13 @@ from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
 from aiohttp import web
+from babel.dates import format_date
 
 from admin.errors import ControlError
 from blocklists.names import normalize_domain
 from dashboard import api, class_form
 from dashboard.errors import POLICY_TEXT
-from dashboard.i18n import policy_errors
+from dashboard.i18n import dates, policy_errors
 from dashboard.pages import (
     View, error_text, page, redirect, require_admin, state_text, table, today_aggregates, view_of,
     visible_class,
@@ -367,11 +368,11 @@ def week_view(view: View, policy: Policy, class_id: str) -> Html:
         columns.append(html(
             '<div class="day{}{}"><div class="day-name">{} {}{}</div><div class="day-body">{}</div></div>',
             " today" if day == today else "", " holiday" if holiday else "", t("day." + WEEKDAYS[offset]),
-            day.strftime("%d/%m"), html('<br><small>{}</small>', holiday) if holiday else "",
+            format_date(day, "d MMM", locale=view.language), html('<br><small>{}</small>', holiday) if holiday else "",
             join(pieces[offset])))
     upcoming = [holiday for holiday in policy.exceptions if holiday.last >= today][:6]
-    listing = join(html("<li>{}{} {}</li>", holiday.first.isoformat(),
-                        f" → {holiday.last.isoformat()}" if holiday.last != holiday.first else "",
+    listing = join(html("<li>{}{} {}</li>", dates.date(holiday.first, view.language),
+                        f" → {dates.date(holiday.last, view.language)}" if holiday.last != holiday.first else "",
                         holiday.name) for holiday in upcoming)
     legend = html('<p class="hint">{}</p>', t("week.legend"))
     holidays_html = html('<h3>{}</h3><ul>{}</ul>', t("week.holidays"), listing) if upcoming else \

@@ -13,7 +13,6 @@ content, errors as pages, logging in and out. The pages themselves are in `class
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import functools
 import math
 from collections.abc import Callable
@@ -21,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
-from zoneinfo import ZoneInfo
 
 from aiohttp import web
 
@@ -31,7 +29,7 @@ from dashboard.context import (
     CONTEXT, COOKIE, CSRF_FIELD, IDENTITY, Context, Identity, client_address,
 )
 from dashboard.errors import Answer
-from dashboard.i18n import words
+from dashboard.i18n import dates, words
 from dashboard.render import Html, html, join
 from store.records import describe_user
 
@@ -72,13 +70,10 @@ class View:
                     session.csrf if session is not None else "")
 
     def clock(self, instant: float, *, day: bool = False) -> str:
-        """A moment in the server's time zone: HH:MM today, with the date otherwise."""
-        if math.isinf(instant):
-            return "∞"
-        zone = ZoneInfo(self.context.state.timezone)
-        moment = dt.datetime.fromtimestamp(instant, zone)
-        today = dt.datetime.fromtimestamp(self.context.state.clock(), zone).date()
-        return moment.strftime("%Y-%m-%d %H:%M" if day or moment.date() != today else "%H:%M")
+        """A moment in the school's time zone, in words from now ("demain 7 h 00"); `day`: with
+        its whole date ("samedi 5 décembre 2026 à 19 h 42")."""
+        state = self.context.state
+        return dates.moment(instant, state.timezone, state.clock(), self.language, day=day)
 
 
 async def view_of(request: web.Request) -> View:
@@ -318,8 +313,4 @@ def ago(view: View, seconds: float | None) -> str:
         return "-"
     if seconds < 60:
         return view.t("duration.now")
-    if seconds < 3600:
-        return view.t("duration.minutes", n=int(seconds // 60))
-    if seconds < 2 * 86400:
-        return view.t("duration.hours", n=int(seconds // 3600))
-    return view.t("duration.days", n=int(seconds // 86400))
+    return dates.ago(seconds, view.language)

@@ -85,3 +85,59 @@ def test_every_bundled_category_has_words_the_form_can_take_back():
                 shown = known.word(name, language)
                 assert not set(shown) & set(",;\n"), shown  # the form splits items on these
                 assert known.ids(shown) == [name], (name, shown)
+
+
+# --- item 8: dates in the school's time zone and language, plurals --------------------------------
+
+PARIS = """\
+classes:
+  pupils:
+    name: "CM2 A"
+    networks: ["127.0.0.2/32"]
+    block: [gambling]
+"""
+
+
+async def test_the_audit_log_says_a_pause_in_the_schools_time_and_language(make_resolver):
+    import datetime as dt
+    from zoneinfo import ZoneInfo
+
+    from tests.dashboard_fixtures import open_dashboard
+
+    async with open_dashboard(make_resolver, policy=PARIS, timezone="Europe/Paris") as opened:
+        client = opened.client
+        csrf = await _login(opened, "alice")
+        response = await client.post("/classes/pupils/pause", data={"csrf_token": csrf, "minutes": "30"})
+        assert response.status == 200
+        state = opened.resolver.service.state
+        until = dt.datetime.fromtimestamp(state.snapshot.overrides[0].until, ZoneInfo("Europe/Paris"))
+        french_time = f"{until.hour} h {until.minute:02d}"  # what the teacher's watch says
+        page = await response.text()
+        assert f"En pause jusqu&#x27;à {french_time}" in page or "demain" in page
+        audit = await (await client.get("/audit")).text()
+        assert "+00:00" not in audit and "T" + until.strftime("%H") not in audit
+        assert re.search(rf"<td>Pause ou autorisation</td><td></td><td>pause pour pupils jusqu&#x27;à "
+                         rf"\w+ \d+ \w+ \d{{4}} à {french_time} \(id \w+\)</td>", audit), audit
+        await client.post("/language", data={"language": "en", "csrf_token": csrf})
+        audit = await (await client.get("/audit")).text()
+        assert re.search(r"<td>Pause or allow</td><td></td><td>pause for pupils until \w+, \w+ \d+, "
+                         r"\d{4} at \d+:\d\d\s[AP]M \(id \w+\)</td>", audit), audit
+
+
+def test_plurals_and_ages_follow_each_languages_rules():
+    from dashboard import i18n
+    from dashboard.i18n import dates
+
+    french, english = i18n.translator("fr"), i18n.translator("en")
+    assert french("devices.imported", n=1) == "1 appareil inscrit"
+    assert french("devices.imported", n=0) == "0 appareil inscrit"  # French counts 0 as one
+    assert french("devices.imported", n=2) == "2 appareils inscrits"
+    assert english("devices.imported", n=1) == "1 device enrolled"
+    assert english("devices.imported", n=0) == "0 devices enrolled"
+    assert dates.ago(86400 * 1.2, "fr") == "il y a 1 jour"
+    assert dates.ago(86400 * 3, "fr") == "il y a 3 jours"
+    assert dates.ago(86400, "en") == "1 day ago"
+    now = 1_796_500_000  # a Saturday, 20:46 in Paris
+    assert dates.moment(now + 36_000, "Europe/Paris", now, "fr") == "demain 6 h 46"
+    assert dates.moment(now + 36_000, "Europe/Paris", now, "en") == "tomorrow 6:46\u202fAM"  # CLDR: a narrow no-break space
+    assert dates.moment(now, "Europe/Paris", now, "fr", day=True) == "samedi 5 décembre 2026 à 20 h 46"
