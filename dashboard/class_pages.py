@@ -15,12 +15,12 @@ from babel.dates import format_date
 
 from admin.errors import ControlError
 from blocklists.names import normalize_domain
-from dashboard import api, class_form
+from dashboard import api, class_form, i18n
 from dashboard.errors import POLICY_TEXT
 from dashboard.i18n import dates, policy_errors
 from dashboard.pages import (
-    View, error_text, page, redirect, require_admin, state_text, table, today_aggregates, view_of,
-    visible_class,
+    View, error_text, page, redirect, require_admin, rule_text, state_text, step_text, table,
+    today_aggregates, view_of, visible_class,
 )
 from dashboard.render import Html, html, join
 from policies.loader import PolicyError
@@ -259,10 +259,12 @@ async def _class_page(view: View, class_id: str, errors: dict[str, str], *,
     if class_state.closed == "paused":
         status_line = t("state.paused", until=view.clock(class_state.valid_until))
     elif class_state.closed:
-        status_line = t("class_page.closed_by", rule=class_state.closed_rule,
-                        until=view.clock(class_state.valid_until))
+        status_line = t("state.closed", until=view.clock(class_state.valid_until))
     else:
         status_line = t("state.open")
+    # The headline stays short (it is a card's title on a tablet); the rule comes under it.
+    closing = html('<p class="rule" id="class-rule">{}</p>', rule_text(view, class_state.closed_rule)) \
+        if class_state.closed == "closed" else Html("")
     blocked_now = ", ".join(part for part in (view.categories.text(class_state.block, view.language),
                                               view.services.text(class_state.block_services, view.language))
                             if part) or "-"
@@ -277,9 +279,9 @@ async def _class_page(view: View, class_id: str, errors: dict[str, str], *,
                       class_id, view.csrf, override.id, t("override.cancel"))
         rows.append([what, view.clock(override.until), override.created_by, cancel])
     in_force = html(
-        '<section class="card"><h2>{}</h2><p class="status {}" id="class-status">{}</p>'
+        '<section class="card"><h2>{}</h2><p class="status {}" id="class-status">{}</p>{}'
         '<p>{} <strong>{}</strong></p><p>{}</p>{}{}</section>',
-        t("class_page.in_force"), class_state.closed or "open", status_line,
+        t("class_page.in_force"), class_state.closed or "open", status_line, closing,
         t("class_page.blocked_now"), blocked_now, until,
         html("<p>{}</p>", t("class_page.screen_time", n=item.screen_time_minutes))
         if item.screen_time_minutes else "",
@@ -474,13 +476,15 @@ async def why(request: web.Request) -> web.Response:
             errors["class"] = t("why.pick_class")
         if not errors:
             why = await view.context.explain(normalized, class_id, scope, at)
-            rows = [[t("why.decision"), t("why.blocked") if why.blocked else why.decision],
-                    [t("why.step"), why.step], [t("why.rule"), why.rule],
+            decided = t("why.blocked") if why.blocked else t("decision." + why.decision) \
+                if "decision." + why.decision in i18n.catalogue(view.language) else why.decision
+            rows = [[t("why.decision"), decided],
+                    [t("why.step"), step_text(view, why.step)], [t("why.rule"), rule_text(view, why.rule)],
                     [t("why.at"), view.clock(at, day=True) + f" ({state.timezone})"]]
             if why.reason:
                 rows.append([t("why.reason"), why.reason])
             if why.in_force:
-                rows.append([t("why.in_force"), why.in_force])
+                rows.append([t("why.in_force"), rule_text(view, why.in_force)])
             if why.until is not None:
                 rows.append([t("why.until"), view.clock(why.until, day=True)])
             answer = html('<section class="card answer {}" id="why-answer"><h2>{}</h2>{}</section>',

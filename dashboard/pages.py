@@ -13,8 +13,10 @@ content, errors as pages, logging in and out. The pages themselves are in `class
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import functools
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +24,7 @@ from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
 from aiohttp import web
+from babel.dates import format_date
 
 from common.results import RESULTS
 from dashboard import api, auth, i18n
@@ -314,3 +317,61 @@ def ago(view: View, seconds: float | None) -> str:
     if seconds < 60:
         return view.t("duration.now")
     return dates.ago(seconds, view.language)
+
+
+# The engine's descriptions of what closes a class (policies.engine.describe_window, and a pause's
+# "paused until HH:MM by WHO"), said in the reader's language: the status headline and the "why"
+# page show sentences, not "window mon,tue,wed,thu,fri,sat,sun 19:00-07:00 closed".
+_WINDOW = re.compile(r"window (?P<days>[a-z,]+) (?P<start>\d\d:\d\d)-(?P<end>\d\d:\d\d) "
+                     r"(?:(?P<closed>closed)|block (?P<names>\S*))(?P<school> \(school days\))?")
+_PAUSED = re.compile(r"paused until (?P<until>\d\d:\d\d)(?: by (?P<who>.+))?")
+_LISTED = re.compile(r"(?P<kind>category|service) (?P<name>\S+): (?P<match>.+)")
+_DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+def rule_text(view: View, text: str | None) -> str:
+    """A rule as the engine writes it, in words; as written when it is none of those."""
+    if not text:
+        return text or ""
+    t = view.t
+    found = _WINDOW.fullmatch(text)
+    if found is not None:
+        days = found["days"].split(",")
+        if len(days) == 7:
+            days_text = t("rule.days_all")
+        else:
+            days_text = ", ".join(format_date(dt.date(2024, 1, 1 + _DAYS.index(day)), "EEEE",
+                                              locale=view.language) for day in days if day in _DAYS)
+        if found["closed"]:
+            effect = t("rule.window_closed")
+        else:
+            names = found["names"].split(",")
+            effect = t("rule.window_block", names=", ".join(
+                view.categories.word(name, view.language) if name in view.categories.words
+                else view.services.word(name, view.language) for name in names))
+        return t("rule.window", days=days_text, start=_time(view, found["start"]),
+                 end=_time(view, found["end"]), effect=effect,
+                 school_days=t("rule.school_days") if found["school"] else "")
+    found = _PAUSED.fullmatch(text)
+    if found is not None:
+        return t("rule.paused", until=_time(view, found["until"]),
+                 by=t("rule.by", who=found["who"]) if found["who"] else "")
+    found = _LISTED.fullmatch(text)
+    if found is not None:
+        words = view.categories if found["kind"] == "category" else view.services
+        return t("rule." + found["kind"], name=words.word(found["name"], view.language), match=found["match"])
+    return text
+
+
+def _time(view: View, text: str) -> str:
+    hours, minutes = (int(part) for part in text.split(":"))
+    return dates.time_of_day(dt.time(hours % 24, minutes), view.language)
+
+
+def step_text(view: View, step: str) -> str:
+    """"9 category" -> "Catégorie ou application bloquée" (the step's number kept for the docs)."""
+    number = step.split(" ", 1)[0]
+    key = "step." + (number if number.isdigit() else "answer" if step == "answer inspection" else "")
+    if key not in i18n.catalogue(view.language):
+        return step
+    return f"{view.t(key)} ({step})"

@@ -141,3 +141,44 @@ def test_plurals_and_ages_follow_each_languages_rules():
     assert dates.moment(now + 36_000, "Europe/Paris", now, "fr") == "demain 6 h 46"
     assert dates.moment(now + 36_000, "Europe/Paris", now, "en") == "tomorrow 6:46\u202fAM"  # CLDR: a narrow no-break space
     assert dates.moment(now, "Europe/Paris", now, "fr", day=True) == "samedi 5 décembre 2026 à 20 h 46"
+
+
+# --- item 7: the class's state and the "why" steps in sentences ------------------------------------
+
+BEDTIME = """\
+classes:
+  pupils:
+    name: "CM2 A"
+    networks: ["127.0.0.2/32"]
+    block: [gambling]
+    schedule:
+      - {days: all, from: "19:00", to: "07:00", closed: true}
+"""
+
+
+async def test_a_closed_class_says_so_in_words_in_french_and_english(make_resolver):
+    import datetime as dt
+    from zoneinfo import ZoneInfo
+
+    from tests.dashboard_fixtures import open_dashboard
+
+    evening = dt.datetime(2026, 12, 4, 21, 30, tzinfo=ZoneInfo("Europe/Paris")).timestamp()
+    async with open_dashboard(make_resolver, policy=BEDTIME, timezone="Europe/Paris",
+                              clock=lambda: evening) as opened:
+        client = opened.client
+        csrf = await _login(opened, "tom")
+        page = await (await client.get("/classes/pupils")).text()
+        status = re.search(r'id="class-status">(.*?)</p>', page).group(1)
+        assert status == "Fermée jusqu&#x27;à demain 7 h 00"
+        assert '<p class="rule" id="class-rule">tous les jours, de 19 h 00 à 7 h 00 : Internet coupé</p>' in page
+        why = await (await client.get("/why", params={"name": "casino.example", "class": "pupils"})).text()
+        assert "<td>Étape</td><td>Classe fermée (5 closed)</td>" in why
+        assert "<td>Règle</td><td>tous les jours, de 19 h 00 à 7 h 00 : Internet coupé</td>" in why
+        why = await (await client.get("/why", params={"name": "casino.example", "class": "pupils",
+                                                       "at": "2026-12-07T10:00"})).text()
+        assert "<td>Étape</td><td>Catégorie ou application bloquée (9 category)</td>" in why
+        assert "<td>Règle</td><td>catégorie Jeux d&#x27;argent : casino.example</td>" in why
+        await client.post("/language", data={"language": "en", "csrf_token": csrf})
+        page = await (await client.get("/classes/pupils")).text()
+        assert re.search(r'id="class-status">Closed until tomorrow 7:00\sAM</p>', page)
+        assert "every day, 7:00\u202fPM to 7:00\u202fAM: internet off" in page
