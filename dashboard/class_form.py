@@ -89,8 +89,24 @@ def _row_indexes(form: Mapping[str, Any]) -> set[int]:
     return found
 
 
+# French day names a teacher writes ("lun-ven", "samedi, dimanche", "tous") as the policy's days.
+_FRENCH_DAYS = {"lun": "mon", "lundi": "mon", "mar": "tue", "mardi": "tue", "mer": "wed",
+                "mercredi": "wed", "jeu": "thu", "jeudi": "thu", "ven": "fri", "vendredi": "fri",
+                "sam": "sat", "samedi": "sat", "dim": "sun", "dimanche": "sun", "tous": "all",
+                "tout": "all", "tlj": "all"}
+_DAY_WORD = re.compile(r"[^\W\d_]+")
+
+
+def policy_days(text: str) -> str:
+    """`lun-ven` -> `mon-fri`: French day names (with or without accents or a final period) as
+    the policy file writes days; English ones and anything else left for the checker."""
+    return _DAY_WORD.sub(lambda found: _FRENCH_DAYS.get(found.group(0).casefold(), found.group(0)),
+                         text)
+
+
 def _window(form: Mapping[str, Any], prefix: str, names: Names | None = None) -> dict[str, Any] | None:
     days, start, end = (str(form.get(prefix + key, "")).strip() for key in ("days", "from", "to"))
+    days = policy_days(days)
     lists = {key: _items(key, form.get(prefix + key), names) for key in WINDOW_LIST_KEYS}
     closed, school_days = bool(form.get(prefix + "closed")), bool(form.get(prefix + "school_days_only"))
     if not (days or start or end or any(lists.values()) or closed):

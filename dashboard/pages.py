@@ -123,8 +123,10 @@ def page(view: View, title: str, body: Html, *, status: int = 200) -> web.Respon
                      for path, key, admin_only in NAV if view.admin or not admin_only)
         logout = html('<form method="post" action="/logout" class="inline">{}'
                       '<button class="link">{}</button></form>', view.csrf, t("nav.logout"))
-        header = html('<nav aria-label="{}">{}</nav><div class="who"><span>{} ({})</span>{}{}</div>',
-                      t("nav.label"), links, view.identity.name, t("role." + view.identity.role),
+        # "marie — compte enseignant": a role noun that needs no gender ("enseignante" cannot be
+        # derived from an account), without the point médian schools are told not to use.
+        header = html('<nav aria-label="{}">{}</nav><div class="who"><span>{} — {}</span>{}{}</div>',
+                      t("nav.label"), links, view.identity.name, t("role.account." + view.identity.role),
                       _language_switch(view), logout)
     else:
         header = html('<div class="who">{}</div>', _language_switch(view))

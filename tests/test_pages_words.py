@@ -182,3 +182,23 @@ async def test_a_closed_class_says_so_in_words_in_french_and_english(make_resolv
         page = await (await client.get("/classes/pupils")).text()
         assert re.search(r'id="class-status">Closed until tomorrow 7:00\sAM</p>', page)
         assert "every day, 7:00\u202fPM to 7:00\u202fAM: internet off" in page
+
+
+# --- item 9 (part): French day names, the role in the header -----------------------------------------
+
+async def test_the_schedule_takes_french_day_names_and_the_header_says_the_role(dashboard):
+    client = dashboard.client
+    csrf = await _login(dashboard, "alice")
+    response = await client.post("/classes/new", data={
+        "csrf_token": csrf, "version": "", "id": "cm1-b", "networks": "10.9.0.0/24",
+        "schedule-0-days": "lun-ven", "schedule-0-from": "08:30", "schedule-0-to": "16:30",
+        "schedule-0-block": "Jeux vidéo",
+        "schedule-1-days": "Samedi, dimanche", "schedule-1-from": "00:00", "schedule-1-to": "24:00",
+        "schedule-1-closed": "on"}, allow_redirects=False)
+    assert response.status == 303, await response.text()
+    windows = dashboard.resolver.service.state.snapshot.policy.classes["cm1-b"].rules.schedule
+    assert [sorted(window.days) for window in windows] == [[0, 1, 2, 3, 4], [5, 6]]
+    page = await (await client.get("/classes")).text()
+    assert "<span>alice — compte administrateur</span>" in page
+    await client.post("/language", data={"language": "en", "csrf_token": csrf})
+    assert "<span>alice — admin account</span>" in await (await client.get("/classes")).text()
