@@ -13,6 +13,7 @@ from blocklists.names import normalize_domain
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 STARTER_DIR = DATA_DIR / "starter"
+WORD_LANGUAGES = ("fr", "en")  # the words categories.yaml and services.yaml give a person, per language
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +58,7 @@ class Service:
     domains: tuple[str, ...]
     source: str = ""
     updated: str = ""
+    words: dict[str, str] = field(default_factory=dict)  # language -> name, where not `name`
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +70,8 @@ class Bundled:
     background: frozenset[str] = frozenset()
     services: dict[str, Service] = field(default_factory=dict)
     categories: dict[str, str] = field(default_factory=dict)  # name -> default usage
+    # What a person reads for a category: id -> {language: words} ("gambling" -> "Jeux d'argent").
+    category_words: dict[str, dict[str, str]] = field(default_factory=dict)
     # Built by load_bundled from `safe_search`: exact hosts, and (literal prefix, regex, engine).
     safe_hosts: dict[str, SafeSearchEngine] = field(default_factory=dict, repr=False)
     safe_patterns: tuple = field(default=(), repr=False)
@@ -119,11 +123,15 @@ def load_bundled() -> Bundled:
             domains=tuple(entry["domains"]),
             source=str(entry.get("source", "")),
             updated=str(entry.get("updated", "")),
+            words={language: str(entry[language]) for language in WORD_LANGUAGES if language in entry},
         )
         for service_id, entry in services_data.items()
     }
     categories_data = yaml.safe_load((DATA_DIR / "categories.yaml").read_text(encoding="utf-8"))["categories"]
     categories = {name: (entry or {}).get("usage", "black") for name, entry in categories_data.items()}
+    category_words = {name: {language: str(entry[language]) for language in WORD_LANGUAGES
+                             if language in (entry or {})}
+                      for name, entry in categories_data.items()}
     for path in STARTER_DIR.glob("*.txt"):
         categories.setdefault(path.stem, "black")
     hosts = {host: engine for engine in reversed(engines) for host in engine.hosts}
@@ -138,4 +146,5 @@ def load_bundled() -> Bundled:
         background=_names_file(DATA_DIR / "background.txt"),
         services=services,
         categories=categories,
+        category_words=category_words,
     )

@@ -4,6 +4,8 @@ log and the users."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import re
 import time
 from typing import Any
 
@@ -86,7 +88,8 @@ async def lists(request: web.Request) -> web.Response:
     for row in (report.category_rows(now) if report is not None else []):
         error = f"{view.clock(row['last_error_at'], day=True)}: {row['last_error']}" \
             if row["last_error"] else "-"
-        rows.append([row["source"], row["category"], row["entries"], ago(view, row["age_seconds"]),
+        category = view.categories.word(row["category"], view.language)
+        rows.append([row["source"], category, row["entries"], ago(view, row["age_seconds"]),
                      view.clock(row["last_success"], day=True) if row["last_success"] else "-", error])
     summary = t("lists.summary", entries=report.entries,
                 compiled=view.clock(report.compiled_at, day=True) if report.compiled_at else "-",
@@ -114,11 +117,35 @@ async def audit(request: web.Request) -> web.Response:
     require_admin(view)
     t = view.t
     entries = await view.context.store.audit(AUDIT_SHOWN)
-    rows = [[view.clock(entry.at, day=True), entry.actor, entry.action, entry.before, entry.after]
+    known = i18n.catalogue(view.language)
+    rows = [[view.clock(entry.at, day=True), entry.actor,
+             t("audit.action." + entry.action) if "audit.action." + entry.action in known else entry.action,
+             _audit_text(view, entry.before), _audit_text(view, entry.after)]
             for entry in entries]
     return page(view, t("audit.title"), table(
         [t("col.at"), t("col.actor"), t("col.action"), t("col.before"), t("col.after")], rows,
         empty=t("audit.none")))
+
+
+# store.records.describe_override's line, as the store keeps it (English, UTC, for the CLI and
+# any reader of the raw log); the page says it in the reader's language and the school's time.
+_OVERRIDE = re.compile(r"(?P<kind>pause|allow)(?: (?P<target>\S+))? for (?P<class_id>\S+) until "
+                       r"(?P<until>\S+) \(id (?P<id>\w+)\)")
+
+
+def _audit_text(view: View, text: str) -> str:
+    t = view.t
+    if text == "cancelled":
+        return t("audit.cancelled")
+    found = _OVERRIDE.fullmatch(text)
+    if found is None:
+        return text
+    try:
+        until = view.clock(dt.datetime.fromisoformat(found["until"]).timestamp(), day=True)
+    except ValueError:
+        return text
+    what = t("audit.pause") if found["kind"] == "pause" else t("audit.allow", target=found["target"] or "")
+    return t("audit.override", what=what, class_id=found["class_id"], until=until, id=found["id"])
 
 
 @routes.get("/users")

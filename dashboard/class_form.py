@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
+from dashboard.i18n.words import Words
 from policies.model import SAFE_SEARCH_MODES
 
 LIST_KEYS = ("block", "block_services", "allow", "deny", "allow_only")
@@ -20,8 +22,34 @@ def split(text: Any) -> list[str]:
     return [part for part in _SPLIT.split(str(text or "").strip()) if part]
 
 
-def mapping_from_form(form: Mapping[str, Any]) -> dict[str, Any]:
-    """The class as the policy file writes it, from the submitted fields (empty ones left out)."""
+@dataclass(frozen=True)
+class Names:
+    """The words of the list fields that name categories or services, in the user's language: the
+    form shows them ("Jeux d'argent") and takes them back as ids ("gambling")."""
+
+    categories: Words
+    services: Words
+    language: str
+
+    def words_of(self, key: str) -> Words | None:
+        return {"block": self.categories, "allow_only": self.categories,
+                "block_services": self.services}.get(key)
+
+
+def _items(key: str, text: Any, names: Names | None) -> list[str]:
+    words = names.words_of(key) if names is not None else None
+    return words.ids(str(text or "")) if words is not None else split(text)
+
+
+def _shown(key: str, items: Any, names: Names | None) -> str:
+    words = names.words_of(key) if names is not None else None
+    return ", ".join(words.word(str(item), names.language) if words is not None else str(item)
+                     for item in items)
+
+
+def mapping_from_form(form: Mapping[str, Any], names: Names | None = None) -> dict[str, Any]:
+    """The class as the policy file writes it, from the submitted fields (empty ones left out);
+    with `names`, categories and services may be written in words."""
     body: dict[str, Any] = {}
     home: dict[str, Any] = {}
     for key in ("name", "school"):
@@ -33,7 +61,7 @@ def mapping_from_form(form: Mapping[str, Any]) -> dict[str, Any]:
         body["networks"] = networks
     for target, prefix in ((body, ""), (home, "home.")):
         for key in LIST_KEYS:
-            items = split(form.get(prefix + key))
+            items = _items(key, form.get(prefix + key), names)
             if items:
                 target[key] = items
         mode = str(form.get(prefix + "safe_search", ""))
@@ -43,7 +71,7 @@ def mapping_from_form(form: Mapping[str, Any]) -> dict[str, Any]:
     if minutes:
         body["screen_time"] = {"daily_minutes": int(minutes) if minutes.isdigit() else minutes}
     for index in sorted(_row_indexes(form)):
-        window = _window(form, f"schedule-{index}-")
+        window = _window(form, f"schedule-{index}-", names)
         if window is not None:
             place = home if form.get(f"schedule-{index}-where") == "home" else body
             place.setdefault("schedule", []).append(window)
@@ -61,9 +89,25 @@ def _row_indexes(form: Mapping[str, Any]) -> set[int]:
     return found
 
 
-def _window(form: Mapping[str, Any], prefix: str) -> dict[str, Any] | None:
+# French day names a teacher writes ("lun-ven", "samedi, dimanche", "tous") as the policy's days.
+_FRENCH_DAYS = {"lun": "mon", "lundi": "mon", "mar": "tue", "mardi": "tue", "mer": "wed",
+                "mercredi": "wed", "jeu": "thu", "jeudi": "thu", "ven": "fri", "vendredi": "fri",
+                "sam": "sat", "samedi": "sat", "dim": "sun", "dimanche": "sun", "tous": "all",
+                "tout": "all", "tlj": "all"}
+_DAY_WORD = re.compile(r"[^\W\d_]+")
+
+
+def policy_days(text: str) -> str:
+    """`lun-ven` -> `mon-fri`: French day names (with or without accents or a final period) as
+    the policy file writes days; English ones and anything else left for the checker."""
+    return _DAY_WORD.sub(lambda found: _FRENCH_DAYS.get(found.group(0).casefold(), found.group(0)),
+                         text)
+
+
+def _window(form: Mapping[str, Any], prefix: str, names: Names | None = None) -> dict[str, Any] | None:
     days, start, end = (str(form.get(prefix + key, "")).strip() for key in ("days", "from", "to"))
-    lists = {key: split(form.get(prefix + key)) for key in WINDOW_LIST_KEYS}
+    days = policy_days(days)
+    lists = {key: _items(key, form.get(prefix + key), names) for key in WINDOW_LIST_KEYS}
     closed, school_days = bool(form.get(prefix + "closed")), bool(form.get(prefix + "school_days_only"))
     if not (days or start or end or any(lists.values()) or closed):
         return None  # a blank row
@@ -76,8 +120,9 @@ def _window(form: Mapping[str, Any], prefix: str) -> dict[str, Any] | None:
     return window
 
 
-def form_from_mapping(body: Mapping[str, Any]) -> dict[str, str]:
-    """The form's field values for a class mapping (what GET /api/v1/classes/{id} gives)."""
+def form_from_mapping(body: Mapping[str, Any], names: Names | None = None) -> dict[str, str]:
+    """The form's field values for a class mapping (what GET /api/v1/classes/{id} gives); with
+    `names`, categories and services in words."""
     values: dict[str, str] = {}
     for key in ("name", "school"):
         values[key] = str(body.get(key, ""))
@@ -85,7 +130,7 @@ def form_from_mapping(body: Mapping[str, Any]) -> dict[str, str]:
     home = body.get("home") or {}
     for source, prefix in ((body, ""), (home, "home.")):
         for key in LIST_KEYS:
-            values[prefix + key] = ", ".join(str(item) for item in source.get(key, ()))
+            values[prefix + key] = _shown(key, source.get(key, ()), names)
         values[prefix + "safe_search"] = str(source.get("safe_search", ""))
     screen_time = body.get("screen_time") or {}
     values["screen_time"] = str(screen_time.get("daily_minutes", ""))
@@ -97,7 +142,7 @@ def form_from_mapping(body: Mapping[str, Any]) -> dict[str, str]:
         values[f"schedule-{index}-from"] = str(window.get("from", ""))
         values[f"schedule-{index}-to"] = str(window.get("to", ""))
         for key in WINDOW_LIST_KEYS:
-            values[f"schedule-{index}-{key}"] = ", ".join(window.get(key, ()))
+            values[f"schedule-{index}-{key}"] = _shown(key, window.get(key, ()), names)
         values[f"schedule-{index}-closed"] = "on" if window.get("closed") else ""
         values[f"schedule-{index}-school_days_only"] = "on" if window.get("school_days_only") else ""
         values[f"schedule-{index}-where"] = where

@@ -11,15 +11,16 @@ from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
 from aiohttp import web
+from babel.dates import format_date
 
 from admin.errors import ControlError
 from blocklists.names import normalize_domain
-from dashboard import api, class_form
+from dashboard import api, class_form, i18n
 from dashboard.errors import POLICY_TEXT
-from dashboard.i18n import policy_errors
+from dashboard.i18n import dates, policy_errors
 from dashboard.pages import (
-    View, error_text, page, redirect, require_admin, state_text, table, today_aggregates, view_of,
-    visible_class,
+    View, error_text, page, redirect, require_admin, rule_text, state_text, step_text, table,
+    today_aggregates, view_of, visible_class,
 )
 from dashboard.render import Html, html, join
 from policies.loader import PolicyError
@@ -73,7 +74,7 @@ async def class_create(request: web.Request) -> web.Response:
     def change(classes: dict) -> None:
         if class_id in classes:
             raise ControlError(view.t("classes.exists", id=class_id))
-        classes[class_id] = class_form.mapping_from_form(form)
+        classes[class_id] = class_form.mapping_from_form(form, _names(view))
     return await _save_class(view, None, class_id, form, change)
 
 
@@ -84,7 +85,7 @@ async def class_edit(request: web.Request) -> web.Response:
     class_id = visible_class(view, request.match_info["class_id"])
     version = api._policy_version(view.context)
     body = api._class_document(view.context, class_id)
-    values = {**class_form.form_from_mapping(body), "version": str(version)}
+    values = {**class_form.form_from_mapping(body, _names(view)), "version": str(version)}
     return _class_form_page(view, class_id, values, {})
 
 
@@ -96,7 +97,7 @@ async def class_update(request: web.Request) -> web.Response:
     form = await request.post()
 
     def change(classes: dict) -> None:
-        classes[class_id] = class_form.mapping_from_form(form)
+        classes[class_id] = class_form.mapping_from_form(form, _names(view))
     return await _save_class(view, class_id, class_id, form, change)
 
 
@@ -112,6 +113,11 @@ async def class_delete(request: web.Request) -> web.Response:
     return await _save_class(view, class_id, class_id, form, change, deleting=True)
 
 
+def _names(view: View) -> class_form.Names:
+    """The class form's categories and services in the user's words, both ways."""
+    return class_form.Names(view.categories, view.services, view.language)
+
+
 async def _save_class(view: View, editing: str | None, class_id: str, form, change,
                       *, deleting: bool = False) -> web.Response:
     """Through the API's own write (policy.put: validated like the file, audited, applied)."""
@@ -120,7 +126,8 @@ async def _save_class(view: View, editing: str | None, class_id: str, form, chan
     try:
         await api._put_classes(request, change, int(version) if version.isdigit() else None)
     except PolicyError as exc:
-        errors = {field: [policy_errors.translate(message, view.language) for message in messages]
+        known = {"category": view.categories, "service": view.services}
+        errors = {field: [policy_errors.translate(message, view.language, known) for message in messages]
                   for field, messages in class_form.errors_by_field(
                       exc.errors, request.get(POLICY_TEXT)).items()}
         if deleting:
@@ -163,8 +170,8 @@ def _class_form_page(view: View, class_id: str | None, values, errors: dict[str,
                     t("class.safe_search"), name, name, options,
                     error_text(errors.get(name), name.replace(".", "-")))
 
-    categories = ", ".join(sorted(commands.known_categories or ())) or "-"
-    services = ", ".join(sorted(commands.bundled.services)) or "-"
+    categories = view.categories.text(commands.known_categories or (), view.language) or "-"
+    services = view.services.text(commands.bundled.services, view.language) or "-"
     rules = join([
         text("block", t("class.block"), t("class.categories_hint", names=categories)),
         text("block_services", t("class.block_services"), t("class.services_hint", names=services)),
@@ -252,11 +259,15 @@ async def _class_page(view: View, class_id: str, errors: dict[str, str], *,
     if class_state.closed == "paused":
         status_line = t("state.paused", until=view.clock(class_state.valid_until))
     elif class_state.closed:
-        status_line = t("class_page.closed_by", rule=class_state.closed_rule,
-                        until=view.clock(class_state.valid_until))
+        status_line = t("state.closed", until=view.clock(class_state.valid_until))
     else:
         status_line = t("state.open")
-    blocked_now = ", ".join(sorted(class_state.block | class_state.block_services)) or "-"
+    # The headline stays short (it is a card's title on a tablet); the rule comes under it.
+    closing = html('<p class="rule" id="class-rule">{}</p>', rule_text(view, class_state.closed_rule)) \
+        if class_state.closed == "closed" else Html("")
+    blocked_now = ", ".join(part for part in (view.categories.text(class_state.block, view.language),
+                                              view.services.text(class_state.block_services, view.language))
+                            if part) or "-"
     until = t("class_page.until", at=view.clock(class_state.valid_until)) \
         if class_state.timed and not math.isinf(class_state.valid_until) else t("class_page.no_change")
     rows = []
@@ -268,9 +279,9 @@ async def _class_page(view: View, class_id: str, errors: dict[str, str], *,
                       class_id, view.csrf, override.id, t("override.cancel"))
         rows.append([what, view.clock(override.until), override.created_by, cancel])
     in_force = html(
-        '<section class="card"><h2>{}</h2><p class="status {}" id="class-status">{}</p>'
+        '<section class="card"><h2>{}</h2><p class="status {}" id="class-status">{}</p>{}'
         '<p>{} <strong>{}</strong></p><p>{}</p>{}{}</section>',
-        t("class_page.in_force"), class_state.closed or "open", status_line,
+        t("class_page.in_force"), class_state.closed or "open", status_line, closing,
         t("class_page.blocked_now"), blocked_now, until,
         html("<p>{}</p>", t("class_page.screen_time", n=item.screen_time_minutes))
         if item.screen_time_minutes else "",
@@ -337,7 +348,9 @@ def week_view(view: View, policy: Policy, class_id: str) -> Html:
     for window, where in windows:
         end = window.end if window.end > window.start else 1440
         label = (t("week.closed") if window.closed else
-                 ", ".join(window.block + window.block_services)) + (f" ({t('class.where_home')})" if where else "")
+                 ", ".join(part for part in (view.categories.text(window.block, view.language),
+                                             view.services.text(window.block_services, view.language))
+                           if part)) + (f" ({t('class.where_home')})" if where else "")
         span = f"{window.start // 60:02d}:{window.start % 60:02d}–{window.end // 60:02d}:{window.end % 60:02d}"
         for day in window.days:
             parts = [(day, window.start, end)]
@@ -357,11 +370,11 @@ def week_view(view: View, policy: Policy, class_id: str) -> Html:
         columns.append(html(
             '<div class="day{}{}"><div class="day-name">{} {}{}</div><div class="day-body">{}</div></div>',
             " today" if day == today else "", " holiday" if holiday else "", t("day." + WEEKDAYS[offset]),
-            day.strftime("%d/%m"), html('<br><small>{}</small>', holiday) if holiday else "",
+            format_date(day, "d MMM", locale=view.language), html('<br><small>{}</small>', holiday) if holiday else "",
             join(pieces[offset])))
     upcoming = [holiday for holiday in policy.exceptions if holiday.last >= today][:6]
-    listing = join(html("<li>{}{} {}</li>", holiday.first.isoformat(),
-                        f" → {holiday.last.isoformat()}" if holiday.last != holiday.first else "",
+    listing = join(html("<li>{}{} {}</li>", dates.date(holiday.first, view.language),
+                        f" → {dates.date(holiday.last, view.language)}" if holiday.last != holiday.first else "",
                         holiday.name) for holiday in upcoming)
     legend = html('<p class="hint">{}</p>', t("week.legend"))
     holidays_html = html('<h3>{}</h3><ul>{}</ul>', t("week.holidays"), listing) if upcoming else \
@@ -463,13 +476,15 @@ async def why(request: web.Request) -> web.Response:
             errors["class"] = t("why.pick_class")
         if not errors:
             why = await view.context.explain(normalized, class_id, scope, at)
-            rows = [[t("why.decision"), t("why.blocked") if why.blocked else why.decision],
-                    [t("why.step"), why.step], [t("why.rule"), why.rule],
+            decided = t("why.blocked") if why.blocked else t("decision." + why.decision) \
+                if "decision." + why.decision in i18n.catalogue(view.language) else why.decision
+            rows = [[t("why.decision"), decided],
+                    [t("why.step"), step_text(view, why.step)], [t("why.rule"), rule_text(view, why.rule)],
                     [t("why.at"), view.clock(at, day=True) + f" ({state.timezone})"]]
             if why.reason:
                 rows.append([t("why.reason"), why.reason])
             if why.in_force:
-                rows.append([t("why.in_force"), why.in_force])
+                rows.append([t("why.in_force"), rule_text(view, why.in_force)])
             if why.until is not None:
                 rows.append([t("why.until"), view.clock(why.until, day=True)])
             answer = html('<section class="card answer {}" id="why-answer"><h2>{}</h2>{}</section>',

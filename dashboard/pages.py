@@ -14,15 +14,17 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
-from zoneinfo import ZoneInfo
 
 from aiohttp import web
+from babel.dates import format_date
 
 from common.results import RESULTS
 from dashboard import api, auth, i18n
@@ -30,6 +32,7 @@ from dashboard.context import (
     CONTEXT, COOKIE, CSRF_FIELD, IDENTITY, Context, Identity, client_address,
 )
 from dashboard.errors import Answer
+from dashboard.i18n import dates, words
 from dashboard.render import Html, html, join
 from store.records import describe_user
 
@@ -53,6 +56,16 @@ class View:
     def admin(self) -> bool:
         return self.identity is not None and self.identity.role == "admin"
 
+    @functools.cached_property
+    def categories(self) -> words.Words:
+        """Category ids in words and back ("gambling" <-> "Jeux d'argent")."""
+        commands = self.context.commands
+        return words.categories(commands.bundled, commands.known_categories)
+
+    @functools.cached_property
+    def services(self) -> words.Words:
+        return words.services(self.context.commands.bundled)
+
     @property
     def csrf(self) -> Html:
         session = self.identity.session if self.identity is not None else None
@@ -60,13 +73,10 @@ class View:
                     session.csrf if session is not None else "")
 
     def clock(self, instant: float, *, day: bool = False) -> str:
-        """A moment in the server's time zone: HH:MM today, with the date otherwise."""
-        if math.isinf(instant):
-            return "∞"
-        zone = ZoneInfo(self.context.state.timezone)
-        moment = dt.datetime.fromtimestamp(instant, zone)
-        today = dt.datetime.fromtimestamp(self.context.state.clock(), zone).date()
-        return moment.strftime("%Y-%m-%d %H:%M" if day or moment.date() != today else "%H:%M")
+        """A moment in the school's time zone, in words from now ("demain 7 h 00"); `day`: with
+        its whole date ("samedi 5 décembre 2026 à 19 h 42")."""
+        state = self.context.state
+        return dates.moment(instant, state.timezone, state.clock(), self.language, day=day)
 
 
 async def view_of(request: web.Request) -> View:
@@ -113,8 +123,10 @@ def page(view: View, title: str, body: Html, *, status: int = 200) -> web.Respon
                      for path, key, admin_only in NAV if view.admin or not admin_only)
         logout = html('<form method="post" action="/logout" class="inline">{}'
                       '<button class="link">{}</button></form>', view.csrf, t("nav.logout"))
-        header = html('<nav aria-label="{}">{}</nav><div class="who"><span>{} ({})</span>{}{}</div>',
-                      t("nav.label"), links, view.identity.name, t("role." + view.identity.role),
+        # "marie — compte enseignant": a role noun that needs no gender ("enseignante" cannot be
+        # derived from an account), without the point médian schools are told not to use.
+        header = html('<nav aria-label="{}">{}</nav><div class="who"><span>{} — {}</span>{}{}</div>',
+                      t("nav.label"), links, view.identity.name, t("role.account." + view.identity.role),
                       _language_switch(view), logout)
     else:
         header = html('<div class="who">{}</div>', _language_switch(view))
@@ -306,8 +318,62 @@ def ago(view: View, seconds: float | None) -> str:
         return "-"
     if seconds < 60:
         return view.t("duration.now")
-    if seconds < 3600:
-        return view.t("duration.minutes", n=int(seconds // 60))
-    if seconds < 2 * 86400:
-        return view.t("duration.hours", n=int(seconds // 3600))
-    return view.t("duration.days", n=int(seconds // 86400))
+    return dates.ago(seconds, view.language)
+
+
+# The engine's descriptions of what closes a class (policies.engine.describe_window, and a pause's
+# "paused until HH:MM by WHO"), said in the reader's language: the status headline and the "why"
+# page show sentences, not "window mon,tue,wed,thu,fri,sat,sun 19:00-07:00 closed".
+_WINDOW = re.compile(r"window (?P<days>[a-z,]+) (?P<start>\d\d:\d\d)-(?P<end>\d\d:\d\d) "
+                     r"(?:(?P<closed>closed)|block (?P<names>\S*))(?P<school> \(school days\))?")
+_PAUSED = re.compile(r"paused until (?P<until>\d\d:\d\d)(?: by (?P<who>.+))?")
+_LISTED = re.compile(r"(?P<kind>category|service) (?P<name>\S+): (?P<match>.+)")
+_DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+def rule_text(view: View, text: str | None) -> str:
+    """A rule as the engine writes it, in words; as written when it is none of those."""
+    if not text:
+        return text or ""
+    t = view.t
+    found = _WINDOW.fullmatch(text)
+    if found is not None:
+        days = found["days"].split(",")
+        if len(days) == 7:
+            days_text = t("rule.days_all")
+        else:
+            days_text = ", ".join(format_date(dt.date(2024, 1, 1 + _DAYS.index(day)), "EEEE",
+                                              locale=view.language) for day in days if day in _DAYS)
+        if found["closed"]:
+            effect = t("rule.window_closed")
+        else:
+            names = found["names"].split(",")
+            effect = t("rule.window_block", names=", ".join(
+                view.categories.word(name, view.language) if name in view.categories.words
+                else view.services.word(name, view.language) for name in names))
+        return t("rule.window", days=days_text, start=_time(view, found["start"]),
+                 end=_time(view, found["end"]), effect=effect,
+                 school_days=t("rule.school_days") if found["school"] else "")
+    found = _PAUSED.fullmatch(text)
+    if found is not None:
+        return t("rule.paused", until=_time(view, found["until"]),
+                 by=t("rule.by", who=found["who"]) if found["who"] else "")
+    found = _LISTED.fullmatch(text)
+    if found is not None:
+        words = view.categories if found["kind"] == "category" else view.services
+        return t("rule." + found["kind"], name=words.word(found["name"], view.language), match=found["match"])
+    return text
+
+
+def _time(view: View, text: str) -> str:
+    hours, minutes = (int(part) for part in text.split(":"))
+    return dates.time_of_day(dt.time(hours % 24, minutes), view.language)
+
+
+def step_text(view: View, step: str) -> str:
+    """"9 category" -> "Catégorie ou application bloquée" (the step's number kept for the docs)."""
+    number = step.split(" ", 1)[0]
+    key = "step." + (number if number.isdigit() else "answer" if step == "answer inspection" else "")
+    if key not in i18n.catalogue(view.language):
+        return step
+    return f"{view.t(key)} ({step})"

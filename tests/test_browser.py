@@ -60,10 +60,13 @@ async def test_teacher_pauses_allows_and_resumes_the_class(school, browser, upst
     await expect(page.locator("html")).to_have_attribute("lang", "fr")
     await page.click("a[href='/classes/pupils']")
     await expect(page.locator("#class-status")).to_have_text("Ouverte")
+    await expect(page.locator("text=Catégories et applications bloquées")).to_contain_text("Adulte")
     await answer_becomes(server.port, "example.com", EXAMPLE)
 
     await page.click("button:has-text('Pause 15 min')")
-    await expect(page.locator("#class-status")).to_contain_text("En pause jusqu")
+    # In words, in the school's time: "En pause jusqu'à 10 h 45" (or "demain 0 h 05" near midnight).
+    await expect(page.locator("#class-status")).to_have_text(
+        re.compile(r"^En pause jusqu'à (demain )?\d{1,2} h \d\d$"))
     await answer_becomes(server.port, "example.com", BLOCKED)
 
     allow = page.locator("#allow-form")

@@ -171,8 +171,8 @@ async def test_a_class_created_with_every_field_reads_back_in_the_form(dashboard
     why = await (await client.get("/why", params={"name": "example.com", "class": "cm1-b",
                                                    "at": "2030-01-07T22:00", "scope": "home"})).text()
     assert 'class="card answer blocked"' in why
-    assert "<td>En vigueur</td><td>window mon,tue,wed,thu,fri,sat,sun 21:00-07:00 closed</td>" in why
-    assert "<td>Jusqu&#x27;à</td><td>2030-01-08 07:00</td>" in why
+    assert "<td>En vigueur</td><td>tous les jours, de 21 h 00 à 7 h 00 : Internet coupé</td>" in why
+    assert "<td>Jusqu&#x27;à</td><td>mardi 8 janvier 2030 à 7 h 00</td>" in why
 
 
 async def test_why_explains_the_decision(dashboard):

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import re
 
+from dashboard.i18n.words import Words
+
 _FRENCH: list[tuple[str, str]] = [
     (r"networks: invalid network (?P<text>'.*'); write an address with its prefix length, "
      r"e\.g\. 10\.12\.3\.0/24 or 2001:db8:12:3::/64",
@@ -78,8 +80,27 @@ _COMPILED = [(re.compile(pattern), french) for pattern, french in _FRENCH]
 PATTERNS = [pattern for pattern, _french in _COMPILED]  # for the test that they still match
 
 
-def translate(message: str, language: str) -> str:
-    """`message` (without its FILE:LINE prefix) in `language`; as written when not known."""
+# An unknown category or service: the dashboard's own suggestion, in words (the loader's is an id).
+_UNKNOWN = re.compile(r"unknown (?P<kind>category|service) '(?P<name>[^']*)' \(.*\)")
+_UNKNOWN_TEXT = {
+    ("fr", "category"): "catégorie inconnue « {name} »{close} (les catégories connues sont listées sous le champ)",
+    ("fr", "service"): "application inconnue « {name} »{close} (les applications connues sont listées sous le champ)",
+    ("en", "category"): "unknown category '{name}'{close} (the known ones are listed under the field)",
+    ("en", "service"): "unknown app '{name}'{close} (the known ones are listed under the field)",
+}
+_CLOSE = {"fr": " : vouliez-vous dire {} ?", "en": ": did you mean {}?"}
+
+
+def translate(message: str, language: str, words: dict[str, Words] | None = None) -> str:
+    """`message` (without its FILE:LINE prefix) in `language`; as written when not known.
+    `words` ({"category": ..., "service": ...}): an unknown name gets the nearest one in words."""
+    unknown = _UNKNOWN.fullmatch(message)
+    if unknown is not None and words is not None:
+        kind, name = unknown.group("kind"), unknown.group("name")
+        language = language if language in _CLOSE else "en"
+        suggestion = words[kind].suggestion(name, language)
+        close = _CLOSE[language].format(suggestion) if suggestion else ""
+        return _UNKNOWN_TEXT[language, kind].format(name=name, close=close)
     if language != "fr":
         return message
     for pattern, french in _COMPILED:
