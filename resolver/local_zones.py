@@ -1,5 +1,6 @@
-"""Answered here and never forwarded: localhost, RFC 6761 names, RFC 6303 reverse zones, and ANY
-(RFC 8482), after client identification so an unknown client is refused even those."""
+"""Answered here and never forwarded: localhost, RFC 6761 names, RFC 6303 reverse zones, ANY
+(RFC 8482) and any class but IN (CHAOS `version.bind` would show the upstream's version), after
+client identification so an unknown client is refused even those."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from resolver.chain import Link, Request, Response
 
 LOCAL_TTL = 3600
 QTYPE_ANY = 255
+CLASS_IN = 1  # RFC 1035 §3.2.4
 
 # RFC 6761 §6.3-6.4 and RFC 6762: answered NXDOMAIN here ("localhost" gets loopback addresses).
 SPECIAL_USE = ("invalid", "local", "test", "onion", "home.arpa")
@@ -55,6 +57,9 @@ class LocalZonesLink(Link):
         return None
 
     async def resolve(self, request: Request) -> Response:
+        if request.query.q.qclass != CLASS_IN:  # CHAOS, HESIOD, ANY: nothing of ours to say
+            return Response(empty_reply(request.query, RCODE.REFUSED), "local", decision=Decision(
+                Action.NODATA, "0 local", "a class other than IN: refused here, never forwarded"))
         if request.qtype == QTYPE.ANY:
             return Response(rfc8482_answer(request.query), "local",  # RFC 8482 §4.2: one HINFO
                             decision=Decision(Action.NODATA, "0 local", "ANY: RFC 8482 answer"))
@@ -73,7 +78,8 @@ class LocalZonesLink(Link):
     def fast_question(self, raw) -> bool:
         """Whether a question may take the fast path at all: not a local name, not ANY (the
         chain answers those). Asked once per distinct query bytes, so it costs nothing per query."""
-        return raw.qtype != QTYPE_ANY and self.local_zone(wire_name_to_text(raw.qname)) is None
+        return raw.qtype != QTYPE_ANY and raw.qclass == CLASS_IN \
+            and self.local_zone(wire_name_to_text(raw.qname)) is None
 
     @staticmethod
     def _localhost(request: Request):

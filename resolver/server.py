@@ -60,6 +60,20 @@ def _header_only_reply(data: bytes, rcode: int) -> bytes:
     return struct.pack("!HHHHHH", query_id, QR_BIT | opcode_bits | rd_bit | 0x0080 | rcode, 0, 0, 0, 0)
 
 
+# Our OPT record in an error reply: root name, TYPE 41, our UDP payload size, no flags, no options.
+_ERROR_OPT = b"\x00" + struct.pack("!HHIH", 41, MAX_UDP_PAYLOAD, 0, 0)
+
+
+def _error_reply(data: bytes, rcode: int, query: DNSRecord | None) -> bytes:
+    """A header-only reply, with an OPT record when the query had one and was read that far
+    (RFC 6891 §7): a resolver that gets FORMERR or NOTIMP without it takes it for a server that
+    does not speak EDNS and falls back, or gives up with SERVFAIL."""
+    reply = _header_only_reply(data, rcode)
+    if query is None or not any(record.rtype == OPT for record in query.ar):
+        return reply
+    return reply[:10] + b"\x00\x01" + _ERROR_OPT
+
+
 MAX_NAME = 255  # RFC 1035 §2.3.4: a name's wire form, length bytes and the root included
 
 
@@ -176,7 +190,11 @@ class QueryHandler:
         if flags & QR_BIT:
             return None, "malformed"  # a response sent to us: answering could loop
         if (flags >> 11) & 0xF != OPCODE_QUERY:
-            return _header_only_reply(data, RCODE.NOTIMP), "malformed"
+            try:
+                readable = DNSRecord.parse(data)
+            except Exception:  # NOTIMP all the same, without OPT
+                readable = None
+            return _error_reply(data, RCODE.NOTIMP, readable), "malformed"
         if question_is_malformed(data):
             return _header_only_reply(data, RCODE.FORMERR), "malformed"
         try:
@@ -184,14 +202,14 @@ class QueryHandler:
         except Exception:
             return _header_only_reply(data, RCODE.FORMERR), "malformed"
         if len(query.questions) != 1:
-            return _header_only_reply(data, RCODE.FORMERR), "malformed"
+            return _error_reply(data, RCODE.FORMERR, query), "malformed"
         if any(b"." in label for label in query.q.qname.label):
             # A dot inside a label: as text it would read as another name than the one asked
             # (`adult` + `example.` is not `adult.example`), so neither filter nor forward it.
-            return _header_only_reply(data, RCODE.FORMERR), "malformed"
+            return _error_reply(data, RCODE.FORMERR, query), "malformed"
         options = [record for record in query.ar if record.rtype == OPT]
         if len(options) > 1:
-            return _header_only_reply(data, RCODE.FORMERR), "malformed"  # RFC 6891 §6.1.1
+            return _error_reply(data, RCODE.FORMERR, query), "malformed"  # RFC 6891 §6.1.1
         edns_payload = dnssec_ok = None
         if options:
             opt = options[0]

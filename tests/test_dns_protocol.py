@@ -10,6 +10,7 @@ import time
 import dns.exception
 import dns.flags
 import dns.message
+import dns.opcode
 import dns.rcode
 import dns.rdatatype
 
@@ -254,3 +255,46 @@ async def test_letter_case_of_the_question_is_kept(make_resolver):
     local = await resolver.query("LocalHost")
     assert local.question[0].name.to_text() == "LocalHost."
     assert addresses(local) == ["127.0.0.1"]
+
+
+async def test_a_class_other_than_in_is_refused_here_never_forwarded(make_resolver, upstream):
+    """`version.bind CH TXT` was forwarded and showed the upstream's version (issue 18)."""
+    import dns.asyncquery
+    import dns.rdataclass
+
+    resolver = await make_resolver()
+    for name, rdclass in (("version.bind", dns.rdataclass.CH), ("example.com", dns.rdataclass.HS)):
+        query = dns.message.make_query(name, "TXT", rdclass=rdclass, use_edns=0)
+        for _ in range(2):  # the second one through the fast path's memo, if it had one
+            answer = await dns.asyncquery.udp(query, "127.0.0.1", port=resolver.port, source=PUPILS,
+                                              timeout=2)
+            assert answer.rcode() == dns.rcode.REFUSED and answer.answer == []
+            assert answer.edns == 0  # our OPT, the client sent one
+    assert not [name for _, name, _ in upstream.queries if name in ("version.bind", "example.com")]
+
+
+def _with_two_questions(edns: bool) -> bytes:
+    message = dns.message.make_query("example.com", "A", use_edns=0 if edns else False)
+    wire = bytearray(message.to_wire())
+    question = dns.message.make_query("example.org", "A").to_wire()[12:]
+    header_end = 12 + len(message.question[0].name.to_wire()) + 4
+    wire[4:6] = struct.pack("!H", 2)
+    return bytes(wire[:header_end]) + question + bytes(wire[header_end:])
+
+
+async def test_formerr_and_notimp_carry_an_opt_when_the_query_had_one(make_resolver):
+    """FORMERR and NOTIMP came without OPT to EDNS queries (RFC 6891 §7): dig warned, and unbound
+    asked one such query ten times, with and without EDNS, then gave SERVFAIL (issue 18)."""
+    from tests.test_fast_path import raw_udp
+
+    resolver = await make_resolver()
+    for edns in (True, False):
+        reply = dns.message.from_wire(await raw_udp(resolver.port, _with_two_questions(edns), PUPILS))
+        assert reply.rcode() == dns.rcode.FORMERR
+        assert reply.edns == (0 if edns else -1), edns
+        notify = dns.message.make_query("example.com", "SOA", use_edns=0 if edns else False)
+        notify.set_opcode(dns.opcode.NOTIFY)
+        reply = dns.message.from_wire(await raw_udp(resolver.port, notify.to_wire(), PUPILS))
+        assert reply.rcode() == dns.rcode.NOTIMP
+        assert reply.edns == (0 if edns else -1), edns
+        assert reply.payload == 1232 or not edns
