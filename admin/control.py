@@ -31,7 +31,7 @@ from typing import Any
 
 from admin.devices import migrate_devices
 from admin.devices import operations as device_operations
-from admin.errors import ControlError
+from admin.errors import ControlError, NoAnswer
 from admin.stored import parse_stored
 from blocklists.bundled import Bundled
 from blocklists.compiled import CompiledLists
@@ -446,13 +446,13 @@ async def request(state_dir: Path, message: dict[str, Any], *,
         await writer.drain()
         line = await asyncio.wait_for(reader.readline(), timeout)
     except (ConnectionError, asyncio.TimeoutError) as exc:
-        raise ControlError(f"the server on {path} did not answer ({exc or 'timeout'})") from None
+        raise NoAnswer(f"the server on {path} did not answer ({exc or 'timeout'})") from None
     finally:
         writer.close()
         with contextlib.suppress(ConnectionError):
             await writer.wait_closed()
     if not line:
-        raise ControlError(f"the server on {path} closed the connection without answering")
+        raise NoAnswer(f"the server on {path} closed the connection without answering")
     try:
         response = json.loads(line)
     except ValueError:

@@ -5,6 +5,11 @@ from __future__ import annotations
 from common.errors import ClassguardError
 
 
+class NoAnswer(ClassguardError):
+    """The server took a request and did not answer it (it stopped, or took too long): whether the
+    change was made is not known from here."""
+
+
 class ControlError(ClassguardError):
     """A command was refused or could not be carried; the message says why, in one line."""
 

@@ -22,7 +22,7 @@ from admin.control import request as control_request
 from admin.control import stored_or_seed_policy
 from admin.devices import COMMANDS as DEVICE_COMMANDS
 from admin.devices import holds_devices
-from admin.errors import ControlError
+from admin.errors import ControlError, NoAnswer
 from blocklists.bundled import load_bundled
 from blocklists.names import normalize_domain
 from blocklists.update import (
@@ -537,6 +537,27 @@ def _stored_policy(config, bundled):
         known_services=set(bundled.services), allow_open=config.dns.allow_open))
 
 
+async def _store_version(config) -> int | None:
+    """The store's version (it moves on every change), or None when it cannot be read."""
+    store = open_store(config)
+    try:
+        return await store.version()
+    except StoreError:
+        return None
+    finally:
+        await store.close()
+
+
+async def _what_happened(config, before: int | None) -> str:
+    """After a server took a change and stopped without answering: what the store says of it."""
+    after = await _store_version(config)
+    if before is not None and after == before:
+        return f"nothing was changed (the store is still at version {before}): run the command again"
+    return ("the change may have been made (the store moved from version "
+            f"{before if before is not None else '?'} to {after if after is not None else '?'}): "
+            "look before running it again (`classguard device list`, the audit log)")
+
+
 def _state_request(config, request: dict) -> dict:
     """Send a change to the server running on config.state_dir (SPEC §3), or, when none runs,
     make it in the configured store directly (under the embedded store's lock, or by Redis's
@@ -544,7 +565,11 @@ def _state_request(config, request: dict) -> dict:
     bundled = load_bundled()
 
     async def send() -> dict:
-        response = await control_request(config.state_dir, request)
+        before = await _store_version(config)
+        try:
+            response = await control_request(config.state_dir, request)
+        except NoAnswer as exc:
+            raise ControlError(f"{exc}; {await _what_happened(config, before)}") from None
         if response is None:
             store = open_store(config)
             try:

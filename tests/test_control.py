@@ -155,3 +155,29 @@ async def test_a_state_dir_too_long_for_a_socket_address_still_works(tmp_path, u
         assert [item.class_id for item in service.state.overrides] == ["staff"]
     finally:
         await service.stop()
+
+
+async def test_a_server_that_stops_before_answering_is_said_with_what_the_store_holds(tmp_path, upstream):
+    """A device import cut by a kill answered only "closed the connection without answering"
+    (issue 24): the command now says whether the change was made, from the store's version. The
+    server here is a stand-in that takes the request and hangs up, as a killed one does."""
+    write_school(tmp_path, upstream.url)
+    seeded = await cli(tmp_path, "override", "pause", "pupils", "--minutes", "5")  # makes the store
+    assert seeded.returncode == 0, seeded.stderr
+    received: list[bytes] = []
+
+    async def hang_up(reader, writer) -> None:
+        received.append(await reader.readline())
+        writer.close()
+
+    server = await asyncio.start_unix_server(hang_up, str(tmp_path / "state" / "control.sock"))
+    try:
+        cut = await cli(tmp_path, "override", "pause", "pupils", "--minutes", "10")
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert received and b"override" in received[0]
+    assert cut.returncode == 1
+    assert "closed the connection without answering" in cut.stderr
+    assert "nothing was changed (the store is still at version" in cut.stderr
+    assert cut.stderr.count("\n") == 1, cut.stderr
