@@ -29,14 +29,27 @@ def dashboard_context(service, *, throttle: auth.Throttle | auth.StoreThrottle |
             store_kind=type(service.store).__name__, store_problem=problem,
             store_up=probe.store_up, notes=probe.notes())
 
-    async def why(name: str, class_id: str, scope: str, at: float | None) -> Why:
-        """Through the running server's chain, as a query from the class would go."""
-        verdict = await explain(service.chain, service.state, name,
-                                client=Client(class_id, None, scope, "class"), at=at)
+    async def why(name: str, class_id: str | None, scope: str, at: float | None,
+                  who: str | None = None) -> Why:
+        """Through the running server's chain, as a query from the class would go; or from one
+        device (by its id, or a tablet's address identified as the server identifies it)."""
+        device = service.state.snapshot.policy.devices.get(who) if who else None
+        if device is not None:
+            verdict = await explain(service.chain, service.state, name, at=at, client=Client(
+                device.class_id, device.id, scope, f"device {device.id}"))
+        elif who:
+            verdict = await explain(service.chain, service.state, name, at=at, client_ip=who)
+        else:
+            verdict = await explain(service.chain, service.state, name, at=at,
+                                    client=Client(class_id, None, scope, "class"))
         decision = verdict.decision
+        asker = verdict.client
         return Why(verdict.action, decision is not None and decision.blocked,
                    decision.step if decision else "", decision.rule if decision else "",
-                   decision.reason if decision else None, verdict.in_force, verdict.until)
+                   decision.reason if decision else None, verdict.in_force, verdict.until,
+                   asker.class_id if asker is not None else None,
+                   asker.matched_by if asker is not None else "",
+                   asker.device_id if asker is not None else None)
 
     return Context(
         store=service.store, commands=service.control.commands, state=service.state,

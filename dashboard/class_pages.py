@@ -15,6 +15,7 @@ from babel.dates import format_date
 
 from admin.errors import ControlError
 from blocklists.names import normalize_domain
+from common.addresses import is_ip
 from dashboard import api, class_form, i18n
 from dashboard.errors import POLICY_TEXT
 from dashboard.i18n import dates, policy_errors
@@ -445,6 +446,17 @@ async def allow(request: web.Request) -> web.Response:
     raise redirect(f"/classes/{quote(class_id)}", "allowed")
 
 
+def _asker_text(view: View, why) -> str:
+    """Whom the server took the asker for: "tablette-12 (CM2 A)", or an unknown client."""
+    if why.class_id is None:
+        return view.t("why.unknown_client")
+    item = view.context.state.snapshot.policy.classes.get(why.class_id)
+    shown = item.name if item is not None and item.name else why.class_id
+    who = why.device_id if why.device_id is not None else why.asker
+    return f"{who} ({shown})" if why.device_id is None or why.asker == f"device {who}" \
+        else f"{who} ({shown}) — {why.asker}"
+
+
 @routes.get("/why")
 async def why(request: web.Request) -> web.Response:
     view = await view_of(request)
@@ -453,6 +465,7 @@ async def why(request: web.Request) -> web.Response:
     query = request.query
     visible = [class_id for class_id in policy.classes if view.identity.may_see(class_id)]
     name, class_id = query.get("name", "").strip(), query.get("class", "")
+    who = query.get("who", "").strip()  # a device id or a tablet's address: asks as it would
     at_text, scope = query.get("at", "").strip(), query.get("scope", "school")
     errors: dict[str, str] = {}
     answer = Html("")
@@ -472,13 +485,19 @@ async def why(request: web.Request) -> web.Response:
             errors["name"] = t("why.bad_name", name=name)
         if scope not in ("school", "home"):
             errors["scope"] = t("why.bad_scope")
-        if not class_id:
+        if who and who not in policy.devices and not is_ip(who):
+            errors["who"] = t("why.bad_who", who=who)
+        if not class_id and not who:
             errors["class"] = t("why.pick_class")
         if not errors:
-            why = await view.context.explain(normalized, class_id, scope, at)
+            why = await view.context.explain(normalized, None if who else class_id, scope, at,
+                                             who or None)
+            if why.class_id is not None:
+                visible_class(view, why.class_id)  # a teacher asks about her classes' tablets only
             decided = t("why.blocked") if why.blocked else t("decision." + why.decision) \
                 if "decision." + why.decision in i18n.catalogue(view.language) else why.decision
-            rows = [[t("why.decision"), decided],
+            rows = [[t("why.asker"), _asker_text(view, why)]] if who else []
+            rows += [[t("why.decision"), decided],
                     [t("why.step"), step_text(view, why.step)], [t("why.rule"), rule_text(view, why.rule)],
                     [t("why.at"), view.clock(at, day=True) + f" ({state.timezone})"]]
             if why.reason:
@@ -500,11 +519,14 @@ async def why(request: web.Request) -> web.Response:
         '<div class="field"><label for="why-name">{}</label><input id="why-name" name="name" value="{}" '
         'placeholder="www.example.org">{}</div>'
         '<div class="field"><label for="why-class">{}</label><select id="why-class" name="class">{}</select>{}</div>'
+        '<div class="field"><label for="why-who">{}</label><input id="why-who" name="who" value="{}" '
+        'placeholder="tablette-12, 10.12.3.7">{}<small class="hint">{}</small></div>'
         '<div class="field"><label for="why-at">{}</label><input id="why-at" type="datetime-local" name="at" '
         'value="{}">{}<small class="hint">{}</small></div>'
         '<div class="field"><label for="why-scope">{}</label><select id="why-scope" name="scope">{}</select>{}</div>'
         '<button>{}</button></form>',
         t("why.name"), name, error_text(errors.get("name"), "name"), t("why.class"), options,
-        error_text(errors.get("class"), "class"), t("why.at"), at_text, error_text(errors.get("at"), "at"),
+        error_text(errors.get("class"), "class"), t("why.who"), who, error_text(errors.get("who"), "who"),
+        t("why.who_hint"), t("why.at"), at_text, error_text(errors.get("at"), "at"),
         t("why.at_hint"), t("why.scope"), scopes, error_text(errors.get("scope"), "scope"), t("why.submit"))
     return page(view, t("why.title"), html("{}{}", form, answer), status=400 if errors else 200)

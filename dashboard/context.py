@@ -55,10 +55,14 @@ class Why:
     reason: str | None  # a block's reason, as in the EDE text
     in_force: str | None  # the closing rule in force (a pause, a closed window), if any
     until: float | None  # when the class's state changes, if it will
+    class_id: str | None = None  # whose rules answered (None: an unknown client)
+    asker: str = ""  # how the asker was known: "device tablette-12", "network 10.0.0.0/24"...
+    device_id: str | None = None  # the enrolled device the asker was taken for, if any
 
 
-# explain(name, class_id, scope, at): `at` None is now.
-Explain = Callable[[str, str, str, "float | None"], Awaitable[Why]]
+# explain(name, class_id, scope, at, who): `at` None is now; `who`, a device id or a tablet's
+# address, asks as that device would (its screen time included) instead of as the class.
+Explain = Callable[[str, "str | None", str, "float | None", "str | None"], Awaitable[Why]]
 
 
 @dataclass
