@@ -6,9 +6,9 @@ import logging
 
 from dnslib import RCODE, DNSLabel
 
-from resolver.answers import EDE_NO_REACHABLE_AUTHORITY, OPT, empty_reply
+from resolver.answers import EDE_NO_REACHABLE_AUTHORITY, EDE_OTHER, OPT, empty_reply
 from resolver.chain import Request, Response
-from resolver.upstream import UpstreamError, UpstreamGroup, upstream_query
+from resolver.upstream import UnreadableAnswer, UpstreamError, UpstreamGroup, upstream_query
 
 log = logging.getLogger("classguard.forwarding")
 
@@ -42,6 +42,9 @@ class ForwardingResolver:
                                request.query.q.qclass)
         try:
             reply = await self.group_for(request.qname).exchange(query)
+        except UnreadableAnswer:  # at once, and no upstream counted as failing
+            return Response(empty_reply(request.query, RCODE.SERVFAIL), "servfail",
+                            ede=(EDE_OTHER, "the upstream's answer cannot be read"))
         except UpstreamError as exc:
             log.debug("no upstream answered %s: %s", request.qname, exc)
             return Response(empty_reply(request.query, RCODE.SERVFAIL), "servfail",

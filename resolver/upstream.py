@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from dnslib import EDNS0, QTYPE, DNSLabel, DNSQuestion, DNSRecord
+from dnslib import EDNS0, QTYPE, DNSBuffer, DNSHeader, DNSLabel, DNSQuestion, DNSRecord
 
 from common.errors import ClassguardError
 from resolver.answers import MAX_UDP_PAYLOAD
@@ -48,17 +48,37 @@ def _question_key(message: DNSRecord) -> tuple:
     return tuple((str(q.qname).lower(), q.qtype, q.qclass) for q in message.questions)
 
 
-def _check_reply(data: bytes, query: DNSRecord) -> DNSRecord | None:
-    """The reply, parsed, if its id and question match the query; None to keep waiting (RFC 5452)."""
+class UnreadableAnswer(ClassguardError):
+    """The upstream answered our question, but the answer is one our reader cannot use (e.g. a
+    record with empty RDATA): the answer's fault, SERVFAIL at once; the upstream is healthy."""
+
+
+def _check_reply(data: bytes, query: DNSRecord) -> DNSRecord | UnreadableAnswer | None:
+    """The reply, parsed, if its id and question match the query; None to keep waiting (RFC 5452);
+    UnreadableAnswer when it is the answer to our question but cannot be read past it (anyone who
+    controls a name could otherwise make every upstream look down, and each client wait)."""
     if len(data) < 12 or struct.unpack_from("!H", data)[0] != query.header.id:
         return None
     try:
         reply = DNSRecord.parse(data)
     except Exception:
-        return None
+        return UnreadableAnswer("the upstream's answer cannot be read") \
+            if _answers_question(data, query) else None
     if not reply.header.qr or _question_key(reply) != _question_key(query):
         return None
     return reply
+
+
+def _answers_question(data: bytes, query: DNSRecord) -> bool:
+    """Whether `data` is a reply whose header and question section match `query`'s, read alone."""
+    try:
+        buffer = DNSBuffer(data)
+        header = DNSHeader.parse(buffer)
+        questions = [DNSQuestion.parse(buffer) for _ in range(header.q)]
+    except Exception:
+        return False
+    return bool(header.qr) and tuple((str(q.qname).lower(), q.qtype, q.qclass) for q in questions) \
+        == _question_key(query)
 
 
 DOH_HEADERS = {"Content-Type": "application/dns-message", "Accept": "application/dns-message"}
@@ -97,7 +117,10 @@ class _StreamConnection:
                     continue
                 reply = _check_reply(data, waiting[0])
                 if reply is not None and not waiting[1].done():
-                    waiting[1].set_result(reply)
+                    if isinstance(reply, UnreadableAnswer):
+                        waiting[1].set_exception(reply)
+                    else:
+                        waiting[1].set_result(reply)
         except (OSError, ssl.SSLError, asyncio.IncompleteReadError) as exc:
             error = UpstreamError(f"connection closed: {exc}")
         except asyncio.CancelledError:
@@ -124,7 +147,10 @@ class _UdpExchange(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr) -> None:
         reply = _check_reply(data, self.query)
         if reply is not None and not self.done.done():
-            self.done.set_result(reply)
+            if isinstance(reply, UnreadableAnswer):
+                self.done.set_exception(reply)
+            else:
+                self.done.set_result(reply)
 
     def error_received(self, exc: Exception) -> None:
         if not self.done.done():
@@ -217,6 +243,8 @@ class Upstream:
         reply = _check_reply(data, query)
         if reply is None:
             raise UpstreamError("https answer does not match the question")
+        if isinstance(reply, UnreadableAnswer):
+            raise reply
         return reply
 
     async def close(self) -> None:
@@ -248,6 +276,8 @@ class Upstream:
                     while True:
                         (length,) = struct.unpack("!H", await reader.readexactly(2))
                         reply = _check_reply(await reader.readexactly(length), query)
+                        if isinstance(reply, UnreadableAnswer):
+                            raise reply
                         if reply is not None:
                             return reply
                 finally:
@@ -341,6 +371,9 @@ class UpstreamGroup:
                 upstream.record_failure(str(exc))
                 errors.append(f"{upstream.name}: {exc}")
                 continue
+            except UnreadableAnswer:
+                upstream.record_success(time.monotonic() - started)  # it answered: the name's fault
+                raise
             upstream.record_success(time.monotonic() - started)
             self.last_answer = time.monotonic()
             return reply

@@ -99,3 +99,23 @@ async def test_forward_zone_goes_to_its_own_server(make_resolver, upstream, seco
     assert addresses(await resolver.query("example.com")) == ["93.184.215.14"]
     assert [q[1] for q in second.queries] == ["intranet.corp.example", "5.0.0.10.in-addr.arpa"]
     assert [q[1] for q in upstream.queries] == ["example.com"]
+
+
+async def test_an_answer_our_reader_cannot_use_is_the_names_fault_not_the_upstreams(make_resolver,
+                                                                                     upstream):
+    """A record with empty RDATA (`TYPE10 \\# 0`) made dnslib raise: the reply was dropped as if it
+    did not match, the client got SERVFAIL after the whole deadline and the upstream was counted
+    as failing, so anyone with a name could make the upstreams look down (issue 18)."""
+    import time
+
+    upstream.add("empty.example", "NULL", r"\# 0")  # TYPE10
+    resolver = await make_resolver(upstream_timeout=2.0)
+    first = resolver.service.upstream_groups[0].upstreams[0]
+    for _ in range(3):
+        started = time.monotonic()
+        answer = await resolver.query("empty.example", "NULL")
+        assert time.monotonic() - started < 1.0  # at once, not after the 2 s deadline
+        assert answer.rcode() == dns.rcode.SERVFAIL
+        assert [code for code, _ in ede(answer)] == [0]
+    assert first.healthy and first.failures == 0 and first.errors == 0
+    assert (await resolver.query("example.com")).rcode() == dns.rcode.NOERROR
