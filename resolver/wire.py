@@ -126,6 +126,36 @@ def record_ttl_offsets(wire: bytes) -> list[tuple[int, int]]:
     return found
 
 
+def with_options(wire: bytes, options: bytes) -> bytes:
+    """A packed message with `options` (EDNS option bytes: code, length, data) added at the end of
+    its OPT record's RDATA; the message as it was when it has no OPT record."""
+    _id, _flags, qdcount, ancount, nscount, arcount = HEADER.unpack_from(wire)
+    offset = 12
+    for _ in range(qdcount):
+        offset = skip_name(wire, offset) + 4
+    for _ in range(ancount + nscount + arcount):
+        offset = skip_name(wire, offset)
+        rtype = U16.unpack_from(wire, offset)[0]
+        rdlength = U16.unpack_from(wire, offset + 8)[0]
+        end = offset + 10 + rdlength
+        if rtype == OPT_TYPE:
+            return b"".join((wire[:offset + 8], U16.pack(rdlength + len(options)), wire[offset + 10:end],
+                             options, wire[end:]))
+        offset = end
+    return wire
+
+
+PADDING_OPTION = 12  # RFC 7830
+PADDING_BLOCK = 468  # RFC 8467 §4.1: responses padded to a multiple of 468 bytes
+
+
+def padded(wire: bytes) -> bytes:
+    """A packed message with an OPT record, padded to a multiple of PADDING_BLOCK (RFC 8467)."""
+    size = len(wire) + 4  # the padding option's own code and length
+    fill = -size % PADDING_BLOCK
+    return with_options(wire, U16.pack(PADDING_OPTION) + U16.pack(fill) + bytes(fill))
+
+
 def opt_record(dnssec_ok: bool, ede: tuple[int, str] | None = None) -> bytes:
     """Our OPT record exactly as the slow path packs it (root name, payload 1232, EDE option)."""
     options = b""
