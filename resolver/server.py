@@ -242,6 +242,8 @@ class QueryHandler:
                 cap_ttls(reply, response.ttl_cap)
             reply.header.id = query.header.id
             reply.header.qr, reply.header.ra, reply.header.rd = 1, 1, query.header.rd
+            if reply.header.ad and not (query.header.ad or dnssec_ok):
+                reply.header.ad = 0  # RFC 6840 §5.7: AD only to a client that asked with AD or DO
             reply.questions = query.questions
             wire = finish(reply, edns_payload, bool(dnssec_ok), response.ede, limit)
         if extra:

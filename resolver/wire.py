@@ -11,6 +11,7 @@ OPT_TYPE = 41
 ECS_OPTION = 8  # RFC 7871 client subnet: believed only from trusted forwarders, so never fast
 OUR_PAYLOAD = 1232  # RFC 6891, DNS flag day 2020
 QR, RD_BIT, RA, CD_BIT = 0x8000, 0x0100, 0x0080, 0x0010
+AD_BIT = 0x20  # in the flags' second byte
 
 
 class RawQuery:
