@@ -19,7 +19,7 @@ from resolver.chain import Client, Request, Resolver, Response, failure, find_li
 from resolver.client_subnet import ClientSubnetLink
 from resolver.ratelimit import RateLimitLink
 from resolver.stats import QueryStats
-from resolver.wire import with_options
+from resolver.wire import PADDING_OPTION, padded, with_options
 
 log = logging.getLogger("classguard.server")
 
@@ -27,6 +27,7 @@ HEADER_SIZE = 12
 QR_BIT = 0x8000
 OPCODE_QUERY = 0
 RCODE_BADVERS = 16  # RFC 6891 §6.1.3: an extended rcode, upper 8 bits in the OPT TTL
+ENCRYPTED = ("dot", "doh")  # the transports whose answers are padded (RFC 8467), never UDP or TCP
 TCP_MAX_PIPELINE = 64  # queries of one connection answered at once before we stop reading
 # Unsent reply bytes of one connection past which we stop reading it until the client reads
 # (a client that pipelines and never reads must not grow the server: issue 18).
@@ -214,10 +215,14 @@ class QueryHandler:
         if len(options) > 1:
             return _error_reply(data, RCODE.FORMERR, query), "malformed"  # RFC 6891 §6.1.1
         edns_payload = dnssec_ok = None
+        pad = False
         if options:
             opt = options[0]
             edns_payload = opt.rclass
             dnssec_ok = bool((opt.ttl >> 15) & 1)
+            # RFC 7830 §4: a padded query over an encrypted transport gets a padded answer.
+            pad = protocol in ENCRYPTED and any(getattr(option, "code", None) == PADDING_OPTION
+                                                for option in opt.rdata or ())
             if (opt.ttl >> 16) & 0xFF:  # EDNS version other than 0
                 reply = empty_reply(query, RCODE_BADVERS & 0xF)
                 reply.add_ar(EDNS0(udp_len=MAX_UDP_PAYLOAD, ext_rcode=RCODE_BADVERS >> 4))
@@ -248,6 +253,8 @@ class QueryHandler:
             wire = finish(reply, edns_payload, bool(dnssec_ok), response.ede, limit)
         if extra:
             wire = with_options(wire, extra)
+        if pad:
+            wire = padded(wire)
         return wire
 
 

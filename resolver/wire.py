@@ -9,6 +9,8 @@ U16 = struct.Struct("!H")
 U32 = struct.Struct("!I")
 OPT_TYPE = 41
 ECS_OPTION = 8  # RFC 7871 client subnet: believed only from trusted forwarders, so never fast
+PADDING_OPTION = 12  # RFC 7830: a padded query gets a padded answer over TLS, so never fast
+PADDING_BLOCK = 468  # RFC 8467 §4.1: responses padded to a multiple of 468 bytes
 OUR_PAYLOAD = 1232  # RFC 6891, DNS flag day 2020
 QR, RD_BIT, RA, CD_BIT = 0x8000, 0x0100, 0x0080, 0x0010
 AD_BIT = 0x20  # in the flags' second byte
@@ -45,7 +47,7 @@ def read_query(data: bytes) -> RawQuery | None:
 
     Refused here: responses, other opcodes, counts other than QD=1 AN=0 NS=0 AR<=1, compression
     in the question, dots or non-ASCII bytes inside labels, OPT records that are not alone, not
-    version 0, or that carry a client subnet.
+    version 0, or that carry a client subnet or padding.
     """
     size = len(data)
     if size < 17:
@@ -83,7 +85,7 @@ def read_query(data: bytes) -> RawQuery | None:
             if options + 4 > size:
                 return None
             code, length = struct.unpack_from("!HH", data, options)
-            if code == ECS_OPTION:
+            if code == ECS_OPTION or code == PADDING_OPTION:
                 return None
             options += 4 + length
         if options != size:
@@ -145,9 +147,6 @@ def with_options(wire: bytes, options: bytes) -> bytes:
         offset = end
     return wire
 
-
-PADDING_OPTION = 12  # RFC 7830
-PADDING_BLOCK = 468  # RFC 8467 §4.1: responses padded to a multiple of 468 bytes
 
 
 def padded(wire: bytes) -> bytes:
