@@ -34,10 +34,13 @@ run: install
 	$(BIN)/classguard serve $(ARGS)
 
 # The Redis store's tests run a real redis-server (tests/redis_server.py), the dashboard's browser
-# tests Debian's chromium driven by Playwright (tests/browser.py): installed when missing.
+# tests Debian's chromium driven by Playwright (tests/browser.py), the interop tests unbound and
+# kdig (tests/interop.py): installed when missing.
 test: install
 	command -v redis-server >/dev/null || (apt-get update && apt-get install -y redis-server)
 	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
+	command -v unbound >/dev/null || (apt-get update && apt-get install -y unbound)
+	command -v kdig >/dev/null || (apt-get update && apt-get install -y knot-dnsutils)
 	$(BIN)/python -m pytest -q $(ARGS)
 
 # classguard beside dnsmasq and unbound on 127.0.0.1 (docs/benchmarks.md): about 15 minutes;

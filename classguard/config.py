@@ -756,6 +756,7 @@ DNS = {
     "tcp_max_connections": Key(_int_range(1, 10**6)),
     "fast_path": Key(_bool),
     "upstream_ca_file": Key(_PATH),
+    "upstream_ad": Key(_choice("clear", "trust")),
 }
 SOURCE = {
     "name": Key(schema={"type": "string", "pattern": _NAME_PATTERN.pattern.join("^$")}),

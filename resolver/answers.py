@@ -37,6 +37,7 @@ def empty_reply(query: DNSRecord, rcode: int = RCODE.NOERROR) -> DNSRecord:
 def copy_reply(reply: DNSRecord, query: DNSRecord) -> DNSRecord:
     """A reply of our own to `query` holding the records of `reply` (shared records, new lists)."""
     copy = empty_reply(query, reply.header.rcode)
+    copy.header.ad = reply.header.ad  # set only by an upstream trusted with it (dns.upstream_ad)
     copy.rr, copy.auth = list(reply.rr), list(reply.auth)
     copy.ar = [record for record in reply.ar if record.rtype != OPT]
     return copy

@@ -56,7 +56,7 @@ def build_chain(dns: DnsSettings, state: RuntimeState, upstreams: UpstreamGroup,
         # Upstream answers with their TTLs; identical questions in flight share one upstream query.
         CacheLink(dns.cache_size),
         # The upstreams, or the server of a forward zone.
-        ForwardingResolver(upstreams, zones),
+        ForwardingResolver(upstreams, zones, trust_ad=dns.upstream_ad == "trust"),
     )
 
 

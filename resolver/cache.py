@@ -13,7 +13,7 @@ from resolver.answers import (
     EDE_STALE_ANSWER, OPT, answer_addresses, copy_reply, empty_reply, udp_limit,
 )
 from resolver.chain import Link, Request, Response
-from resolver.wire import RD_BIT, U32, opt_record, record_ttl_offsets
+from resolver.wire import AD_BIT, RD_BIT, U32, opt_record, record_ttl_offsets
 
 MAX_TTL = 86400
 STALE_WINDOW = 86400  # RFC 8767: serve an expired answer for up to a day while upstreams are down
@@ -41,6 +41,7 @@ class CacheEntry:
     cnames: tuple[str, ...] = ()
     addresses: tuple[str, ...] = ()
     inspected: dict | None = None
+    ad: bool = False  # the upstream's AD bit, kept only under dns.upstream_ad: trust
 
     def fresh(self, now: float) -> bool:
         return self.stored_at + self.ttl > now
@@ -48,6 +49,7 @@ class CacheEntry:
     def reply_for(self, query: DNSRecord, now: float, stale: bool = False) -> DNSRecord:
         elapsed = int(now - self.stored_at)
         reply = empty_reply(query, self.rcode)
+        reply.header.ad = int(self.ad)
         answer, authority, additional = self.answer, self.authority, self.additional
         if answer is None:
             packed = DNSRecord.parse(self.wire)
@@ -69,6 +71,8 @@ class CacheEntry:
         wire[0:2] = data[0:2]
         if rd:
             wire[2] |= RD_BIT >> 8
+        if self.ad and not (data[3] & AD_BIT or dnssec_ok):
+            wire[3] &= ~AD_BIT  # RFC 6840 §5.7: AD only to a client that asked with AD or DO
         end = self.question_end
         question = data[12:end]
         if not self.wire.startswith(question, 12) and question.lower() == self.wire[12:end]:
@@ -91,6 +95,7 @@ def wire_name(labels) -> bytes:
 def pack_entry(entry: CacheEntry, question: DNSQuestion, checking_disabled: bool) -> None:
     header = DNSHeader(id=0, qr=1, ra=1, rd=0, rcode=entry.rcode)
     header.cd = int(checking_disabled)
+    header.ad = int(entry.ad)
     lowered = DNSQuestion(DNSLabel([label.lower() for label in question.qname.label]), question.qtype,
                           question.qclass)
     message = DNSRecord(header=header, questions=[lowered])
@@ -207,7 +212,8 @@ class CacheLink(Link):
         if ttl <= 0:
             return None
         entry = CacheEntry(reply.header.rcode, list(reply.rr), list(reply.auth),
-                           [r for r in reply.ar if r.rtype != OPT], self.clock(), ttl)
+                           [r for r in reply.ar if r.rtype != OPT], self.clock(), ttl,
+                           ad=bool(reply.header.ad))
         pack_entry(entry, request.query.q, request.checking_disabled)
         self.entries[key] = entry
         self.entries.move_to_end(key)

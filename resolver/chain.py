@@ -38,6 +38,9 @@ class Request:
     # at `at` (None: now), counting no screen-time minute, neither counted nor logged.
     explain: bool = False
     at: float | None = None
+    # EDNS options (wire bytes) the answer's OPT record carries besides ours: the client subnet
+    # echoed to a trusted forwarder (resolver.client_subnet).
+    options: bytes = b""
 
 
 @dataclass(slots=True)

@@ -17,9 +17,11 @@ class ForwardingResolver:
     # Asking an upstream means waiting for it: the fast path ends before this link.
     slow_path_only = True
 
-    def __init__(self, default: UpstreamGroup, zones: dict[str, UpstreamGroup] | None = None):
+    def __init__(self, default: UpstreamGroup, zones: dict[str, UpstreamGroup] | None = None,
+                 trust_ad: bool = False):
         self.default = default
         self.zones = zones or {}
+        self.trust_ad = trust_ad  # dns.upstream_ad: trust; else an upstream's AD bit is dropped here
 
     def group_for(self, name: str) -> UpstreamGroup:
         zones = self.zones
@@ -50,4 +52,6 @@ class ForwardingResolver:
             return Response(empty_reply(request.query, RCODE.SERVFAIL), "servfail",
                             ede=(EDE_NO_REACHABLE_AUTHORITY, "no upstream answered"))
         reply.ar = [record for record in reply.ar if record.rtype != OPT]
+        if not self.trust_ad:
+            reply.header.ad = 0
         return Response(reply, "upstream")

@@ -14,9 +14,12 @@ from dnslib import EDNS0, RCODE, DNSRecord
 from resolver.answers import (
     EDE_PROHIBITED, MAX_UDP_PAYLOAD, OPT, cap_ttls, empty_reply, finish, udp_limit,
 )
-from resolver.chain import Client, Request, Resolver, Response, failure
+from common.addresses import address_in
+from resolver.chain import Client, Request, Resolver, Response, failure, find_link
+from resolver.client_subnet import ClientSubnetLink
 from resolver.ratelimit import RateLimitLink
 from resolver.stats import QueryStats
+from resolver.wire import PADDING_OPTION, padded, with_options
 
 log = logging.getLogger("classguard.server")
 
@@ -24,6 +27,7 @@ HEADER_SIZE = 12
 QR_BIT = 0x8000
 OPCODE_QUERY = 0
 RCODE_BADVERS = 16  # RFC 6891 §6.1.3: an extended rcode, upper 8 bits in the OPT TTL
+ENCRYPTED = ("dot", "doh")  # the transports whose answers are padded (RFC 8467), never UDP or TCP
 TCP_MAX_PIPELINE = 64  # queries of one connection answered at once before we stop reading
 # Unsent reply bytes of one connection past which we stop reading it until the client reads
 # (a client that pipelines and never reads must not grow the server: issue 18).
@@ -211,10 +215,14 @@ class QueryHandler:
         if len(options) > 1:
             return _error_reply(data, RCODE.FORMERR, query), "malformed"  # RFC 6891 §6.1.1
         edns_payload = dnssec_ok = None
+        pad = False
         if options:
             opt = options[0]
             edns_payload = opt.rclass
             dnssec_ok = bool((opt.ttl >> 15) & 1)
+            # RFC 7830 §4: a padded query over an encrypted transport gets a padded answer.
+            pad = protocol in ENCRYPTED and any(getattr(option, "code", None) == PADDING_OPTION
+                                                for option in opt.rdata or ())
             if (opt.ttl >> 16) & 0xFF:  # EDNS version other than 0
                 reply = empty_reply(query, RCODE_BADVERS & 0xF)
                 reply.add_ar(EDNS0(udp_len=MAX_UDP_PAYLOAD, ext_rcode=RCODE_BADVERS >> 4))
@@ -227,19 +235,27 @@ class QueryHandler:
         except Exception as exc:  # the chain's first links turn errors into SERVFAIL: a bug of theirs
             log.error("error answering a query in the chain: %s", failure(exc))
             response = Response(empty_reply(query, RCODE.SERVFAIL), "servfail")
-        limit = udp_limit(edns_payload) if protocol == "udp" else None
+        extra = request.options  # a client subnet to echo: in the OPT record, after ours
+        limit = udp_limit(edns_payload) - len(extra) if protocol == "udp" else None
+        wire = None
         if response.entry is not None and response.ede is None:
             wire = response.entry.render(data, self.now(), bool(query.header.rd), edns_payload,
                                          bool(dnssec_ok), limit, response.ttl_cap)
-            if wire is not None:
-                return wire
-        reply = response.reply
-        if response.ttl_cap is not None:
-            cap_ttls(reply, response.ttl_cap)
-        reply.header.id = query.header.id
-        reply.header.qr, reply.header.ra, reply.header.rd = 1, 1, query.header.rd
-        reply.questions = query.questions
-        return finish(reply, edns_payload, bool(dnssec_ok), response.ede, limit)
+        if wire is None:
+            reply = response.reply
+            if response.ttl_cap is not None:
+                cap_ttls(reply, response.ttl_cap)
+            reply.header.id = query.header.id
+            reply.header.qr, reply.header.ra, reply.header.rd = 1, 1, query.header.rd
+            if reply.header.ad and not (query.header.ad or dnssec_ok):
+                reply.header.ad = 0  # RFC 6840 §5.7: AD only to a client that asked with AD or DO
+            reply.questions = query.questions
+            wire = finish(reply, edns_payload, bool(dnssec_ok), response.ede, limit)
+        if extra:
+            wire = with_options(wire, extra)
+        if pad:
+            wire = padded(wire)
+        return wire
 
 
 class UdpListener:
@@ -320,6 +336,10 @@ class TcpListener:
         self.max_unknown = max(1, max_connections // UNKNOWN_SHARE)
         self.max_per_source = min(TCP_MAX_PER_SOURCE, max_connections)
         self.state = state  # RuntimeState: who a source address is; None: every client is known
+        # A trusted forwarder speaks for the clients behind it (ECS), whatever its own address:
+        # its TCP retries of truncated answers must not be refused as unknown.
+        subnet = find_link(handler.resolver, ClientSubnetLink)
+        self.forwarders = subnet.trusted if subnet is not None else ()
         self.connections = 0  # known clients' connections
         self.unknown_connections = 0
         self._per_source: dict[str, int] = {}
@@ -329,7 +349,8 @@ class TcpListener:
         return None
 
     def _known(self, client_ip: str) -> bool:
-        return self.state is None or self.state.snapshot.clients.identify(client_ip) is not None
+        return self.state is None or self.state.snapshot.clients.identify(client_ip) is not None \
+            or address_in(client_ip, self.forwarders)
 
     async def serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")

@@ -35,6 +35,10 @@ class DnsSettings:
     tcp_max_connections: int = 1000
     fast_path: bool = True  # answer cache hits and blocks from raw bytes; off only to compare
     upstream_ca_file: str | None = None  # PEM CAs for tls:// and https:// upstreams (default: system)
+    # clear: the AD bit of upstream answers is never passed on; trust: passed on to a client that
+    # asked with AD or DO (RFC 6840 §5.7), as dnsmasq's proxy-dnssec, for upstreams that validate
+    # over a path the admin trusts.
+    upstream_ad: str = "clear"
 
 
 UPSTREAM_SCHEMES = ("udp", "tcp", "tls", "https")

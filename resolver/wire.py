@@ -9,8 +9,11 @@ U16 = struct.Struct("!H")
 U32 = struct.Struct("!I")
 OPT_TYPE = 41
 ECS_OPTION = 8  # RFC 7871 client subnet: believed only from trusted forwarders, so never fast
+PADDING_OPTION = 12  # RFC 7830: a padded query gets a padded answer over TLS, so never fast
+PADDING_BLOCK = 468  # RFC 8467 §4.1: responses padded to a multiple of 468 bytes
 OUR_PAYLOAD = 1232  # RFC 6891, DNS flag day 2020
 QR, RD_BIT, RA, CD_BIT = 0x8000, 0x0100, 0x0080, 0x0010
+AD_BIT = 0x20  # in the flags' second byte
 
 
 class RawQuery:
@@ -44,7 +47,7 @@ def read_query(data: bytes) -> RawQuery | None:
 
     Refused here: responses, other opcodes, counts other than QD=1 AN=0 NS=0 AR<=1, compression
     in the question, dots or non-ASCII bytes inside labels, OPT records that are not alone, not
-    version 0, or that carry a client subnet.
+    version 0, or that carry a client subnet or padding.
     """
     size = len(data)
     if size < 17:
@@ -82,7 +85,7 @@ def read_query(data: bytes) -> RawQuery | None:
             if options + 4 > size:
                 return None
             code, length = struct.unpack_from("!HH", data, options)
-            if code == ECS_OPTION:
+            if code == ECS_OPTION or code == PADDING_OPTION:
                 return None
             options += 4 + length
         if options != size:
@@ -124,6 +127,33 @@ def record_ttl_offsets(wire: bytes) -> list[tuple[int, int]]:
         rdlength = U16.unpack_from(wire, offset + 8)[0]
         offset += 10 + rdlength
     return found
+
+
+def with_options(wire: bytes, options: bytes) -> bytes:
+    """A packed message with `options` (EDNS option bytes: code, length, data) added at the end of
+    its OPT record's RDATA; the message as it was when it has no OPT record."""
+    _id, _flags, qdcount, ancount, nscount, arcount = HEADER.unpack_from(wire)
+    offset = 12
+    for _ in range(qdcount):
+        offset = skip_name(wire, offset) + 4
+    for _ in range(ancount + nscount + arcount):
+        offset = skip_name(wire, offset)
+        rtype = U16.unpack_from(wire, offset)[0]
+        rdlength = U16.unpack_from(wire, offset + 8)[0]
+        end = offset + 10 + rdlength
+        if rtype == OPT_TYPE:
+            return b"".join((wire[:offset + 8], U16.pack(rdlength + len(options)), wire[offset + 10:end],
+                             options, wire[end:]))
+        offset = end
+    return wire
+
+
+
+def padded(wire: bytes) -> bytes:
+    """A packed message with an OPT record, padded to a multiple of PADDING_BLOCK (RFC 8467)."""
+    size = len(wire) + 4  # the padding option's own code and length
+    fill = -size % PADDING_BLOCK
+    return with_options(wire, U16.pack(PADDING_OPTION) + U16.pack(fill) + bytes(fill))
 
 
 def opt_record(dnssec_ok: bool, ede: tuple[int, str] | None = None) -> bytes:

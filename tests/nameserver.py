@@ -31,6 +31,7 @@ class FakeNameserver:
     queries: list[tuple[str, str, str]] = field(default_factory=list)  # (transport, name, type)
     probes: list[str] = field(default_factory=list)  # the transport of each `. NS` question
     options: list[list[int]] = field(default_factory=list)  # EDNS option codes of each query
+    authentic: bool = False  # set AD in every answer, as a validating resolver does
     host: str = "127.0.0.1"
     port: int = 0
     connections: int = 0  # TCP and TLS connections accepted
@@ -61,6 +62,8 @@ class FakeNameserver:
             return b"\x00\x01garbage"
         response = dns.message.make_response(query)
         response.flags |= dns.flags.RA
+        if self.authentic:
+            response.flags |= dns.flags.AD
         if self.mode == "servfail":
             response.set_rcode(dns.rcode.SERVFAIL)
             return response.to_wire()

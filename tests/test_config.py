@@ -373,3 +373,9 @@ def test_parse_duration(value, seconds):
 def test_parse_duration_refuses(value):
     with pytest.raises(ValueError):
         parse_duration(value)
+
+
+def test_upstream_ad_is_clear_or_trust(tmp_path):
+    assert load_config(write(tmp_path, "dns: {upstream_ad: trust}\n")).dns.upstream_ad == "trust"
+    assert load_config(write(tmp_path, "dns: {}\n")).dns.upstream_ad == "clear"
+    assert any("upstream_ad" in error for error in errors_of(tmp_path, "dns: {upstream_ad: yes}\n"))

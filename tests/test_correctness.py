@@ -73,3 +73,36 @@ def test_classguard_never_forwards_to_its_own_listen_address():
     alone = Config(dns=DnsSettings(listen=("0.0.0.0:53",), upstreams=("udp://127.0.0.1:53",)))
     with pytest.raises(StartupError, match="no usable upstream"):
         make_upstreams(alone)
+
+
+def echoed_subnet(reply: dns.message.Message) -> list[tuple[str, int, int]]:
+    return [(option.address, option.srclen, option.scopelen) for option in reply.options
+            if option.otype == dns.edns.ECS]
+
+
+async def test_client_subnet_is_echoed_to_a_trusted_forwarder(make_resolver, upstream):
+    # RFC 7871 §7.2: a forwarder (unbound's send-client-subnet) that gets no option back takes
+    # its ECS as ignored, asks again without it, and would get its own class for everyone.
+    resolver = await make_resolver(trusted_forwarders=(f"{FORWARDER}/32",))
+    for name in ("adult.example", "example.com", "example.com"):  # blocked, upstream, cached
+        behind = await ask_with_subnet(resolver, name, PUPILS, FORWARDER)
+        assert echoed_subnet(behind) == [(PUPILS, 32, 32)], name
+    assert [i.to_text() for r in behind.answer for i in r] == ["93.184.215.14"]
+    over_tcp = await dns.asyncquery.tcp(
+        dns.message.make_query("example.com", "A", use_edns=0, options=[dns.edns.ECSOption(PUPILS, 32)]),
+        "127.0.0.1", port=resolver.port, source=FORWARDER, timeout=3)  # a forwarder's TCP retry
+    assert echoed_subnet(over_tcp) == [(PUPILS, 32, 32)]
+    # Anyone else's ECS is not used, so not echoed.
+    spoofed = await ask_with_subnet(resolver, "example.com", PUPILS, STAFF)
+    assert echoed_subnet(spoofed) == []
+
+
+async def test_a_source_prefix_of_zero_means_the_forwarders_own_address(make_resolver, upstream):
+    # stubby's edns_client_subnet_private, passed on by dnsmasq: "do not use my address".
+    resolver = await make_resolver(trusted_forwarders=(f"{STAFF}/32",))
+    query = dns.message.make_query("adult.example", "A", use_edns=0,
+                                   options=[dns.edns.ECSOption("0.0.0.0", 0)])
+    reply = await dns.asyncquery.udp(query, "127.0.0.1", port=resolver.port, source=STAFF, timeout=3)
+    assert reply.rcode() == dns.rcode.NOERROR, ede(reply)
+    assert [i.to_text() for r in reply.answer for i in r] == ["198.51.100.1"]  # the staff's rules
+    assert echoed_subnet(reply) == [("0.0.0.0", 0, 0)]

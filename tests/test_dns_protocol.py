@@ -7,6 +7,7 @@ import asyncio
 import struct
 import time
 
+import dns.asyncquery
 import dns.exception
 import dns.flags
 import dns.message
@@ -298,3 +299,37 @@ async def test_formerr_and_notimp_carry_an_opt_when_the_query_had_one(make_resol
         assert reply.rcode() == dns.rcode.NOTIMP
         assert reply.edns == (0 if edns else -1), edns
         assert reply.payload == 1232 or not edns
+
+
+async def ask_flags(resolver, name: str, flags: int = 0, *, want_dnssec: bool = False,
+                    tcp: bool = False) -> dns.message.Message:
+    query = dns.message.make_query(name, "A", use_edns=0, want_dnssec=want_dnssec)
+    query.flags |= flags
+    send = dns.asyncquery.tcp if tcp else dns.asyncquery.udp
+    return await send(query, "127.0.0.1", port=resolver.port, source=STAFF, timeout=3)
+
+
+async def test_the_ad_bit_of_upstreams_is_cleared_unless_trusted(make_resolver, upstream):
+    upstream.authentic = True  # a validating upstream
+    cleared = await make_resolver()
+    for _ in range(2):  # from the upstream, then from the cache
+        reply = await ask_flags(cleared, "example.com", dns.flags.AD, want_dnssec=True)
+        assert not reply.flags & dns.flags.AD
+
+
+async def test_upstream_ad_trust_passes_the_ad_bit_to_clients_that_ask(make_resolver, upstream):
+    # dns.upstream_ad: trust, as dnsmasq's proxy-dnssec: a stub with `options trust-ad` (glibc)
+    # asks with AD and gets the upstream's AD back (RFC 6840 §5.7), cached or not.
+    upstream.authentic = True
+    trusting = await make_resolver(upstream_ad="trust")
+    for tcp in (False, True, False):  # from the upstream, then from the cache (slow and fast path)
+        assert (await ask_flags(trusting, "example.com", dns.flags.AD, tcp=tcp)).flags & dns.flags.AD
+        assert (await ask_flags(trusting, "example.com", want_dnssec=True, tcp=tcp)).flags & dns.flags.AD
+        # Neither AD nor DO in the query: no AD in the answer.
+        assert not (await ask_flags(trusting, "example.com", tcp=tcp)).flags & dns.flags.AD
+    # Our own answers (a block) are never authenticated.
+    blocked = await dns.asyncquery.udp(dns.message.make_query("adult.example", "A", use_edns=0, want_dnssec=True),
+                                       "127.0.0.1", port=trusting.port, source=PUPILS, timeout=3)
+    assert ede(blocked) == [(15, "category:adult")] and not blocked.flags & dns.flags.AD
+    upstream.authentic = False  # an answer the upstream did not validate: no AD
+    assert not (await ask_flags(trusting, "www.example.com", dns.flags.AD)).flags & dns.flags.AD
