@@ -31,7 +31,8 @@ from typing import Any
 
 from admin.devices import migrate_devices
 from admin.devices import operations as device_operations
-from admin.errors import ControlError
+from admin.errors import ControlError, NeedsForce
+from admin.policy_diff import PolicyDiff, diff_policies
 from admin.stored import parse_stored
 from blocklists.bundled import Bundled
 from blocklists.compiled import CompiledLists
@@ -223,6 +224,7 @@ class Commands:
             "status": self.status,
             "policy.get": self.policy_get,
             "policy.put": self.policy_put,
+            "policy.diff": self.policy_diff,
             "override.add": self.override_add,
             "override.list": self.override_list,
             "override.cancel": self.override_cancel,
@@ -243,6 +245,8 @@ class Commands:
             return {"ok": True, "via": self.via, **await operation(request, actor)}
         except PolicyError as exc:
             return {"ok": False, "error": exc.errors[0], "errors": exc.errors}
+        except NeedsForce as exc:
+            return {"ok": False, "error": str(exc), "needs_force": True, "diff": exc.diff}
         except (ControlError, StoreError) as exc:
             return {"ok": False, "error": str(exc)}
 
@@ -271,13 +275,12 @@ class Commands:
         stored = await self.store.get_policy()
         return {"policy": None if stored is None else dataclasses.asdict(stored)}
 
-    async def policy_put(self, request: dict, actor: str) -> dict[str, Any]:
+    async def _plan(self, request: dict, actor: str):
+        """What `policy.put` of this request would store: (policy, with_devices, book, previous,
+        old policy or None, PolicyDiff). Refusals raised (PolicyError, ControlError)."""
         text = request.get("text")
         if not isinstance(text, str):
-            raise ControlError('policy.put needs "text": the policy as YAML')
-        expected = request.get("expected_version")
-        if expected is not None and (isinstance(expected, bool) or not isinstance(expected, int)):
-            raise ControlError('"expected_version" must be a whole number')
+            raise ControlError(f'{request.get("op", "policy.put")} needs "text": the policy as YAML')
         source = str(request.get("source") or "import")
         data, policy = await asyncio.to_thread(self._parse, text, source)
         # Devices are records of their own: a file with a `devices:` section replaces the
@@ -294,14 +297,40 @@ class Commands:
                 raise PolicyError([f"{source}: classes with enrolled devices are missing: {shown}; "
                                    "move or remove their devices first (`classguard device "
                                    "update|remove`), or give the file a devices: section"])
-        canonical = export_policy(policy, devices=False)
         previous = await self.store.get_policy()
+        old = None if previous is None else await self.current_policy()
+        diff = diff_policies(old, book, policy, policy.devices if with_devices else None)
+        return policy, with_devices, book, previous, old, diff
+
+    async def policy_diff(self, request: dict, actor: str) -> dict[str, Any]:
+        """What `policy.put` of this text would change, changing nothing."""
+        _policy, _with, _book, previous, _old, diff = await self._plan(request, actor)
+        return {"version": 0 if previous is None else previous.version, "changed": False,
+                "dry_run": True, "diff": diff.lines, "removals": diff.removals}
+
+    async def policy_put(self, request: dict, actor: str) -> dict[str, Any]:
+        expected = request.get("expected_version")
+        if expected is not None and (isinstance(expected, bool) or not isinstance(expected, int)):
+            raise ControlError('"expected_version" must be a whole number')
+        if request.get("dry_run"):
+            return await self.policy_diff(request, actor)
+        source = str(request.get("source") or "import")
+        policy, with_devices, book, previous, old, diff = await self._plan(request, actor)
+        if diff.removals and request.get("force") is not True:
+            raise NeedsForce(f"{source}: this import removes {' and '.join(diff.removals)}; "
+                             "nothing was changed: see the diff, then confirm with --force "
+                             "(the REST API: ?force=true)", diff.lines)
+        canonical = export_policy(policy, devices=False)
         count = len(policy.devices) if with_devices else len(book)
+        policy_lines = PolicyDiff([line for line in diff.lines
+                                   if not line[2:].startswith("device ")])
+        device_lines = PolicyDiff([line for line in diff.lines if line[2:].startswith("device ")])
         before = after = ""
         if previous is not None:
-            old = await self.current_policy()
             before = f"version {previous.version}: {summarize(old, devices=len(book))}"
             after = f"version {previous.version + 1}: {summarize(policy, old, devices=count)}"
+            if not policy_lines.empty:
+                after += "\n" + policy_lines.compact()
         stored = await self.store.put_policy(canonical, actor=actor, expected_version=expected,
                                              action="policy.import", before=before,
                                              after=after or f"version 1: "
@@ -313,18 +342,20 @@ class Commands:
                    != device_to_record(device)]
             gone = [device_id for device_id in book if device_id not in policy.devices]
             if put or gone:
+                summary = (f"{source}: {len(policy.devices)} devices ({len(put)} new or "
+                           f"changed, {len(gone)} removed)")
+                if not device_lines.empty:
+                    summary += "\n" + device_lines.compact()
                 try:
                     await self.store.change_devices(
-                        put, gone, mode=SET, actor=actor, action="device.import",
-                        after=f"{source}: {len(policy.devices)} devices ({len(put)} new or "
-                              f"changed, {len(gone)} removed)")
+                        put, gone, mode=SET, actor=actor, action="device.import", after=summary)
                 except DeviceConflict as exc:
                     raise ControlError(f"the policy is stored (version {stored.version}) but not "
                                        f"its devices: {exc}") from None
                 changed = True
         if changed and self.after_write is not None:
             await self.after_write()
-        return {"version": stored.version, "changed": changed}
+        return {"version": stored.version, "changed": changed, "diff": diff.lines}
 
     def _parse(self, text: str, source: str):
         """(the YAML data, the Policy): in a thread, off the event loop."""

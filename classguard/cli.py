@@ -22,7 +22,7 @@ from admin.control import request as control_request
 from admin.control import stored_or_seed_policy
 from admin.devices import COMMANDS as DEVICE_COMMANDS
 from admin.devices import holds_devices
-from admin.errors import ControlError
+from admin.errors import ControlError, NeedsForce
 from blocklists.bundled import load_bundled
 from blocklists.names import normalize_domain
 from blocklists.update import (
@@ -97,6 +97,13 @@ def _parser() -> argparse.ArgumentParser:
     import_ = policy_commands.add_parser("import", parents=[common],
                                          help="replace the stored policy from a file (validated first)")
     import_.add_argument("file", type=Path)
+    import_.add_argument("--dry-run", action="store_true",
+                         help="print what would change, change nothing")
+    import_.add_argument("--force", action="store_true",
+                         help="confirm an import that removes devices or a class with devices")
+    diff = policy_commands.add_parser("diff", parents=[common],
+                                      help="print what importing a file would change (nothing is changed)")
+    diff.add_argument("file", type=Path)
     policy_commands.add_parser("export", parents=[common], help="print the stored policy as YAML")
 
     override = commands.add_parser("override", parents=[common],
@@ -566,22 +573,61 @@ def _state_request(config, request: dict) -> dict:
 
     response = asyncio.run(send())
     if not response.get("ok"):
+        if response.get("needs_force"):
+            raise NeedsForce(str(response.get("error")), list(response.get("diff") or []))
         if response.get("errors"):
             raise PolicyError([str(error) for error in response["errors"]])
         raise ControlError(str(response.get("error") or "refused"))
     return response
 
 
-def _policy_import(config, args) -> int:
+def _print_diff(file: Path, response: dict) -> None:
+    lines = response.get("diff") or []
+    against = f"the stored policy (version {response['version']})" if response.get("version") \
+        else "an empty store"
+    if not lines:
+        print(f"{file}: no change against {against}")
+        return
+    print(f"{file} against {against}: {len(lines)} change{'s' if len(lines) > 1 else ''}")
+    for line in lines:
+        print(f"  {line}")
+
+
+def _policy_diff(config, args) -> int:
+    """What `policy import FILE` would change; nothing is changed."""
     bundled = load_bundled()
     policy = load_policy(args.file, known_categories=known_categories(config, bundled),
                          known_services=set(bundled.services), allow_open=config.dns.allow_open)
-    response = _state_request(config, {"op": "policy.put", "text": export_policy(policy),
+    response = _state_request(config, {"op": "policy.diff", "text": export_policy(policy),
                                        "source": str(args.file)})
+    _print_diff(args.file, response)
+    if getattr(args, "dry_run", False):
+        print("dry run: nothing was changed" + (
+            f"; importing removes {' and '.join(response['removals'])} and needs --force"
+            if response.get("removals") else ""))
+    return 0
+
+
+def _policy_import(config, args) -> int:
+    if args.dry_run:
+        return _policy_diff(config, args)
+    bundled = load_bundled()
+    policy = load_policy(args.file, known_categories=known_categories(config, bundled),
+                         known_services=set(bundled.services), allow_open=config.dns.allow_open)
+    request = {"op": "policy.put", "text": export_policy(policy), "source": str(args.file),
+               "force": bool(args.force)}
+    try:
+        response = _state_request(config, request)
+    except NeedsForce as exc:
+        _print_diff(args.file, {"diff": exc.diff, "version": 1})
+        raise
     version = response["version"]
     if not response["changed"]:
         print(f"{args.file}: unchanged, the stored policy is version {version}")
-    elif response["via"] == "server":
+        return 0
+    for line in response.get("diff") or []:
+        print(f"  {line}")
+    if response["via"] == "server":
         print(f"{args.file}: imported as policy version {version}; the running server applied it")
     elif config.store != "embedded":
         print(f"{args.file}: imported as policy version {version} {device_cli.store_place(config)}; "
@@ -615,7 +661,8 @@ def _policy_export(config, args) -> int:
     return 0
 
 
-_POLICY_COMMANDS = {"validate": _policy_validate, "import": _policy_import, "export": _policy_export}
+_POLICY_COMMANDS = {"validate": _policy_validate, "import": _policy_import, "diff": _policy_diff,
+                    "export": _policy_export}
 
 
 def _override(config, args) -> int:
