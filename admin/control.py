@@ -107,7 +107,7 @@ class Boot:
     policy_version: int
     overrides: tuple[Override, ...]
     version: int
-    drift: str | None  # why the configured policy file is not what runs, or None
+    drift: Drift | None  # why the configured policy file is not what runs, or None
     devices_seq: int = 0  # the devices' sequence that policy.devices (the book) was read at
 
 
@@ -170,22 +170,51 @@ async def load_or_seed(store: Store, *, recovery: RecoversLostStore | None, seed
     return Boot(policy, stored.version, overrides, version, drift, devices_seq)
 
 
+@dataclass(frozen=True, slots=True)
+class Drift:
+    """The configured policy file is not the stored policy (which is what runs): which side is
+    newer, and what brings them together without losing anything. str(): one English line (the
+    log, /readyz, the control status); the dashboard says it in its own words from the fields."""
+
+    seed: str
+    newer: str  # "store": changed since (dashboard, CLI); "file": edited after; "invalid"
+    version: int
+    when: str  # the stored policy's time, ISO 8601
+    by: str
+    error: str = ""  # the file's first error, when it does not validate
+
+    def __str__(self) -> str:
+        stored = f"the stored policy (version {self.version}, {self.when}, by {self.by})"
+        export = f"classguard policy export > {self.seed}"
+        see = f"classguard policy diff {self.seed}"
+        if self.newer == "invalid":
+            return (f"the policy file {self.seed} is not the stored policy and does not validate "
+                    f"({self.error}); {stored} keeps running; to bring the file up to date: "
+                    f"{export}")
+        if self.newer == "store":
+            return (f"{stored} is newer than the policy file {self.seed} and is what runs; to "
+                    f"bring the file up to date: {export}; to see the difference: {see}")
+        return (f"the policy file {self.seed} was edited after {stored}, which is what runs (the "
+                f"file only seeds an empty store); to see what importing it would change: {see}")
+
+
 def seed_drift(seed: Path, stored: StoredPolicy, known_categories: Collection[str] | None,
-               known_services: Collection[str] | None, allow_open: bool = False) -> str | None:
-    """One line when the configured policy file is not the stored policy, else None."""
+               known_services: Collection[str] | None, allow_open: bool = False) -> Drift | None:
+    """Why the configured policy file is not the stored policy, or None when it is."""
+    when = dt.datetime.fromtimestamp(stored.updated_at).isoformat(timespec="seconds")
+    fields = {"seed": str(seed), "version": stored.version, "when": when, "by": stored.updated_by}
     try:
         policy = load_policy(seed, known_categories=known_categories, known_services=known_services,
                              allow_open=allow_open)
     except PolicyError as exc:
-        return (f"the policy file {seed} is not the stored policy and does not validate "
-                f"({exc.errors[0]}); the stored policy (version {stored.version}) keeps running; "
-                f"fix the file, then apply it with: classguard policy import {seed}")
+        return Drift(newer="invalid", error=exc.errors[0], **fields)
     if export_policy(policy, devices=False) == stored.text:
         return None  # the file's devices were seeded once; they are records of their own
-    when = dt.datetime.fromtimestamp(stored.updated_at).isoformat(timespec="seconds")
-    return (f"the policy file {seed} differs from the stored policy (version {stored.version}, "
-            f"{when}, by {stored.updated_by}), which is what runs; to apply the file: "
-            f"classguard policy import {seed}")
+    try:
+        edited = os.stat(seed).st_mtime
+    except OSError:
+        edited = 0.0
+    return Drift(newer="file" if edited > stored.updated_at else "store", **fields)
 
 
 # --- the commands ------------------------------------------------------------------------------
@@ -577,7 +606,7 @@ class ControlPlane:
 
     def _status(self) -> dict[str, Any]:
         status = {"pid": os.getpid(), "applied_version": self.applied_version,
-                  "policy_drift": self.drift}
+                  "policy_drift": None if self.drift is None else str(self.drift)}
         counted = self.store_abilities.counters  # the Redis store's outages, losses, drops
         if counted is not None:
             status["store"] = {"available": counted.available, **counted.counters}

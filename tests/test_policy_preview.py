@@ -167,3 +167,58 @@ async def test_the_api_answers_409_with_the_diff_unless_forced(dashboard):
     body = await forced.json()
     assert body["changed"] is True and body["version"] == version + 1
     assert (await store.devices())[0] == []
+
+
+# --- the drift note (issue 19, item 2) ---------------------------------------------------------
+
+
+async def test_the_drift_note_says_which_side_is_newer_and_never_advises_an_import(tmp_path):
+    import os
+    import time as clock
+
+    from admin.control import Drift
+    from classguard.metrics import ReadinessProbe
+    from classguard.service import prepare
+    from dashboard.admin_pages import _drift
+    from dashboard.i18n import translator
+    from tests.test_policy_import_export import school_config
+
+    seed = tmp_path / "policies.yaml"
+    seed.write_text(SCHOOL_POLICY)
+    prepare(school_config(tmp_path))  # seeds the store
+    store = EmbeddedStore(tmp_path / "state")
+    # a change made in the dashboard or the CLI: the store is newer than the file
+    await store.put_policy(SCHOOL_POLICY.replace("denied.example", "other.example"),
+                           actor="alice (dashboard)")
+    os.utime(seed, (clock.time() - 3600, clock.time() - 3600))
+    service = prepare(school_config(tmp_path))
+    drift = service.drift
+    assert isinstance(drift, Drift) and drift.newer == "store"
+    text = service.policy_drift
+    assert text.startswith("the stored policy (version 2, ")
+    assert f"by alice (dashboard)) is newer than the policy file {seed}" in text
+    assert f"classguard policy export > {seed}" in text and f"classguard policy diff {seed}" in text
+    notes = ReadinessProbe(service).notes()
+    assert notes == [f"policy drift: {text}"]  # what /readyz says after "ready"
+    assert ReadinessProbe(service).notes(drift=False) == []
+    view = type("View", (), {"t": staticmethod(translator("fr"))})()
+    french = _drift(view, drift)
+    assert french.startswith("La politique enregistrée (version 2, ")
+    assert "par alice (dashboard)) est plus récente que le fichier" in french
+    assert f"Pour mettre le fichier à jour : classguard policy export > {seed}" in french
+
+    # the file edited after: the note says so, and offers the diff
+    seed.write_text(SCHOOL_POLICY.replace("denied.example", "third.example"))
+    service = prepare(school_config(tmp_path))
+    assert service.drift.newer == "file"
+    assert f"the policy file {seed} was edited after the stored policy (version 2" \
+           in service.policy_drift
+    assert "only seeds an empty store" in service.policy_drift
+    french = _drift(view, service.drift)
+    assert "a été modifié après la politique enregistrée" in french and "policy diff" in french
+
+    seed.write_text("classes: {x: {block: [nope]}}\n")
+    broken = prepare(school_config(tmp_path)).policy_drift
+    assert "does not validate" in broken and f"classguard policy export > {seed}" in broken
+    for said in (text, french, broken, service.policy_drift):
+        assert "policy import" not in said and "to apply the file" not in said
