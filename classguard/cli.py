@@ -20,6 +20,12 @@ from zoneinfo import ZoneInfo
 from admin.control import local_commands, os_user
 from admin.control import request as control_request
 from admin.control import stored_or_seed_policy
+from admin.backup import backup as backup_store
+from admin.backup import counts_of, read_backup, write_backup
+from admin.backup import describe as describe_backup
+from admin.backup import empty as backup_empty
+from admin.backup import holds as store_holds
+from admin.backup import restore as restore_store
 from admin.devices import COMMANDS as DEVICE_COMMANDS
 from admin.devices import holds_devices
 from admin.errors import ControlError, NeedsForce
@@ -160,6 +166,17 @@ def _add_account_parsers(commands, common) -> None:
     revoke.add_argument("id")
     token_commands.add_parser("list", parents=[common],
                               help="the tokens: id, name, when and by whom made, revoked or not")
+    store = commands.add_parser("store", parents=[common], help="backup and restore of the whole state")
+    store_commands = store.add_subparsers(dest="store_command", required=True)
+    backup = store_commands.add_parser(
+        "backup", parents=[common], help="write the whole state (policy, devices, users, tokens, "
+        "overrides, today's screen time, audit log) to a new owner-only FILE")
+    backup.add_argument("file", type=Path)
+    restore = store_commands.add_parser(
+        "restore", parents=[common], help="make the store hold what a backup FILE holds")
+    restore.add_argument("file", type=Path)
+    restore.add_argument("--force", action="store_true",
+                         help="confirm replacing what a store that is not empty holds")
 
 
 class _Version(argparse.Action):
@@ -191,6 +208,9 @@ def main(argv: list[str] | None = None) -> int:
             return _DEVICE_COMMANDS[args.device_command](config, args)
         if args.command in ("user", "token"):
             return _accounts(config, args)
+        if args.command == "store":
+            return _store_backup(config, args) if args.store_command == "backup" \
+                else _store_restore(config, args)
         if args.command == "lists":
             return _lists_status(config) if args.lists_command == "status" else _lists_update(config)
     except ClassguardError as exc:
@@ -535,6 +555,44 @@ def _with_store(config, use):
         finally:
             await store.close()
     return asyncio.run(run())
+
+
+def _screen_days(config) -> tuple[str, ...]:
+    today = dt.datetime.now(ZoneInfo(config.timezone)).date()
+    return (today.isoformat(), (today - dt.timedelta(days=1)).isoformat())
+
+
+def _store_backup(config, args) -> int:
+    data = _with_store(config, lambda store: backup_store(store, days=_screen_days(config)))
+    write_backup(args.file, json.dumps(data, ensure_ascii=False, indent=1) + "\n")
+    print(f"{args.file}: backup of {describe_backup(counts_of(data))}, "
+          f"{len(data['audit'])} audit entries (owner-only; it holds password and token hashes)")
+    return 0
+
+
+def _store_restore(config, args) -> int:
+    try:
+        data = json.loads(args.file.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ControlError(f"{args.file}: cannot read it ({exc.strerror})") from None
+    except ValueError as exc:
+        raise ControlError(f"{args.file}: not JSON ({exc}); nothing was changed") from None
+    data = read_backup(data, str(args.file))
+
+    async def run(store):
+        held = await store_holds(store)
+        if not backup_empty(held) and not args.force:
+            raise ControlError(
+                f"the store {device_cli.store_place(config)} is not empty: restoring {args.file} "
+                f"replaces what it holds ({describe_backup(held)}) with the backup's "
+                f"({describe_backup(counts_of(data))}); confirm with --force (nothing was changed)")
+        return held, await restore_store(store, data, actor=os_user())
+
+    held, restored = _with_store(config, run)
+    print(f"{args.file}: restored {describe_backup(restored)}, {restored['audit entries']} audit "
+          f"entries added" + (f" (replacing {describe_backup(held)})" if not backup_empty(held) else "")
+          + "; a server running on this store applies it within a second")
+    return 0
 
 
 def _stored_policy(config, bundled):
