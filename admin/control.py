@@ -31,7 +31,8 @@ from typing import Any
 
 from admin.devices import migrate_devices
 from admin.devices import operations as device_operations
-from admin.errors import ControlError, NoAnswer
+from admin.errors import ControlError, NeedsForce, NoAnswer
+from admin.policy_diff import PolicyDiff, diff_policies
 from admin.stored import parse_stored
 from blocklists.bundled import Bundled
 from blocklists.compiled import CompiledLists
@@ -106,7 +107,7 @@ class Boot:
     policy_version: int
     overrides: tuple[Override, ...]
     version: int
-    drift: str | None  # why the configured policy file is not what runs, or None
+    drift: Drift | None  # why the configured policy file is not what runs, or None
     devices_seq: int = 0  # the devices' sequence that policy.devices (the book) was read at
 
 
@@ -169,22 +170,51 @@ async def load_or_seed(store: Store, *, recovery: RecoversLostStore | None, seed
     return Boot(policy, stored.version, overrides, version, drift, devices_seq)
 
 
+@dataclass(frozen=True, slots=True)
+class Drift:
+    """The configured policy file is not the stored policy (which is what runs): which side is
+    newer, and what brings them together without losing anything. str(): one English line (the
+    log, /readyz, the control status); the dashboard says it in its own words from the fields."""
+
+    seed: str
+    newer: str  # "store": changed since (dashboard, CLI); "file": edited after; "invalid"
+    version: int
+    when: str  # the stored policy's time, ISO 8601
+    by: str
+    error: str = ""  # the file's first error, when it does not validate
+
+    def __str__(self) -> str:
+        stored = f"the stored policy (version {self.version}, {self.when}, by {self.by})"
+        export = f"classguard policy export > {self.seed}"
+        see = f"classguard policy diff {self.seed}"
+        if self.newer == "invalid":
+            return (f"the policy file {self.seed} is not the stored policy and does not validate "
+                    f"({self.error}); {stored} keeps running; to bring the file up to date: "
+                    f"{export}")
+        if self.newer == "store":
+            return (f"{stored} is newer than the policy file {self.seed} and is what runs; to "
+                    f"bring the file up to date: {export}; to see the difference: {see}")
+        return (f"the policy file {self.seed} was edited after {stored}, which is what runs (the "
+                f"file only seeds an empty store); to see what importing it would change: {see}")
+
+
 def seed_drift(seed: Path, stored: StoredPolicy, known_categories: Collection[str] | None,
-               known_services: Collection[str] | None, allow_open: bool = False) -> str | None:
-    """One line when the configured policy file is not the stored policy, else None."""
+               known_services: Collection[str] | None, allow_open: bool = False) -> Drift | None:
+    """Why the configured policy file is not the stored policy, or None when it is."""
+    when = dt.datetime.fromtimestamp(stored.updated_at).isoformat(timespec="seconds")
+    fields = {"seed": str(seed), "version": stored.version, "when": when, "by": stored.updated_by}
     try:
         policy = load_policy(seed, known_categories=known_categories, known_services=known_services,
                              allow_open=allow_open)
     except PolicyError as exc:
-        return (f"the policy file {seed} is not the stored policy and does not validate "
-                f"({exc.errors[0]}); the stored policy (version {stored.version}) keeps running; "
-                f"fix the file, then apply it with: classguard policy import {seed}")
+        return Drift(newer="invalid", error=exc.errors[0], **fields)
     if export_policy(policy, devices=False) == stored.text:
         return None  # the file's devices were seeded once; they are records of their own
-    when = dt.datetime.fromtimestamp(stored.updated_at).isoformat(timespec="seconds")
-    return (f"the policy file {seed} differs from the stored policy (version {stored.version}, "
-            f"{when}, by {stored.updated_by}), which is what runs; to apply the file: "
-            f"classguard policy import {seed}")
+    try:
+        edited = os.stat(seed).st_mtime
+    except OSError:
+        edited = 0.0
+    return Drift(newer="file" if edited > stored.updated_at else "store", **fields)
 
 
 # --- the commands ------------------------------------------------------------------------------
@@ -223,6 +253,7 @@ class Commands:
             "status": self.status,
             "policy.get": self.policy_get,
             "policy.put": self.policy_put,
+            "policy.diff": self.policy_diff,
             "override.add": self.override_add,
             "override.list": self.override_list,
             "override.cancel": self.override_cancel,
@@ -243,6 +274,8 @@ class Commands:
             return {"ok": True, "via": self.via, **await operation(request, actor)}
         except PolicyError as exc:
             return {"ok": False, "error": exc.errors[0], "errors": exc.errors}
+        except NeedsForce as exc:
+            return {"ok": False, "error": str(exc), "needs_force": True, "diff": exc.diff}
         except (ControlError, StoreError) as exc:
             return {"ok": False, "error": str(exc)}
 
@@ -271,13 +304,12 @@ class Commands:
         stored = await self.store.get_policy()
         return {"policy": None if stored is None else dataclasses.asdict(stored)}
 
-    async def policy_put(self, request: dict, actor: str) -> dict[str, Any]:
+    async def _plan(self, request: dict, actor: str):
+        """What `policy.put` of this request would store: (policy, with_devices, book, previous,
+        old policy or None, PolicyDiff). Refusals raised (PolicyError, ControlError)."""
         text = request.get("text")
         if not isinstance(text, str):
-            raise ControlError('policy.put needs "text": the policy as YAML')
-        expected = request.get("expected_version")
-        if expected is not None and (isinstance(expected, bool) or not isinstance(expected, int)):
-            raise ControlError('"expected_version" must be a whole number')
+            raise ControlError(f'{request.get("op", "policy.put")} needs "text": the policy as YAML')
         source = str(request.get("source") or "import")
         data, policy = await asyncio.to_thread(self._parse, text, source)
         # Devices are records of their own: a file with a `devices:` section replaces the
@@ -294,14 +326,40 @@ class Commands:
                 raise PolicyError([f"{source}: classes with enrolled devices are missing: {shown}; "
                                    "move or remove their devices first (`classguard device "
                                    "update|remove`), or give the file a devices: section"])
-        canonical = export_policy(policy, devices=False)
         previous = await self.store.get_policy()
+        old = None if previous is None else await self.current_policy()
+        diff = diff_policies(old, book, policy, policy.devices if with_devices else None)
+        return policy, with_devices, book, previous, old, diff
+
+    async def policy_diff(self, request: dict, actor: str) -> dict[str, Any]:
+        """What `policy.put` of this text would change, changing nothing."""
+        _policy, _with, _book, previous, _old, diff = await self._plan(request, actor)
+        return {"version": 0 if previous is None else previous.version, "changed": False,
+                "dry_run": True, "diff": diff.lines, "removals": diff.removals}
+
+    async def policy_put(self, request: dict, actor: str) -> dict[str, Any]:
+        expected = request.get("expected_version")
+        if expected is not None and (isinstance(expected, bool) or not isinstance(expected, int)):
+            raise ControlError('"expected_version" must be a whole number')
+        if request.get("dry_run"):
+            return await self.policy_diff(request, actor)
+        source = str(request.get("source") or "import")
+        policy, with_devices, book, previous, old, diff = await self._plan(request, actor)
+        if diff.removals and request.get("force") is not True:
+            raise NeedsForce(f"{source}: this import removes {' and '.join(diff.removals)}; "
+                             "nothing was changed: see the diff, then confirm with --force "
+                             "(the REST API: ?force=true)", diff.lines)
+        canonical = export_policy(policy, devices=False)
         count = len(policy.devices) if with_devices else len(book)
+        policy_lines = PolicyDiff([line for line in diff.lines
+                                   if not line[2:].startswith("device ")])
+        device_lines = PolicyDiff([line for line in diff.lines if line[2:].startswith("device ")])
         before = after = ""
         if previous is not None:
-            old = await self.current_policy()
             before = f"version {previous.version}: {summarize(old, devices=len(book))}"
             after = f"version {previous.version + 1}: {summarize(policy, old, devices=count)}"
+            if not policy_lines.empty:
+                after += "\n" + policy_lines.compact()
         stored = await self.store.put_policy(canonical, actor=actor, expected_version=expected,
                                              action="policy.import", before=before,
                                              after=after or f"version 1: "
@@ -313,18 +371,20 @@ class Commands:
                    != device_to_record(device)]
             gone = [device_id for device_id in book if device_id not in policy.devices]
             if put or gone:
+                summary = (f"{source}: {len(policy.devices)} devices ({len(put)} new or "
+                           f"changed, {len(gone)} removed)")
+                if not device_lines.empty:
+                    summary += "\n" + device_lines.compact()
                 try:
                     await self.store.change_devices(
-                        put, gone, mode=SET, actor=actor, action="device.import",
-                        after=f"{source}: {len(policy.devices)} devices ({len(put)} new or "
-                              f"changed, {len(gone)} removed)")
+                        put, gone, mode=SET, actor=actor, action="device.import", after=summary)
                 except DeviceConflict as exc:
                     raise ControlError(f"the policy is stored (version {stored.version}) but not "
                                        f"its devices: {exc}") from None
                 changed = True
         if changed and self.after_write is not None:
             await self.after_write()
-        return {"version": stored.version, "changed": changed}
+        return {"version": stored.version, "changed": changed, "diff": diff.lines}
 
     def _parse(self, text: str, source: str):
         """(the YAML data, the Policy): in a thread, off the event loop."""
@@ -546,7 +606,7 @@ class ControlPlane:
 
     def _status(self) -> dict[str, Any]:
         status = {"pid": os.getpid(), "applied_version": self.applied_version,
-                  "policy_drift": self.drift}
+                  "policy_drift": None if self.drift is None else str(self.drift)}
         counted = self.store_abilities.counters  # the Redis store's outages, losses, drops
         if counted is not None:
             status["store"] = {"available": counted.available, **counted.counters}

@@ -17,3 +17,11 @@ class ControlError(ClassguardError):
         super().__init__(message)
         self.errors = errors or []
 
+
+class NeedsForce(ControlError):
+    """A change that removes data (a class with devices, devices) asked without its confirmation:
+    `diff` says everything it would change, one line a change."""
+
+    def __init__(self, message: str, diff: list[str]) -> None:
+        super().__init__(message)
+        self.diff = diff

@@ -20,9 +20,15 @@ from zoneinfo import ZoneInfo
 from admin.control import local_commands, os_user
 from admin.control import request as control_request
 from admin.control import stored_or_seed_policy
+from admin.backup import backup as backup_store
+from admin.backup import counts_of, read_backup, write_backup
+from admin.backup import describe as describe_backup
+from admin.backup import empty as backup_empty
+from admin.backup import holds as store_holds
+from admin.backup import restore as restore_store
 from admin.devices import COMMANDS as DEVICE_COMMANDS
 from admin.devices import holds_devices
-from admin.errors import ControlError, NoAnswer
+from admin.errors import ControlError, NeedsForce, NoAnswer
 from blocklists.bundled import load_bundled
 from blocklists.names import normalize_domain
 from blocklists.update import (
@@ -97,6 +103,13 @@ def _parser() -> argparse.ArgumentParser:
     import_ = policy_commands.add_parser("import", parents=[common],
                                          help="replace the stored policy from a file (validated first)")
     import_.add_argument("file", type=Path)
+    import_.add_argument("--dry-run", action="store_true",
+                         help="print what would change, change nothing")
+    import_.add_argument("--force", action="store_true",
+                         help="confirm an import that removes devices or a class with devices")
+    diff = policy_commands.add_parser("diff", parents=[common],
+                                      help="print what importing a file would change (nothing is changed)")
+    diff.add_argument("file", type=Path)
     policy_commands.add_parser("export", parents=[common], help="print the stored policy as YAML")
 
     override = commands.add_parser("override", parents=[common],
@@ -153,6 +166,17 @@ def _add_account_parsers(commands, common) -> None:
     revoke.add_argument("id")
     token_commands.add_parser("list", parents=[common],
                               help="the tokens: id, name, when and by whom made, revoked or not")
+    store = commands.add_parser("store", parents=[common], help="backup and restore of the whole state")
+    store_commands = store.add_subparsers(dest="store_command", required=True)
+    backup = store_commands.add_parser(
+        "backup", parents=[common], help="write the whole state (policy, devices, users, tokens, "
+        "overrides, today's screen time, audit log) to a new owner-only FILE")
+    backup.add_argument("file", type=Path)
+    restore = store_commands.add_parser(
+        "restore", parents=[common], help="make the store hold what a backup FILE holds")
+    restore.add_argument("file", type=Path)
+    restore.add_argument("--force", action="store_true",
+                         help="confirm replacing what a store that is not empty holds")
 
 
 class _Version(argparse.Action):
@@ -184,6 +208,9 @@ def main(argv: list[str] | None = None) -> int:
             return _DEVICE_COMMANDS[args.device_command](config, args)
         if args.command in ("user", "token"):
             return _accounts(config, args)
+        if args.command == "store":
+            return _store_backup(config, args) if args.store_command == "backup" \
+                else _store_restore(config, args)
         if args.command == "lists":
             return _lists_status(config) if args.lists_command == "status" else _lists_update(config)
     except ClassguardError as exc:
@@ -530,6 +557,44 @@ def _with_store(config, use):
     return asyncio.run(run())
 
 
+def _screen_days(config) -> tuple[str, ...]:
+    today = dt.datetime.now(ZoneInfo(config.timezone)).date()
+    return (today.isoformat(), (today - dt.timedelta(days=1)).isoformat())
+
+
+def _store_backup(config, args) -> int:
+    data = _with_store(config, lambda store: backup_store(store, days=_screen_days(config)))
+    write_backup(args.file, json.dumps(data, ensure_ascii=False, indent=1) + "\n")
+    print(f"{args.file}: backup of {describe_backup(counts_of(data))}, "
+          f"{len(data['audit'])} audit entries (owner-only; it holds password and token hashes)")
+    return 0
+
+
+def _store_restore(config, args) -> int:
+    try:
+        data = json.loads(args.file.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ControlError(f"{args.file}: cannot read it ({exc.strerror})") from None
+    except ValueError as exc:
+        raise ControlError(f"{args.file}: not JSON ({exc}); nothing was changed") from None
+    data = read_backup(data, str(args.file))
+
+    async def run(store):
+        held = await store_holds(store)
+        if not backup_empty(held) and not args.force:
+            raise ControlError(
+                f"the store {device_cli.store_place(config)} is not empty: restoring {args.file} "
+                f"replaces what it holds ({describe_backup(held)}) with the backup's "
+                f"({describe_backup(counts_of(data))}); confirm with --force (nothing was changed)")
+        return held, await restore_store(store, data, actor=os_user())
+
+    held, restored = _with_store(config, run)
+    print(f"{args.file}: restored {describe_backup(restored)}, {restored['audit entries']} audit "
+          f"entries added" + (f" (replacing {describe_backup(held)})" if not backup_empty(held) else "")
+          + "; a server running on this store applies it within a second")
+    return 0
+
+
 def _stored_policy(config, bundled):
     """The policy the servers on this store run: the stored one, else the seed file's."""
     return _with_store(config, lambda store: stored_or_seed_policy(
@@ -591,22 +656,61 @@ def _state_request(config, request: dict) -> dict:
 
     response = asyncio.run(send())
     if not response.get("ok"):
+        if response.get("needs_force"):
+            raise NeedsForce(str(response.get("error")), list(response.get("diff") or []))
         if response.get("errors"):
             raise PolicyError([str(error) for error in response["errors"]])
         raise ControlError(str(response.get("error") or "refused"))
     return response
 
 
-def _policy_import(config, args) -> int:
+def _print_diff(file: Path, response: dict) -> None:
+    lines = response.get("diff") or []
+    against = f"the stored policy (version {response['version']})" if response.get("version") \
+        else "an empty store"
+    if not lines:
+        print(f"{file}: no change against {against}")
+        return
+    print(f"{file} against {against}: {len(lines)} change{'s' if len(lines) > 1 else ''}")
+    for line in lines:
+        print(f"  {line}")
+
+
+def _policy_diff(config, args) -> int:
+    """What `policy import FILE` would change; nothing is changed."""
     bundled = load_bundled()
     policy = load_policy(args.file, known_categories=known_categories(config, bundled),
                          known_services=set(bundled.services), allow_open=config.dns.allow_open)
-    response = _state_request(config, {"op": "policy.put", "text": export_policy(policy),
+    response = _state_request(config, {"op": "policy.diff", "text": export_policy(policy),
                                        "source": str(args.file)})
+    _print_diff(args.file, response)
+    if getattr(args, "dry_run", False):
+        print("dry run: nothing was changed" + (
+            f"; importing removes {' and '.join(response['removals'])} and needs --force"
+            if response.get("removals") else ""))
+    return 0
+
+
+def _policy_import(config, args) -> int:
+    if args.dry_run:
+        return _policy_diff(config, args)
+    bundled = load_bundled()
+    policy = load_policy(args.file, known_categories=known_categories(config, bundled),
+                         known_services=set(bundled.services), allow_open=config.dns.allow_open)
+    request = {"op": "policy.put", "text": export_policy(policy), "source": str(args.file),
+               "force": bool(args.force)}
+    try:
+        response = _state_request(config, request)
+    except NeedsForce as exc:
+        _print_diff(args.file, {"diff": exc.diff, "version": 1})
+        raise
     version = response["version"]
     if not response["changed"]:
         print(f"{args.file}: unchanged, the stored policy is version {version}")
-    elif response["via"] == "server":
+        return 0
+    for line in response.get("diff") or []:
+        print(f"  {line}")
+    if response["via"] == "server":
         print(f"{args.file}: imported as policy version {version}; the running server applied it")
     elif config.store != "embedded":
         print(f"{args.file}: imported as policy version {version} {device_cli.store_place(config)}; "
@@ -640,7 +744,8 @@ def _policy_export(config, args) -> int:
     return 0
 
 
-_POLICY_COMMANDS = {"validate": _policy_validate, "import": _policy_import, "export": _policy_export}
+_POLICY_COMMANDS = {"validate": _policy_validate, "import": _policy_import, "diff": _policy_diff,
+                    "export": _policy_export}
 
 
 def _override(config, args) -> int:

@@ -538,12 +538,13 @@ class ReadinessProbe:
                 (f" (policy version {version})" if version is not None else "")
         return None if problem is None else f"store unreachable: {problem}"
 
-    def notes(self) -> list[str]:
+    def notes(self, *, drift: bool = True) -> list[str]:
         """What a ready service still reports (not a reason to take it out of rotation): the
-        shared store away while this instance answers from its snapshot; policy drift."""
+        shared store away while this instance answers from its snapshot; policy drift (which
+        side is newer, and how to bring the file up to date or see the difference)."""
         notes = [self._store_note] if self._store_note else []
-        drift = getattr(self.service, "policy_drift", None)
-        return notes + ([f"policy drift: {drift}"] if drift else [])
+        said = getattr(self.service, "policy_drift", None) if drift else None
+        return notes + ([f"policy drift: {said}"] if said else [])
 
 
 # --- the HTTP server ------------------------------------------------------------------------------

@@ -253,6 +253,12 @@ class Service:
     @property
     def policy_drift(self) -> str | None:
         """Why the configured policy file is not what runs (for /readyz), or None."""
+        drift = self.drift
+        return None if drift is None else str(drift)
+
+    @property
+    def drift(self):
+        """The same as admin.control.Drift (which side is newer), for the dashboard."""
         return self.control.drift if self.control is not None else None
 
     def link_cache(self) -> CacheLink:

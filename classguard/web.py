@@ -27,7 +27,8 @@ def dashboard_context(service, *, throttle: auth.Throttle | auth.StoreThrottle |
             upstreams=[UpstreamHealth(zone, upstream.name, upstream.healthy, upstream.last_error)
                        for zone, group in upstream_groups(service) for upstream in group.upstreams],
             store_kind=type(service.store).__name__, store_problem=problem,
-            store_up=probe.store_up, notes=probe.notes())
+            store_up=probe.store_up, notes=probe.notes(drift=False),
+            drift=getattr(service, "drift", None))
 
     async def why(name: str, class_id: str | None, scope: str, at: float | None,
                   who: str | None = None) -> Why:

@@ -11,6 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
+from admin.control import Drift
 from blocklists.update import read_status
 from dashboard import auth, i18n
 from dashboard.pages import (
@@ -68,12 +69,23 @@ async def _health(view: View) -> Html:
         rows.append([t("health.store", kind=health.store_kind),
                      health.store_problem or (t("health.up") if health.store_up else t("health.snapshot"))])
         rows.extend([t("health.note"), note] for note in health.notes)
+        if health.drift is not None:
+            rows.append([t("health.note"), _drift(view, health.drift)])
     ages = [source.age(now) for source in report.sources] if report is not None else []
     oldest = max((age for age in ages if age is not None), default=None)
     if oldest is not None:
         rows.append([t("health.lists_age"), ago(view, oldest)])
     return html("<section><h2>{}</h2>{}</section>", t("overview.health"),
                 table([t("col.what"), t("col.state")], rows, empty=""))
+
+
+def _drift(view: View, drift: Drift) -> str:
+    """Which side is newer, and the commands that lose nothing (never an import)."""
+    fields = {"seed": drift.seed, "version": drift.version, "by": drift.by,
+              "when": drift.when.replace("T", " "), "error": drift.error,
+              "export": f"classguard policy export > {drift.seed}",
+              "diff": f"classguard policy diff {drift.seed}"}
+    return view.t(f"health.drift_{drift.newer}", **fields)
 
 
 @routes.get("/lists")

@@ -458,6 +458,33 @@ async def check(request: web.Request) -> web.Response:
                               "step": why.step, "rule": why.rule, "reason": why.reason})
 
 
+def _flag(request: web.Request, name: str) -> bool:
+    text = request.query.get(name, "false").lower()
+    if text not in ("true", "false", "1", "0"):
+        raise Refused(400, f"{name} is true or false", field=name)
+    return text in ("true", "1")
+
+
+@routes.put(PREFIX + "/policy")
+async def policy_import(request: web.Request) -> web.Response:
+    """Import a policy file (what `classguard policy import` does): `{"text": YAML}`. With
+    `?dry_run=true` only the diff; an import that removes devices or a class with devices is
+    answered 409 with the diff unless `?force=true`."""
+    identity, context = _admin(request), _context(request)
+    force, dry_run = _flag(request, "force"), _flag(request, "dry_run")
+    data = await _body(request)
+    text = data.get("text")
+    if not isinstance(text, str):
+        raise Refused(400, '"text" is the policy file, as YAML text', field="text")
+    request[POLICY_TEXT] = text
+    result = await context.commands.run(
+        "policy.put", {"text": text, "source": "PUT /api/v1/policy", "force": force,
+                       "dry_run": dry_run, "expected_version": _if_match(request)},
+        identity.actor)
+    return web.json_response({key: result[key] for key in ("version", "changed", "diff")}
+                             | {"dry_run": dry_run}, headers=etag(result["version"]))
+
+
 @routes.get(PREFIX + "/audit")
 async def audit(request: web.Request) -> web.Response:
     _admin(request)

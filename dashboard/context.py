@@ -9,7 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
-from admin.control import Commands
+from admin.control import Commands, Drift
 from common.addresses import forwarded_client
 from dashboard import auth
 from privacy.querylog import QueryLog
@@ -41,6 +41,7 @@ class Health:
     store_problem: str | None  # why the store makes this instance not ready
     store_up: bool | None
     notes: list[str]  # said by a ready /readyz (a Redis away)
+    drift: Drift | None = None  # the policy file is not the stored policy: said in words here
 
 
 @dataclass(frozen=True, slots=True)

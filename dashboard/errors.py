@@ -11,6 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
+from admin.errors import NeedsForce
 from common.errors import ClassguardError
 from dashboard import auth
 from policies.loader import PolicyError
@@ -53,6 +54,8 @@ def answer_for(exc: Exception, request: web.Request) -> Answer | None:
                       {"allow": exc.headers.get("Allow")} if exc.status == 405 else {})
     if isinstance(exc, Refused):
         return Answer(exc.status, str(exc), exc.extra, exc.headers)
+    if isinstance(exc, NeedsForce):  # an import that removes data, asked without ?force=true
+        return Answer(409, str(exc), {"diff": exc.diff})
     if isinstance(exc, VersionConflict):
         return Answer(409, str(exc), {"version": exc.actual}, etag(exc.actual))
     if isinstance(exc, PolicyError):

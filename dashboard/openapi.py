@@ -15,8 +15,9 @@ def _responses(*statuses: int, ok: dict | None = None, etag: bool = False) -> di
             204: "No content", 400: "Invalid request: `field` names the "
             "key at fault", 401: "Not logged in, or an invalid or revoked token", 403: "Not allowed "
             "for this role or class, or a missing CSRF token", 404: "No such resource",
-            405: "Method not allowed", 409: "A stale write (If-Match), or a conflict with what "
-            "exists (a class or device of that id, a device without a token)",
+            405: "Method not allowed", 409: "A stale write (If-Match), a conflict with what "
+            "exists (a class or device of that id, a device without a token), or a policy import "
+            "that removes data without ?force=true (`diff` says what it would change)",
             415: "Not JSON", 429: "Too many failed logins: wait Retry-After seconds",
             503: "The store (Redis) cannot be reached: try again after Retry-After seconds; DNS "
             "keeps answering from each server's snapshot",
@@ -43,6 +44,16 @@ IF_MATCH = {"name": "If-Match", "in": "header", "required": False, "schema": {"t
             "description": 'the ETag read (e.g. "7"); a stale one gets 409'}
 MINUTES = {"type": "integer", "minimum": 1, "maximum": 1440}
 ADDRESSES = {"type": "array", "items": {"type": "string"}, "description": "school IP addresses"}
+FORCE = {"name": "force", "in": "query", "required": False,
+         "schema": {"enum": ["true", "false"]},
+         "description": "confirm an import that removes devices or a class with devices "
+                        "(else 409 with the diff)"}
+DRY_RUN = {"name": "dry_run", "in": "query", "required": False,
+           "schema": {"enum": ["true", "false"]},
+           "description": "only say what would change (the diff); nothing is changed"}
+DIFF = {"type": "array", "items": {"type": "string"},
+        "description": "what changes, one line a change: '+ class cm2-b (networks, block)', "
+                       "'- device tab-02 (class cm2-a)', '~ class cm2-a: block: +games'"}
 AUTHED = (401, 403, 503, 507)  # every operation but login and this document
 
 
@@ -149,6 +160,16 @@ def document() -> dict[str, Any]:
                      "schema": {"enum": ["school", "home"]}}],
                 "responses": _responses(200, 400, *AUTHED, 404, ok={
                     "$ref": "#/components/schemas/Decision"})}},
+            "/api/v1/policy": {"put": {
+                "summary": "Import a policy file (admin), as `classguard policy import`; devices "
+                           "are kept unless the file has a devices: section",
+                "parameters": [IF_MATCH, FORCE, DRY_RUN],
+                "requestBody": _json_body({"type": "object", "required": ["text"], "properties": {
+                    "text": {"type": "string", "description": "the policy file, as YAML"}}}),
+                "responses": _responses(200, 400, 409, *AUTHED, ok={
+                    "type": "object", "properties": {
+                        "version": {"type": "integer"}, "changed": {"type": "boolean"},
+                        "dry_run": {"type": "boolean"}, "diff": DIFF}}, etag=True)}},
             "/api/v1/audit": {"get": {
                 "summary": "Who changed what, newest first (admin)",
                 "parameters": [{"name": "limit", "in": "query", "required": False,
@@ -233,7 +254,8 @@ def document() -> dict[str, Any]:
             "schemas": {
                 "Error": {"type": "object", "required": ["error"], "properties": {
                     "error": {"type": "string"}, "field": {"type": "string"},
-                    "errors": {"type": "array", "items": {"type": "string"}}}},
+                    "errors": {"type": "array", "items": {"type": "string"}},
+                    "diff": DIFF}},
                 "Session": {"type": "object", "properties": {
                     "name": {"type": "string"}, "role": {"enum": ["admin", "teacher"]},
                     "classes": {"type": "array", "items": {"type": "string"}},

@@ -134,6 +134,20 @@ class EmbeddedStore:
     async def audit(self, limit: int = 100) -> list[AuditEntry]:
         return await asyncio.to_thread(self.read_audit, limit)
 
+    async def import_audit(self, entries: list[AuditEntry]) -> int:
+        return await asyncio.to_thread(self.import_audit_now, entries)
+
+    def import_audit_now(self, entries: list[AuditEntry]) -> int:
+        with self._locked():
+            held = list(reversed(self.read_audit(limit=10 ** 9)))  # oldest first
+            known = set(held)
+            added = [entry for entry in entries if entry not in known]
+            if added:
+                merged = sorted(held + added, key=lambda entry: entry.at)
+                write_atomically(self.audit_path, "".join(
+                    json.dumps(asdict(entry), ensure_ascii=False) + "\n" for entry in merged))
+        return len(added)
+
     async def close(self) -> None:
         self.device_table.close()
 

@@ -41,6 +41,11 @@ class Store(Protocol):
     async def audit(self, limit: int = 100) -> list[AuditEntry]:
         """The newest `limit` entries, newest first."""
 
+    async def import_audit(self, entries: list[AuditEntry]) -> int:
+        """Add these entries (a backup's) to the audit log, in time order with those it holds;
+        one already there (same time, actor, action, before, after) is not added twice. How many
+        were added. Moves no version."""
+
     async def close(self) -> None: ...
 
     async def merge_active_minutes(self, day: str, minutes: dict[str, bytes]) -> dict[str, bytes]:

@@ -14,7 +14,7 @@ import pytest
 
 from admin import control as control_module
 from admin.control import ControlPlane, load_or_seed
-from admin.errors import ControlError
+from admin.errors import ControlError, NeedsForce
 from blocklists.bundled import load_bundled
 from policies.loader import PolicyError
 from resolver.state import RuntimeState
@@ -239,7 +239,10 @@ async def test_policy_import_keeps_the_devices_unless_its_file_has_a_devices_sec
         assert (await control.store.get_policy()).version == result["version"]
         # with a devices: section: the file's devices are the devices
         with_devices = fewer + "devices:\n  solo: {class: c1, addresses: [10.9.9.9]}\n"
-        await control.commands.run("policy.put", {"text": with_devices}, "admin")
+        # (it removes 40 devices and a class that had some: only with its confirmation)
+        with pytest.raises(NeedsForce, match=r"removes class c19 \(2 devices\) and 40 devices"):
+            await control.commands.run("policy.put", {"text": with_devices}, "admin")
+        await control.commands.run("policy.put", {"text": with_devices, "force": True}, "admin")
         assert list(control.state.snapshot.policy.devices) == ["solo"]
         assert control.state.clients.identify("10.9.9.9").device_id == "solo"
         assert device_at(control, "10.200.0.1") is None

@@ -111,8 +111,10 @@ def test_an_empty_store_is_seeded_then_a_changed_seed_file_is_reported_not_appli
         second = prepare(school_config(tmp_path))
     assert second.state.snapshot.policy.classes["pupils"].rules.deny == ("denied.example",)
     drift = second.policy_drift
-    assert "differs from the stored policy (version 1" in drift
-    assert f"classguard policy import {tmp_path / 'policies.yaml'}" in drift
+    assert f"the policy file {tmp_path / 'policies.yaml'} was edited after the stored policy " \
+           "(version 1" in drift
+    assert f"classguard policy diff {tmp_path / 'policies.yaml'}" in drift
+    assert "policy import" not in drift
     assert [record.getMessage() for record in caplog.records] == [drift]
 
     (tmp_path / "policies.yaml").write_text("classes: {broken: {block: [nope]}}\n")

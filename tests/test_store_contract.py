@@ -261,3 +261,74 @@ async def test_sessions_expire_and_end(store):
     assert await store.get_session(live.sha256) is None
     await store.delete_session("d" * 64)  # none there: nothing happens
     assert await store.audit() == []  # sessions are not changes anyone audits
+
+
+# --- backup and restore (issue 19, item 3) -----------------------------------------------------
+
+
+async def test_import_audit_adds_a_backups_entries_in_time_order_once(store):
+    from store.records import AuditEntry
+    await store.put_policy("classes: {}\n", actor="now")
+    older = [AuditEntry(at=1000.0, actor="a", action="x", before="", after="1"),
+             AuditEntry(at=2000.0, actor="b", action="y", before="", after="2")]
+    version = await store.version()
+    assert await store.import_audit(older) == 2
+    assert await store.import_audit(older) == 0  # not twice
+    assert await store.version() == version
+    entries = await store.audit()
+    assert [entry.actor for entry in entries] == ["now", "b", "a"]  # newest first
+
+
+async def test_a_backup_restores_the_whole_state(store):
+    from admin import backup as backups
+    from store.records import ApiToken
+    await store.put_policy("classes: {cm2-a: {}}\n", actor="alice")
+    await store.change_devices([Device(id="tab-1", class_id="cm2-a", token_sha256="ab" * 32,
+                                       addresses=(ipaddress.ip_address("10.0.0.7"),))],
+                               mode=ADD, actor="alice", action="device.add")
+    await store.put_user(quick_user("tom", "teacher", ("cm2-a",)), actor="alice", action="user.add")
+    await store.put_token(ApiToken(id="t1", name="ci", sha256="cd" * 32, created_at=1.0),
+                          actor="alice", action="token.create")
+    kept = await store.add_override(pause(), actor="tom")
+    today = time.strftime("%Y-%m-%d")
+    await store.merge_active_minutes(today, {"tab-1": (1 << 600).to_bytes(180, "little")})
+    saved = backups.read_backup(json.loads(json.dumps(await backups.backup(store, days=(today,)))),
+                                "b.json")
+    assert saved["screen_time_minutes"] == {today: {"tab-1": [600]}}
+    assert [item["actor"] for item in saved["audit"]][:2] == ["alice", "alice"]
+
+    # what happens after the backup, then the restore
+    await store.put_policy("classes: {other: {}}\n", actor="bob")
+    await store.change_devices([Device(id="tab-2", class_id="other")], ["tab-1"], mode=SET,
+                               actor="bob", action="device.import")
+    await store.delete_user("tom", actor="bob")
+    await store.put_user(quick_user("eve", "admin"), actor="bob", action="user.add")
+    await store.put_token(ApiToken(id="t2", name="late", sha256="ef" * 32), actor="bob",
+                          action="token.create")
+    await store.cancel_override(kept.id, actor="bob")
+    before = await store.version()
+    assert not backups.empty(await backups.holds(store))
+    await backups.restore(store, saved, actor="carol")
+    assert await store.version() > before  # a running server's watcher applies it
+    assert (await store.get_policy()).text == "classes: {cm2-a: {}}\n"
+    devices, _seq = await store.devices()
+    assert [(device.id, device.token_sha256, device.addresses) for device in devices] == \
+        [("tab-1", "ab" * 32, (ipaddress.ip_address("10.0.0.7"),))]
+    assert [user.name for user in await store.users()] == ["tom"]
+    tokens = {token.id: token.revoked for token in await store.tokens()}
+    assert tokens == {"t1": False, "t2": True}  # a token made since is revoked, not kept
+    assert [item.id for item in await store.overrides()] == [kept.id]
+    assert (await store.device_data("tab-1"))["screen_time_minutes"] == {today: [600]}
+    actions = [entry.action for entry in await store.audit(1000)]
+    assert "store.restore" in actions and actions.count("device.add") == 1
+
+
+def test_a_bad_backup_is_refused_naming_the_place():
+    from admin import backup as backups
+    from admin.errors import ControlError
+    with pytest.raises(ControlError, match="not a classguard backup"):
+        backups.read_backup({"policy": None}, "b.json")
+    document = {"format": "classguard-backup", "version": 1, "policy": None, "devices": [{"id": 1}],
+                "users": [], "tokens": [], "overrides": [], "audit": []}
+    with pytest.raises(ControlError, match=r"b.json: devices\[0\]: unreadable"):
+        backups.read_backup(document, "b.json")

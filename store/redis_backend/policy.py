@@ -102,6 +102,23 @@ class PolicyAndOverrides(LostStoreRecovery):
             raise NotFound(f"no override {override_id!r} in force (see classguard override list)")
         return found
 
+    async def import_audit(self, entries: list[AuditEntry]) -> int:
+        held = await self.audit(AUDIT_KEPT)
+        known = set(held)
+        added = [entry for entry in entries if entry not in known]
+        if not added:
+            return 0
+        merged = sorted(held + added, key=lambda entry: entry.at, reverse=True)[:AUDIT_KEPT]
+        lines = [json.dumps(asdict(entry)) for entry in merged]
+
+        async def write(r) -> None:
+            async with r.pipeline(transaction=True) as pipe:  # MULTI: all of it or nothing
+                pipe.delete(self.key("audit"))
+                pipe.rpush(self.key("audit"), *lines)
+                await pipe.execute()
+        await self.run(write)
+        return len(added)
+
     async def audit(self, limit: int = 100) -> list[AuditEntry]:
         lines = await self.run(lambda r: r.lrange(self.key("audit"), 0, limit - 1))
         entries = []
