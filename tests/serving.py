@@ -15,7 +15,7 @@ import dns.exception
 import dns.message
 
 from tests.conftest import LOGGED, ede
-from tests.ports import free_port
+from tests.ports import free_port, reusable_port  # noqa: F401 (free_port: tests import it from here)
 
 CLASSGUARD = str(Path(sys.executable).with_name("classguard"))
 
@@ -34,8 +34,9 @@ classes:
 
 
 def write_school(folder: Path, upstream_url: str, policy: str = SCHOOL_POLICY) -> int:
-    """A config, a policy and a one-category list in `folder`; returns the DNS port it uses."""
-    port = free_port()
+    """A config, a policy and a one-category list in `folder`; returns the DNS port it uses: free
+    for UDP and TCP both, below the ephemeral range (no outgoing socket can take it meanwhile)."""
+    port = reusable_port()
     (folder / "policies.yaml").write_text(policy)
     (folder / "adult.txt").write_text("adult.example\n")
     (folder / "classguard.yaml").write_text(textwrap.dedent(f"""\

@@ -8,7 +8,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import sys
 import textwrap
 from pathlib import Path
@@ -260,7 +259,7 @@ def test_secrets_are_masked_in_the_startup_configuration():
 
 
 async def test_serve_logs_one_json_line_per_event_and_none_per_query(tmp_path, upstream):
-    dns_port, metrics_port = free_port(socket.SOCK_DGRAM), free_port()
+    dns_port, metrics_port = reusable_port(), free_port()  # DNS: free for UDP and TCP both
     (tmp_path / "policies.yaml").write_text(textwrap.dedent("""\
         classes:
           pupils: {networks: ["127.0.0.2/32"], block: [adult]}

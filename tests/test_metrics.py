@@ -25,7 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import POLICY, PUPILS, STAFF, UNKNOWN, until
-from tests.ports import free_port
+from tests.ports import free_port, reusable_port
 from tests.redis_server import MISSING_REASON, REDIS_SERVER, RedisServer
 
 DEVICE_ADDRESS = "127.0.0.4"
@@ -242,7 +242,7 @@ async def test_docs_alerts_and_dashboard_use_the_metrics_served(make_resolver, t
 
 async def test_counters_add_up_across_workers(tmp_path, upstream):
     """`serve --workers 2`: worker 0 serves /metrics with the other worker's counters added."""
-    dns_port, metrics_port = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_STREAM)
+    dns_port, metrics_port = reusable_port(), free_port(socket.SOCK_STREAM)  # DNS: UDP and TCP
     (tmp_path / "policies.yaml").write_text("classes:\n  staff: {networks: [\"127.0.0.3/32\"]}\n")
     (tmp_path / "classguard.yaml").write_text(textwrap.dedent(f"""\
         policies: policies.yaml
