@@ -33,12 +33,18 @@ classes:
 """
 
 
-def write_school(folder: Path, upstream_url: str, policy: str = SCHOOL_POLICY) -> int:
-    """A config, a policy and a one-category list in `folder`; returns the DNS port it uses: free
-    for UDP and TCP both, below the ephemeral range (no outgoing socket can take it meanwhile)."""
+ADULT_SOURCE = "{name: adult, path: adult.txt, format: domains, category: adult}"
+
+
+def write_school(folder: Path, upstream_url: str, policy: str = SCHOOL_POLICY,
+                 source: str = ADULT_SOURCE) -> int:
+    """A config, a policy and a one-category list in `folder` (`source`: the list source, whose
+    file the caller writes when it is not the default adult.txt); returns the DNS port it uses:
+    free for UDP and TCP both, below the ephemeral range (no outgoing socket can take it)."""
     port = reusable_port()
     (folder / "policies.yaml").write_text(policy)
-    (folder / "adult.txt").write_text("adult.example\n")
+    if source == ADULT_SOURCE:
+        (folder / "adult.txt").write_text("adult.example\n")
     (folder / "classguard.yaml").write_text(textwrap.dedent(f"""\
         timezone: Europe/Paris
         policies: policies.yaml
@@ -50,7 +56,7 @@ def write_school(folder: Path, upstream_url: str, policy: str = SCHOOL_POLICY) -
         blocklists:
           bundled: false
           sources:
-            - {{name: adult, path: adult.txt, format: domains, category: adult}}
+            - {source}
         """))
     return port
 

@@ -5,34 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import statistics
-import textwrap
 import time
 from pathlib import Path
 
 from tests.conftest import ede
-from tests.ports import free_port
-from tests.serving import SCHOOL_POLICY, ask, cli, start_server
+from tests.serving import ask, cli, start_server, write_school
 from tests.test_list_sources import link_bomb
 
 
 def write_ut1_school(folder: Path, upstream_url: str) -> int:
-    port = free_port()
-    (folder / "policies.yaml").write_text(SCHOOL_POLICY)
     (folder / "ut1.tar.gz").write_bytes(link_bomb(0, ["adult.example"]))
-    (folder / "classguard.yaml").write_text(textwrap.dedent(f"""\
-        timezone: Europe/Paris
-        policies: policies.yaml
-        state_dir: state
-        dns:
-          listen: ["127.0.0.1:{port}"]
-          upstreams: ["{upstream_url}"]
-          upstream_timeout: 1
-        blocklists:
-          bundled: false
-          sources:
-            - {{name: ut1, path: ut1.tar.gz, format: ut1}}
-        """))
-    return port
+    return write_school(folder, upstream_url, source="{name: ut1, path: ut1.tar.gz, format: ut1}")
 
 
 async def test_dns_latency_during_the_refresh_of_a_hostile_archive(tmp_path: Path, upstream) -> None:
